@@ -1,0 +1,1 @@
+//! Benchmark support (see issue 7).

@@ -1,0 +1,1 @@
+//! Conformance scenarios (grown with the engine; see issue 6).

@@ -1,0 +1,353 @@
+//! The resolved site configuration: what SITE.CFG means once parsed and validated.
+//!
+//! These types are shared by the parser (`config::parse`), the router, the engine and the CLI.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+/// A host and TCP port, host as written in the file (case kept).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// A time of day in whole minutes since local midnight, 0..1440.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay(u16);
+
+impl TimeOfDay {
+    pub const MIDNIGHT: TimeOfDay = TimeOfDay(0);
+
+    /// `None` unless `hour < 24 && minute < 60`.
+    pub fn new(hour: u8, minute: u8) -> Option<Self> {
+        (hour < 24 && minute < 60).then(|| Self(u16::from(hour) * 60 + u16::from(minute)))
+    }
+    /// Minutes since midnight.
+    pub fn minutes(self) -> u16 {
+        self.0
+    }
+    pub fn hour(self) -> u8 {
+        (self.0 / 60) as u8
+    }
+    pub fn minute(self) -> u8 {
+        (self.0 % 60) as u8
+    }
+    /// The minute a wall-clock time falls in (seconds are dropped).
+    pub fn from_civil(t: jiff::civil::Time) -> Self {
+        Self(t.hour() as u16 * 60 + t.minute() as u16)
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.hour(), self.minute())
+    }
+}
+
+impl Serialize for TimeOfDay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// An opentime window `[start, end)` in local server time (SPEC §11 A3). `end < start` crosses
+/// midnight; `end == start` is the whole day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub start: TimeOfDay,
+    pub end: TimeOfDay,
+}
+
+impl Window {
+    pub fn contains(&self, t: TimeOfDay) -> bool {
+        use std::cmp::Ordering::*;
+        match self.start.cmp(&self.end) {
+            Less => self.start <= t && t < self.end,
+            Greater => t >= self.start || t < self.end,
+            Equal => true,
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// One of the 27 delivery pools: `A`..`Z`, or the default pool `-` (SPEC §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pool(u8);
+
+impl Pool {
+    /// The default pool `-`.
+    pub const DEFAULT: Pool = Pool(26);
+    pub const COUNT: usize = 27;
+
+    /// `A`..`Z` (either case) or `-`.
+    pub fn from_char(c: char) -> Option<Pool> {
+        match c {
+            '-' => Some(Pool::DEFAULT),
+            'a'..='z' => Some(Pool(c as u8 - b'a')),
+            'A'..='Z' => Some(Pool(c as u8 - b'A')),
+            _ => None,
+        }
+    }
+    /// `0..27`: `A` = 0 .. `Z` = 25, `-` = 26.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+    pub fn from_index(i: usize) -> Option<Pool> {
+        (i < Self::COUNT).then_some(Pool(i as u8))
+    }
+    pub fn as_char(self) -> char {
+        if self == Pool::DEFAULT {
+            '-'
+        } else {
+            (b'A' + self.0) as char
+        }
+    }
+    /// All 27 pools, `A`..`Z` then `-`.
+    pub fn all() -> impl Iterator<Item = Pool> {
+        (0..Self::COUNT as u8).map(Pool)
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::DEFAULT
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_char())
+    }
+}
+
+impl Serialize for Pool {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A set of pools (a bit per pool). `POOL=*`, or no `POOL=`, is [`PoolSet::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolSet(u32);
+
+impl PoolSet {
+    pub const ALL: PoolSet = PoolSet((1 << Pool::COUNT) - 1);
+    pub const EMPTY: PoolSet = PoolSet(0);
+
+    pub fn contains(self, p: Pool) -> bool {
+        self.0 & (1 << p.index()) != 0
+    }
+    pub fn insert(&mut self, p: Pool) {
+        self.0 |= 1 << p.index();
+    }
+    pub fn is_all(self) -> bool {
+        self == Self::ALL
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+    pub fn iter(self) -> impl Iterator<Item = Pool> {
+        Pool::all().filter(move |p| self.contains(*p))
+    }
+    /// The raw bits (bit `i` = pool with index `i`), for storage and SQL.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl FromIterator<Pool> for PoolSet {
+    fn from_iter<I: IntoIterator<Item = Pool>>(iter: I) -> Self {
+        let mut s = PoolSet::EMPTY;
+        for p in iter {
+            s.insert(p);
+        }
+        s
+    }
+}
+
+impl fmt::Display for PoolSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_all() {
+            return f.write_str("*");
+        }
+        for p in self.iter() {
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `["*"]` for all pools, otherwise the pool names in order (`["A", "-"]`).
+impl Serialize for PoolSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        if self.is_all() {
+            let mut seq = s.serialize_seq(Some(1))?;
+            seq.serialize_element("*")?;
+            return seq.end();
+        }
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for p in self.iter() {
+            seq.serialize_element(&p)?;
+        }
+        seq.end()
+    }
+}
+
+/// One SMTP worker after `x*` expansion (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerSpec {
+    /// 1..=N in line order after expansion.
+    pub id: u32,
+    /// The `n` of the `SMTP_FORWARD_n` line it came from.
+    pub source_n: u32,
+    pub primary: HostPort,
+    pub failover: Option<HostPort>,
+    /// Empty: open all day.
+    pub windows: Vec<Window>,
+    pub pools: PoolSet,
+}
+
+/// SMTP_RATE_LIMIT resolved to bits per second (SPEC §4, §12 D1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RateLimits {
+    /// `None`: no overall limit.
+    pub overall_bps: Option<u64>,
+    /// Pools with a limit of their own; every other pool is limited only by the overall one.
+    pub pools: BTreeMap<Pool, u64>,
+}
+
+impl RateLimits {
+    pub fn is_unlimited(&self) -> bool {
+        self.overall_bps.is_none() && self.pools.is_empty()
+    }
+}
+
+/// `Delivery-Pool= x,y` / `DEFAULT_LIST_POOL=x y` (SPEC §3.2, §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct DeliveryPools {
+    /// Pool for list postings.
+    pub postings: Pool,
+    /// Pool for administrative mail about the list.
+    pub admin: Pool,
+}
+
+/// One DIST_FORWARD entry; `SELF` is the primary (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DistEntry {
+    pub host: String,
+    pub weight: u32,
+}
+
+/// `DIST_BACKGROUND_POOL_PRIORITY`, highest first; `*` expanded to the unlisted pools in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct PoolPriority(pub Vec<Pool>);
+
+/// Severity of a diagnostic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about a configuration file, with its place.
+/// Displays as `FILE:LINE:COLUMN: error: <what is wrong>, expected <what would be right>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub severity: Severity,
+    pub message: String,
+    pub expected: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {sev}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
+        if let Some(e) = &self.expected {
+            write!(f, ", expected {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// MAXBSMTP when unset (SPEC §11 A10).
+pub const DEFAULT_MAX_BSMTP: u32 = 100;
+
+/// The whole resolved site configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SiteConfig {
+    /// The file it was read from, as given.
+    pub source: String,
+    pub node: Option<String>,
+    /// SMTP_FORWARD: the synchronous path (SPEC §1, §12 D4).
+    pub sync_forward: Option<HostPort>,
+    /// SMTP_FORWARD_n after `x*` expansion; empty means "synchronous only".
+    pub workers: Vec<WorkerSpec>,
+    pub default_list_pool: DeliveryPools,
+    /// DEFAULT_DIST_POOL (SPEC §3.5), the default pool of DISTRIBUTE jobs.
+    pub default_dist_pool: Pool,
+    pub max_bsmtp: u32,
+    /// SORT_RECIPIENTS 0/1/2 (SPEC §5.5).
+    pub sort_recipients: u8,
+    pub rate_limits: RateLimits,
+    /// Empty when DIST_FORWARD is unset.
+    pub dist_forward: Vec<DistEntry>,
+    pub dist_background_pool_priority: Option<PoolPriority>,
+    /// Keywords read but without behaviour here (SPEC §11 A11, A12), with their raw values.
+    pub passive: BTreeMap<String, String>,
+    /// Warnings found while reading (errors never produce a `SiteConfig`).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl SiteConfig {
+    /// Pools served by no worker (empty when there are no workers: then everything is synchronous).
+    pub fn unserved_pools(&self) -> PoolSet {
+        if self.workers.is_empty() {
+            return PoolSet::EMPTY;
+        }
+        let served = self
+            .workers
+            .iter()
+            .fold(0u32, |acc, w| acc | w.pools.bits());
+        PoolSet(PoolSet::ALL.bits() & !served)
+    }
+}

@@ -1,0 +1,1 @@
+//! mock-mta: an emulation of the Microsoft IIS SMTP service (to be written).

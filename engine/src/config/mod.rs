@@ -20,6 +20,7 @@ pub use dist::{MAX_WEIGHT, SELF};
 pub use forward::MAX_COUNT;
 pub use model::*;
 pub use parse::{DELIVERY_KEYWORDS, PASSIVE_KEYWORDS};
+pub use pools::parse_delivery_pool;
 pub use view::ResolvedView;
 
 use parse::{parse_sources, Source};

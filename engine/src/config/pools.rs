@@ -173,3 +173,29 @@ pub(crate) fn parse_priority(s: &Span<'_>, d: &mut Diags) -> Option<PoolPriority
     order.extend(after);
     Some(PoolPriority(order))
 }
+
+/// The list header keyword `Delivery-Pool= x[,y]` (SPEC §3.2): x for postings, y (default x) for
+/// administrative mail. Spaces around the names are ignored.
+pub fn parse_delivery_pool(value: &str) -> Result<DeliveryPools, String> {
+    let one = |s: &str| {
+        let s = s.trim();
+        let mut c = s.chars();
+        match (c.next().and_then(Pool::from_char), c.next()) {
+            (Some(p), None) => Ok(p),
+            _ => Err(format!(
+                "Delivery-Pool: {} is not a pool name, expected {POOL_EXPECTED}",
+                shown(s)
+            )),
+        }
+    };
+    match value.split_once(',') {
+        None => one(value).map(|p| DeliveryPools {
+            postings: p,
+            admin: p,
+        }),
+        Some((x, y)) => Ok(DeliveryPools {
+            postings: one(x)?,
+            admin: one(y)?,
+        }),
+    }
+}

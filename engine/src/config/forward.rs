@@ -69,6 +69,7 @@ pub(crate) fn parse_worker_line(s: &Span<'_>, d: &mut Diags, key: &str) -> Optio
                     format!("')' without '(' in {key}"),
                     WORKER_EXPECTED,
                 );
+                return None;
             }
             (head, Vec::new())
         }

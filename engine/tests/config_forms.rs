@@ -1,11 +1,12 @@
 //! File forms (SPEC §0), windows (§11 A3), overrides (SITECFG.FILE), the bundled examples and
 //! the JSON view.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap (common rules)
+
 use std::path::Path;
 
 use smtpw::config::{
-    load, load_with_overrides, parse_str, parse_str_with_overrides, ConfigError, TimeOfDay,
-    Window,
+    load, load_with_overrides, parse_str, parse_str_with_overrides, ConfigError, TimeOfDay, Window,
 };
 use smtpw::route::{explain, Via};
 
@@ -28,7 +29,10 @@ fn windows_form_with_crlf_bom_comments_and_spaces() {
                 smtp_forward = mail.example.org:2525\r\n";
     let c = parse_str(text, "SITE.CFG").unwrap();
     assert_eq!(c.node.as_deref(), Some("LISTSERV.EXAMPLE.ORG"));
-    assert_eq!(c.sync_forward.as_ref().map(ToString::to_string).as_deref(), Some("mail.example.org:2525"));
+    assert_eq!(
+        c.sync_forward.as_ref().map(ToString::to_string).as_deref(),
+        Some("mail.example.org:2525")
+    );
     // REMOTE_THING is a setting, not a REM comment
     assert_eq!(c.passive.get("REMOTE_THING").map(String::as_str), Some("1"));
     let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
@@ -46,7 +50,11 @@ fn unix_form_quotes_exports_and_shell_comments() {
                 export NODE SMTP_FORWARD\n\
                 export\tSMTP_FORWARD_2   MAXBSMTP\n";
     let c = parse_str(text, "go.user").unwrap();
-    assert!(c.warnings.iter().all(|w| !w.message.contains("exported")), "{:?}", c.warnings);
+    assert!(
+        c.warnings.iter().all(|w| !w.message.contains("exported")),
+        "{:?}",
+        c.warnings
+    );
     assert_eq!(c.sync_forward.unwrap().host, "MAIL.EXAMPLE.COM");
     assert_eq!(c.workers.len(), 3);
     assert_eq!(c.workers[0].pools.to_string(), "A-");
@@ -56,7 +64,11 @@ fn unix_form_quotes_exports_and_shell_comments() {
 
 #[test]
 fn zvm_form_with_spaces_and_single_quotes() {
-    let c = parse_str("SMTP_FORWARD = 'MAIL.EXAMPLE.ORG'\nMAXBSMTP = 500\n", "LOCAL SYSVARS").unwrap();
+    let c = parse_str(
+        "SMTP_FORWARD = 'MAIL.EXAMPLE.ORG'\nMAXBSMTP = 500\n",
+        "LOCAL SYSVARS",
+    )
+    .unwrap();
     assert_eq!(c.sync_forward.unwrap().host, "MAIL.EXAMPLE.ORG");
     assert_eq!(c.max_bsmtp, 500);
 }
@@ -75,22 +87,47 @@ fn window_forms() {
     )
     .unwrap();
     let w = &c.workers;
-    let win = |a: &str, b: &str| Window { start: tod(a), end: tod(b) };
+    let win = |a: &str, b: &str| Window {
+        start: tod(a),
+        end: tod(b),
+    };
     assert_eq!(w[0].windows, [win("08:00", "09:30")]);
     assert_eq!(w[1].windows, [win("08:00", "12:00"), win("13:00", "17:00")]);
     assert_eq!(w[2].windows, [win("22:00", "02:00")]);
-    assert_eq!(w[3].windows, [win("22:00", "00:00")], "24:00 as an end is midnight");
+    assert_eq!(
+        w[3].windows,
+        [win("22:00", "00:00")],
+        "24:00 as an end is midnight"
+    );
     assert_eq!(w[5].primary.port, 2525);
     assert_eq!(w[5].failover.as_ref().unwrap().port, 26);
     let at = |t: &str| -> Vec<Via> { explain(&c, tod(t)).iter().map(|e| e.via).collect() };
     use Via::*;
-    assert_eq!(at("08:59"), [Primary, Primary, Failover, Inactive, Primary, Primary]);
-    assert_eq!(at("09:30"), [Inactive, Primary, Failover, Inactive, Primary, Primary]);
-    assert_eq!(at("12:30"), [Inactive, Inactive, Failover, Inactive, Primary, Primary]);
-    assert_eq!(at("23:00"), [Inactive, Inactive, Primary, Primary, Primary, Primary]);
-    assert_eq!(at("01:59"), [Inactive, Inactive, Primary, Inactive, Primary, Primary]);
+    assert_eq!(
+        at("08:59"),
+        [Primary, Primary, Failover, Inactive, Primary, Primary]
+    );
+    assert_eq!(
+        at("09:30"),
+        [Inactive, Primary, Failover, Inactive, Primary, Primary]
+    );
+    assert_eq!(
+        at("12:30"),
+        [Inactive, Inactive, Failover, Inactive, Primary, Primary]
+    );
+    assert_eq!(
+        at("23:00"),
+        [Inactive, Inactive, Primary, Primary, Primary, Primary]
+    );
+    assert_eq!(
+        at("01:59"),
+        [Inactive, Inactive, Primary, Inactive, Primary, Primary]
+    );
     let e = explain(&c, tod("05:00"));
-    assert_eq!((e[2].host.as_deref(), e[2].port), (Some("F.EXAMPLE.ORG"), Some(25)));
+    assert_eq!(
+        (e[2].host.as_deref(), e[2].port),
+        (Some("F.EXAMPLE.ORG"), Some(25))
+    );
     assert_eq!((e[0].host.as_deref(), e[0].port), (None, None));
 }
 
@@ -105,7 +142,11 @@ fn override_file_replaces_keys_without_duplicate_warnings() {
     // an error in the override file names that file
     let e = parse_str_with_overrides((main, "SITECFG.FILE0"), ("MAXBSMTP=x\n", "SITECFG.FILE"))
         .unwrap_err();
-    assert!(e.to_string().starts_with("SITECFG.FILE:1:10: error: MAXBSMTP=x is not valid"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("SITECFG.FILE:1:10: error: MAXBSMTP=x is not valid"),
+        "{e}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let (m, o) = (dir.path().join("SITE.CFG"), dir.path().join("SITECFG.FILE"));
@@ -123,11 +164,16 @@ fn unreadable_file_is_an_io_error_and_latin1_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("SITE.CFG");
     std::fs::write(&p, b"* Ma\xefs comment\r\nSMTP_FORWARD=M.EXAMPLE.ORG\r\n").unwrap();
-    assert_eq!(load(&p).unwrap().sync_forward.unwrap().host, "M.EXAMPLE.ORG");
+    assert_eq!(
+        load(&p).unwrap().sync_forward.unwrap().host,
+        "M.EXAMPLE.ORG"
+    );
 }
 
 fn example(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
 }
 
 #[test]
@@ -145,7 +191,10 @@ fn bundled_windows_example() {
                 w.id,
                 w.primary,
                 w.failover.as_ref().map_or("-".into(), ToString::to_string),
-                w.windows.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                w.windows
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
                 w.pools
             )
         })
@@ -174,8 +223,14 @@ fn bundled_unix_example() {
     assert_eq!(c.max_bsmtp, 50);
     assert_eq!(c.sort_recipients, 1);
     assert_eq!(c.rate_limits.overall_bps, Some(50 << 20));
-    assert_eq!(c.rate_limits.pools.values().copied().collect::<Vec<_>>(), [10 << 20, 2_621_440]);
-    assert_eq!(c.passive.get("DIST_FORWARD_THRESHOLD").map(String::as_str), Some("200"));
+    assert_eq!(
+        c.rate_limits.pools.values().copied().collect::<Vec<_>>(),
+        [10 << 20, 2_621_440]
+    );
+    assert_eq!(
+        c.passive.get("DIST_FORWARD_THRESHOLD").map(String::as_str),
+        Some("200")
+    );
 }
 
 #[test]
@@ -223,7 +278,11 @@ fn json_view_has_the_documented_shape() {
     assert!(j["rate_limits"]["overall_bps"].is_null());
     assert_eq!(j["workers"], serde_json::json!([]));
     let e = serde_json::to_value(explain(
-        &parse_str("SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=W.EXAMPLE.ORG(01:00-02:00)\n", "x").unwrap(),
+        &parse_str(
+            "SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=W.EXAMPLE.ORG(01:00-02:00)\n",
+            "x",
+        )
+        .unwrap(),
         tod("03:00"),
     ))
     .unwrap();

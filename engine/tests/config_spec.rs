@@ -1,5 +1,7 @@
 //! SPEC §10: every configuration case, line -> expected parse.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap (common rules)
+
 use smtpw::config::{
     parse_delivery_pool, parse_str, DistEntry, HostPort, Pool, PoolSet, Severity, SiteConfig,
     TimeOfDay, Window,

@@ -42,6 +42,18 @@ pub(crate) fn check_host(s: &Span<'_>, d: &mut Diags, what: &str) -> bool {
         .char_indices()
         .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
     {
+        if c == '%' || c == '$' {
+            d.error_at(
+                s,
+                i,
+                format!(
+                    "{what} {} uses a variable substitution (%NAME% or $NAME), which smtpw does not expand",
+                    shown(t)
+                ),
+                "the host name written out, such as MAIL.EXAMPLE.ORG",
+            );
+            return false;
+        }
         d.error_at(
             s,
             i,

@@ -46,7 +46,7 @@ fn unix_form_quotes_exports_and_shell_comments() {
                 SMTP_FORWARD=\"MAIL.EXAMPLE.COM\"   # the local MTA\n\
                 export SMTP_FORWARD_1=\"2*MAIL.EXAMPLE.COM;POOL=A-\"\n\
                 SMTP_FORWARD_2='OTHER.EXAMPLE.COM'\n\
-                MAXBSMTP=50\n\
+                MAXBSMTP=50 # recommended for unix MTAs\n\
                 export NODE SMTP_FORWARD\n\
                 export\tSMTP_FORWARD_2   MAXBSMTP\n";
     let c = parse_str(text, "go.user").unwrap();

@@ -5,7 +5,10 @@
 //!   one pair of surrounding double or single quotes is stripped; spaces around `=` are allowed.
 //! - `export KEY [KEY ...]` and `export KEY="value"` (unix).
 //! - Comments: lines starting with `*`, `#`, `;` or `REM ` (after leading spaces), and blank lines.
-//!   After a closing quote, a `# comment` may follow (shell form).
+//!   A `# comment` may end a line after a closing quote or after a space (shell form).
+//!   LISTSERV's manuals (site keyword reference, 1.8c to 17.0) document the `KEY=value` /
+//!   `KEY="value"` / `KEY = 'value'` forms but no comment syntax for SITE.CFG; go.user is a
+//!   Bourne shell script (so `#`), and `*`, `;` and `REM` cover the DOS/INI/VM habits.
 //! - CRLF or LF line ends, an optional UTF-8 byte-order mark; bytes that are not UTF-8 are read
 //!   lossily (as U+FFFD), so a Latin-1 comment does not stop the read.
 //!
@@ -83,7 +86,13 @@ fn is_comment(t: &str) -> bool {
 fn dequote<'a>(v: Span<'a>, d: &mut Diags, key: &str) -> Option<Span<'a>> {
     let v = v.trim();
     let Some(q) = v.text.chars().next().filter(|c| *c == '"' || *c == '\'') else {
-        return Some(v);
+        // Unquoted: a shell comment (`#` after a space) ends the value, as in go.user.
+        let end = v
+            .text
+            .char_indices()
+            .find(|&(i, c)| c == '#' && i > 0 && v.text[..i].ends_with(char::is_whitespace))
+            .map_or(v.text.len(), |(i, _)| i);
+        return Some(v.slice(0..end).trim());
     };
     match v.text[1..].find(q) {
         None => {

@@ -439,10 +439,15 @@ pub(crate) fn parse_sources(sources: &[Source<'_>]) -> (Option<SiteConfig>, Vec<
                 d.warn(
                     &at,
                     format!(
-                        "no worker serves pool{} {}; mail in {} goes through SMTP_FORWARD",
+                        "no worker serves pool{} {}; mail in {} {}",
                         if names.len() > 1 { "s" } else { "" },
                         names.join(" "),
-                        if names.len() > 1 { "them" } else { "it" }
+                        if names.len() > 1 { "them" } else { "it" },
+                        if cfg.sync_forward.is_some() {
+                            "goes through SMTP_FORWARD"
+                        } else {
+                            "stays queued, since SMTP_FORWARD is not set"
+                        }
                     ),
                 );
             }

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config_cmd;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "smtpw",
@@ -17,30 +19,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Read and explain a SITE.CFG.
+    /// Read, check and explain a SITE.CFG.
     #[command(subcommand)]
-    Config(ConfigCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum ConfigCommand {
-    /// Check a SITE.CFG and print the resolved configuration.
-    Check {
-        file: std::path::PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Config(config_cmd::ConfigCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Config(ConfigCommand::Check { file, json }) => {
-            eprintln!(
-                "config check {} (json={json}): not yet implemented",
-                file.display()
-            );
-            ExitCode::from(1)
+    let result = match cli.command {
+        Command::Config(c) => config_cmd::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("smtpw: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

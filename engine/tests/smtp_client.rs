@@ -6,6 +6,8 @@
 //! `RSET? MAIL RCPT... DATA` as one group), and every message with its recipients and its raw
 //! (stuffed) and unstuffed data.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -943,16 +945,18 @@ async fn helo_fallback_when_ehlo_refused() {
         assert_eq!(c.capabilities(), &Capabilities::default());
         let d = c.deliver("l@x.org", &rcpts(2), MSG, 100, &NoGate).await;
         assert_eq!(d.delivered(), 2);
-        let r = rec.lock().unwrap();
-        assert_eq!(
-            r.commands()[..3],
-            [
-                "EHLO lists.example.org",
-                "HELO lists.example.org",
-                "MAIL FROM:<l@x.org>"
-            ]
-        );
-        assert!(r.groups.iter().all(|g| g.len() == 1));
+        {
+            let r = rec.lock().unwrap();
+            assert_eq!(
+                r.commands()[..3],
+                [
+                    "EHLO lists.example.org",
+                    "HELO lists.example.org",
+                    "MAIL FROM:<l@x.org>"
+                ]
+            );
+            assert!(r.groups.iter().all(|g| g.len() == 1));
+        }
 
         // HELO refused too, or EHLO refused with 4yz: no session.
         let mta = Mta {

@@ -121,6 +121,8 @@ struct Record {
     rcpt_count: HashMap<String, usize>,
     /// RCPT commands per transaction (MAIL .. end).
     rcpts_per_txn: Vec<usize>,
+    /// RCPTs accepted (2yz) per address.
+    accepted_count: HashMap<String, usize>,
     closed: bool,
 }
 
@@ -298,6 +300,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mut mta: Mta, rec: R
                                 .cloned()
                                 .unwrap_or_else(|| format!("250 2.1.5 <{a}>"));
                             if reply.starts_with('2') {
+                                *r.accepted_count.entry(a.clone()).or_insert(0) += 1;
                                 st.rcpts.push(a);
                             }
                             reply
@@ -1268,4 +1271,288 @@ async fn tcp_connector_loopback_session_and_refused_port() {
     })
     .await
     .expect("tcp test timed out");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property: whatever the server answers, every recipient is accounted for exactly once
+// ---------------------------------------------------------------------------------------------
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Ok,
+        Unknown550,
+        Busy450,
+        Storage452,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Drop {
+        None,
+        CloseAt(usize),
+        Reply421At(usize),
+        SilentFrom(usize),
+        CloseInData(usize),
+    }
+
+    #[derive(Debug, Clone)]
+    struct Scenario {
+        kinds: Vec<Kind>,
+        limit: Option<usize>,
+        too_many_452: bool,
+        pipelining: bool,
+        max_rcpts: usize,
+        mail: u8,
+        finals: Vec<u8>,
+        data_no_rcpt_354: bool,
+        drop: Drop,
+        second_call: bool,
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            6 => Just(Kind::Ok),
+            2 => Just(Kind::Unknown550),
+            1 => Just(Kind::Busy450),
+            1 => Just(Kind::Storage452),
+        ]
+    }
+
+    fn drop_point() -> impl Strategy<Value = Drop> {
+        prop_oneof![
+            3 => Just(Drop::None),
+            1 => (2usize..80).prop_map(Drop::CloseAt),
+            1 => (2usize..80).prop_map(Drop::Reply421At),
+            1 => (2usize..80).prop_map(Drop::SilentFrom),
+            1 => (1usize..100).prop_map(Drop::CloseInData),
+        ]
+    }
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
+        (
+            proptest::collection::vec(kind(), 0..30),
+            proptest::option::of(1usize..8),
+            any::<bool>(),
+            any::<bool>(),
+            1usize..12,
+            prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+            proptest::collection::vec(
+                prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+                0..12,
+            ),
+            any::<bool>(),
+            drop_point(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(
+                    kinds,
+                    limit,
+                    too_many_452,
+                    pipelining,
+                    max_rcpts,
+                    mail,
+                    finals,
+                    data_no_rcpt_354,
+                    drop,
+                    second_call,
+                )| Scenario {
+                    kinds,
+                    limit,
+                    too_many_452,
+                    pipelining,
+                    max_rcpts,
+                    mail,
+                    finals,
+                    data_no_rcpt_354,
+                    drop,
+                    second_call,
+                },
+            )
+    }
+
+    fn mta_for(s: &Scenario, to: &[String]) -> Mta {
+        let mut m = if s.pipelining {
+            Mta::pipelining()
+        } else {
+            Mta::lockstep()
+        };
+        m.limit = s.limit;
+        if s.too_many_452 {
+            m.too_many = "452 4.5.3 Too many recipients".into();
+        }
+        for (a, k) in to.iter().zip(&s.kinds) {
+            let r = match k {
+                Kind::Ok => continue,
+                Kind::Unknown550 => "550 5.1.1 User unknown",
+                Kind::Busy450 => "450 4.2.1 Mailbox busy",
+                Kind::Storage452 => "452 4.3.1 Insufficient system storage",
+            };
+            m.rcpt_replies.insert(a.clone(), r.into());
+        }
+        m.mail_reply = match s.mail {
+            0 => "250 2.1.0 Sender OK",
+            1 => "451 4.3.0 Try later",
+            _ => "550 5.7.1 Sender refused",
+        }
+        .into();
+        m.final_replies = s
+            .finals
+            .iter()
+            .map(|f| {
+                match f {
+                    0 => "250 2.6.0 <id@mx.example.org> Queued mail for delivery",
+                    1 => "451 4.3.0 Queue trouble",
+                    2 => "554 5.6.0 Content refused",
+                    _ => "552 4.3.1 Message size exceeds fixed maximum message size",
+                }
+                .to_string()
+            })
+            .collect();
+        if s.data_no_rcpt_354 {
+            m.data_no_rcpt = "354 go ahead".into();
+        }
+        match s.drop {
+            Drop::None => {}
+            Drop::CloseAt(k) => m.close_at = Some(k),
+            Drop::Reply421At(k) => m.reply_421_at = Some(k),
+            Drop::SilentFrom(k) => m.silent_from = Some(k),
+            Drop::CloseInData(b) => m.close_in_data_after = Some(b),
+        }
+        m
+    }
+
+    fn check(
+        s: &Scenario,
+        to: &[String],
+        d: &smtpw::smtp::Delivery,
+        c: &Client,
+        rec: &Record,
+    ) -> Result<(), TestCaseError> {
+        prop_assert_eq!(d.results.len(), to.len());
+        prop_assert!(d.transactions as usize <= to.len());
+        prop_assert_eq!(d.connection_lost.is_some(), !c.is_usable());
+        // What the server actually took: recipients of messages that got a 2yz final reply.
+        let mut taken: HashMap<&str, &str> = HashMap::new();
+        for m in &rec.messages {
+            if m.reply.starts_with('2') {
+                for r in &m.rcpts {
+                    prop_assert!(
+                        taken.insert(r.as_str(), m.reply.as_str()).is_none(),
+                        "{} delivered twice",
+                        r
+                    );
+                }
+            }
+        }
+        for n in rec.accepted_count.values() {
+            prop_assert!(*n <= 1, "a recipient was accepted twice");
+        }
+        for n in &rec.rcpts_per_txn {
+            prop_assert!(*n <= s.max_rcpts);
+        }
+        if let (Some(l), Some(learned)) = (s.limit, c.learned_rcpt_limit()) {
+            prop_assert!(learned >= l);
+        }
+        if s.limit.is_none() {
+            prop_assert_eq!(c.learned_rcpt_limit(), None);
+        }
+        for ((addr, res), kind) in to.iter().zip(&d.results).zip(&s.kinds) {
+            let r = res.reply();
+            match res {
+                RcptResult::Delivered(_) => {
+                    prop_assert!(r.is_positive());
+                    prop_assert!(matches!(kind, Kind::Ok));
+                    let t = taken.get(addr.as_str());
+                    prop_assert!(
+                        t.is_some(),
+                        "{} delivered but the server has no such message",
+                        addr
+                    );
+                    prop_assert_eq!(r.to_string(), t.copied().unwrap_or(""));
+                }
+                RcptResult::Failed(_) => {
+                    prop_assert!(r.is_permanent(), "{}", r);
+                    prop_assert!(!taken.contains_key(addr.as_str()));
+                    if r.code == 550 && r.enhanced == Some((5, 1, 1)) {
+                        prop_assert!(matches!(kind, Kind::Unknown550));
+                    }
+                    prop_assert!(matches!(r.code, 550 | 552 | 554), "{}", r);
+                }
+                RcptResult::Deferred(_) => {
+                    prop_assert!(r.is_transient(), "{}", r);
+                    prop_assert!(!taken.contains_key(addr.as_str()));
+                    if d.connection_lost.is_none() {
+                        prop_assert!(r.code != 421 && r.enhanced != Some((4, 4, 2)), "{}", r);
+                    }
+                }
+            }
+        }
+        if d.connection_lost.is_none() && s.mail == 0 {
+            // A clean session: the outcome follows each recipient's own reply.
+            for (res, kind) in d.results.iter().zip(&s.kinds) {
+                match kind {
+                    Kind::Unknown550 => prop_assert!(res.is_failed()),
+                    Kind::Busy450 | Kind::Storage452 => prop_assert!(res.is_deferred()),
+                    Kind::Ok => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_recipient_accounted_for_once(s in scenario()) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let to = rcpts(s.kinds.len());
+                let (stream, rec) = start(mta_for(&s, &to));
+                let cfg = ClientConfig { timeouts: Timeouts::uniform(Duration::from_secs(30)), ..cfg() };
+                let mut c = match tokio::time::timeout(Duration::from_secs(3600), Client::handshake(stream, &cfg)).await {
+                    Ok(Ok(c)) => c,
+                    // The drop point hit the handshake: nothing to deliver.
+                    Ok(Err(_)) => return Ok(()),
+                    Err(_) => return Err(TestCaseError::fail("handshake hung")),
+                };
+                let msg = b"Subject: p\r\n\r\n.dot\r\nbody line\r\n".repeat(3);
+                let d = tokio::time::timeout(Duration::from_secs(3600), c.deliver("l@x.org", &to, &msg, s.max_rcpts, &NoGate))
+                    .await
+                    .map_err(|_| TestCaseError::fail("deliver hung"))?;
+                {
+                    let r = rec.lock().unwrap();
+                    check(&s, &to, &d, &c, &r)?;
+                    for m in &r.messages {
+                        if !m.rcpts.is_empty() {
+                            prop_assert_eq!(&m.data, &msg);
+                        }
+                    }
+                }
+                if s.second_call && c.is_usable() {
+                    // The same connection stays in step for another message.
+                    let to2: Vec<String> = (0..3).map(|i| format!("second{i}@example.net")).collect();
+                    let before = rec.lock().unwrap().messages.len();
+                    let d2 = c.deliver("l@x.org", &to2, &msg, s.max_rcpts, &NoGate).await;
+                    prop_assert_eq!(d2.results.len(), 3);
+                    let r = rec.lock().unwrap();
+                    let got: usize = r.messages[before..]
+                        .iter()
+                        .filter(|m| m.reply.starts_with('2'))
+                        .map(|m| m.rcpts.len())
+                        .sum();
+                    prop_assert_eq!(got, d2.delivered());
+                }
+                Ok(())
+            })?;
+        }
+    }
 }

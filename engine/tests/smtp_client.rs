@@ -1209,6 +1209,86 @@ async fn memory_connector_to_scripted_server() {
     .await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn iis_like_limit_of_100_with_maxbsmtp_1000() {
+    bounded(async {
+        let mta = Mta {
+            limit: Some(100),
+            ..Mta::pipelining()
+        };
+        let (mut c, rec) = connect(mta).await;
+        let to = rcpts(1000);
+        let d = c.deliver("list@example.org", &to, MSG, 1000, &NoGate).await;
+        assert_eq!(d.delivered(), 1000);
+        assert_eq!((d.transactions, d.too_many_recoveries), (10, 1));
+        assert_eq!(c.learned_rcpt_limit(), Some(100));
+        let r = rec.lock().unwrap();
+        assert_eq!(r.rcpts_per_txn, [vec![1000], vec![100; 9]].concat());
+        let mut all: Vec<String> = r.messages.iter().flat_map(|m| m.rcpts.clone()).collect();
+        assert_eq!(all.len(), 1000);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 1000);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_pipelined_group_over_a_tiny_pipe_does_not_deadlock() {
+    bounded(async {
+        // 512-byte buffers each way: the group (~14 KB) and its replies (~15 KB) cannot fit, so
+        // the client must read replies while it writes.
+        let (client, server) = tokio::io::duplex(512);
+        let rec = Rec::default();
+        tokio::spawn(serve(server, Mta::pipelining(), rec.clone()));
+        let mut c = Client::handshake(Box::new(client), &cfg()).await.unwrap();
+        let to = rcpts(600);
+        let big = b"body line\r\n".repeat(5000);
+        let d = c.deliver("l@x.org", &to, &big, 1000, &NoGate).await;
+        assert_eq!(d.delivered(), 600);
+        assert!(c.is_usable());
+        let r = rec.lock().unwrap();
+        assert_eq!(r.messages[0].rcpts.len(), 600);
+        assert_eq!(r.messages[0].data, big);
+        // The group arrived in pieces, but the server answered while the client was writing.
+        assert!(r.groups.len() > 3);
+    })
+    .await;
+}
+
+/// Throughput over in-memory streams: `cargo test -p smtpw --test smtp_client -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn throughput_pipelined_in_memory() {
+    let mta = Mta {
+        limit: Some(100),
+        ..Mta::pipelining()
+    };
+    let (mut c, rec) = connect(mta).await;
+    let msg = b"Subject: t\r\n\r\n"
+        .iter()
+        .copied()
+        .chain(b"0123456789 abcdefghij\r\n".repeat(200))
+        .collect::<Vec<u8>>();
+    let to = rcpts(1000);
+    let t0 = std::time::Instant::now();
+    let mut delivered = 0;
+    for _ in 0..50 {
+        delivered += c
+            .deliver("l@x.org", &to, &msg, 1000, &NoGate)
+            .await
+            .delivered();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(delivered, 50_000);
+    assert_eq!(rec.lock().unwrap().messages.len(), 500);
+    println!(
+        "{delivered} recipients, 500 transactions, {:.0} recipients/s, {:.0} transactions/s",
+        delivered as f64 / secs,
+        500.0 / secs
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real time, loopback TCP
 // ---------------------------------------------------------------------------------------------

@@ -459,6 +459,7 @@ impl Client {
                             pending.push_front(i);
                         }
                     }
+                    let stopped = end.stop.is_some();
                     if let Some(stop) = end.stop {
                         let (reply, fail) = match stop {
                             Stop::Defer(r) => (r, false),
@@ -471,7 +472,6 @@ impl Client {
                                 RcptResult::Deferred(reply.clone())
                             });
                         }
-                        break;
                     }
                     if let Some(e) = self.write_error.take() {
                         // The server answered everything it got, then the connection broke.
@@ -481,6 +481,9 @@ impl Client {
                     if !self.usable {
                         // Desync after a reply in the middle of the message data.
                         self.fail_session(Lost::Protocol("reply before end of data".into()), d);
+                        break;
+                    }
+                    if stopped {
                         break;
                     }
                 }

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "smtpw", version, about = "LISTSERV-style SMTP workers: fast, rate-limited, lossless delivery to forwarding MTAs")]
+#[command(
+    name = "smtpw",
+    version,
+    about = "LISTSERV-style SMTP workers: fast, rate-limited, lossless delivery to forwarding MTAs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Config(ConfigCommand::Check { file, json }) => {
-            eprintln!("config check {} (json={json}): not yet implemented", file.display());
+            eprintln!(
+                "config check {} (json={json}): not yet implemented",
+                file.display()
+            );
             ExitCode::from(1)
         }
     }

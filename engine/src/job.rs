@@ -117,6 +117,7 @@ pub struct JobReader<R> {
     rcpt: String,
     state: State,
     max_message: u64,
+    jobs: u64,
 }
 
 /// Read one line (without its LF or CRLF) into `buf`, at most `max` bytes of content.
@@ -135,10 +136,11 @@ fn read_line_bounded<R: BufRead>(
             Err(e) => return Err(LineErr::Io(e)),
         };
         if avail.is_empty() {
-            if any {
-                return Err(LineErr::Unterminated);
+            // An unterminated last line still counts as a line.
+            if any && buf.last() == Some(&b'\r') {
+                buf.pop();
             }
-            return Ok(false);
+            return Ok(any);
         }
         any = true;
         match memchr::memchr(b'\n', avail) {
@@ -172,7 +174,6 @@ fn read_line_bounded<R: BufRead>(
 enum LineErr {
     Io(io::Error),
     TooLong,
-    Unterminated,
 }
 
 fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
@@ -215,6 +216,7 @@ impl<R: BufRead> JobReader<R> {
             rcpt: String::new(),
             state: State::Start,
             max_message: max_message_bytes,
+            jobs: 0,
         }
     }
 
@@ -247,10 +249,6 @@ impl<R: BufRead> JobReader<R> {
                     expected,
                 ))
             }
-            Err(LineErr::Unterminated) => {
-                self.line_no += 1;
-                Err(self.malformed("a last line without a line ending".into(), expected))
-            }
         }
     }
 
@@ -268,7 +266,6 @@ impl<R: BufRead> JobReader<R> {
                 ))
             }
         }
-        let first_file_line = self.state == State::Start;
         loop {
             let expected = if self.state == State::Start {
                 "\"HELO\", \"EHLO\" or \"MAIL FROM:<address>\""
@@ -276,7 +273,7 @@ impl<R: BufRead> JobReader<R> {
                 EXPECTED
             };
             if !self.next_line(expected)? {
-                if first_file_line && self.state == State::Start {
+                if self.jobs == 0 {
                     self.line_no += 1;
                     return Err(self.malformed("the end of the file".into(), EXPECTED));
                 }
@@ -291,7 +288,7 @@ impl<R: BufRead> JobReader<R> {
                 self.state = State::Between;
                 continue;
             }
-            if is_verb(line, b"QUIT") && self.state == State::Between {
+            if is_verb(line, b"QUIT") && self.jobs > 0 {
                 return self.after_quit();
             }
             if !starts_with_ci(line, b"MAIL FROM:") {
@@ -336,6 +333,7 @@ impl<R: BufRead> JobReader<R> {
                 line: self.line_no,
             };
             self.state = State::Rcpts { seen: false };
+            self.jobs += 1;
             return Ok(Some(header));
         }
     }
@@ -412,7 +410,7 @@ impl<R: BufRead> JobReader<R> {
             let limit = max.saturating_sub(msg.len()).saturating_add(1);
             match read_line_bounded(&mut self.inner, &mut self.buf, limit) {
                 Ok(true) => self.line_no += 1,
-                Ok(false) | Err(LineErr::Unterminated) => {
+                Ok(false) => {
                     self.line_no += 1;
                     return Err(self.malformed(
                         format!("the end of the file in the message begun after line {data_line}"),

@@ -63,7 +63,13 @@ pub enum JobError {
     #[error("line {line}: message larger than the maximum of {max} bytes")]
     TooLarge { line: u64, max: u64 },
     #[error("reading the job: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+impl From<io::Error> for JobError {
+    fn from(e: io::Error) -> Self {
+        JobError::Io(e)
+    }
 }
 
 impl JobError {
@@ -509,7 +515,13 @@ pub enum WriteError {
     #[error("a job needs at least one recipient")]
     NoRecipients,
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        WriteError::Io(e)
+    }
 }
 
 /// A streaming writer of `.MAIL` jobs (CRLF line endings).

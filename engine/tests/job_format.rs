@@ -1,5 +1,7 @@
 //! The `.MAIL` job format: round trips, dot-stuffing, malformed input with line numbers.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use proptest::prelude::*;
 use smtpw::config::Pool;
 use smtpw::job::{dot_stuff, dot_unstuff, read_all, to_crlf, Job, JobError, JobWriter};

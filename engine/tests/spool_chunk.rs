@@ -1,5 +1,7 @@
 //! MAXBSMTP chunking and SORT_RECIPIENTS grouping (pure), property-tested.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;

@@ -4,6 +4,8 @@
 //! Peak RSS is the process's VmHWM from /proc/self/status, read before and after the ingest;
 //! this file holds one test so that nothing else in the process moves it.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::time::Instant;
 
 use smtpw::clock::SystemClock;

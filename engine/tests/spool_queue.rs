@@ -1,5 +1,7 @@
 //! The SQLite spool: ingest, copies, FIFO claims, completion, deferral, lifetime, restart.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

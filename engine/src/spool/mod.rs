@@ -192,13 +192,14 @@ pub struct QueueStats {
 pub enum SpoolError {
     #[error("spool {0}: another process holds the lock {1}")]
     Locked(PathBuf, PathBuf),
+    // The inner errors are part of the message, not `source()`, so that `{:#}` chains do
+    // not print them twice.
     #[error("spool database: {0}")]
-    Db(#[from] rusqlite::Error),
-    #[error("{context}: {source}")]
+    Db(rusqlite::Error),
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("copy {0} is not claimed")]
     NotClaimed(i64),
@@ -209,7 +210,7 @@ pub enum SpoolError {
         got: usize,
     },
     #[error("invalid job: {0}")]
-    Job(#[from] WriteError),
+    Job(WriteError),
     #[error("the spool's writer thread has stopped")]
     WriterGone,
     #[error("spool database is corrupt: {0}")]
@@ -217,11 +218,23 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, error: std::io::Error) -> Self {
         SpoolError::Io {
             context: context.into(),
-            source,
+            error,
         }
+    }
+}
+
+impl From<rusqlite::Error> for SpoolError {
+    fn from(e: rusqlite::Error) -> Self {
+        SpoolError::Db(e)
+    }
+}
+
+impl From<WriteError> for SpoolError {
+    fn from(e: WriteError) -> Self {
+        SpoolError::Job(e)
     }
 }
 
@@ -298,7 +311,7 @@ pub fn submit(
         drop(file);
         loop {
             let n = SUBMIT_SEQ.fetch_add(1, Ordering::Relaxed);
-            let name = incoming.join(format!("submit-{pid}-{n}.MAIL"));
+            let name = incoming.join(format!("submit-{pid}-{n:08}.MAIL"));
             match std::fs::hard_link(&tmp_path, &name) {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&tmp_path);

@@ -248,7 +248,11 @@ impl SqliteSpool {
             .write(true)
             .open(&lock_path)
             .map_err(|e| SpoolError::io(format!("opening {}", lock_path.display()), e))?;
-        match lock_file.try_lock() {
+        // `File::try_lock` is stable since Rust 1.89 (the toolchain here is 1.95; the workspace's
+        // declared rust-version 1.85 predates it).
+        #[allow(clippy::incompatible_msrv)]
+        let locked = lock_file.try_lock();
+        match locked {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(SpoolError::Locked(dir.to_path_buf(), lock_path))

@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod queue_cmd;
+mod submit_cmd;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "smtpw",
@@ -20,6 +23,10 @@ enum Command {
     /// Read and explain a SITE.CFG.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Queue a message for a list of recipients (writes a .MAIL job into SPOOL/incoming).
+    Submit(submit_cmd::SubmitArgs),
+    /// Show what a spool holds: copies and recipients per pool and state.
+    Queue(queue_cmd::QueueArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,13 +41,22 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Config(ConfigCommand::Check { file, json }) => {
             eprintln!(
                 "config check {} (json={json}): not yet implemented",
                 file.display()
             );
-            ExitCode::from(1)
+            Ok(ExitCode::from(1))
+        }
+        Command::Submit(args) => submit_cmd::run(args),
+        Command::Queue(args) => queue_cmd::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("smtpw: error: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -396,29 +396,6 @@ async fn malformed_jobs_are_quarantined_with_a_reason_and_nothing_queued() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_file_committed_but_not_removed_is_not_ingested_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_h, clock) = clock();
-    let spool = SqliteSpool::open(dir.path(), opts(10), clock).unwrap();
-    let f = submit_n(dir.path(), None, "once", 4);
-    let text = std::fs::read(&f).unwrap();
-    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
-    assert_eq!(spool.ingest_incoming().await.unwrap().recipients, 4);
-    // As if the process died between the commit and the removal: the same file is back.
-    std::fs::write(&f, &text).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&f)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
-    let rep = spool.ingest_incoming().await.unwrap();
-    assert_eq!(rep.jobs, 0);
-    assert!(!f.exists());
-    assert_eq!(spool.stats().await.unwrap().queued, 4);
-}
-
-#[tokio::test(start_paused = true)]
 async fn several_jobs_in_one_file_with_their_pools() {
     let dir = tempfile::tempdir().unwrap();
     let (_h, clock) = clock();
@@ -542,4 +519,45 @@ async fn ingest_notifies_waiting_workers() {
         .unwrap()
         .unwrap();
     assert_eq!(n, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_time_does_not_run_while_a_completion_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_h, clock) = clock();
+    let spool = SqliteSpool::open(dir.path(), opts(1), clock.clone()).unwrap();
+    submit_n(dir.path(), None, "p", 50);
+    spool.ingest_incoming().await.unwrap();
+    // A timer an hour away: if the runtime auto-advanced while we wait for the writer thread,
+    // the clock would jump to it.
+    let _far = tokio::spawn(tokio::time::sleep(Duration::from_secs(3600)));
+    let t0 = clock.now();
+    for _ in 0..50 {
+        let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
+        spool.complete(c.copy_id, all_delivered(1)).await.unwrap();
+    }
+    assert_eq!(clock.now(), t0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_completed_twice_at_once_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_h, clock) = clock();
+    let spool = SqliteSpool::open(dir.path(), opts(3), clock).unwrap();
+    submit_n(dir.path(), None, "t", 3);
+    spool.ingest_incoming().await.unwrap();
+    let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
+    let (a, b) = tokio::join!(
+        spool.complete(c.copy_id, all_delivered(3)),
+        spool.complete(c.copy_id, all_delivered(3))
+    );
+    assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+    let st = spool.stats().await.unwrap();
+    assert_eq!((st.delivered, st.queued), (3, 0));
+    assert_eq!(
+        read_ledger(&dir.path().join("ledger.jsonl"))
+            .unwrap()
+            .count(),
+        3
+    );
 }

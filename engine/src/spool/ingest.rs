@@ -145,6 +145,7 @@ impl Shared {
         let files = list_incoming(&incoming)
             .map_err(|e| SpoolError::io(format!("listing {}", incoming.display()), e))?;
         let mut report = IngestReport::default();
+        let mut removed = Vec::new();
         for f in files {
             let result = {
                 let mut db = lock(&self.db);
@@ -157,6 +158,7 @@ impl Shared {
                     copies,
                 } => {
                     remove(&f.path)?;
+                    removed.push(f.clone());
                     report.files += 1;
                     report.jobs += jobs;
                     report.recipients += rcpts;
@@ -170,7 +172,10 @@ impl Shared {
                     self.notify.notify_waiters();
                     tracing::info!(file = %f.name, jobs, recipients = rcpts, "ingested");
                 }
-                FileResult::AlreadyIn => remove(&f.path)?,
+                FileResult::AlreadyIn => {
+                    remove(&f.path)?;
+                    removed.push(f.clone());
+                }
                 FileResult::Gone => {}
                 FileResult::Malformed(err) => {
                     let q = self.quarantine(&f, &err, now)?;
@@ -178,6 +183,20 @@ impl Shared {
                     report.quarantined.push(q);
                 }
             }
+        }
+        if !removed.is_empty() {
+            // The files are gone: their "committed but not yet removed" records can go too.
+            let mut db = lock(&self.db);
+            let tx = db.transaction()?;
+            {
+                let mut del = tx.prepare_cached(
+                    "DELETE FROM ingested WHERE name = ?1 AND mtime_ns = ?2 AND size = ?3",
+                )?;
+                for f in &removed {
+                    del.execute(params![f.name, f.mtime_ns, f.size as i64])?;
+                }
+            }
+            tx.commit()?;
         }
         Ok(report)
     }
@@ -358,5 +377,47 @@ fn remove(p: &Path) -> Result<(), SpoolError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(SpoolError::io(format!("removing {}", p.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::spool::{submit, Spool, SpoolOptions, SqliteSpool};
+
+    #[test]
+    fn a_file_committed_but_not_removed_is_not_ingested_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = SystemClock::shared();
+        let spool = SqliteSpool::open(dir.path(), SpoolOptions::default(), clock.clone()).unwrap();
+        let rcpts = (0..4).map(|i| format!("r{i}@x.example"));
+        let path = submit(dir.path(), "o@l", None, rcpts, &b"hi\r\n"[..]).unwrap();
+        let f = list_incoming(&dir.path().join(INCOMING)).unwrap().remove(0);
+        assert_eq!(f.path, path);
+        // Commit the file as a pass would, then "crash" before removing it.
+        let sh = spool.shared();
+        let r = sh.ingest_file(&mut lock(&sh.db), &f, clock.now()).unwrap();
+        assert!(matches!(r, FileResult::Ingested { rcpts: 4, .. }));
+        // The restart's pass finds it committed: removed, nothing queued twice.
+        drop(spool);
+        let spool = SqliteSpool::open(dir.path(), SpoolOptions::default(), clock.clone()).unwrap();
+        let rep = spool.ingest_blocking().unwrap();
+        assert_eq!((rep.jobs, rep.recipients), (0, 0));
+        assert!(!path.exists());
+        let n: i64 = lock(&spool.shared().db)
+            .query_row("SELECT COUNT(*) FROM ingested", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "the record goes once the file is gone");
+        let st = block_on(spool.stats()).unwrap();
+        assert_eq!((st.queued, st.copies, st.jobs), (4, 1, 1));
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 }

@@ -329,7 +329,7 @@ impl SqliteSpool {
         })
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    pub(super) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
 
@@ -690,10 +690,15 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
     let mut plans = Vec::with_capacity(batch.len());
     {
         let idx = lock(&sh.index);
+        let mut in_batch = std::collections::HashSet::with_capacity(batch.len());
         for req in batch {
-            let Some(f) = idx.in_flight.get(&req.copy_id) else {
-                let _ = req.reply.send(Err(SpoolError::NotClaimed(req.copy_id)));
-                continue;
+            // A copy completed twice in one batch counts once.
+            let f = match idx.in_flight.get(&req.copy_id) {
+                Some(f) if in_batch.insert(req.copy_id) => f,
+                _ => {
+                    let _ = req.reply.send(Err(SpoolError::NotClaimed(req.copy_id)));
+                    continue;
+                }
             };
             let time = req.now.to_string();
             let attempts = f.attempts.saturating_add(1);

@@ -561,3 +561,38 @@ async fn a_copy_completed_twice_at_once_counts_once() {
         3
     );
 }
+
+#[test]
+fn many_small_files_ingest_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool =
+        SqliteSpool::open(dir.path(), opts(100), smtpw::clock::SystemClock::shared()).unwrap();
+    const FILES: usize = 2000;
+    for i in 0..FILES {
+        submit(
+            dir.path(),
+            "o@l",
+            None,
+            std::iter::once(format!("merge{i}@x.example")),
+            &b"Subject: m\r\n\r\nx\r\n"[..],
+        )
+        .unwrap();
+    }
+    let t = std::time::Instant::now();
+    let rep = spool.ingest_blocking().unwrap();
+    let took = t.elapsed();
+    eprintln!(
+        "{FILES} single-recipient files ingested in {took:.2?} ({:.0} files/s)",
+        FILES as f64 / took.as_secs_f64()
+    );
+    assert_eq!(
+        (rep.files, rep.jobs, rep.recipients),
+        (FILES as u64, FILES as u64, FILES as u64)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("incoming"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

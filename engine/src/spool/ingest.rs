@@ -8,7 +8,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection};
 
 use super::sqlite::{lock, ms, Shared};
 use super::{IngestReport, Quarantined, SpoolError, INCOMING, QUARANTINE};
@@ -65,23 +65,23 @@ pub fn list_incoming(dir: &Path) -> std::io::Result<Vec<IncomingFile>> {
     Ok(out)
 }
 
-enum FileResult {
-    /// Committed; the copies to add to the index.
-    Ingested {
-        jobs: u64,
-        rcpts: u64,
-        copies: Vec<(i64, Pool)>,
-    },
-    /// Already committed by an earlier pass (crash before its removal).
-    AlreadyIn,
-    /// Vanished before we could read it.
-    Gone,
-    Malformed(JobError),
+/// What one batch transaction committed (files not yet removed).
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// Committed now: file, jobs, recipients, copies to index.
+    ingested: Vec<(IncomingFile, u64, u64, Vec<(i64, Pool)>)>,
+    /// Committed by an earlier pass (a crash came before their removal).
+    already_in: Vec<IncomingFile>,
+    malformed: Vec<(IncomingFile, JobError)>,
 }
+
+/// Files per batch transaction, and recipients after which a batch is closed.
+const BATCH_FILES: usize = 512;
+const BATCH_RCPTS: u64 = 200_000;
 
 /// Accumulates recipients into copy rows.
 struct CopyWriter<'a> {
-    tx: &'a Transaction<'a>,
+    tx: &'a Connection,
     job_id: i64,
     pool: Pool,
     buf: String,
@@ -138,118 +138,149 @@ impl From<JobError> for Abort {
 }
 
 impl Shared {
-    /// One ingest pass over `incoming/`.
+    /// One ingest pass over `incoming/`: files are committed in batches (one transaction,
+    /// synchronous=FULL, per up to 512 files), then removed.
     pub(super) fn ingest_all(&self, now: Timestamp) -> Result<IngestReport, SpoolError> {
         let _pass = lock(&self.ingest_lock);
         let incoming = self.dir.join(INCOMING);
         let files = list_incoming(&incoming)
             .map_err(|e| SpoolError::io(format!("listing {}", incoming.display()), e))?;
         let mut report = IngestReport::default();
-        let mut removed = Vec::new();
-        for f in files {
-            let result = {
+        let mut rest = files.as_slice();
+        while !rest.is_empty() {
+            let (batch, used) = {
                 let mut db = lock(&self.db);
-                self.ingest_file(&mut db, &f, now)?
+                self.ingest_batch(&mut db, rest, now)?
             };
-            match result {
-                FileResult::Ingested {
-                    jobs,
-                    rcpts,
-                    copies,
-                } => {
-                    remove(&f.path)?;
-                    removed.push(f.clone());
-                    report.files += 1;
-                    report.jobs += jobs;
-                    report.recipients += rcpts;
-                    report.copies += copies.len() as u64;
-                    let now_ms = ms(now);
-                    let mut idx = lock(&self.index);
-                    for (id, pool) in copies {
-                        idx.add(id, pool, 0, now_ms);
+            rest = &rest[used..];
+            let mut removed = Vec::new();
+            let now_ms = ms(now);
+            for (f, jobs, rcpts, copies) in batch.ingested {
+                remove(&f.path)?;
+                report.files += 1;
+                report.jobs += jobs;
+                report.recipients += rcpts;
+                report.copies += copies.len() as u64;
+                let mut idx = lock(&self.index);
+                for (id, pool) in copies {
+                    idx.add(id, pool, 0, now_ms);
+                }
+                drop(idx);
+                tracing::debug!(file = %f.name, jobs, recipients = rcpts, "ingested");
+                removed.push(f);
+            }
+            self.notify.notify_waiters();
+            for f in batch.already_in {
+                remove(&f.path)?;
+                removed.push(f);
+            }
+            for (f, err) in batch.malformed {
+                let q = self.quarantine(&f, &err, now)?;
+                tracing::warn!(file = %f.name, reason = %q.reason, "quarantined");
+                report.quarantined.push(q);
+            }
+            if !removed.is_empty() {
+                // The files are gone: their "committed but not yet removed" records can go too.
+                let mut db = lock(&self.db);
+                let tx = db.transaction()?;
+                {
+                    let mut del = tx.prepare_cached(
+                        "DELETE FROM ingested WHERE name = ?1 AND mtime_ns = ?2 AND size = ?3",
+                    )?;
+                    for f in &removed {
+                        del.execute(params![f.name, f.mtime_ns, f.size as i64])?;
                     }
-                    drop(idx);
-                    self.notify.notify_waiters();
-                    tracing::info!(file = %f.name, jobs, recipients = rcpts, "ingested");
                 }
-                FileResult::AlreadyIn => {
-                    remove(&f.path)?;
-                    removed.push(f.clone());
-                }
-                FileResult::Gone => {}
-                FileResult::Malformed(err) => {
-                    let q = self.quarantine(&f, &err, now)?;
-                    tracing::warn!(file = %f.name, reason = %q.reason, "quarantined");
-                    report.quarantined.push(q);
-                }
+                tx.commit()?;
             }
         }
-        if !removed.is_empty() {
-            // The files are gone: their "committed but not yet removed" records can go too.
-            let mut db = lock(&self.db);
-            let tx = db.transaction()?;
-            {
-                let mut del = tx.prepare_cached(
-                    "DELETE FROM ingested WHERE name = ?1 AND mtime_ns = ?2 AND size = ?3",
-                )?;
-                for f in &removed {
-                    del.execute(params![f.name, f.mtime_ns, f.size as i64])?;
-                }
-            }
-            tx.commit()?;
+        if report.files > 0 {
+            tracing::info!(
+                files = report.files,
+                jobs = report.jobs,
+                recipients = report.recipients,
+                copies = report.copies,
+                "ingested"
+            );
         }
         Ok(report)
     }
 
-    fn ingest_file(
+    /// Commit a batch of files from the front of `files` in one transaction (each file in its
+    /// own savepoint, so a malformed one leaves nothing behind). Returns what was done and how
+    /// many files were looked at. Nothing is removed or moved here.
+    pub(super) fn ingest_batch(
         &self,
         db: &mut Connection,
-        f: &IncomingFile,
+        files: &[IncomingFile],
         now: Timestamp,
-    ) -> Result<FileResult, SpoolError> {
-        let seen: bool = db.query_row(
-            "SELECT EXISTS(SELECT 1 FROM ingested WHERE name = ?1 AND mtime_ns = ?2 AND size = ?3)",
-            params![f.name, f.mtime_ns, f.size as i64],
-            |r| r.get(0),
-        )?;
-        if seen {
-            return Ok(FileResult::AlreadyIn);
-        }
-        let file = match File::open(&f.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileResult::Gone),
-            Err(e) => return Err(SpoolError::io(format!("opening {}", f.path.display()), e)),
-        };
+    ) -> Result<(Batch, usize), SpoolError> {
         db.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS staging(seq INTEGER PRIMARY KEY, domain TEXT NOT NULL, addr TEXT NOT NULL);
              PRAGMA synchronous = FULL;",
         )?;
         let result = (|| {
-            let tx = db.transaction()?;
-            let out = self.ingest_jobs(&tx, file, f, now)?;
-            tx.execute(
-                "INSERT OR IGNORE INTO ingested(name, mtime_ns, size) VALUES (?1, ?2, ?3)",
-                params![f.name, f.mtime_ns, f.size as i64],
-            )?;
+            let mut batch = Batch::default();
+            let mut used = 0;
+            let mut rcpts_in_batch = 0u64;
+            let mut tx = db.transaction()?;
+            for f in files {
+                if batch.ingested.len() >= BATCH_FILES || rcpts_in_batch >= BATCH_RCPTS {
+                    break;
+                }
+                used += 1;
+                let seen: bool = tx.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM ingested WHERE name = ?1 AND mtime_ns = ?2 AND size = ?3)",
+                    params![f.name, f.mtime_ns, f.size as i64],
+                    |r| r.get(0),
+                )?;
+                if seen {
+                    batch.already_in.push(f.clone());
+                    continue;
+                }
+                let file = match File::open(&f.path) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(Abort::Spool(SpoolError::io(
+                            format!("opening {}", f.path.display()),
+                            e,
+                        )))
+                    }
+                };
+                let sp = tx.savepoint()?;
+                match self.ingest_jobs(&sp, file, f, now) {
+                    Ok((jobs, rcpts, copies)) => {
+                        sp.execute(
+                            "INSERT OR IGNORE INTO ingested(name, mtime_ns, size) VALUES (?1, ?2, ?3)",
+                            params![f.name, f.mtime_ns, f.size as i64],
+                        )?;
+                        sp.commit()?;
+                        rcpts_in_batch += rcpts;
+                        batch.ingested.push((f.clone(), jobs, rcpts, copies));
+                    }
+                    Err(Abort::Job(e)) => {
+                        drop(sp); // rolls back this file
+                        batch.malformed.push((f.clone(), e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             tx.commit()?;
-            Ok::<_, Abort>(out)
+            Ok::<_, Abort>((batch, used))
         })();
         db.pragma_update(None, "synchronous", "NORMAL")?;
         match result {
-            Ok((jobs, rcpts, copies)) => Ok(FileResult::Ingested {
-                jobs,
-                rcpts,
-                copies,
-            }),
-            Err(Abort::Job(e)) => Ok(FileResult::Malformed(e)),
+            Ok(r) => Ok(r),
             Err(Abort::Spool(e)) => Err(e),
+            Err(Abort::Job(e)) => Err(SpoolError::Corrupt(format!("unexpected job error: {e}"))),
         }
     }
 
     #[allow(clippy::type_complexity)]
     fn ingest_jobs(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         file: File,
         f: &IncomingFile,
         now: Timestamp,
@@ -397,8 +428,11 @@ mod tests {
         assert_eq!(f.path, path);
         // Commit the file as a pass would, then "crash" before removing it.
         let sh = spool.shared();
-        let r = sh.ingest_file(&mut lock(&sh.db), &f, clock.now()).unwrap();
-        assert!(matches!(r, FileResult::Ingested { rcpts: 4, .. }));
+        let (batch, used) = sh
+            .ingest_batch(&mut lock(&sh.db), std::slice::from_ref(&f), clock.now())
+            .unwrap();
+        assert_eq!(used, 1);
+        assert_eq!(batch.ingested[0].2, 4);
         // The restart's pass finds it committed: removed, nothing queued twice.
         drop(spool);
         let spool = SqliteSpool::open(dir.path(), SpoolOptions::default(), clock.clone()).unwrap();

@@ -65,11 +65,14 @@ pub fn list_incoming(dir: &Path) -> std::io::Result<Vec<IncomingFile>> {
     Ok(out)
 }
 
+/// New copies to index: (copy id, pool).
+type NewCopies = Vec<(i64, Pool)>;
+
 /// What one batch transaction committed (files not yet removed).
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     /// Committed now: file, jobs, recipients, copies to index.
-    ingested: Vec<(IncomingFile, u64, u64, Vec<(i64, Pool)>)>,
+    ingested: Vec<(IncomingFile, u64, u64, NewCopies)>,
     /// Committed by an earlier pass (a crash came before their removal).
     already_in: Vec<IncomingFile>,
     malformed: Vec<(IncomingFile, JobError)>,
@@ -277,14 +280,13 @@ impl Shared {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn ingest_jobs(
         &self,
         tx: &Connection,
         file: File,
         f: &IncomingFile,
         now: Timestamp,
-    ) -> Result<(u64, u64, Vec<(i64, Pool)>), Abort> {
+    ) -> Result<(u64, u64, NewCopies), Abort> {
         let max = self.opts.max_bsmtp.max(1);
         let mode = SortMode::from_setting(self.opts.sort_recipients);
         let mut reader = JobReader::new(

@@ -128,6 +128,7 @@ fn submit_then_queue_while_the_spool_is_owned() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("queued 1 recipients in 1 copies"), "{text}");
+    assert!(text.contains("       1  550 no"), "{text}");
     assert!(
         text.lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>()[..4] == ["B", "ready", "1", "1"]),

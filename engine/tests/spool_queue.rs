@@ -228,6 +228,14 @@ async fn complete_records_outcomes_in_the_ledger_and_the_stats() {
     // The same figures from a read-only look at the database (what `smtpw queue` does).
     let ro = read_stats(dir.path(), clock.now()).unwrap();
     assert_eq!((ro.queued, ro.delivered, ro.failed), (1, 2, 1));
+    assert_eq!(ro.failure_reasons.len(), 1);
+    assert_eq!(
+        (
+            ro.failure_reasons[0].reply.as_str(),
+            ro.failure_reasons[0].recipients
+        ),
+        ("550 5.1.1 no such user", 1)
+    );
 
     // Completing twice, or with the wrong number of outcomes, is refused.
     assert!(matches!(
@@ -311,6 +319,7 @@ async fn deferrals_back_off_and_expire_after_the_lifetime() {
     );
     let st = spool.stats().await.unwrap();
     assert_eq!((st.queued, st.delivered, st.failed, st.jobs), (0, 1, 1, 0));
+    assert_eq!(st.failure_reasons[0].reply, "451 still later");
     assert_eq!(spool.queued_copies(), 0);
     assert!(spool.next_due(PoolSet::ALL).is_none());
 }

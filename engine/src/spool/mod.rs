@@ -185,6 +185,15 @@ pub struct QueueStats {
     /// `*.MAIL` files waiting in `incoming/` (not yet ingested).
     pub incoming_files: u64,
     pub pools: Vec<PoolStats>,
+    /// The most frequent replies of failed recipients (at most 20), most frequent first.
+    pub failure_reasons: Vec<FailureReason>,
+}
+
+/// How many recipients failed with one reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureReason {
+    pub reply: String,
+    pub recipients: u64,
 }
 
 /// Why the spool failed.

@@ -2,8 +2,9 @@
 //! index for claims, and a writer thread that group-commits completions.
 //!
 //! Schema:
-//! - `jobs(id, pool, mail_from, message BLOB, created, source, rcpts, delivered, failed, done)`:
-//!   the message is stored once per job and cleared (`NULL`) once no copy of the job is left.
+//! - `jobs(id, pool, mail_from, message BLOB, created, source, rcpts, delivered, failed)`:
+//!   the message is stored once per job; once no copy of a job is left, its counters are added
+//!   to `totals(pool, delivered, failed)` and the row is deleted.
 //! - `copies(id, job_id, pool, n, rcpts, replies, attempts, not_before)`: `rcpts` holds the
 //!   addresses one per line; after a deferral only the deferred recipients remain, `replies`
 //!   their last replies (JSON array) and `not_before` the retry time (ms since the epoch).
@@ -45,8 +46,7 @@ CREATE TABLE IF NOT EXISTS jobs(
   source TEXT NOT NULL,
   rcpts INTEGER NOT NULL,
   delivered INTEGER NOT NULL DEFAULT 0,
-  failed INTEGER NOT NULL DEFAULT 0,
-  done INTEGER
+  failed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS copies(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS failures(
   reply TEXT NOT NULL,
   time INTEGER NOT NULL,
   expired INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS totals(
+  pool INTEGER PRIMARY KEY,
+  delivered INTEGER NOT NULL,
+  failed INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ingested(
   name TEXT NOT NULL,
@@ -119,9 +124,14 @@ pub(super) struct Index {
     deferred: Vec<BTreeSet<(i64, i64)>>,
     in_flight: HashMap<i64, InFlight>,
     jobs: HashMap<i64, Arc<JobInfo>>,
+    /// Bytes of messages in `jobs`.
+    cached_bytes: usize,
 }
 
+/// The message cache holds at most this many jobs and about this many bytes (one message
+/// larger than the budget is still cached on its own).
 const JOB_CACHE: usize = 256;
+const JOB_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 impl Index {
     fn new() -> Self {
@@ -130,6 +140,7 @@ impl Index {
             deferred: vec![BTreeSet::new(); Pool::COUNT],
             in_flight: HashMap::new(),
             jobs: HashMap::new(),
+            cached_bytes: 0,
         }
     }
 
@@ -161,6 +172,29 @@ impl Index {
             .min()?;
         let id = self.ready[p.index()].pop_first()?;
         Some((id, p))
+    }
+
+    fn cache_job(&mut self, job_id: i64, job: Arc<JobInfo>) {
+        let size = job.message.len();
+        // Evict the newest jobs first: FIFO claims come back to the oldest soonest.
+        while !self.jobs.is_empty()
+            && (self.jobs.len() >= JOB_CACHE || self.cached_bytes + size > JOB_CACHE_BYTES)
+        {
+            let Some(&k) = self.jobs.keys().max() else {
+                break;
+            };
+            self.uncache_job(k);
+        }
+        self.cached_bytes += size;
+        if let Some(old) = self.jobs.insert(job_id, job) {
+            self.cached_bytes -= old.message.len();
+        }
+    }
+
+    fn uncache_job(&mut self, job_id: i64) {
+        if let Some(old) = self.jobs.remove(&job_id) {
+            self.cached_bytes -= old.message.len();
+        }
     }
 
     fn queued_copies(&self) -> u64 {
@@ -390,12 +424,7 @@ impl SqliteSpool {
                 };
                 let j = Arc::new(j);
                 let mut idx = lock(&sh.index);
-                if idx.jobs.len() >= JOB_CACHE {
-                    if let Some(&k) = idx.jobs.keys().max() {
-                        idx.jobs.remove(&k);
-                    }
-                }
-                idx.jobs.insert(job_id, j.clone());
+                idx.cache_job(job_id, j.clone());
                 j
             }
         };
@@ -624,11 +653,23 @@ fn stats_from_db(conn: &Connection, now: Timestamp) -> Result<QueueStats, SpoolE
     }
     stats.oldest_age_secs = oldest.map_or(0, |o| age_secs(now, ts(o)));
     let (d, f, j): (i64, i64, i64) = conn.query_row(
-        "SELECT COALESCE(SUM(delivered), 0), COALESCE(SUM(failed), 0),
-                COALESCE(SUM(done IS NULL), 0) FROM jobs",
+        "SELECT COALESCE(SUM(delivered), 0) + (SELECT COALESCE(SUM(delivered), 0) FROM totals),
+                COALESCE(SUM(failed), 0) + (SELECT COALESCE(SUM(failed), 0) FROM totals),
+                COUNT(*) FROM jobs",
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
+    let mut st = conn.prepare_cached(
+        "SELECT reply, COUNT(*) FROM failures GROUP BY reply ORDER BY 2 DESC, 1 LIMIT 20",
+    )?;
+    stats.failure_reasons = st
+        .query_map([], |r| {
+            Ok(super::FailureReason {
+                reply: r.get(0)?,
+                recipients: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
     stats.delivered = u64::try_from(d).unwrap_or(0);
     stats.failed = u64::try_from(f).unwrap_or(0);
     stats.jobs = u64::try_from(j).unwrap_or(0);
@@ -799,7 +840,7 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
         }
     }
     for j in done_jobs {
-        idx.jobs.remove(&j);
+        idx.uncache_job(j);
     }
     drop(idx);
     for p in plans {
@@ -824,8 +865,12 @@ fn write_plans(db: &mut Connection, plans: &[Plan]) -> Result<Vec<i64>, rusqlite
         let mut del_copy = tx.prepare_cached("DELETE FROM copies WHERE id = ?1")?;
         let mut left =
             tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM copies WHERE job_id = ?1)")?;
-        let mut finish =
-            tx.prepare_cached("UPDATE jobs SET message = NULL, done = ?2 WHERE id = ?1")?;
+        // A finished job's counters move into the per-pool totals and its row goes.
+        let mut fold = tx.prepare_cached(
+            "INSERT INTO totals(pool, delivered, failed) SELECT pool, delivered, failed FROM jobs WHERE id = ?1
+             ON CONFLICT(pool) DO UPDATE SET delivered = delivered + excluded.delivered, failed = failed + excluded.failed",
+        )?;
+        let mut finish = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
         let mut rcpts = String::new();
         for p in plans {
             upd_job.execute(params![p.job_id, p.delivered, p.failed.len() as i64])?;
@@ -836,7 +881,8 @@ fn write_plans(db: &mut Connection, plans: &[Plan]) -> Result<Vec<i64>, rusqlite
                 del_copy.execute([p.copy_id])?;
                 let any: bool = left.query_row([p.job_id], |r| r.get(0))?;
                 if !any {
-                    finish.execute(params![p.job_id, p.now])?;
+                    fold.execute([p.job_id])?;
+                    finish.execute([p.job_id])?;
                     done.push(p.job_id);
                 }
             } else {

@@ -68,6 +68,12 @@ pub fn render(st: &QueueStats) -> String {
             ));
         }
     }
+    if !st.failure_reasons.is_empty() {
+        out.push_str("failed recipients by reply:\n");
+        for f in &st.failure_reasons {
+            out.push_str(&format!("{:>8}  {}\n", f.recipients, f.reply));
+        }
+    }
     out
 }
 

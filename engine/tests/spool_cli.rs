@@ -142,6 +142,16 @@ fn submit_then_queue_while_the_spool_is_owned() {
         err.to_string().contains("another process holds the lock"),
         "{err}"
     );
+
+    // And once the owner is gone (WAL checkpointed and removed), `queue` still reads it.
+    drop(spool);
+    drop(rt);
+    assert!(!spool_dir.join("spool.db-wal").exists());
+    let v = queue_json(&spool_dir);
+    assert_eq!(
+        (v["queued"].as_u64(), v["delivered"].as_u64()),
+        (Some(1), Some(1))
+    );
 }
 
 #[test]

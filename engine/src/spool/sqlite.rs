@@ -216,10 +216,11 @@ pub(super) struct Shared {
     pub(super) dir: PathBuf,
     pub(super) opts: SpoolOptions,
     pub(super) clock: SharedClock,
+    /// A read-only connection for claims and stats. Declared (so dropped) before `db`: the
+    /// last connection to close checkpoints and removes the WAL, which only a writer can do.
+    reader: Mutex<Connection>,
     /// The writing connection (ingest and the writer thread).
     pub(super) db: Mutex<Connection>,
-    /// A read-only connection for claims and stats.
-    reader: Mutex<Connection>,
     pub(super) index: Mutex<Index>,
     pub(super) notify: Arc<Notify>,
     /// One ingest pass at a time.
@@ -370,6 +371,15 @@ impl SqliteSpool {
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.shared().dir
+    }
+
+    /// Where the ledger is written.
+    pub fn ledger_path(&self) -> PathBuf {
+        let sh = self.shared();
+        sh.opts
+            .ledger_path
+            .clone()
+            .unwrap_or_else(|| sh.dir.join(LEDGER_FILE))
     }
 
     /// The options it was opened with.

@@ -605,3 +605,49 @@ fn many_small_files_ingest_quickly() {
         0
     );
 }
+
+/// Claim + complete throughput with 16 concurrent "workers" (real time, real disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_complete_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool =
+        SqliteSpool::open(dir.path(), opts(10), smtpw::clock::SystemClock::shared()).unwrap();
+    const RCPTS: usize = 100_000;
+    submit_n(dir.path(), None, "t", RCPTS);
+    spool.ingest_incoming().await.unwrap();
+    let t = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let s = spool.clone();
+        tasks.spawn(async move {
+            let mut n = 0usize;
+            while let Some(c) = s.claim(PoolSet::ALL).await.unwrap() {
+                n += c.rcpts.len();
+                s.complete(c.copy_id, all_delivered(c.rcpts.len()))
+                    .await
+                    .unwrap();
+            }
+            n
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = tasks.join_next().await {
+        total += n.unwrap();
+    }
+    let took = t.elapsed();
+    eprintln!(
+        "claim+complete: {} copies of 10 ({RCPTS} recipients) in {took:.2?}: {:.0} copies/s, {:.0} recipients/s",
+        RCPTS / 10,
+        (RCPTS / 10) as f64 / took.as_secs_f64(),
+        RCPTS as f64 / took.as_secs_f64()
+    );
+    assert_eq!(total, RCPTS);
+    let st = spool.stats().await.unwrap();
+    assert_eq!((st.queued, st.delivered), (0, RCPTS as u64));
+    assert_eq!(
+        read_ledger(&dir.path().join("ledger.jsonl"))
+            .unwrap()
+            .count(),
+        RCPTS
+    );
+}

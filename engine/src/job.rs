@@ -151,7 +151,7 @@ fn read_line_bounded<R: BufRead>(
         any = true;
         match memchr::memchr(b'\n', avail) {
             Some(i) => {
-                if buf.len() + i > max + 1 {
+                if buf.len() + i > max.saturating_add(1) {
                     return Err(LineErr::TooLong);
                 }
                 buf.extend_from_slice(&avail[..i]);
@@ -166,7 +166,7 @@ fn read_line_bounded<R: BufRead>(
             }
             None => {
                 let n = avail.len();
-                if buf.len() + n > max + 1 {
+                if buf.len() + n > max.saturating_add(1) {
                     return Err(LineErr::TooLong);
                 }
                 buf.extend_from_slice(avail);
@@ -655,6 +655,15 @@ mod tests {
         assert_eq!(jobs[0].pool, Pool::from_char('C'));
         assert_eq!(jobs[0].rcpts, vec!["x@y", "z@w"]);
         assert_eq!(jobs[0].message, b"Subject: s\r\n\r\n.dot\r\n");
+    }
+
+    #[test]
+    fn an_unbounded_maximum_does_not_overflow() {
+        let text = b"MAIL FROM:<a@b>\nRCPT TO:<x@y>\nDATA\nhello\n.\n";
+        assert_eq!(
+            read_all(&text[..], u64::MAX).unwrap()[0].message,
+            b"hello\r\n"
+        );
     }
 
     #[test]

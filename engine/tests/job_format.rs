@@ -70,6 +70,36 @@ proptest! {
     }
 
     #[test]
+    fn the_reader_never_panics_on_garbage(
+        lines in prop::collection::vec(
+            prop_oneof![
+                Just("MAIL FROM:<a@b>".to_string()),
+                Just("RCPT TO:<c@d>".to_string()),
+                Just("DATA".to_string()),
+                Just(".".to_string()),
+                Just("QUIT".to_string()),
+                "[ -~]{0,30}",
+                prop::collection::vec(any::<u8>(), 0..30).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            ],
+            0..30),
+        max in 0u64..200,
+    ) {
+        let text = lines.join("\n");
+        match read_all(text.as_bytes(), max) {
+            Ok(jobs) => {
+                for j in jobs {
+                    prop_assert!(!j.rcpts.is_empty());
+                    prop_assert!(j.message.len() as u64 <= max);
+                }
+            }
+            Err(JobError::Malformed { line, .. }) | Err(JobError::TooLarge { line, .. }) => {
+                prop_assert!(line >= 1 && line as usize <= lines.len() + 1);
+            }
+            Err(JobError::Io(e)) => prop_assert!(false, "io error from a slice: {e}"),
+        }
+    }
+
+    #[test]
     fn dot_unstuff_inverts_dot_stuff(m in message()) {
         let stuffed = dot_stuff(&m);
         // No line of the stuffed text is a lone ".", so it cannot end the message early.

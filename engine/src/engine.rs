@@ -1,1 +1,260 @@
-//! (to be written)
+//! Assembling and running everything: ingest, the workers, the synchronous fallback, shutdown.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::clock::SharedClock;
+use crate::config::{Pool, PoolSet, SiteConfig};
+use crate::net::Connector;
+use crate::ratelimit::{RateLimiter, DEFAULT_DEPTH};
+use crate::smtp::ClientConfig;
+use crate::spool::Spool;
+use crate::worker::{self, DeliveryStats, Reachability, Role, WorkerContext};
+
+/// How the engine runs, beyond SITE.CFG.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Exit once nothing is queued (batch use, benchmarks, the demo).
+    pub until_empty: bool,
+    /// How long every worker serving a pool must have been unable to reach any host before that
+    /// pool's copies go through SMTP_FORWARD (SPEC §12 D4).
+    pub sync_grace: Duration,
+    /// How often SPOOL/incoming is scanned for new jobs.
+    pub ingest_interval: Duration,
+    /// How long an idle worker waits before looking again (new copies wake it at once).
+    pub idle_poll: Duration,
+    /// Rate-limit bucket depth (how much idle time saves up).
+    pub rate_depth: Duration,
+    /// LISTSERV's per-worker split of the rate limits instead of one shared limiter (SPEC 4.6).
+    pub per_worker_rate_split: bool,
+    pub client: ClientConfig,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            until_empty: false,
+            sync_grace: Duration::from_secs(15 * 60),
+            ingest_interval: Duration::from_millis(200),
+            idle_poll: Duration::from_secs(1),
+            rate_depth: DEFAULT_DEPTH,
+            per_worker_rate_split: false,
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub copies: u64,
+    pub transactions: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub deferred: u64,
+    pub too_many_recoveries: u64,
+    pub connections: u64,
+    pub connect_failures: u64,
+    pub per_host: std::collections::BTreeMap<String, worker::HostStats>,
+}
+
+/// A running engine.
+pub struct Engine<S: Spool> {
+    pub config: SiteConfig,
+    pub spool: Arc<S>,
+    pub stats: Arc<DeliveryStats>,
+    pub shutdown: CancellationToken,
+    pub opts: EngineOptions,
+    connector: Arc<dyn Connector>,
+    clock: SharedClock,
+    spool_dir: PathBuf,
+}
+
+impl<S: Spool> Engine<S> {
+    pub fn new(
+        config: SiteConfig,
+        spool: Arc<S>,
+        spool_dir: PathBuf,
+        connector: Arc<dyn Connector>,
+        clock: SharedClock,
+        opts: EngineOptions,
+    ) -> Self {
+        Self {
+            config,
+            spool,
+            stats: Arc::new(DeliveryStats::default()),
+            shutdown: CancellationToken::new(),
+            opts,
+            connector,
+            clock,
+            spool_dir,
+        }
+    }
+
+    /// Run until shutdown (or until the queue is empty with `until_empty`).
+    pub async fn run(&self) -> RunSummary {
+        let cfg = &self.config;
+        let reach = Arc::new(Reachability::default());
+        let unserved = cfg.unserved_pools();
+        if !unserved.is_empty() {
+            warn!(pools = %unserved, "no worker serves these pools; their mail goes through SMTP_FORWARD");
+        }
+        let shared = Arc::new(RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth));
+        log_rate_report(cfg);
+        let ctx_for = |limiter: Arc<RateLimiter>| {
+            Arc::new(WorkerContext {
+                spool: self.spool.clone(),
+                connector: self.connector.clone(),
+                clock: self.clock.clone(),
+                limiter,
+                client: self.opts.client.clone(),
+                max_bsmtp: cfg.max_bsmtp as usize,
+                shutdown: self.shutdown.clone(),
+                stats: self.stats.clone(),
+                reachability: reach.clone(),
+                idle_poll: self.opts.idle_poll,
+            })
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut serving = [0usize; Pool::COUNT];
+        for w in &cfg.workers {
+            for p in w.pools.iter() {
+                serving[p.index()] += 1;
+            }
+        }
+        for w in &cfg.workers {
+            let limiter = if self.opts.per_worker_rate_split {
+                Arc::new(RateLimiter::per_worker_share(
+                    &cfg.rate_limits,
+                    cfg.workers.len(),
+                    &serving,
+                    self.opts.rate_depth,
+                ))
+            } else {
+                shared.clone()
+            };
+            tasks.spawn(worker::run(Role::Worker(w.clone()), ctx_for(limiter)));
+        }
+        match &cfg.sync_forward {
+            Some(target) => {
+                let always = if cfg.workers.is_empty() {
+                    PoolSet::ALL
+                } else {
+                    unserved
+                };
+                info!(host = %target, "synchronous path (SMTP_FORWARD) ready");
+                tasks.spawn(worker::run(
+                    Role::Sync {
+                        target: target.clone(),
+                        always,
+                        workers: cfg.workers.clone(),
+                        grace: self.opts.sync_grace,
+                    },
+                    ctx_for(shared.clone()),
+                ));
+            }
+            None if cfg.workers.is_empty() => {
+                warn!("neither SMTP_FORWARD nor SMTP_FORWARD_n is set: nothing can be delivered");
+            }
+            None => {}
+        }
+        // Ingest loop, and the until-empty watch.
+        let spool = self.spool.clone();
+        let shutdown = self.shutdown.clone();
+        let interval = self.opts.ingest_interval;
+        let until_empty = self.opts.until_empty;
+        let incoming = self.spool_dir.join("incoming");
+        let ingest = async move {
+            loop {
+                match spool.ingest_incoming().await {
+                    Ok(r) => {
+                        if r.jobs > 0 {
+                            info!(
+                                jobs = r.jobs,
+                                copies = r.copies,
+                                recipients = r.recipients,
+                                "ingested"
+                            );
+                        }
+                        for q in &r.quarantined {
+                            warn!(file = %q.file.display(), reason = %q.reason, "job quarantined");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "ingest failed"),
+                }
+                if until_empty && spool.queued_copies() == 0 && incoming_is_empty(&incoming) {
+                    info!("queue empty; stopping");
+                    shutdown.cancel();
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        };
+        ingest.await;
+        while tasks.join_next().await.is_some() {}
+        self.summary()
+    }
+
+    pub fn summary(&self) -> RunSummary {
+        let s = &self.stats;
+        RunSummary {
+            copies: s.copies.load(Ordering::Relaxed),
+            transactions: s.transactions.load(Ordering::Relaxed),
+            delivered: s.delivered.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            deferred: s.deferred.load(Ordering::Relaxed),
+            too_many_recoveries: s.too_many_recoveries.load(Ordering::Relaxed),
+            connections: s.connections.load(Ordering::Relaxed),
+            connect_failures: s.connect_failures.load(Ordering::Relaxed),
+            per_host: s.per_host(),
+        }
+    }
+}
+
+fn incoming_is_empty(dir: &std::path::Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(mut it) => !it.any(|e| {
+            e.ok()
+                .and_then(|e| {
+                    e.file_name()
+                        .to_str()
+                        .map(|n| n.to_ascii_uppercase().ends_with(".MAIL"))
+                })
+                .unwrap_or(false)
+        }),
+        Err(_) => true,
+    }
+}
+
+/// The start-up rate-limit report LISTSERV's workers write (SPEC 4.6), in bits and bytes.
+fn log_rate_report(cfg: &SiteConfig) {
+    let rl = &cfg.rate_limits;
+    if rl.is_unlimited() {
+        info!("rate limits: none (SMTP_RATE_LIMIT unset or 0)");
+        return;
+    }
+    if let Some(o) = rl.overall_bps {
+        info!(
+            bits_per_s = o,
+            bytes_per_s = o / 8,
+            workers = cfg.workers.len(),
+            "rate limit overall (shared by all workers)"
+        );
+    }
+    for (pool, bps) in &rl.pools {
+        let n = cfg
+            .workers
+            .iter()
+            .filter(|w| w.pools.contains(*pool))
+            .count();
+        info!(pool = %pool, bits_per_s = bps, bytes_per_s = bps / 8, workers = n, "rate limit for pool (shared by its workers)");
+    }
+}

@@ -1,1 +1,132 @@
-//! (to be written)
+//! The ledger: one JSON line per recipient outcome (SPEC §12 D3), appended and `fdatasync`ed in
+//! batches by the spool's writer before the spool commits, so that every outcome in the spool
+//! database is also in the ledger (a crash between the two can only repeat lines, never lose one).
+//!
+//! A line:
+//! `{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"a@b.c","outcome":"delivered","relay":"mx1:25","reply":"250 2.6.0 Queued mail for delivery","attempts":1}`
+//! `outcome` is `delivered`, `failed` or `deferred` (then `retry_at` says when it is tried again;
+//! `expired: true` on a `failed` line means the job outlived the configured lifetime).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What became of one recipient in one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerOutcome {
+    Delivered,
+    Failed,
+    Deferred,
+}
+
+/// One ledger line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerLine {
+    /// RFC 3339, from the injected clock.
+    pub time: String,
+    pub job: i64,
+    pub copy: i64,
+    pub pool: String,
+    pub rcpt: String,
+    pub outcome: LedgerOutcome,
+    /// `host:port` of the relay that answered, if any.
+    pub relay: Option<String>,
+    pub reply: String,
+    /// Attempts of this copy so far, this one included.
+    pub attempts: u32,
+    /// For `deferred`: when it will be tried again (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// For `failed`: true when it failed because the job outlived its lifetime.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
+}
+
+/// An append-only ledger file.
+#[derive(Debug)]
+pub struct Ledger {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+}
+
+impl Ledger {
+    /// Open (create) the ledger for appending.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append lines and make them durable (`fdatasync`) before returning.
+    pub fn append(&mut self, lines: &[LedgerLine]) -> io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        for l in lines {
+            serde_json::to_writer(&mut self.buf, l).map_err(io::Error::other)?;
+            self.buf.push(b'\n');
+        }
+        self.file.write_all(&self.buf)?;
+        self.file.sync_data()?;
+        if self.buf.capacity() > 4 * 1024 * 1024 {
+            self.buf = Vec::with_capacity(64 * 1024);
+        }
+        Ok(())
+    }
+}
+
+/// Read a ledger file line by line. A torn last line (a crash mid-write) is skipped.
+pub fn read_ledger(path: &Path) -> io::Result<impl Iterator<Item = LedgerLine>> {
+    let r = BufReader::new(File::open(path)?);
+    Ok(r.lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<LedgerLine>(&l).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.jsonl");
+        let mut l = Ledger::open(&p).unwrap();
+        let line = LedgerLine {
+            time: "2026-01-01T00:00:00Z".into(),
+            job: 1,
+            copy: 2,
+            pool: "-".into(),
+            rcpt: "a@b".into(),
+            outcome: LedgerOutcome::Failed,
+            relay: Some("h:25".into()),
+            reply: "550 no".into(),
+            attempts: 1,
+            retry_at: None,
+            expired: true,
+        };
+        l.append(std::slice::from_ref(&line)).unwrap();
+        l.append(std::slice::from_ref(&line)).unwrap();
+        let back: Vec<_> = read_ledger(&p).unwrap().collect();
+        assert_eq!(back, vec![line.clone(), line]);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"outcome\":\"failed\""), "{text}");
+    }
+}

@@ -1,1 +1,406 @@
-//! (to be written)
+//! One SMTP worker: route by the clock, claim the oldest copy of a served pool, keep a connection,
+//! pass the rate gate, run the transaction, record every recipient's outcome.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::clock::SharedClock;
+use crate::config::{HostPort, Pool, PoolSet, TimeOfDay, WorkerSpec};
+use crate::net::{BoxFuture, Connector};
+use crate::ratelimit::RateLimiter;
+use crate::route::{route, Via};
+use crate::smtp::{Client, ClientConfig, DataGate, RcptResult};
+use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
+
+/// Back-off for an unreachable host with no failover (SPEC §11 A5): 30 s doubling to 15 min.
+pub const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_secs(30);
+pub const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// Counters every worker adds to, read by the CLI and the tests.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub transactions: AtomicU64,
+    pub copies: AtomicU64,
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    pub deferred: AtomicU64,
+    pub too_many_recoveries: AtomicU64,
+    pub connections: AtomicU64,
+    pub connect_failures: AtomicU64,
+    per_host: Mutex<BTreeMap<String, HostStats>>,
+}
+
+/// What one relay host received.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HostStats {
+    pub copies: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub deferred: u64,
+}
+
+impl DeliveryStats {
+    pub fn per_host(&self) -> BTreeMap<String, HostStats> {
+        self.per_host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, host: &str, results: &[RcptOutcome], recoveries: u32, transactions: u32) {
+        let (mut d, mut f, mut q) = (0, 0, 0);
+        for r in results {
+            match r.outcome {
+                Outcome::Delivered => d += 1,
+                Outcome::Failed => f += 1,
+                Outcome::Deferred => q += 1,
+            }
+        }
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        self.transactions
+            .fetch_add(u64::from(transactions), Ordering::Relaxed);
+        self.delivered.fetch_add(d, Ordering::Relaxed);
+        self.failed.fetch_add(f, Ordering::Relaxed);
+        self.deferred.fetch_add(q, Ordering::Relaxed);
+        self.too_many_recoveries
+            .fetch_add(u64::from(recoveries), Ordering::Relaxed);
+        let mut m = self.per_host.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = m.entry(host.to_string()).or_default();
+        h.copies += 1;
+        h.delivered += d;
+        h.failed += f;
+        h.deferred += q;
+    }
+}
+
+/// Which hosts of the site are unreachable right now, shared by the workers and the synchronous
+/// fallback (SPEC §12 D4).
+#[derive(Debug, Default)]
+pub struct Reachability {
+    /// Worker id -> since when (monotonic) neither of its hosts could be reached.
+    stranded_since: Mutex<BTreeMap<u32, tokio::time::Instant>>,
+}
+
+impl Reachability {
+    fn set(&self, worker: u32, stranded: bool) {
+        let mut m = self
+            .stranded_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if stranded {
+            m.entry(worker).or_insert_with(tokio::time::Instant::now);
+        } else {
+            m.remove(&worker);
+        }
+    }
+
+    /// Pools whose every serving worker has been stranded for at least `grace`.
+    pub fn stranded_pools(&self, workers: &[WorkerSpec], grace: Duration) -> PoolSet {
+        let m = self
+            .stranded_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        Pool::all()
+            .filter(|p| {
+                let mut serving = workers.iter().filter(|w| w.pools.contains(*p)).peekable();
+                serving.peek().is_some()
+                    && serving.all(|w| {
+                        m.get(&w.id)
+                            .is_some_and(|t| now.duration_since(*t) >= grace)
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The rate gate for one copy's pool.
+struct PoolGate<'a> {
+    limiter: &'a RateLimiter,
+    pool: Pool,
+}
+
+impl DataGate for PoolGate<'_> {
+    fn acquire(&self, bytes: u64) -> BoxFuture<'_, ()> {
+        Box::pin(self.limiter.acquire(self.pool, bytes))
+    }
+}
+
+/// Everything a worker shares with the others.
+pub struct WorkerContext<S: Spool> {
+    pub spool: Arc<S>,
+    pub connector: Arc<dyn Connector>,
+    pub clock: SharedClock,
+    pub limiter: Arc<RateLimiter>,
+    pub client: ClientConfig,
+    pub max_bsmtp: usize,
+    pub shutdown: CancellationToken,
+    pub stats: Arc<DeliveryStats>,
+    pub reachability: Arc<Reachability>,
+    /// How long to wait for work before looking again (new copies also wake workers at once).
+    pub idle_poll: Duration,
+}
+
+/// An open connection and where it goes.
+struct Open {
+    client: Client,
+    target: HostPort,
+}
+
+/// What a worker is: its spec, or the synchronous fallback path.
+pub enum Role {
+    Worker(WorkerSpec),
+    /// SMTP_FORWARD: serves `always` pools, plus pools that the workers left stranded; no rate limit.
+    Sync {
+        target: HostPort,
+        always: PoolSet,
+        workers: Vec<WorkerSpec>,
+        grace: Duration,
+    },
+}
+
+impl Role {
+    fn name(&self) -> String {
+        match self {
+            Role::Worker(w) => format!("worker {}", w.id),
+            Role::Sync { .. } => "sync".to_string(),
+        }
+    }
+}
+
+/// Run one worker until shutdown.
+pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
+    let name = role.name();
+    let mut open: Option<Open> = None;
+    let mut backoff = UNREACHABLE_BACKOFF_MIN;
+    let notify = ctx.spool.notify();
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        // Registered before the claim, so a copy queued between the claim and the wait wakes us.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        // Which hosts, which pools, now.
+        let (targets, pools, limited) = plan(&role, &ctx);
+        if targets.is_empty() || pools.is_empty() {
+            close(&mut open).await;
+            // Inactive (outside every window with no failover): look again at the next minute.
+            let now = ctx.clock.local_time();
+            let to_next_minute = Duration::from_secs(60 - u64::from(now.second().unsigned_abs()))
+                .saturating_sub(Duration::from_nanos(u64::from(
+                    now.subsec_nanosecond().unsigned_abs(),
+                )));
+            idle(
+                &ctx,
+                notified,
+                None,
+                to_next_minute.max(Duration::from_millis(1)),
+            )
+            .await;
+            continue;
+        }
+        // A connection to a host the route no longer allows (e.g. the window closed) is closed.
+        // A connection to the failover, opened because the primary was unreachable, is kept
+        // until it ends; the primary is tried again on the next new connection (SPEC A5).
+        if open.as_ref().is_some_and(|o| !targets.contains(&o.target)) {
+            close(&mut open).await;
+        }
+        let copy = match ctx.spool.claim(pools).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                idle(&ctx, notified, Some(pools), ctx.idle_poll).await;
+                continue;
+            }
+            Err(e) => {
+                warn!(worker = %name, error = %e, "claim failed");
+                idle(&ctx, notified, Some(pools), ctx.idle_poll).await;
+                continue;
+            }
+        };
+        // An idle connection may have been closed by the relay (idle time-out, 421).
+        if let Some(o) = open.as_mut() {
+            if !o.client.check_alive().await {
+                open = None;
+            }
+        }
+        if open.is_none() {
+            open = connect(&ctx, &name, &targets).await;
+            if let Role::Worker(w) = &role {
+                ctx.reachability.set(w.id, open.is_none());
+            }
+            if open.is_some() {
+                backoff = UNREACHABLE_BACKOFF_MIN;
+            } else {
+                ctx.spool.release(copy.copy_id);
+                warn!(worker = %name, retry_in = ?backoff, "no host reachable; the copy goes back to the queue");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
+                continue;
+            }
+        }
+        let Some(o) = open.as_mut() else { continue };
+        deliver(&ctx, &name, o, copy, limited).await;
+        if !o.client.is_usable() {
+            open = None;
+        }
+    }
+    close(&mut open).await;
+    debug!(worker = %name, "stopped");
+}
+
+/// The hosts to try in order, the pools to claim from, and whether rate limits apply.
+fn plan<S: Spool>(role: &Role, ctx: &WorkerContext<S>) -> (Vec<HostPort>, PoolSet, bool) {
+    match role {
+        Role::Worker(w) => {
+            let t = TimeOfDay::from_civil(ctx.clock.local_time());
+            let targets: Vec<HostPort> = match route(w, t).via {
+                Via::Primary => std::iter::once(w.primary.clone())
+                    .chain(w.failover.clone())
+                    .collect(),
+                Via::Failover => w.failover.iter().cloned().collect(),
+                Via::Inactive => Vec::new(),
+            };
+            (targets, w.pools, true)
+        }
+        Role::Sync {
+            target,
+            always,
+            workers,
+            grace,
+        } => {
+            let stranded = ctx.reachability.stranded_pools(workers, *grace);
+            let pools: PoolSet = always.iter().chain(stranded.iter()).collect();
+            (vec![target.clone()], pools, false)
+        }
+    }
+}
+
+async fn connect<S: Spool>(
+    ctx: &WorkerContext<S>,
+    name: &str,
+    targets: &[HostPort],
+) -> Option<Open> {
+    for target in targets {
+        ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+        match ctx.connector.connect(target).await {
+            Ok(stream) => match Client::handshake(stream, &ctx.client).await {
+                Ok(client) => {
+                    debug!(worker = %name, host = %target, "connected");
+                    return Some(Open {
+                        client,
+                        target: target.clone(),
+                    });
+                }
+                Err(e) => {
+                    ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(worker = %name, host = %target, error = %e, "host unreachable");
+                }
+            },
+            Err(e) => {
+                ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(worker = %name, host = %target, error = %e, "host unreachable");
+            }
+        }
+    }
+    None
+}
+
+async fn deliver<S: Spool>(
+    ctx: &WorkerContext<S>,
+    name: &str,
+    o: &mut Open,
+    copy: ClaimedCopy,
+    limited: bool,
+) {
+    let gate = PoolGate {
+        limiter: &ctx.limiter,
+        pool: copy.pool,
+    };
+    let no_gate = crate::smtp::NoGate;
+    let gate: &dyn DataGate = if limited { &gate } else { &no_gate };
+    let d = o
+        .client
+        .deliver(
+            &copy.mail_from,
+            &copy.rcpts,
+            &copy.message,
+            ctx.max_bsmtp,
+            gate,
+        )
+        .await;
+    let rcpts: Vec<RcptOutcome> = d
+        .results
+        .into_iter()
+        .map(|r| match r {
+            RcptResult::Delivered(rep) => RcptOutcome {
+                outcome: Outcome::Delivered,
+                reply: rep.to_string(),
+            },
+            RcptResult::Failed(rep) => RcptOutcome {
+                outcome: Outcome::Failed,
+                reply: rep.to_string(),
+            },
+            RcptResult::Deferred(rep) => RcptOutcome {
+                outcome: Outcome::Deferred,
+                reply: rep.to_string(),
+            },
+        })
+        .collect();
+    let host = o.target.to_string();
+    ctx.stats
+        .record(&host, &rcpts, d.too_many_recoveries, d.transactions);
+    if d.too_many_recoveries > 0 {
+        info!(worker = %name, host = %host, learned = ?o.client.learned_rcpt_limit(), "relay limited recipients; rest sent in the next transaction");
+    }
+    if let Err(e) = ctx
+        .spool
+        .complete(
+            copy.copy_id,
+            CopyResult {
+                relay: Some(host),
+                rcpts,
+            },
+        )
+        .await
+    {
+        warn!(worker = %name, error = %e, "recording the outcome failed");
+    }
+}
+
+async fn close(open: &mut Option<Open>) {
+    if let Some(o) = open.take() {
+        o.client.quit().await;
+    }
+}
+
+/// Wait for new work (`notified`), the next deferred copy of `pools` coming due, `max`, or
+/// shutdown.
+async fn idle<S: Spool>(
+    ctx: &WorkerContext<S>,
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    pools: Option<PoolSet>,
+    max: Duration,
+) {
+    let mut wait = max;
+    if let Some(due) = pools.and_then(|p| ctx.spool.next_due(p)) {
+        let until =
+            Duration::try_from(due.duration_since(ctx.clock.now())).unwrap_or(Duration::ZERO);
+        wait = wait.min(until.max(Duration::from_millis(1)));
+    }
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => {}
+        _ = notified => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}

@@ -229,13 +229,13 @@ impl Client {
         }
         c.greeting = greeting;
         let ehlo = c
-            .command_raw(format_args!("EHLO {}", cfg.helo_name), t.ehlo, "EHLO")
+            .command_raw("EHLO", &cfg.helo_name, t.ehlo, "EHLO")
             .await?;
         if ehlo.is_positive() {
             c.caps = Capabilities::from_ehlo(&ehlo);
         } else if ehlo.is_permanent() {
             let helo = c
-                .command_raw(format_args!("HELO {}", cfg.helo_name), t.ehlo, "HELO")
+                .command_raw("HELO", &cfg.helo_name, t.ehlo, "HELO")
                 .await?;
             if !helo.is_positive() {
                 return Err(ConnectError::Helo(helo));
@@ -248,16 +248,20 @@ impl Client {
         Ok(c)
     }
 
+    /// Send `VERB arg` and read its reply (a future that stays `Send`: no `fmt::Arguments`
+    /// is held across the await).
     async fn command_raw(
         &mut self,
-        line: std::fmt::Arguments<'_>,
+        verb: &str,
+        arg: &str,
         timeout: Duration,
         what: &'static str,
     ) -> Result<Reply, ConnectError> {
-        use std::io::Write as _;
         self.wbuf.clear();
-        // Writing into a Vec cannot fail.
-        let _ = write!(self.wbuf, "{line}\r\n");
+        self.wbuf.extend_from_slice(verb.as_bytes());
+        self.wbuf.push(b' ');
+        self.wbuf.extend_from_slice(arg.as_bytes());
+        self.wbuf.extend_from_slice(b"\r\n");
         self.send(timeout, what)
             .await
             .map_err(Lost::into_connect_error)?;

@@ -586,7 +586,15 @@ fn judge(case: &Case, file: &str, read: Read) -> ScenarioResult {
                     .map(|(k, _, g)| format!("{k} = {g}"))
                     .collect::<Vec<_>>()
                     .join("; ");
-                return Err(Failure::new(exp, g));
+                let lines: Vec<&str> = case
+                    .text
+                    .lines()
+                    .filter(|l| *l != SYNC.trim_end() && !l.starts_with("export "))
+                    .collect();
+                return Err(Failure::new(
+                    format!("`{}` to mean {exp}", lines.join(" / ")),
+                    g,
+                ));
             }
             let got_warnings: Vec<String> = json
                 .get("warnings")
@@ -899,6 +907,12 @@ mod tests {
             .to_json();
         let f = judge(&c, "SITE.CFG", Read::Good(json)).unwrap_err();
         assert!(f.expected.contains("workers = 3"), "{f}");
+        assert!(
+            f.expected.starts_with(
+                "`SMTP_FORWARD_1=UNIXSERVER.BAR.COM / SMTP_FORWARD_2=SMTP.BAZ.NET` to mean"
+            ),
+            "{f}"
+        );
         assert!(f.got.contains("workers = 2"), "{f}");
         assert!(f.got.contains("load UNIXSERVER.BAR.COM = 1/2"), "{f}");
     }

@@ -228,7 +228,7 @@ fn walk_minute(
         if got != want {
             return Err(Failure::new(
                 format!(
-                    "worker {} at {t}: {want} (SPEC §2.4: [start, end) windows)",
+                    "worker {} at {t}: {want} (SPEC §2.4, §11 A3: windows are [start, end))",
                     i + 1
                 ),
                 format!("route() gave {got}"),

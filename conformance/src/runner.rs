@@ -556,6 +556,29 @@ pub async fn run_process(program: &Path, args: &[&str], limit: Duration) -> Resu
     }
 }
 
+/// Starts a long-running process (a mock MTA, the engine) with piped output; it is killed when
+/// the returned child is dropped, so a failing or cancelled scenario leaves nothing behind.
+pub fn spawn_process(program: &Path, args: &[&str]) -> Result<tokio::process::Child, Failure> {
+    tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            Failure::new(
+                format!("`{} {}` to start", program.display(), args.join(" ")),
+                e.to_string(),
+            )
+        })
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub fn temp_dir() -> Result<tempfile::TempDir, Failure> {
+    tempfile::tempdir().map_err(|e| Failure::new("a temporary directory", e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -620,6 +643,29 @@ mod tests {
         assert!(!r[0].passed);
         assert!(r[0].failure.as_deref().unwrap().contains("abandoned"));
         assert!(r[0].took < Duration::from_secs(8));
+    }
+
+    #[test]
+    fn each_mode_gets_its_runtime() {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let s = Scenario::new("flavour", BOTH, |ctx| async move {
+            let flavor = Handle::current().runtime_flavor();
+            let wall = Instant::now();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let slept_for_real = wall.elapsed() >= Duration::from_millis(300);
+            match (ctx.mode(), flavor, slept_for_real) {
+                (Mode::Virtual, RuntimeFlavor::CurrentThread, false)
+                | (Mode::RealTime, RuntimeFlavor::MultiThread, true) => Ok(Outcome::new("ok")),
+                other => Err(Failure::new(
+                    "paused current-thread / real multi-thread",
+                    format!("{other:?}"),
+                )),
+            }
+        });
+        let r = run(&[s], &Selection::default(), |_| {});
+        assert_eq!(r.len(), 2);
+        assert!(r.iter().all(|r| r.passed), "{r:?}");
+        assert_eq!((r[0].mode, r[1].mode), (Mode::Virtual, Mode::RealTime));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::report::Mode;
 use crate::runner::{
-    run_process, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH, VIRTUAL_ONLY,
+    run_process, temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH, VIRTUAL_ONLY,
 };
 
 const SYNC: &str = "SMTP_FORWARD=SYNC.EXAMPLE.ORG\n";
@@ -510,8 +510,7 @@ async fn run_case(case: Case, ctx: Ctx) -> ScenarioResult {
             (file, read)
         }
         Mode::RealTime => {
-            let dir = tempfile::tempdir()
-                .map_err(|e| Failure::new("a temporary directory", e.to_string()))?;
+            let dir = temp_dir()?;
             let path = dir.path().join(case.file_name());
             std::fs::write(&path, &case.text)
                 .map_err(|e| Failure::new(format!("to write {}", path.display()), e.to_string()))?;

@@ -15,7 +15,9 @@ use smtpw::route::{self, Via};
 use smtpw_clock::{Clock, VirtualClock};
 
 use crate::report::{Chart, Lane, Mode};
-use crate::runner::{run_process, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
+use crate::runner::{
+    run_process, temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH,
+};
 
 /// Case 6 (worker 1), a window crossing midnight with a failover on another port (worker 2),
 /// case 7 as written, `_3` (worker 3), and a half-hour window crossing midnight with no failover
@@ -100,8 +102,7 @@ async fn day(ctx: Ctx) -> ScenarioResult {
     let (cfg, path_holder) = match ctx.mode() {
         Mode::Virtual => (parse(SITE_CFG)?, None),
         Mode::RealTime => {
-            let dir = tempfile::tempdir()
-                .map_err(|e| Failure::new("a temporary directory", e.to_string()))?;
+            let dir = temp_dir()?;
             let path = dir.path().join("SITE.CFG");
             std::fs::write(&path, SITE_CFG)
                 .map_err(|e| Failure::new(format!("to write {}", path.display()), e.to_string()))?;

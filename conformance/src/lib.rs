@@ -4,4 +4,6 @@
 //! and writes `target/conformance/report.{md,html}`.
 
 pub mod report;
+pub mod runner;
+pub mod scenarios;
 pub mod svg;

@@ -1,0 +1,18 @@
+//! Every scenario of the suite, in report order.
+//!
+//! To add one: write `async fn my_case(ctx: Ctx) -> ScenarioResult` in a module here (branch on
+//! `ctx.mode()`: paused time and in-memory connections, or the binaries over loopback), and add
+//! `Scenario::new("my-case", BOTH, my_case)` (with `.needs(&[Bin::Smtpw, Bin::MockMta])` when the
+//! real-time run starts processes) to [`all`].
+
+pub mod config;
+pub mod windows;
+
+use crate::runner::Scenario;
+
+/// The whole suite.
+pub fn all() -> Vec<Scenario> {
+    let mut v = config::scenarios();
+    v.push(windows::scenario());
+    v
+}

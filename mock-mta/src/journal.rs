@@ -151,21 +151,24 @@ pub(crate) struct JournalSink {
 }
 
 impl JournalSink {
-    pub fn new(keep_in_memory: bool, file: Option<&Path>) -> std::io::Result<Self> {
-        let file = match file {
-            Some(p) => Some(BufWriter::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            )),
-            None => None,
-        };
-        Ok(Self {
+    /// In memory only (or nowhere, when `keep_in_memory` is false).
+    pub fn memory(keep_in_memory: bool) -> Self {
+        Self {
             keep: keep_in_memory,
             sessions: Mutex::new(BTreeMap::new()),
-            file: Mutex::new(file),
-        })
+            file: Mutex::new(None),
+        }
+    }
+
+    /// Also appended to a JSON-lines file.
+    pub fn with_file(keep_in_memory: bool, path: &Path) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let me = Self::memory(keep_in_memory);
+        *me.file.lock().unwrap_or_else(PoisonError::into_inner) = Some(BufWriter::new(f));
+        Ok(me)
     }
 
     fn write_line(&self, line: &JournalLine<'_>) {

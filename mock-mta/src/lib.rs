@@ -97,9 +97,11 @@ impl MockConfig {
         let over: toml::Table =
             toml::from_str(text).map_err(|e| MockError::Config(e.to_string()))?;
         merge(&mut merged, over);
-        toml::Value::Table(merged)
+        let mut c: MockConfig = toml::Value::Table(merged)
             .try_into()
-            .map_err(|e: toml::de::Error| MockError::Config(e.to_string()))
+            .map_err(|e: toml::de::Error| MockError::Config(e.to_string()))?;
+        c.profile.normalize();
+        Ok(c)
     }
 
     /// Check the configuration (relay entries, limits).
@@ -259,16 +261,8 @@ impl MockMta {
         match Self::build(config.clone(), clock.clone(), true) {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!("{e}");
-                let config = MockConfig {
-                    journal_file: None,
-                    w3c: None,
-                    ..config
-                };
-                match Self::build(config, clock, false) {
-                    Ok(m) => m,
-                    Err(_) => unreachable!("no files to open"),
-                }
+                tracing::error!("{e}; going on without files");
+                Self::from_parts(config, clock, journal::JournalSink::memory(true), None)
             }
         }
     }
@@ -286,11 +280,9 @@ impl MockMta {
         };
         let journal = match (&config.journal_file, files) {
             (Some(p), true) => {
-                journal::JournalSink::new(config.keep_journal, Some(p)).map_err(io(p))?
+                journal::JournalSink::with_file(config.keep_journal, p).map_err(io(p))?
             }
-            _ => {
-                journal::JournalSink::new(config.keep_journal, None).map_err(io(Path::new("-")))?
-            }
+            _ => journal::JournalSink::memory(config.keep_journal),
         };
         let w3c = match (&config.w3c, files) {
             (Some(c), true) => {
@@ -298,6 +290,15 @@ impl MockMta {
             }
             _ => None,
         };
+        Ok(Self::from_parts(config, clock, journal, w3c))
+    }
+
+    fn from_parts(
+        config: MockConfig,
+        clock: SharedClock,
+        journal: journal::JournalSink,
+        w3c: Option<w3c::W3cLog>,
+    ) -> Self {
         let relay = config
             .profile
             .relay_allow
@@ -316,7 +317,7 @@ impl MockMta {
             .next()
             .unwrap_or("MOCK")
             .to_ascii_uppercase();
-        Ok(Self {
+        Self {
             inner: Arc::new(Shared {
                 faults: RwLock::new(Arc::new(config.faults.clone())),
                 relay,
@@ -330,7 +331,7 @@ impl MockMta {
                 computer_name,
                 config,
             }),
-        })
+        }
     }
 
     /// The configuration it was built with (faults as they were at the start).
@@ -353,6 +354,19 @@ impl MockMta {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         session::run(self.inner.clone(), stream, peer, Some(local)).await;
+    }
+
+    /// An in-memory connection: `Err(ConnectionRefused)` while the mock refuses connections,
+    /// else the client end of a duplex stream whose server end runs a session in a spawned task.
+    /// Must be called inside a tokio runtime.
+    pub fn connect_duplex(&self, peer: SocketAddr) -> std::io::Result<tokio::io::DuplexStream> {
+        if self.is_refusing() {
+            return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        }
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        let me = self.clone();
+        tokio::spawn(async move { me.serve_stream(server, peer).await });
+        Ok(client)
     }
 
     /// True when, right now (per the clock and the fault schedule), connections are refused.

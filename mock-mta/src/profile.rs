@@ -128,6 +128,25 @@ impl Profile {
         }
     }
 
+    /// Read a zero limit as "no limit" (`Some(0)` becomes `None`), as the command line does.
+    pub fn normalize(&mut self) {
+        fn z32(v: &mut Option<u32>) {
+            if *v == Some(0) {
+                *v = None;
+            }
+        }
+        fn z64(v: &mut Option<u64>) {
+            if *v == Some(0) {
+                *v = None;
+            }
+        }
+        z32(&mut self.max_recipients);
+        z32(&mut self.max_connections);
+        z32(&mut self.max_messages_per_connection);
+        z64(&mut self.max_message_kb);
+        z64(&mut self.max_session_kb);
+    }
+
     /// The message size limit in bytes.
     pub fn max_message_bytes(&self) -> Option<u64> {
         self.max_message_kb.map(|k| k.saturating_mul(1024))

@@ -111,7 +111,9 @@ async fn load_32_clients_unlimited() {
         total as f64 / took.as_secs_f64(),
         st.peak_connections
     );
-    assert!(st.peak_connections <= CLIENTS as u64);
+    // A client may reconnect before the server has finished closing its previous session, so
+    // the server can briefly count one closing and one new session per client.
+    assert!(st.peak_connections > 1 && st.peak_connections <= 2 * CLIENTS as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,3 +240,61 @@ fn binary_runs_with_options_config_journal_and_summary() {
     let logs: Vec<_> = std::fs::read_dir(&w3c).expect("w3c dir").collect();
     assert_eq!(logs.len(), 1);
 }
+
+#[test]
+fn toml_config_merges_over_a_profile() {
+    let base = MockConfig::xp();
+    let c = MockConfig::from_toml_over(
+        &base,
+        r#"
+hostname = "smtp.example.net"
+keep_bodies = true
+[profile]
+max_recipients = 0
+too_many_code = 452
+relay_allow = ["10.0.0.0/8"]
+[faults]
+schedule = ["down 10:00-10:05", "latency=200 12:00-13:00"]
+close_after_messages = 5
+[[faults.rcpt_rules]]
+pattern = "*@slow.example"
+code = 451
+[faults.command_latency_ms]
+RCPT = 100
+"#,
+    )
+    .expect("parses");
+    assert_eq!(c.hostname, "smtp.example.net");
+    assert_eq!(c.profile.max_connections, Some(10), "kept from the xp base");
+    assert_eq!(c.profile.max_recipients, None, "0 = no limit");
+    assert_eq!(c.profile.too_many_code, 452);
+    assert_eq!(c.profile.max_message_kb, Some(2048));
+    assert_eq!(c.faults.schedule.len(), 2);
+    assert_eq!(c.faults.schedule[1].to_string(), "latency=200 12:00-13:00");
+    assert_eq!(c.faults.rcpt_rules[0].code, 451);
+    assert_eq!(c.faults.command_latency_ms["RCPT"], 100);
+    assert!(c.validate().is_ok());
+    assert!(
+        MockConfig::from_toml_over(&base, "[profile]\nmax_recipents = 5\n").is_err(),
+        "typos are errors"
+    );
+    assert!(
+        MockConfig::from_toml_over(&base, "[faults]\nschedule = [\"up 1:00-2:00\"]\n").is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_duplex_refuses_during_an_outage() {
+    let (_h, clock) = vclock(date(2026, 11, 22).at(9, 59, 0, 0));
+    let mut cfg = MockConfig::iis();
+    cfg.faults.schedule = vec!["down 10:00-10:05".parse().expect("entry")];
+    let mta = MockMta::new(cfg, clock);
+    let s = mta.connect_duplex(peer()).expect("up at 09:59");
+    let mut c = Raw::new(s);
+    assert_eq!(c.reply().await.code, 220);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let e = mta.connect_duplex(peer()).expect_err("down at 10:00");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(mta.connect_duplex(peer()).is_ok(), "up again at 10:05");
+}

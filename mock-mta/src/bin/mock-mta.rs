@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use mock_mta::{MockConfig, MockMta, OverCap, OversizeData, W3cConfig, W3cFieldSet};
+use mock_mta::{MockConfig, MockMta, OverCap, OversizeData, RcptRule, W3cConfig, W3cFieldSet};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ProfileName {
@@ -78,6 +78,19 @@ struct Args {
     /// Keep message bodies in the journal.
     #[arg(long)]
     keep_bodies: bool,
+    /// Recipient fault PATTERN=CODE, e.g. '*@bad.example=550' (repeatable; added after the
+    /// config file's rules).
+    #[arg(long = "rcpt-rule")]
+    rcpt_rules: Vec<String>,
+    /// Scheduled fault, e.g. 'down 10:00-10:05' or 'rcpt-451 12:00-12:30' (repeatable; local time).
+    #[arg(long = "schedule")]
+    schedule: Vec<String>,
+    /// Greet with 421 (then close) or 554 (then only QUIT) instead of 220.
+    #[arg(long, value_parser = ["421", "554"])]
+    greet_code: Option<String>,
+    /// Delay before answering a command, VERB=MS (VERB: EHLO, MAIL, RCPT, DATA, DOT, QUIT, *).
+    #[arg(long = "command-latency")]
+    command_latency: Vec<String>,
 }
 
 fn none_if_zero<T: PartialEq + Default>(v: T) -> Option<T> {
@@ -146,6 +159,34 @@ fn build_config(a: &Args) -> anyhow::Result<MockConfig> {
     }
     if a.keep_bodies {
         c.keep_bodies = true;
+    }
+    for r in &a.rcpt_rules {
+        let (pattern, code) = r
+            .rsplit_once('=')
+            .with_context(|| format!("--rcpt-rule {r:?}: expected PATTERN=CODE"))?;
+        c.faults.rcpt_rules.push(RcptRule {
+            pattern: pattern.to_string(),
+            code: code
+                .parse()
+                .with_context(|| format!("--rcpt-rule {r:?}: bad code"))?,
+            text: None,
+        });
+    }
+    for e in &a.schedule {
+        c.faults.schedule.push(e.parse()?);
+    }
+    if let Some(g) = &a.greet_code {
+        c.faults.greet_code = Some(g.parse()?);
+    }
+    for l in &a.command_latency {
+        let (verb, ms) = l
+            .split_once('=')
+            .with_context(|| format!("--command-latency {l:?}: expected VERB=MS"))?;
+        c.faults.command_latency_ms.insert(
+            verb.to_ascii_uppercase(),
+            ms.parse()
+                .with_context(|| format!("--command-latency {l:?}: bad ms"))?,
+        );
     }
     c.validate()?;
     Ok(c)

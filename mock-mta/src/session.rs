@@ -756,6 +756,10 @@ impl Session {
             self.reply("503 5.5.2 Need mail command");
             return Flow::Continue;
         };
+        if addr.is_empty() {
+            self.reply("501 5.5.4 Invalid Address");
+            return Flow::Continue;
+        }
         if self
             .faults
             .close_after_recipients

@@ -454,3 +454,103 @@ async fn rset_and_quit_end_transactions_unaccepted() {
     })
     .await;
 }
+
+/// The same pipelined script, cut into arbitrary pieces, gets the same replies byte for byte.
+mod chunking {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn script() -> Vec<u8> {
+        let mut s = String::from("EHLO c.example\r\nMAIL FROM:<a@src.example>\r\n");
+        for i in 0..5 {
+            s.push_str(&format!("RCPT TO:<r{i}@dst.example>\r\n"));
+        }
+        s.push_str("RCPT TO:<>\r\nDATA\r\n");
+        let mut v = s.into_bytes();
+        v.extend_from_slice(&mock_mta::dot_stuff(
+            b"Subject: p\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n",
+        ));
+        v.extend_from_slice(b"MAIL FROM:<b@src.example>\r\nRCPT TO:<x@dst.example>\r\nDATA\r\n");
+        v.extend_from_slice(&mock_mta::dot_stuff(b"second\r\n"));
+        v.extend_from_slice(b"NOOP\r\nQUIT\r\n");
+        v
+    }
+
+    async fn replies(cuts: &[usize]) -> (Vec<u8>, Vec<String>) {
+        let mut cfg = MockConfig::iis();
+        cfg.profile.max_recipients = Some(3);
+        cfg.keep_bodies = true;
+        let mta = mock(cfg);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let m = mta.clone();
+        let h = tokio::spawn(async move { m.serve_stream(server, peer()).await });
+        let data = script();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % data.len()).collect();
+        points.sort_unstable();
+        points.push(data.len());
+        let (mut rd, mut wr) = tokio::io::split(&mut client);
+        let writer = async {
+            let mut pos = 0;
+            for p in points {
+                wr.write_all(&data[pos..p]).await.expect("write");
+                wr.flush().await.expect("flush");
+                pos = p;
+                tokio::task::yield_now().await;
+            }
+        };
+        let mut out = Vec::new();
+        let reader = rd.read_to_end(&mut out);
+        let (_, r) = tokio::join!(writer, reader);
+        r.expect("read");
+        h.await.expect("session");
+        let bodies = mta
+            .journal()
+            .transactions()
+            .filter_map(|t| t.body.clone())
+            .collect();
+        (out, bodies)
+    }
+
+    fn run(cuts: Vec<usize>) -> (Vec<u8>, Vec<String>) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+            .block_on(replies(&cuts))
+    }
+
+    #[test]
+    fn whole_script_replies() {
+        let (out, bodies) = run(vec![]);
+        let text = String::from_utf8(out).expect("utf8");
+        let codes: Vec<&str> = text
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..3])
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "220", "250", "250", "250", "250", "250", "552", "552", "501", "354", "250", "250",
+                "250", "354", "250", "250", "221"
+            ]
+        );
+        assert_eq!(
+            bodies,
+            [
+                "Subject: p\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n",
+                "second\r\n"
+            ]
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn any_chunking_same_replies(cuts in proptest::collection::vec(any::<usize>(), 0..40)) {
+            prop_assert_eq!(run(cuts), run(vec![]));
+        }
+    }
+}

@@ -318,8 +318,15 @@ impl Session {
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        stream.write_all(&self.out).await?;
-        stream.flush().await?;
+        // A client that stops reading must not hold its slot for ever: writes share the idle limit.
+        let idle = Duration::from_secs(self.shared.config.profile.idle_timeout_secs);
+        let write = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        tokio::time::timeout(idle, write)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         self.out.clear();
         Ok(())
     }
@@ -428,7 +435,7 @@ impl Session {
                         return None;
                     }
                     self.mode = Mode::Command;
-                    if let Flow::Close(r) = self.end_of_data(used as u64).await {
+                    if let Flow::Close(r) = self.end_of_data().await {
                         return Some(r);
                     }
                 }
@@ -458,7 +465,7 @@ impl Session {
                         continue;
                     }
                     if last {
-                        if let Flow::Close(r) = self.end_of_data(0).await {
+                        if let Flow::Close(r) = self.end_of_data().await {
                             return Some(r);
                         }
                     } else {
@@ -635,7 +642,7 @@ impl Session {
             Request::Mail { from } => self.mail(&from.address, from.size as u64),
             Request::Rcpt { to } => self.rcpt(&to.address),
             Request::Data => {
-                self.data(false);
+                self.data();
                 Flow::Continue
             }
             Request::Bdat {
@@ -852,7 +859,7 @@ impl Session {
         }
     }
 
-    fn data(&mut self, _bdat: bool) {
+    fn data(&mut self) {
         if let Some((code, line)) = self.data_refusal() {
             self.reply(line);
             if let Some(t) = self.txn.as_mut() {
@@ -880,7 +887,7 @@ impl Session {
         };
     }
 
-    async fn end_of_data(&mut self, _used: u64) -> Flow {
+    async fn end_of_data(&mut self) -> Flow {
         self.dots += 1;
         let started = self
             .txn

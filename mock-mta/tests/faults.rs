@@ -388,3 +388,28 @@ async fn wait_until_wakes_on_progress() {
         .expect("task");
     assert_eq!(mta.stats().messages, 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_reads_is_dropped_after_the_idle_time() {
+    use tokio::io::AsyncWriteExt;
+    let mta = mock(MockConfig::iis());
+    let (mut client, server) = tokio::io::duplex(64);
+    let m = mta.clone();
+    let h = tokio::spawn(async move { m.serve_stream(server, peer()).await });
+    let writer = tokio::spawn(async move {
+        let _ = client.write_all(&b"NOOP\r\n".repeat(500)).await;
+        client // keep it open, never read
+    });
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(700), h)
+        .await
+        .expect("session ended by itself")
+        .expect("session");
+    assert_eq!(t0.elapsed(), Duration::from_secs(600));
+    assert_eq!(
+        mta.journal().sessions[0].end_reason.as_deref(),
+        Some("io-error")
+    );
+    assert_eq!(mta.stats().current_connections, 0, "its slot is free again");
+    writer.abort();
+}

@@ -7,3 +7,4 @@ pub mod report;
 pub mod runner;
 pub mod scenarios;
 pub mod svg;
+pub mod topology;

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod windows;
+pub mod workers;
 
 use crate::runner::Scenario;
 
@@ -14,5 +15,6 @@ use crate::runner::Scenario;
 pub fn all() -> Vec<Scenario> {
     let mut v = config::scenarios();
     v.push(windows::scenario());
+    v.extend(workers::scenarios());
     v
 }

@@ -5,6 +5,7 @@
 //! `Scenario::new("my-case", BOTH, my_case)` (with `.needs(&[Bin::Smtpw, Bin::MockMta])` when the
 //! real-time run starts processes) to [`all`].
 
+pub mod chunking;
 pub mod config;
 pub mod windows;
 pub mod workers;
@@ -16,5 +17,6 @@ pub fn all() -> Vec<Scenario> {
     let mut v = config::scenarios();
     v.push(windows::scenario());
     v.extend(workers::scenarios());
+    v.push(chunking::scenario());
     v
 }

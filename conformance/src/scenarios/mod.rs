@@ -7,6 +7,9 @@
 
 pub mod chunking;
 pub mod config;
+pub mod failover;
+pub mod pools;
+pub mod replies;
 pub mod windows;
 pub mod workers;
 
@@ -18,5 +21,8 @@ pub fn all() -> Vec<Scenario> {
     v.push(windows::scenario());
     v.extend(workers::scenarios());
     v.push(chunking::scenario());
+    v.push(failover::scenario());
+    v.push(replies::scenario());
+    v.push(pools::scenario());
     v
 }

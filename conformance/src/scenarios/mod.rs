@@ -9,6 +9,7 @@ pub mod chunking;
 pub mod config;
 pub mod failover;
 pub mod pools;
+pub mod rates;
 pub mod replies;
 pub mod windows;
 pub mod workers;
@@ -24,5 +25,6 @@ pub fn all() -> Vec<Scenario> {
     v.push(failover::scenario());
     v.push(replies::scenario());
     v.push(pools::scenario());
+    v.push(rates::scenario());
     v
 }

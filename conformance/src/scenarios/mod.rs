@@ -7,6 +7,7 @@
 
 pub mod chunking;
 pub mod config;
+pub mod dayrun;
 pub mod failover;
 pub mod pools;
 pub mod rates;
@@ -20,6 +21,7 @@ use crate::runner::Scenario;
 pub fn all() -> Vec<Scenario> {
     let mut v = config::scenarios();
     v.push(windows::scenario());
+    v.push(dayrun::scenario());
     v.extend(workers::scenarios());
     v.push(chunking::scenario());
     v.push(failover::scenario());

@@ -111,7 +111,7 @@ async fn day(_ctx: Ctx) -> ScenarioResult {
     }
     let mut waiting = 0u64;
     let mut hour_host: Vec<Vec<Option<String>>> = vec![vec![None; 24]; 4];
-    for w in 0..4usize {
+    for (w, lane) in hour_host.iter_mut().enumerate() {
         for h in 0..24u16 {
             let submitted = h * 60;
             let first_active = (submitted..24 * 60).find(|m| explained(&cfg, w, *m).is_some());
@@ -164,7 +164,7 @@ async fn day(_ctx: Ctx) -> ScenarioResult {
                                 format!("at {}", tod(*minute)),
                             ));
                         }
-                        if let Some(slot) = hour_host[w].get_mut(usize::from(*minute / 60)) {
+                        if let Some(slot) = lane.get_mut(usize::from(*minute / 60)) {
                             *slot = Some(host.clone());
                         }
                     }

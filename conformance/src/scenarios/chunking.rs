@@ -134,6 +134,16 @@ async fn against_iis(code: u16) -> Result<String, Failure> {
         })
         .sum();
     let sessions = j.sessions.len();
+    let n = j.accepted_transactions().len();
+    if n != 25 {
+        return Err(Failure::new(
+            format!("copies of 1000/1000/500 sent as 10 + 10 + 5 transactions of 100 after {code}s (25 in all)"),
+            format!(
+                "{n} accepted transactions of {:?} recipients",
+                j.accepted_transactions().iter().map(|t| t.accepted_rcpts().count()).collect::<Vec<_>>()
+            ),
+        ));
+    }
     if hit > sessions {
         return Err(Failure::new(
             "the relay's limit learned: at most one transaction per connection meets the limit (SPEC D2)",
@@ -191,7 +201,15 @@ async fn sorted_grouping() -> Result<String, Failure> {
         t.submit(None, want.iter().cloned(), 1000)?;
         t.run_until_empty(fast_options(), Duration::from_secs(3600))
             .await?;
-        let got = t.mock(RELAY)?.journal().delivered_recipients();
+        let journal = t.mock(RELAY)?.journal();
+        let sizes: Vec<usize> = journal.transactions().map(|t| t.rcpts.len()).collect();
+        if sizes != [100; 5] {
+            return Err(Failure::new(
+                format!("SORT_RECIPIENTS={sort}, MAXBSMTP=100, 500 recipients: 5 transactions of 100 RCPTs"),
+                format!("{} transactions of {sizes:?} RCPTs", sizes.len()),
+            ));
+        }
+        let got = journal.delivered_recipients();
         exactly_once(&want, got.clone(), RELAY)?;
         runs[usize::from(sort)] = domain_runs(&got);
         if sort == 1 {
@@ -310,6 +328,19 @@ async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
         .accepted()
         .filter(|t| t.accepted_rcpts().count() > 100)
         .count();
+    // Copies of 1000/1000/500 at 100 per transaction: 10 + 10 + 5.
+    if j.accepted().count() != 25 {
+        return Err(Failure::new(
+            "copies of 1000/1000/500 sent as 10 + 10 + 5 transactions of 100 (25 in all)",
+            format!(
+                "{} accepted transactions of {:?} recipients",
+                j.accepted().count(),
+                j.accepted()
+                    .map(|t| t.accepted_rcpts().count())
+                    .collect::<Vec<_>>()
+            ),
+        ));
+    }
     if over > 0 || too_many == 0 {
         return Err(Failure::new(
             "552s from the mock and no accepted transaction above 100 recipients",

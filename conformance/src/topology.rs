@@ -540,3 +540,138 @@ mod tests {
         assert!(f.got.contains("1 unexpected"), "{f}");
     }
 }
+
+/// A spool directory with a SITE.CFG for the `smtpw` binary (real-time scenarios).
+pub struct ProcessSite {
+    pub smtpw: PathBuf,
+    pub dir: PathBuf,
+    pub cfg: PathBuf,
+    pub spool: PathBuf,
+    jobs: u32,
+}
+
+impl ProcessSite {
+    /// Writes `site_cfg` to `dir/SITE.CFG`; the spool is `dir/spool`.
+    pub fn new(smtpw: &Path, dir: &Path, site_cfg: &str) -> Result<Self, Failure> {
+        let cfg = dir.join("SITE.CFG");
+        std::fs::write(&cfg, site_cfg)
+            .map_err(|e| Failure::new("to write SITE.CFG", e.to_string()))?;
+        Ok(Self {
+            smtpw: smtpw.to_path_buf(),
+            dir: dir.to_path_buf(),
+            cfg,
+            spool: dir.join("spool"),
+            jobs: 0,
+        })
+    }
+
+    /// `smtpw submit` of one job (a message of about `size` bytes) for these recipients.
+    pub async fn submit(&mut self, rcpts: &[String], size: usize) -> Result<(), Failure> {
+        self.jobs += 1;
+        let rf = self.dir.join(format!("rcpts{}.txt", self.jobs));
+        let mf = self.dir.join(format!("message{}.eml", self.jobs));
+        std::fs::write(&rf, rcpts.join("\n"))
+            .and_then(|()| std::fs::write(&mf, message(size)))
+            .map_err(|e| Failure::new("to write the job's files", e.to_string()))?;
+        let ran = crate::runner::run_process(
+            &self.smtpw,
+            &[
+                "submit",
+                "--spool",
+                &self.spool.display().to_string(),
+                "--from",
+                MAIL_FROM,
+                "--rcpts",
+                &rf.display().to_string(),
+                &mf.display().to_string(),
+            ],
+            Duration::from_secs(20),
+        )
+        .await?;
+        if ran.code != Some(0) {
+            return Err(Failure::new(
+                "`smtpw submit` to exit 0",
+                format!("exit {:?}: {}", ran.code, ran.stderr.trim()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn run_args<'a>(&'a self, cfg: &'a str, spool: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec![
+            "run",
+            "--config",
+            cfg,
+            "--spool",
+            spool,
+            "--connect-timeout",
+            "5",
+        ];
+        v.extend_from_slice(extra);
+        v
+    }
+
+    /// `smtpw run --until-empty EXTRA...`, which must exit 0 within `limit`.
+    pub async fn run_until_empty(&self, extra: &[&str], limit: Duration) -> Result<(), Failure> {
+        let (cfg, spool) = (
+            self.cfg.display().to_string(),
+            self.spool.display().to_string(),
+        );
+        let mut args = self.run_args(&cfg, &spool, extra);
+        args.push("--until-empty");
+        let ran = crate::runner::run_process(&self.smtpw, &args, limit).await?;
+        if ran.code != Some(0) {
+            return Err(Failure::new(
+                "`smtpw run --until-empty` to exit 0",
+                format!("exit {:?}: {}", ran.code, ran.stderr.trim()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts `smtpw run EXTRA...` (killed when the child is dropped).
+    pub fn start(&self, extra: &[&str]) -> Result<tokio::process::Child, Failure> {
+        let (cfg, spool) = (
+            self.cfg.display().to_string(),
+            self.spool.display().to_string(),
+        );
+        let args = self.run_args(&cfg, &spool, extra);
+        spawn_process(&self.smtpw, &args)
+    }
+
+    /// `smtpw queue --json`, parsed.
+    pub async fn queue(&self) -> Result<serde_json::Value, Failure> {
+        let ran = crate::runner::run_process(
+            &self.smtpw,
+            &[
+                "queue",
+                "--spool",
+                &self.spool.display().to_string(),
+                "--json",
+            ],
+            Duration::from_secs(20),
+        )
+        .await?;
+        serde_json::from_str(&ran.stdout).map_err(|e| {
+            Failure::new(
+                "`smtpw queue --json` to print JSON",
+                format!("{e}: {} {}", ran.stdout.trim(), ran.stderr.trim()),
+            )
+        })
+    }
+
+    pub fn ledger(&self) -> Result<Vec<LedgerLine>, Failure> {
+        read_ledger(&self.spool.join(smtpw::spool::LEDGER_FILE))
+            .map(|it| it.collect())
+            .map_err(|e| Failure::new("the ledger to be readable", e.to_string()))
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn dead_port() -> Result<u16, Failure> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Failure::new("a free port", e.to_string()))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Failure::new("a free port", e.to_string()))
+}

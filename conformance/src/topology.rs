@@ -518,29 +518,6 @@ pub fn peak_concurrent(journals: &[&FileJournal]) -> i32 {
     peak
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn reads_the_listening_line() {
-        let a = listening_addr("mock-mta: iis profile, mock-iis.example.org listening on 127.0.0.1:41234 (recipients 100, ...)");
-        assert_eq!(a, Some("127.0.0.1:41234".parse().unwrap()));
-        assert_eq!(listening_addr("mock-mta: starting"), None);
-    }
-
-    #[test]
-    fn exactly_once_names_what_is_wrong() {
-        let want: Vec<String> = vec!["a".into(), "b".into()];
-        assert!(exactly_once(&want, vec!["b".into(), "a".into()], "x").is_ok());
-        let f = exactly_once(&want, vec!["a".into(), "a".into(), "c".into()], "x").unwrap_err();
-        assert!(f.got.contains("1 missing"), "{f}");
-        assert!(f.got.contains("1 delivered more than once"), "{f}");
-        assert!(f.got.contains("1 unexpected"), "{f}");
-    }
-}
-
 /// A spool directory with a SITE.CFG for the `smtpw` binary (real-time scenarios).
 pub struct ProcessSite {
     pub smtpw: PathBuf,
@@ -674,4 +651,27 @@ pub fn dead_port() -> Result<u16, Failure> {
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| Failure::new("a free port", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reads_the_listening_line() {
+        let a = listening_addr("mock-mta: iis profile, mock-iis.example.org listening on 127.0.0.1:41234 (recipients 100, ...)");
+        assert_eq!(a, Some("127.0.0.1:41234".parse().unwrap()));
+        assert_eq!(listening_addr("mock-mta: starting"), None);
+    }
+
+    #[test]
+    fn exactly_once_names_what_is_wrong() {
+        let want: Vec<String> = vec!["a".into(), "b".into()];
+        assert!(exactly_once(&want, vec!["b".into(), "a".into()], "x").is_ok());
+        let f = exactly_once(&want, vec!["a".into(), "a".into(), "c".into()], "x").unwrap_err();
+        assert!(f.got.contains("1 missing"), "{f}");
+        assert!(f.got.contains("1 delivered more than once"), "{f}");
+        assert!(f.got.contains("1 unexpected"), "{f}");
+    }
 }

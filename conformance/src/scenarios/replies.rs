@@ -9,6 +9,11 @@
 //! At the end: 550 recipients failed with the relay's reply, slow ones delivered on a retry,
 //! stuck ones still queued, and delivered + failed + queued = submitted, in the spool's figures,
 //! the ledger and the relay's journal, with nobody delivered twice.
+//!
+//! Real time: `mock-mta --rcpt-rule '*@bad.example=550' --rcpt-rule '*@stuck.example=451'` and
+//! `smtpw run` as processes; once the ledger holds every outcome, `smtpw run` gets SIGTERM, and
+//! `smtpw queue --json` on the closed spool must give delivered + failed + queued = submitted.
+//! (The 421 and the drop are virtual only: their 30 s retry back-off is too slow for wall time.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,13 +22,16 @@ use jiff::civil::date;
 use mock_mta::{Faults, MockConfig, RcptRule};
 use smtpw::ledger::LedgerOutcome;
 
-use crate::runner::{Ctx, Failure, Outcome, Scenario, ScenarioResult, VIRTUAL_ONLY};
-use crate::topology::{exactly_once, fast_options, Topology};
+use crate::report::Mode;
+use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
+use crate::topology::{
+    exactly_once, fast_options, read_journal_file, MockProcess, ProcessSite, Topology,
+};
 
 const RELAY: &str = "RELAY.EXAMPLE.ORG:25";
 
 pub fn scenario() -> Scenario {
-    Scenario::new("replies", VIRTUAL_ONLY, replies)
+    Scenario::new("replies", BOTH, replies).needs(&[Bin::Smtpw, Bin::MockMta])
 }
 
 fn rule(pattern: &str, code: u16) -> RcptRule {
@@ -47,7 +55,10 @@ fn faults(slow: bool, disruptive: bool) -> Faults {
     }
 }
 
-async fn replies(_ctx: Ctx) -> ScenarioResult {
+async fn replies(ctx: Ctx) -> ScenarioResult {
+    if ctx.mode() == Mode::RealTime {
+        return real_time(&ctx).await;
+    }
     let t = Topology::new(
         "SMTP_FORWARD=RELAY.EXAMPLE.ORG\nSMTP_FORWARD_1=2*RELAY.EXAMPLE.ORG\nMAXBSMTP=20\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
@@ -204,5 +215,125 @@ async fn replies(_ctx: Ctx) -> ScenarioResult {
     Ok(Outcome::new(format!(
         "{submitted} submitted = {} delivered + {} failed (550, reply kept) + {} queued (451); {deferred_slow} deferrals retried; {closes} x 421, {drops} drops mid-DATA; nobody twice",
         st.delivered, st.failed, st.queued
+    )))
+}
+
+async fn real_time(ctx: &Ctx) -> ScenarioResult {
+    let smtpw = ctx.bin(Bin::Smtpw)?;
+    let mock = ctx.bin(Bin::MockMta)?;
+    let dir = temp_dir()?;
+    let d = dir.path();
+    let m = MockProcess::start(
+        mock,
+        d,
+        "relay",
+        &[
+            "--rcpt-rule",
+            "*@bad.example=550",
+            "--rcpt-rule",
+            "*@stuck.example=451",
+        ],
+    )
+    .await?;
+    let p = m.addr.port();
+    let mut site = ProcessSite::new(
+        smtpw,
+        d,
+        &format!("SMTP_FORWARD=127.0.0.1:{p}\nSMTP_FORWARD_1=2*127.0.0.1:{p}\nMAXBSMTP=20\n"),
+    )?;
+    let kinds = ["bad", "stuck"];
+    let all: Vec<String> = (0..200)
+        .map(|i| {
+            let d = kinds.get(i % 10).copied().unwrap_or("ok");
+            format!("r{i}@{d}.example")
+        })
+        .collect();
+    let of = |d: &str| -> Vec<String> {
+        all.iter()
+            .filter(|a| a.ends_with(&format!("@{d}.example")))
+            .cloned()
+            .collect()
+    };
+    let (ok, bad, stuck) = (of("ok"), of("bad"), of("stuck"));
+    site.submit(&all, 2000).await?;
+    let mut child = site.start(&[])?;
+    // Wait until the ledger has an outcome for everybody (the stuck ones deferred).
+    let t0 = std::time::Instant::now();
+    let counts = loop {
+        let l = site.ledger().unwrap_or_default();
+        let n = |o: LedgerOutcome| l.iter().filter(|x| x.outcome == o).count();
+        let c = (
+            n(LedgerOutcome::Delivered),
+            n(LedgerOutcome::Failed),
+            n(LedgerOutcome::Deferred),
+        );
+        if c.0 >= ok.len() && c.1 >= bad.len() && c.2 >= stuck.len() {
+            break c;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(Failure::new(
+                format!(
+                    "within 20 s, ledger outcomes for all: {} delivered, {} failed, {} deferred",
+                    ok.len(),
+                    bad.len(),
+                    stuck.len()
+                ),
+                format!("{c:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // SIGTERM: in-flight transactions finish, then the daemon stops.
+    if let Some(pid) = child.id() {
+        let _ = crate::runner::run_process(
+            std::path::Path::new("kill"),
+            &["-TERM", &pid.to_string()],
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+        Ok(Ok(st)) if st.success() => {}
+        other => {
+            return Err(Failure::new(
+                "`smtpw run` to stop with status 0 on SIGTERM",
+                format!("{other:?}"),
+            ))
+        }
+    }
+    let q = site.queue().await?;
+    let get = |k: &str| q[k].as_u64().unwrap_or(u64::MAX);
+    let (dl, fl, qd) = (get("delivered"), get("failed"), get("queued"));
+    let submitted = all.len() as u64;
+    if dl != ok.len() as u64
+        || fl != bad.len() as u64
+        || qd != stuck.len() as u64
+        || dl + fl + qd != submitted
+    {
+        return Err(Failure::new(
+            format!(
+                "`smtpw queue --json`: delivered {} + failed {} + queued {} = submitted {submitted}",
+                ok.len(),
+                bad.len(),
+                stuck.len()
+            ),
+            format!("delivered {dl} + failed {fl} + queued {qd}"),
+        ));
+    }
+    let j = read_journal_file(&m.journal)?;
+    drop(m);
+    exactly_once(&ok, j.delivered_recipients(), "the mock-mta process")?;
+    for l in site.ledger()? {
+        if l.rcpt.ends_with("@bad.example")
+            && !(l.outcome == LedgerOutcome::Failed && l.reply.starts_with("550 5.1.1"))
+        {
+            return Err(Failure::new(
+                format!("{} failed with `550 5.1.1 User unknown`", l.rcpt),
+                format!("{:?} with `{}`", l.outcome, l.reply),
+            ));
+        }
+    }
+    Ok(Outcome::new(format!(
+        "processes: {submitted} submitted = {dl} delivered + {fl} failed (550 kept) + {qd} queued (451); ledger {counts:?}"
     )))
 }

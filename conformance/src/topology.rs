@@ -544,27 +544,42 @@ impl ProcessSite {
 
     /// `smtpw submit` of one job (a message of about `size` bytes) for these recipients.
     pub async fn submit(&mut self, rcpts: &[String], size: usize) -> Result<(), Failure> {
+        self.submit_to(None, rcpts, size).await
+    }
+
+    /// `smtpw submit --pool P` (or the default pool) of one job.
+    pub async fn submit_to(
+        &mut self,
+        pool: Option<char>,
+        rcpts: &[String],
+        size: usize,
+    ) -> Result<(), Failure> {
         self.jobs += 1;
         let rf = self.dir.join(format!("rcpts{}.txt", self.jobs));
         let mf = self.dir.join(format!("message{}.eml", self.jobs));
         std::fs::write(&rf, rcpts.join("\n"))
             .and_then(|()| std::fs::write(&mf, message(size)))
             .map_err(|e| Failure::new("to write the job's files", e.to_string()))?;
-        let ran = crate::runner::run_process(
-            &self.smtpw,
-            &[
-                "submit",
-                "--spool",
-                &self.spool.display().to_string(),
-                "--from",
-                MAIL_FROM,
-                "--rcpts",
-                &rf.display().to_string(),
-                &mf.display().to_string(),
-            ],
-            Duration::from_secs(20),
-        )
-        .await?;
+        let (spool, rf, mf) = (
+            self.spool.display().to_string(),
+            rf.display().to_string(),
+            mf.display().to_string(),
+        );
+        let pool_s = pool.map(String::from);
+        let mut args = vec![
+            "submit",
+            "--spool",
+            spool.as_str(),
+            "--from",
+            MAIL_FROM,
+            "--rcpts",
+            rf.as_str(),
+        ];
+        if let Some(p) = &pool_s {
+            args.extend_from_slice(&["--pool", p.as_str()]);
+        }
+        args.push(mf.as_str());
+        let ran = crate::runner::run_process(&self.smtpw, &args, Duration::from_secs(20)).await?;
         if ran.code != Some(0) {
             return Err(Failure::new(
                 "`smtpw submit` to exit 0",
@@ -614,6 +629,26 @@ impl ProcessSite {
         );
         let args = self.run_args(&cfg, &spool, extra);
         spawn_process(&self.smtpw, &args)
+    }
+
+    /// Sends SIGTERM to a `smtpw run` started with [`ProcessSite::start`] and waits (15 s) for it
+    /// to exit 0.
+    pub async fn stop(&self, mut child: tokio::process::Child) -> Result<(), Failure> {
+        if let Some(pid) = child.id() {
+            let _ = crate::runner::run_process(
+                Path::new("kill"),
+                &["-TERM", &pid.to_string()],
+                Duration::from_secs(5),
+            )
+            .await;
+        }
+        match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+            Ok(Ok(st)) if st.success() => Ok(()),
+            other => Err(Failure::new(
+                "`smtpw run` to stop with status 0 on SIGTERM",
+                format!("{other:?}"),
+            )),
+        }
     }
 
     /// `smtpw queue --json`, parsed.

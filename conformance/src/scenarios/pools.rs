@@ -5,14 +5,22 @@
 //!    relay (0.5 s per copy);
 //! 2. a pool that no worker serves goes through SMTP_FORWARD (SPEC D4), at once, while the served
 //!    pool goes through its worker.
+//!
+//! Real time does both at once with the binaries: `mock-mta` processes for the urgent relay, the
+//! bulk relay (100 ms per message) and SMTP_FORWARD; 400 bulk copies queued, then an urgent job
+//! and a job for a pool with no worker submitted while `smtpw run` works through the backlog.
 
 use std::time::Duration;
 
 use jiff::civil::date;
 use mock_mta::MockConfig;
 
-use crate::runner::{Ctx, Failure, Outcome, Scenario, ScenarioResult, VIRTUAL_ONLY};
-use crate::topology::{exactly_once, fast_options, iis_with_dot_latency, Topology};
+use crate::report::Mode;
+use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
+use crate::topology::{
+    exactly_once, fast_options, iis_with_dot_latency, read_journal_file, MockProcess, ProcessSite,
+    Topology,
+};
 
 const URGENT: &str = "URGENT.EXAMPLE.ORG:25";
 const BULK: &str = "BULK.EXAMPLE.ORG:25";
@@ -22,10 +30,13 @@ const BULK_COPIES: usize = 3000;
 const BULK_DOT_MS: u64 = 500;
 
 pub fn scenario() -> Scenario {
-    Scenario::new("pools", VIRTUAL_ONLY, pools)
+    Scenario::new("pools", BOTH, pools).needs(&[Bin::Smtpw, Bin::MockMta])
 }
 
-async fn pools(_ctx: Ctx) -> ScenarioResult {
+async fn pools(ctx: Ctx) -> ScenarioResult {
+    if ctx.mode() == Mode::RealTime {
+        return real_time(&ctx).await;
+    }
     let a = urgent_not_delayed().await?;
     let b = unserved_pool_through_sync().await?;
     Ok(Outcome::new(format!("{a}; {b}")))
@@ -117,4 +128,69 @@ async fn unserved_pool_through_sync() -> Result<String, Failure> {
         "unserved pool C: 50/50 via SMTP_FORWARD, served A: 50/50 via its worker, in {:.2} s",
         took.as_secs_f64()
     ))
+}
+
+async fn real_time(ctx: &Ctx) -> ScenarioResult {
+    let smtpw = ctx.bin(Bin::Smtpw)?;
+    let mock = ctx.bin(Bin::MockMta)?;
+    let dir = temp_dir()?;
+    let d = dir.path();
+    let urgent_m = MockProcess::start(mock, d, "urgent", &[]).await?;
+    let bulk_m = MockProcess::start(mock, d, "bulk", &["--command-latency", "DOT=100"]).await?;
+    let sync_m = MockProcess::start(mock, d, "sync", &[]).await?;
+    let (u, b, s) = (urgent_m.addr.port(), bulk_m.addr.port(), sync_m.addr.port());
+    let mut site = ProcessSite::new(
+        smtpw,
+        d,
+        &format!(
+            "SMTP_FORWARD=127.0.0.1:{s}\nSMTP_FORWARD_1=127.0.0.1:{u};POOL=A\nSMTP_FORWARD_2=2*127.0.0.1:{b};POOL=B\nMAXBSMTP=1\n"
+        ),
+    )?;
+    let bulk: Vec<String> = (0..400).map(|i| format!("bulk{i}@example.com")).collect();
+    site.submit_to(Some('B'), &bulk, 1000).await?;
+    let child = site.start(&[])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let urgent: Vec<String> = (0..5).map(|i| format!("urgent{i}@example.com")).collect();
+    let unserved: Vec<String> = (0..20).map(|i| format!("c{i}@example.com")).collect();
+    let t0 = std::time::Instant::now();
+    site.submit_to(Some('A'), &urgent, 1000).await?;
+    site.submit_to(Some('C'), &unserved, 1000).await?;
+    let delivered = |m: &MockProcess| {
+        read_journal_file(&m.journal)
+            .map(|j| j.delivered_recipients())
+            .unwrap_or_default()
+    };
+    let (took, bulk_done) = loop {
+        if delivered(&urgent_m).len() >= 5 && delivered(&sync_m).len() >= 20 {
+            break (t0.elapsed(), delivered(&bulk_m).len());
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            return Err(Failure::new(
+                "within 15 s: the urgent job (pool A) at its relay and pool C's job through SMTP_FORWARD",
+                format!(
+                    "{} urgent, {} through SMTP_FORWARD",
+                    delivered(&urgent_m).len(),
+                    delivered(&sync_m).len()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    site.stop(child).await?;
+    exactly_once(&urgent, delivered(&urgent_m), "the urgent mock-mta")?;
+    exactly_once(&unserved, delivered(&sync_m), "the SMTP_FORWARD mock-mta")?;
+    if took > Duration::from_secs(3) || bulk_done > 300 {
+        return Err(Failure::new(
+            "the urgent and unserved pools delivered within 3 s while most of the 400 bulk copies still wait",
+            format!(
+                "{:.2} s; {bulk_done} bulk copies delivered by then",
+                took.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(Outcome::new(format!(
+        "processes: urgent A 5/5 and unserved C 20/20 (via SMTP_FORWARD) in {:.2} s, with {} of 400 bulk copies still queued",
+        took.as_secs_f64(),
+        400 - bulk_done
+    )))
 }

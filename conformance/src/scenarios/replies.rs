@@ -256,7 +256,7 @@ async fn real_time(ctx: &Ctx) -> ScenarioResult {
     };
     let (ok, bad, stuck) = (of("ok"), of("bad"), of("stuck"));
     site.submit(&all, 2000).await?;
-    let mut child = site.start(&[])?;
+    let child = site.start(&[])?;
     // Wait until the ledger has an outcome for everybody (the stuck ones deferred).
     let t0 = std::time::Instant::now();
     let counts = loop {
@@ -284,23 +284,7 @@ async fn real_time(ctx: &Ctx) -> ScenarioResult {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // SIGTERM: in-flight transactions finish, then the daemon stops.
-    if let Some(pid) = child.id() {
-        let _ = crate::runner::run_process(
-            std::path::Path::new("kill"),
-            &["-TERM", &pid.to_string()],
-            Duration::from_secs(5),
-        )
-        .await;
-    }
-    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-        Ok(Ok(st)) if st.success() => {}
-        other => {
-            return Err(Failure::new(
-                "`smtpw run` to stop with status 0 on SIGTERM",
-                format!("{other:?}"),
-            ))
-        }
-    }
+    site.stop(child).await?;
     let q = site.queue().await?;
     let get = |k: &str| q[k].as_u64().unwrap_or(u64::MAX);
     let (dl, fl, qd) = (get("delivered"), get("failed"), get("queued"));

@@ -9,7 +9,7 @@
 //! Real time runs part 1 with the binaries: a primary port nobody listens on (connection
 //! refused), a `mock-mta` process as the failover and one as SMTP_FORWARD (which must get
 //! nothing), `smtpw run --until-empty`. Part 3 is not run in real time: with the minute-grained
-//! wake-up of the SMTP_FORWARD path (see [`LATE_BOUND`]) it would take 30-60 s of wall time.
+//! wake-up of the SMTP_FORWARD path (see `LATE_BOUND`) it would take 30-60 s of wall time.
 
 use std::time::Duration;
 

@@ -635,12 +635,13 @@ impl ProcessSite {
     /// to exit 0.
     pub async fn stop(&self, mut child: tokio::process::Child) -> Result<(), Failure> {
         if let Some(pid) = child.id() {
-            let _ = crate::runner::run_process(
+            // `kill(1)`: the workspace denies unsafe code, so no libc::kill here.
+            crate::runner::run_process(
                 Path::new("kill"),
                 &["-TERM", &pid.to_string()],
                 Duration::from_secs(5),
             )
-            .await;
+            .await?;
         }
         match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
             Ok(Ok(st)) if st.success() => Ok(()),

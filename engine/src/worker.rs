@@ -179,6 +179,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     let mut open: Option<Open> = None;
     let mut backoff = UNREACHABLE_BACKOFF_MIN;
     let notify = ctx.spool.notify();
+    let mut was_stranded = PoolSet::EMPTY;
     loop {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -190,6 +191,22 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
 
         // Which hosts, which pools, now.
         let (targets, pools, limited) = plan(&role, &ctx);
+        if let Role::Sync {
+            target,
+            always,
+            grace,
+            ..
+        } = &role
+        {
+            log_stranded(target, *always, *grace, pools, &mut was_stranded);
+            if pools.is_empty() {
+                // Nothing to do until some pool is stranded: look again soon (the grace period
+                // of a stranded pool ends without any notification).
+                close(&mut open).await;
+                idle(&ctx, notified, None, ctx.idle_poll).await;
+                continue;
+            }
+        }
         if targets.is_empty() || pools.is_empty() {
             close(&mut open).await;
             // Inactive (outside every window with no failover): look again at the next minute.
@@ -257,6 +274,32 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     }
     close(&mut open).await;
     debug!(worker = %name, "stopped");
+}
+
+/// SPEC D4: the log says when a pool's copies start (and stop) going through SMTP_FORWARD
+/// because no worker host of the pool could be reached for the grace period.
+fn log_stranded(
+    target: &HostPort,
+    always: PoolSet,
+    grace: Duration,
+    pools: PoolSet,
+    was: &mut PoolSet,
+) {
+    let now: PoolSet = pools.iter().filter(|p| !always.contains(*p)).collect();
+    if now == *was {
+        return;
+    }
+    let started: PoolSet = now.iter().filter(|p| !was.contains(*p)).collect();
+    let ended: PoolSet = was.iter().filter(|p| !now.contains(*p)).collect();
+    if !started.is_empty() {
+        warn!(pools = %started, host = %target, grace = ?grace,
+            "every worker host of these pools has been unreachable for the grace period; their copies go through SMTP_FORWARD");
+    }
+    if !ended.is_empty() {
+        info!(pools = %ended, host = %target,
+            "worker hosts of these pools reachable again; their copies no longer go through SMTP_FORWARD");
+    }
+    *was = now;
 }
 
 /// The hosts to try in order, the pools to claim from, and whether rate limits apply.

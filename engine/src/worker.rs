@@ -119,6 +119,30 @@ impl Reachability {
     }
 }
 
+/// Recipients-per-transaction limits learned from relays (SPEC D2: "remember the relay's observed
+/// limit"), shared by every worker so that a new connection starts with what earlier ones learned.
+#[derive(Debug, Default)]
+pub struct RelayLimits {
+    learned: Mutex<std::collections::HashMap<HostPort, usize>>,
+}
+
+impl RelayLimits {
+    pub fn get(&self, relay: &HostPort) -> Option<usize> {
+        self.learned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(relay)
+            .copied()
+    }
+
+    /// Remember `limit` for `relay` (only ever lowers it).
+    pub fn learn(&self, relay: &HostPort, limit: usize) {
+        let mut m = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = m.entry(relay.clone()).or_insert(limit);
+        *e = (*e).min(limit);
+    }
+}
+
 /// The rate gate for one copy's pool.
 struct PoolGate<'a> {
     limiter: &'a RateLimiter,
@@ -142,6 +166,7 @@ pub struct WorkerContext<S: Spool> {
     pub shutdown: CancellationToken,
     pub stats: Arc<DeliveryStats>,
     pub reachability: Arc<Reachability>,
+    pub relay_limits: Arc<RelayLimits>,
     /// How long to wait for work before looking again (new copies also wake workers at once).
     pub idle_poll: Duration,
 }
@@ -338,7 +363,10 @@ async fn connect<S: Spool>(
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         match ctx.connector.connect(target).await {
             Ok(stream) => match Client::handshake(stream, &ctx.client).await {
-                Ok(client) => {
+                Ok(mut client) => {
+                    if let Some(l) = ctx.relay_limits.get(target) {
+                        client.set_learned_rcpt_limit(l);
+                    }
                     debug!(worker = %name, host = %target, "connected");
                     return Some(Open {
                         client,
@@ -403,6 +431,9 @@ async fn deliver<S: Spool>(
     let host = o.target.to_string();
     ctx.stats
         .record(&host, &rcpts, d.too_many_recoveries, d.transactions);
+    if let Some(l) = o.client.learned_rcpt_limit() {
+        ctx.relay_limits.learn(&o.target, l);
+    }
     if d.too_many_recoveries > 0 {
         info!(worker = %name, host = %host, learned = ?o.client.learned_rcpt_limit(), "relay limited recipients; rest sent in the next transaction");
     }

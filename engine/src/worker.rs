@@ -274,7 +274,17 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             }
         }
         if open.is_none() {
-            open = connect(&ctx, &name, &targets).await;
+            // Setting up a connection is not a transaction: shutdown does not wait for it.
+            let connected = tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => None,
+                c = connect(&ctx, &name, &targets) => Some(c),
+            };
+            let Some(connected) = connected else {
+                ctx.spool.release(copy.copy_id);
+                break;
+            };
+            open = connected;
             if let Role::Worker(w) = &role {
                 ctx.reachability.set(w.id, open.is_none());
             }

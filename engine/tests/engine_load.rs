@@ -216,3 +216,44 @@ async fn graceful_shutdown_finishes_what_is_in_flight_and_a_restart_delivers_the
         .values()
         .all(|l| l.outcome == LedgerOutcome::Delivered));
 }
+
+/// Shutdown while a worker is still setting up its connection (a relay slow to greet): no
+/// transaction is under way, so the worker gives its copy back and stops at once.
+#[tokio::test(start_paused = true)]
+async fn shutdown_does_not_wait_for_a_connection_being_set_up() {
+    const A: &str = "A.EXAMPLE.ORG:25";
+    let mut m = MockConfig::iis();
+    m.faults.reply_latency_ms = 100_000;
+    let h = Harness::new(
+        "SMTP_FORWARD_1=2*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        noon(),
+        &[(A, m)],
+    );
+    h.submit_n(None, 30, "example.com", 1000);
+    let (engine, run) = h.spawn(fast_options());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.mock(A).stats().sessions,
+        2,
+        "both workers are waiting for a greeting"
+    );
+    let t = tokio::time::Instant::now();
+    engine.shutdown.cancel();
+    let s = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("run() returns")
+        .expect("engine");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(s.transactions, 0);
+    let st = h.spool.stats().await.expect("stats");
+    assert_eq!((st.queued, st.delivered, st.failed), (30, 0, 0));
+    assert!(h.ledger().is_empty());
+    drop(engine);
+    let h = h.reopen();
+    h.mock(A).set_faults(mock_mta::Faults::default());
+    let s = h.run_until_empty(Duration::from_secs(60)).await;
+    assert_eq!(s.delivered, 30);
+    let c = h.delivered_counts();
+    assert_eq!(c.len(), 30);
+    assert!(c.values().all(|n| *n == 1));
+}

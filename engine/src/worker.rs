@@ -205,6 +205,8 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     let mut backoff = UNREACHABLE_BACKOFF_MIN;
     let notify = ctx.spool.notify();
     let mut was_stranded = PoolSet::EMPTY;
+    // No host could be reached at the last try.
+    let mut stranded = false;
     loop {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -258,6 +260,34 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         let copy = match ctx.spool.claim(pools).await {
             Ok(Some(c)) => c,
             Ok(None) => {
+                if stranded && open.is_none() {
+                    // No host was reachable at the last try and there is nothing to deliver
+                    // (the sync path may have taken it all): look for the hosts anyway, on the
+                    // same back-off schedule, so that the pool stops counting as stranded as
+                    // soon as a host is back (SPEC D4), not only when new work arrives.
+                    let connected = tokio::select! {
+                        biased;
+                        _ = ctx.shutdown.cancelled() => break,
+                        c = connect(&ctx, &name, &targets) => c,
+                    };
+                    open = connected;
+                    if let Role::Worker(w) = &role {
+                        ctx.reachability.set(w.id, open.is_none());
+                    }
+                    if open.is_some() {
+                        info!(worker = %name, "a host is reachable again");
+                        stranded = false;
+                        backoff = UNREACHABLE_BACKOFF_MIN;
+                    } else {
+                        warn!(worker = %name, retry_in = ?backoff, "still no host reachable");
+                        tokio::select! {
+                            _ = ctx.shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
+                    }
+                    continue;
+                }
                 idle(&ctx, notified, Some(pools), ctx.idle_poll).await;
                 continue;
             }
@@ -288,6 +318,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             if let Role::Worker(w) = &role {
                 ctx.reachability.set(w.id, open.is_none());
             }
+            stranded = open.is_none();
             if open.is_some() {
                 backoff = UNREACHABLE_BACKOFF_MIN;
             } else {

@@ -370,3 +370,60 @@ async fn a_pool_no_worker_serves_goes_through_smtp_forward() {
     let text = logs.text();
     assert!(text.contains("SMTP_FORWARD"), "{text}");
 }
+
+/// Once the worker hosts are back, the sync path stops taking their pools' copies: the next job
+/// goes to the workers, all of it (the workers look for their hosts again on their back-off
+/// schedule even when the sync path has left them nothing to deliver).
+#[tokio::test(start_paused = true)]
+async fn after_the_hosts_come_back_the_workers_deliver_again_not_the_sync_path() {
+    let logs = LogCapture::default();
+    let _g = logs.install();
+    let h = Harness::new(
+        "SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=2*P.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        date(2026, 11, 22).at(12, 0, 0, 0),
+        &[(P, MockConfig::iis()), (S, MockConfig::iis())],
+    );
+    h.mock(P).set_faults(Faults {
+        refuse_connections: true,
+        ..Faults::default()
+    });
+    h.submit(None, rcpts("one", 50), 1000);
+    let (engine, run) = h.spawn(EngineOptions {
+        sync_grace: Duration::from_secs(60),
+        ..fast_options()
+    });
+    wait_for("the sync path", Duration::from_secs(300), || {
+        h.mock(S).stats().recipients_accepted == 50 && h.spool.queued_copies() == 0
+    })
+    .await;
+    h.mock(P).set_faults(Faults::default());
+    // Longer than the workers' back-off at this point.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    // Known before any new work arrives.
+    assert!(
+        logs.text().contains("no longer go through SMTP_FORWARD"),
+        "{}",
+        logs.text()
+    );
+    h.submit(None, rcpts("two", 50), 1000);
+    wait_for("the second job", Duration::from_secs(300), || {
+        h.delivered_everywhere().len() == 100 && h.spool.queued_copies() == 0
+    })
+    .await;
+    engine.shutdown.cancel();
+    run.await.expect("engine");
+    assert_eq!(
+        h.mock(S).stats().recipients_accepted,
+        50,
+        "nothing more via S"
+    );
+    let p = h.mock(P).journal().delivered_recipients();
+    assert_eq!(p.len(), 50);
+    assert!(p.iter().all(|r| r.starts_with("two")));
+    let text = logs.text();
+    assert_eq!(
+        text.matches("no longer go through SMTP_FORWARD").count(),
+        1,
+        "{text}"
+    );
+}

@@ -411,3 +411,91 @@ async fn dropped_connections_mid_data_and_after_the_dot_lose_nothing() {
         .count();
     assert!(deferred_with_drop > 0);
 }
+
+/// SPEC A6: a 4xx to the end of data defers the whole message (retried after the back-off); a
+/// 5xx fails its recipients with the reply.
+#[tokio::test(start_paused = true)]
+async fn end_of_data_451_is_retried_and_554_fails_with_the_reply() {
+    let mut m = MockConfig::iis();
+    m.faults.schedule = vec!["data-451 12:00-12:01".parse().expect("schedule")];
+    let h = Harness::new(
+        "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        noon(),
+        &[(A, m)],
+    );
+    h.submit_n(None, 30, "example.com", 1000);
+    let t0 = tokio::time::Instant::now();
+    let s = h.run_until_empty(Duration::from_secs(600)).await;
+    // Attempts at 0 and 30 s fall in the 451 window; the one at 90 s gets through.
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(90) && took < Duration::from_secs(92),
+        "{took:?}"
+    );
+    assert_eq!((s.delivered, s.failed), (30, 0));
+    assert_each_once(&h, 30);
+    let ledger = h.ledger();
+    let deferred: Vec<_> = ledger
+        .iter()
+        .filter(|l| l.outcome == LedgerOutcome::Deferred)
+        .collect();
+    assert_eq!(deferred.len(), 60);
+    assert!(deferred
+        .iter()
+        .all(|l| l.reply == "451 4.3.0 Mail system temporarily unavailable, try again later"));
+
+    let mut m = MockConfig::iis();
+    m.faults.schedule = vec!["data-554 00:00-24:00".parse().expect("schedule")];
+    let h = Harness::new(
+        "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        noon(),
+        &[(A, m)],
+    );
+    h.submit_n(None, 30, "example.com", 1000);
+    let s = h.run_until_empty(Duration::from_secs(60)).await;
+    assert_eq!((s.delivered, s.failed), (0, 30));
+    assert!(h.delivered_everywhere().is_empty());
+    let finals = h.final_outcomes();
+    assert_eq!(finals.len(), 30);
+    assert!(finals
+        .values()
+        .all(|l| l.outcome == LedgerOutcome::Failed && l.reply == "554 5.6.0 Message rejected"));
+}
+
+/// A relay that closes with 421 in the middle of the RCPTs (after n recipients per connection):
+/// the recipients of that transaction are not delivered, so they are retried; nothing is lost
+/// or doubled.
+#[tokio::test(start_paused = true)]
+async fn relay_closing_with_421_between_recipients_loses_nothing() {
+    let mut m = MockConfig::iis();
+    m.faults.close_after_recipients = Some(25);
+    let h = Harness::new(
+        "SMTP_FORWARD_1=2*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        noon(),
+        &[(A, m)],
+    );
+    h.submit_n(None, 200, "example.com", 1000);
+    let (engine, run) = h.spawn(fast_options());
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_accounted(&h, 200).await;
+    }
+    wait_for("everything", Duration::from_secs(3600), || {
+        h.spool.queued_copies() == 0
+    })
+    .await;
+    engine.shutdown.cancel();
+    run.await.expect("engine");
+    assert_accounted(&h, 200).await;
+    assert_each_once(&h, 200);
+    assert!(h
+        .mock(A)
+        .journal()
+        .sessions
+        .iter()
+        .any(|s| s.end_reason.as_deref() == Some("fault-421")));
+    assert!(h
+        .ledger()
+        .iter()
+        .any(|l| l.outcome == LedgerOutcome::Deferred && l.reply.starts_with("421 ")));
+}

@@ -21,6 +21,10 @@ use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
 pub const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_secs(30);
 pub const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 
+/// How long a connection to the failover, opened because the primary was unreachable, is used
+/// before the primary is tried again.
+pub const FAILOVER_RECHECK: Duration = Duration::from_secs(5 * 60);
+
 /// Counters every worker adds to, read by the CLI and the tests.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
@@ -175,6 +179,7 @@ pub struct WorkerContext<S: Spool> {
 struct Open {
     client: Client,
     target: HostPort,
+    opened: tokio::time::Instant,
 }
 
 /// What a worker is: its spec, or the synchronous fallback path.
@@ -253,8 +258,13 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         }
         // A connection to a host the route no longer allows (e.g. the window closed) is closed.
         // A connection to the failover, opened because the primary was unreachable, is kept
-        // until it ends; the primary is tried again on the next new connection (SPEC A5).
-        if open.as_ref().is_some_and(|o| !targets.contains(&o.target)) {
+        // until it ends or for FAILOVER_RECHECK at most; the primary is tried again on the next
+        // new connection (SPEC A5). Without the bound, a busy connection to the failover would
+        // never end and the primary would never be tried again.
+        if open.as_ref().is_some_and(|o| {
+            !targets.contains(&o.target)
+                || (targets.first() != Some(&o.target) && o.opened.elapsed() >= FAILOVER_RECHECK)
+        }) {
             close(&mut open).await;
         }
         let copy = match ctx.spool.claim(pools).await {
@@ -412,6 +422,7 @@ async fn connect<S: Spool>(
                     return Some(Open {
                         client,
                         target: target.clone(),
+                        opened: tokio::time::Instant::now(),
                     });
                 }
                 Err(e) => {

@@ -427,3 +427,49 @@ async fn after_the_hosts_come_back_the_workers_deliver_again_not_the_sync_path()
         "{text}"
     );
 }
+
+/// A busy connection to the failover never ends by itself; the primary is tried again after
+/// FAILOVER_RECHECK (5 min) on a new connection, and the rest goes there.
+#[tokio::test(start_paused = true)]
+async fn a_busy_failover_connection_gives_way_to_the_primary_after_five_minutes() {
+    let mut f = MockConfig::iis();
+    f.faults.command_latency_ms.insert("DOT".into(), 4000);
+    let mut p = MockConfig::iis();
+    p.faults.command_latency_ms.insert("DOT".into(), 4000);
+    let h = Harness::new(
+        "SMTP_FORWARD_1=P.EXAMPLE.ORG;F.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        date(2026, 11, 22).at(12, 0, 0, 0),
+        &[(P, p), (F, f)],
+    );
+    h.mock(P).set_faults(Faults {
+        refuse_connections: true,
+        command_latency_ms: [("DOT".to_string(), 4000)].into(),
+        ..Faults::default()
+    });
+    h.submit(None, rcpts("r", 1000), 500);
+    let (engine, run) = h.spawn(fast_options());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    h.mock(P).set_faults(Faults {
+        command_latency_ms: [("DOT".to_string(), 4000)].into(),
+        ..Faults::default()
+    });
+    wait_for("everything", Duration::from_secs(1200), || {
+        h.delivered_everywhere().len() == 1000 && h.spool.queued_copies() == 0
+    })
+    .await;
+    engine.shutdown.cancel();
+    run.await.expect("engine");
+    let fj = h.mock(F).journal();
+    assert_eq!(fj.sessions.len(), 1);
+    let ended = fj.sessions[0].ended_at.expect("ended");
+    let secs = ended.duration_since(at(12, 0, 0)).as_secs();
+    assert!((300..=305).contains(&secs), "F used for {secs} s");
+    assert_eq!(fj.sessions[0].end_reason.as_deref(), Some("quit"));
+    let on_f = fj.delivered_recipients().len();
+    let on_p = h.mock(P).journal().delivered_recipients().len();
+    assert_eq!(on_f + on_p, 1000);
+    assert!(on_f >= 700 && on_p >= 200, "F {on_f}, P {on_p}");
+    let c = h.delivered_counts();
+    assert_eq!(c.len(), 1000);
+    assert!(c.values().all(|n| *n == 1));
+}

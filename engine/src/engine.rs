@@ -102,8 +102,12 @@ impl<S: Spool> Engine<S> {
         let reach = Arc::new(Reachability::default());
         let relay_limits = Arc::new(RelayLimits::default());
         let unserved = cfg.unserved_pools();
-        if !unserved.is_empty() {
-            warn!(pools = %unserved, "no worker serves these pools; their mail goes through SMTP_FORWARD");
+        if !unserved.is_empty() && !cfg.workers.is_empty() {
+            if cfg.sync_forward.is_some() {
+                warn!(pools = %unserved, "no worker serves these pools; their mail goes through SMTP_FORWARD");
+            } else {
+                warn!(pools = %unserved, "no worker serves these pools and SMTP_FORWARD is not set; their mail stays queued");
+            }
         }
         let shared = Arc::new(RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth));
         log_rate_report(cfg);

@@ -473,3 +473,37 @@ async fn a_busy_failover_connection_gives_way_to_the_primary_after_five_minutes(
     assert_eq!(c.len(), 1000);
     assert!(c.values().all(|n| *n == 1));
 }
+
+/// Without SMTP_FORWARD, a pool no worker serves stays queued (SPEC A7), and the log says that,
+/// not that it goes through SMTP_FORWARD.
+#[tokio::test(start_paused = true)]
+async fn a_pool_no_worker_serves_stays_queued_without_smtp_forward() {
+    let logs = LogCapture::default();
+    let _g = logs.install();
+    let h = Harness::new(
+        "SMTP_FORWARD_1=P.EXAMPLE.ORG;POOL=A\nMAXBSMTP=10\n",
+        date(2026, 11, 22).at(12, 0, 0, 0),
+        &[(P, MockConfig::iis())],
+    );
+    h.submit(Some('A'), rcpts("a", 20), 1000);
+    h.submit(Some('B'), rcpts("b", 20), 1000);
+    let (engine, run) = h.spawn(fast_options());
+    wait_for("pool A", Duration::from_secs(60), || {
+        h.delivered_everywhere().len() == 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    engine.shutdown.cancel();
+    run.await.expect("engine");
+    let st = h.spool.stats().await.expect("stats");
+    assert_eq!((st.queued, st.delivered, st.failed), (20, 20, 0));
+    assert!(h
+        .mock(P)
+        .journal()
+        .delivered_recipients()
+        .iter()
+        .all(|r| r.starts_with('a')));
+    let text = logs.text();
+    assert!(text.contains("stays queued"), "{text}");
+    assert!(!text.contains("goes through SMTP_FORWARD"), "{text}");
+}

@@ -91,10 +91,14 @@ async fn window_switches_from_primary_to_failover_at_its_end() {
     assert!(counts.values().all(|n| *n == 1));
     // The connection to P was closed when the window closed, not left open.
     let ps = h.mock(P).journal();
-    assert!(ps.sessions.iter().all(|s| s
-        .ended_at
-        .is_some_and(|e| e >= at(5, 0, 0) || s.end_reason.as_deref() == Some("quit"))));
-    assert!(ps.sessions.iter().all(|s| s.started_at < at(5, 0, 0)));
+    assert_eq!(ps.sessions.len(), 1, "one connection, reused");
+    let sess = &ps.sessions[0];
+    assert!(sess.started_at < at(4, 58, 1));
+    assert_eq!(sess.end_reason.as_deref(), Some("quit"));
+    let ended = sess.ended_at.expect("ended");
+    assert!(ended >= at(5, 0, 0) && ended < at(5, 0, 1), "{ended}");
+    let fs = h.mock(F).journal();
+    assert!(fs.sessions.iter().all(|s| s.started_at >= at(5, 0, 0)));
 }
 
 fn dur_until(h: &Harness, t: jiff::Timestamp) -> Duration {

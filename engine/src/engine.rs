@@ -14,7 +14,7 @@ use crate::net::Connector;
 use crate::ratelimit::{RateLimiter, DEFAULT_DEPTH};
 use crate::smtp::ClientConfig;
 use crate::spool::Spool;
-use crate::worker::{self, DeliveryStats, Reachability, Role, WorkerContext};
+use crate::worker::{self, DeliveryStats, Reachability, RelayLimits, Role, WorkerContext};
 
 /// How the engine runs, beyond SITE.CFG.
 #[derive(Debug, Clone)]
@@ -100,9 +100,14 @@ impl<S: Spool> Engine<S> {
     pub async fn run(&self) -> RunSummary {
         let cfg = &self.config;
         let reach = Arc::new(Reachability::default());
+        let relay_limits = Arc::new(RelayLimits::default());
         let unserved = cfg.unserved_pools();
-        if !unserved.is_empty() {
-            warn!(pools = %unserved, "no worker serves these pools; their mail goes through SMTP_FORWARD");
+        if !unserved.is_empty() && !cfg.workers.is_empty() {
+            if cfg.sync_forward.is_some() {
+                warn!(pools = %unserved, "no worker serves these pools; their mail goes through SMTP_FORWARD");
+            } else {
+                warn!(pools = %unserved, "no worker serves these pools and SMTP_FORWARD is not set; their mail stays queued");
+            }
         }
         let shared = Arc::new(RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth));
         log_rate_report(cfg);
@@ -117,6 +122,7 @@ impl<S: Spool> Engine<S> {
                 shutdown: self.shutdown.clone(),
                 stats: self.stats.clone(),
                 reachability: reach.clone(),
+                relay_limits: relay_limits.clone(),
                 idle_poll: self.opts.idle_poll,
             })
         };

@@ -21,6 +21,10 @@ use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
 pub const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_secs(30);
 pub const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 
+/// How long a connection to the failover, opened because the primary was unreachable, is used
+/// before the primary is tried again.
+pub const FAILOVER_RECHECK: Duration = Duration::from_secs(5 * 60);
+
 /// Counters every worker adds to, read by the CLI and the tests.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
@@ -119,6 +123,30 @@ impl Reachability {
     }
 }
 
+/// Recipients-per-transaction limits learned from relays (SPEC D2: "remember the relay's observed
+/// limit"), shared by every worker so that a new connection starts with what earlier ones learned.
+#[derive(Debug, Default)]
+pub struct RelayLimits {
+    learned: Mutex<std::collections::HashMap<HostPort, usize>>,
+}
+
+impl RelayLimits {
+    pub fn get(&self, relay: &HostPort) -> Option<usize> {
+        self.learned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(relay)
+            .copied()
+    }
+
+    /// Remember `limit` for `relay` (only ever lowers it).
+    pub fn learn(&self, relay: &HostPort, limit: usize) {
+        let mut m = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = m.entry(relay.clone()).or_insert(limit);
+        *e = (*e).min(limit);
+    }
+}
+
 /// The rate gate for one copy's pool.
 struct PoolGate<'a> {
     limiter: &'a RateLimiter,
@@ -142,6 +170,7 @@ pub struct WorkerContext<S: Spool> {
     pub shutdown: CancellationToken,
     pub stats: Arc<DeliveryStats>,
     pub reachability: Arc<Reachability>,
+    pub relay_limits: Arc<RelayLimits>,
     /// How long to wait for work before looking again (new copies also wake workers at once).
     pub idle_poll: Duration,
 }
@@ -150,6 +179,7 @@ pub struct WorkerContext<S: Spool> {
 struct Open {
     client: Client,
     target: HostPort,
+    opened: tokio::time::Instant,
 }
 
 /// What a worker is: its spec, or the synchronous fallback path.
@@ -179,6 +209,9 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     let mut open: Option<Open> = None;
     let mut backoff = UNREACHABLE_BACKOFF_MIN;
     let notify = ctx.spool.notify();
+    let mut was_stranded = PoolSet::EMPTY;
+    // No host could be reached at the last try.
+    let mut stranded = false;
     loop {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -190,6 +223,22 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
 
         // Which hosts, which pools, now.
         let (targets, pools, limited) = plan(&role, &ctx);
+        if let Role::Sync {
+            target,
+            always,
+            grace,
+            ..
+        } = &role
+        {
+            log_stranded(target, *always, *grace, pools, &mut was_stranded);
+            if pools.is_empty() {
+                // Nothing to do until some pool is stranded: look again soon (the grace period
+                // of a stranded pool ends without any notification).
+                close(&mut open).await;
+                idle(&ctx, notified, None, ctx.idle_poll).await;
+                continue;
+            }
+        }
         if targets.is_empty() || pools.is_empty() {
             close(&mut open).await;
             // Inactive (outside every window with no failover): look again at the next minute.
@@ -209,13 +258,46 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         }
         // A connection to a host the route no longer allows (e.g. the window closed) is closed.
         // A connection to the failover, opened because the primary was unreachable, is kept
-        // until it ends; the primary is tried again on the next new connection (SPEC A5).
-        if open.as_ref().is_some_and(|o| !targets.contains(&o.target)) {
+        // until it ends or for FAILOVER_RECHECK at most; the primary is tried again on the next
+        // new connection (SPEC A5). Without the bound, a busy connection to the failover would
+        // never end and the primary would never be tried again.
+        if open.as_ref().is_some_and(|o| {
+            !targets.contains(&o.target)
+                || (targets.first() != Some(&o.target) && o.opened.elapsed() >= FAILOVER_RECHECK)
+        }) {
             close(&mut open).await;
         }
         let copy = match ctx.spool.claim(pools).await {
             Ok(Some(c)) => c,
             Ok(None) => {
+                if stranded && open.is_none() {
+                    // No host was reachable at the last try and there is nothing to deliver
+                    // (the sync path may have taken it all): look for the hosts anyway, on the
+                    // same back-off schedule, so that the pool stops counting as stranded as
+                    // soon as a host is back (SPEC D4), not only when new work arrives.
+                    let connected = tokio::select! {
+                        biased;
+                        _ = ctx.shutdown.cancelled() => break,
+                        c = connect(&ctx, &name, &targets) => c,
+                    };
+                    open = connected;
+                    if let Role::Worker(w) = &role {
+                        ctx.reachability.set(w.id, open.is_none());
+                    }
+                    if open.is_some() {
+                        info!(worker = %name, "a host is reachable again");
+                        stranded = false;
+                        backoff = UNREACHABLE_BACKOFF_MIN;
+                    } else {
+                        warn!(worker = %name, retry_in = ?backoff, "still no host reachable");
+                        tokio::select! {
+                            _ = ctx.shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
+                    }
+                    continue;
+                }
                 idle(&ctx, notified, Some(pools), ctx.idle_poll).await;
                 continue;
             }
@@ -232,10 +314,21 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             }
         }
         if open.is_none() {
-            open = connect(&ctx, &name, &targets).await;
+            // Setting up a connection is not a transaction: shutdown does not wait for it.
+            let connected = tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => None,
+                c = connect(&ctx, &name, &targets) => Some(c),
+            };
+            let Some(connected) = connected else {
+                ctx.spool.release(copy.copy_id);
+                break;
+            };
+            open = connected;
             if let Role::Worker(w) = &role {
                 ctx.reachability.set(w.id, open.is_none());
             }
+            stranded = open.is_none();
             if open.is_some() {
                 backoff = UNREACHABLE_BACKOFF_MIN;
             } else {
@@ -257,6 +350,32 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     }
     close(&mut open).await;
     debug!(worker = %name, "stopped");
+}
+
+/// SPEC D4: the log says when a pool's copies start (and stop) going through SMTP_FORWARD
+/// because no worker host of the pool could be reached for the grace period.
+fn log_stranded(
+    target: &HostPort,
+    always: PoolSet,
+    grace: Duration,
+    pools: PoolSet,
+    was: &mut PoolSet,
+) {
+    let now: PoolSet = pools.iter().filter(|p| !always.contains(*p)).collect();
+    if now == *was {
+        return;
+    }
+    let started: PoolSet = now.iter().filter(|p| !was.contains(*p)).collect();
+    let ended: PoolSet = was.iter().filter(|p| !now.contains(*p)).collect();
+    if !started.is_empty() {
+        warn!(pools = %started, host = %target, grace = ?grace,
+            "every worker host of these pools has been unreachable for the grace period; their copies go through SMTP_FORWARD");
+    }
+    if !ended.is_empty() {
+        info!(pools = %ended, host = %target,
+            "worker hosts of these pools reachable again; their copies no longer go through SMTP_FORWARD");
+    }
+    *was = now;
 }
 
 /// The hosts to try in order, the pools to claim from, and whether rate limits apply.
@@ -295,11 +414,15 @@ async fn connect<S: Spool>(
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         match ctx.connector.connect(target).await {
             Ok(stream) => match Client::handshake(stream, &ctx.client).await {
-                Ok(client) => {
+                Ok(mut client) => {
+                    if let Some(l) = ctx.relay_limits.get(target) {
+                        client.set_learned_rcpt_limit(l);
+                    }
                     debug!(worker = %name, host = %target, "connected");
                     return Some(Open {
                         client,
                         target: target.clone(),
+                        opened: tokio::time::Instant::now(),
                     });
                 }
                 Err(e) => {
@@ -360,6 +483,9 @@ async fn deliver<S: Spool>(
     let host = o.target.to_string();
     ctx.stats
         .record(&host, &rcpts, d.too_many_recoveries, d.transactions);
+    if let Some(l) = o.client.learned_rcpt_limit() {
+        ctx.relay_limits.learn(&o.target, l);
+    }
     if d.too_many_recoveries > 0 {
         info!(worker = %name, host = %host, learned = ?o.client.learned_rcpt_limit(), "relay limited recipients; rest sent in the next transaction");
     }

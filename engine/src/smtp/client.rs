@@ -162,6 +162,8 @@ pub struct Client {
     caps: Capabilities,
     greeting: Reply,
     learned_limit: Option<usize>,
+    /// Messages the relay accepted on this connection.
+    messages: u32,
     /// A MAIL has been sent on this connection: the next transaction starts with RSET.
     need_rset: bool,
     usable: bool,
@@ -205,6 +207,7 @@ impl Client {
             caps: Capabilities::default(),
             greeting: Reply::new(220, None, ""),
             learned_limit: None,
+            messages: 0,
             need_rset: false,
             usable: true,
             write_error: None,
@@ -748,6 +751,35 @@ impl Client {
             return Err(Lost::Protocol(format!(
                 "unexpected end-of-data reply: {fin}"
             )));
+        }
+        if fin.code == 552
+            && self.messages > 0
+            && !accepted.is_empty()
+            && self
+                .caps
+                .size
+                .is_none_or(|l| l == 0 || message.len() as u64 <= l)
+        {
+            // A 552 after the dot for a message within the advertised size, on a connection that
+            // already carried messages: the relay's allowance per session is used up (IIS's
+            // session size, which it answers with 552 and a close), not a verdict on this
+            // message. Deferred, and the connection is not used again.
+            // The 552 is kept in the text of a transient reply (deferred replies are 4yz).
+            tracing::debug!(reply = %fin, messages = self.messages, "session allowance used up");
+            let r = Reply::new(
+                451,
+                Some((4, 3, 0)),
+                format!("Session allowance used up; try a new connection ({fin})"),
+            );
+            for &i in accepted {
+                results[i] = Some(RcptResult::Deferred(r.clone()));
+            }
+            self.lost.get_or_insert(r);
+            self.usable = false;
+            return Ok(());
+        }
+        if fin.is_positive() && !accepted.is_empty() {
+            self.messages = self.messages.saturating_add(1);
         }
         for &i in accepted {
             results[i] = outcome(&fin);

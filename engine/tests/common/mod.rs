@@ -87,6 +87,68 @@ impl Harness {
         }
     }
 
+    /// Drop this spool (every other holder must be gone: engines included) and open it again
+    /// from its directory, as a restarted process would.
+    pub fn reopen(self) -> Self {
+        let Harness {
+            dir,
+            clock_handle,
+            clock,
+            connector,
+            mocks,
+            config,
+            spool,
+        } = self;
+        let opts = spool.options().clone();
+        let spool = match Arc::try_unwrap(spool) {
+            Ok(s) => s,
+            Err(_) => panic!("the spool is still shared (an engine still alive?)"),
+        };
+        drop(spool);
+        let spool = Arc::new(SqliteSpool::open(dir.path(), opts, clock.clone()).expect("reopen"));
+        Harness {
+            dir,
+            clock_handle,
+            clock,
+            connector,
+            mocks,
+            config,
+            spool,
+        }
+    }
+
+    /// Start the engine in a task; stop it with `engine.shutdown.cancel()` and await the handle.
+    pub fn spawn(
+        &self,
+        opts: EngineOptions,
+    ) -> (
+        Arc<Engine<SqliteSpool>>,
+        tokio::task::JoinHandle<RunSummary>,
+    ) {
+        let engine = self.engine(opts);
+        let e = engine.clone();
+        let handle = tokio::spawn(async move { e.run().await });
+        (engine, handle)
+    }
+
+    /// Recipients delivered per address, across all mocks.
+    pub fn delivered_counts(&self) -> BTreeMap<String, u32> {
+        let mut seen = BTreeMap::new();
+        for r in self.delivered_everywhere() {
+            *seen.entry(r).or_default() += 1;
+        }
+        seen
+    }
+
+    /// The last ledger line of each recipient.
+    pub fn final_outcomes(&self) -> BTreeMap<String, LedgerLine> {
+        let mut m = BTreeMap::new();
+        for l in self.ledger() {
+            m.insert(l.rcpt.clone(), l);
+        }
+        m
+    }
+
     pub fn spool_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
@@ -157,6 +219,65 @@ impl Harness {
             all.extend(m.journal().delivered_recipients());
         }
         all
+    }
+}
+
+/// A moment of the test day (2026-11-22, UTC = the clocks' local time).
+pub fn at(h: i8, m: i8, s: i8) -> jiff::Timestamp {
+    jiff::civil::date(2026, 11, 22)
+        .at(h, m, s, 0)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .expect("valid time")
+        .timestamp()
+}
+
+/// Poll `cond` every 50 ms (virtual or real) until it holds; panic after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let r = tokio::time::timeout(limit, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if r.is_err() {
+        panic!("timed out after {limit:?} waiting for {what}");
+    }
+}
+
+/// Captures `tracing` output of the current thread (paused-time tests run every task on it).
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Install for the current thread until the guard drops.
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let sub = tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_default(sub)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
     }
 }
 

@@ -192,25 +192,33 @@ fn build_config(a: &Args) -> anyhow::Result<MockConfig> {
     Ok(c)
 }
 
-async fn stop_signal() {
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called (before the first poll),
+/// so call it first: a signal that comes during start-up is not lost.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut i), Ok(mut t)) => {
+                    tokio::select! {
+                        _ = i.recv() => {}
+                        _ = t.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -223,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let stop = stop_signal();
     let args = Args::parse();
     let config = build_config(&args)?;
     let p = &config.profile;
@@ -244,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
         lim(p.max_connections.map(u64::from)),
         p.idle_timeout_secs
     );
-    stop_signal().await;
+    stop.await;
     eprintln!("mock-mta: stopping");
     server.shutdown().await;
     let s = mta.stats();

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+#[cfg(feature = "demo")]
+mod demo_cmd;
 mod queue_cmd;
 mod run_cmd;
 mod submit_cmd;
@@ -34,11 +36,15 @@ enum Command {
     Submit(submit_cmd::SubmitArgs),
     /// Show what a spool holds: copies and recipients per pool and state.
     Queue(queue_cmd::QueueArgs),
+    /// Deliver a sample 10,000-recipient job to two in-process IIS-like relays: no setup.
+    #[cfg(feature = "demo")]
+    Demo(demo_cmd::DemoArgs),
 }
 
-fn init_logging(json: bool) {
+/// Logs go to stderr; `RUST_LOG` overrides `default` (e.g. `RUST_LOG=smtpw=debug`).
+fn init_logging(json: bool, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -51,12 +57,23 @@ fn init_logging(json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    // The demo prints its own report; its progress is not worth INFO lines.
+    #[cfg(feature = "demo")]
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    #[cfg(not(feature = "demo"))]
+    let default_level = "info";
+    init_logging(cli.log_json, default_level);
     let result = match cli.command {
         Command::Config(c) => config_cmd::run(c),
         Command::Run(args) => run_cmd::run(args),
         Command::Submit(args) => submit_cmd::run(args),
         Command::Queue(args) => queue_cmd::run(args),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => demo_cmd::run(args),
     };
     match result {
         Ok(code) => code,

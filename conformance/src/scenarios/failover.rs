@@ -1,8 +1,9 @@
 //! Failover (SPEC §2.5, §11 A5, §12 D4), virtual mode:
 //!
 //! 1. the primary refuses connections: the failover host gets every copy;
-//! 2. the primary is back: the next new connection (after the failover's connection ends at its
-//!    10-minute idle time-out) goes to the primary again;
+//! 2. the primary is back while the failover's connection is kept busy: the worker gives that
+//!    connection up after `smtpw::worker::FAILOVER_RECHECK` (5 min) and its next new connection
+//!    goes to the primary, which keeps the traffic;
 //! 3. a worker with no failover whose host refuses: the copies wait, and after the grace period
 //!    (`EngineOptions::sync_grace`, 100 s here) go through SMTP_FORWARD.
 //!
@@ -15,6 +16,7 @@ use std::time::Duration;
 use jiff::civil::date;
 use mock_mta::{Faults, MockConfig};
 use smtpw::spool::Spool;
+use smtpw::worker::FAILOVER_RECHECK;
 
 use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
@@ -96,32 +98,76 @@ async fn primary_then_back() -> Result<String, Failure> {
             ),
         ));
     }
-    // The primary comes back. The failover's connection ends at its idle time-out (10 min);
-    // the next new connection goes to the primary (SPEC A5).
+    // The primary comes back while the failover's connection stays busy (a small job every
+    // 20 s, so the relay's 10-minute idle time-out never ends it). The worker gives the failover
+    // connection up after FAILOVER_RECHECK and the next new connection goes to the primary
+    // (SPEC A5).
     primary.set_faults(Faults::default());
-    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    let back = tokio::time::Instant::now();
+    let mut busy: Vec<String> = Vec::new();
+    let mut n = 0;
+    let returned = loop {
+        if primary.stats().messages > 0 {
+            break back.elapsed();
+        }
+        if back.elapsed() > FAILOVER_RECHECK + Duration::from_secs(60) {
+            return Err(Failure::new(
+                format!(
+                    "traffic back at the primary within {} s of its return while the failover connection is busy (FAILOVER_RECHECK {} s, SPEC A5)",
+                    (FAILOVER_RECHECK + Duration::from_secs(60)).as_secs(),
+                    FAILOVER_RECHECK.as_secs()
+                ),
+                format!(
+                    "nothing at the primary after {} s; {} recipients at the failover",
+                    back.elapsed().as_secs(),
+                    delivered_at(&t, FAILOVER)?.len()
+                ),
+            ));
+        }
+        let job = rcpts(&format!("busy{n}-"), 10);
+        t.submit(None, job.iter().cloned(), 1500)?;
+        busy.extend(job);
+        n += 1;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    };
+    // Once back, the primary keeps the traffic.
+    let before = delivered_at(&t, FAILOVER)?.len();
     let second = rcpts("second", 100);
     t.submit(None, second.iter().cloned(), 1500)?;
+    let total = first.len() + busy.len() + second.len();
     t.wait_for("the second job delivered", Duration::from_secs(600), |t| {
-        t.spool.queued_copies() == 0 && t.delivered_everywhere().len() >= 200
+        t.spool.queued_copies() == 0 && t.delivered_everywhere().len() >= total
     })
     .await?;
     run.stop().await?;
+    let mut everyone = first.clone();
+    everyone.extend(busy.iter().cloned());
+    everyone.extend(second.iter().cloned());
+    exactly_once(
+        &everyone,
+        t.delivered_everywhere(),
+        "the primary and the failover",
+    )?;
     let at_primary = delivered_at(&t, PRIMARY)?;
-    if at_primary.len() != 100 || at_primary.iter().any(|r| !r.starts_with("second")) {
-        let at_failover = delivered_at(&t, FAILOVER)?.len();
+    let second_at_primary = at_primary
+        .iter()
+        .filter(|r| r.starts_with("second"))
+        .count();
+    let after = delivered_at(&t, FAILOVER)?.len();
+    if second_at_primary != second.len() || after != before {
         return Err(Failure::new(
-            "after the primary is back, the second job's 100 recipients at the primary (SPEC A5: back to the primary on the next connection)",
+            "once the primary has traffic again, the next job's 100 recipients all at the primary (SPEC A5)",
             format!(
-                "{} at the primary, {at_failover} in all at the failover",
-                at_primary.len()
+                "{second_at_primary} at the primary, {} more at the failover",
+                after - before
             ),
         ));
     }
-    exactly_once(&second, at_primary, PRIMARY)?;
     Ok(format!(
-        "primary refusing: 100/100 via failover in {:.1} s; primary back: 100/100 via primary",
-        took.as_secs_f64()
+        "primary refusing: 100/100 via failover in {:.1} s; primary back: traffic returned after {:.0} s with the failover busy (recheck {} s), then 100/100 via primary",
+        took.as_secs_f64(),
+        returned.as_secs_f64(),
+        FAILOVER_RECHECK.as_secs()
     ))
 }
 

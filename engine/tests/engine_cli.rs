@@ -1,0 +1,242 @@
+//! `smtpw run` as a user runs it: exit statuses, SITE.CFG errors that start nothing, a spool
+//! owned by another process, `--until-empty` on an empty spool, and a second signal that cuts
+//! the drain short without losing a recipient.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+mod proc_support;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use mock_mta::{Faults, MockConfig};
+use proc_support::{
+    num, queue_json, recipients, run_cmd, smtpw, submit_cli, write_site_cfg, Kid, LoopbackMock,
+};
+
+fn stderr_of(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+#[test]
+fn a_bad_site_cfg_exits_2_with_located_errors_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A relay that must see no connection.
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    relay.set_nonblocking(true).unwrap();
+    let port = relay.local_addr().unwrap().port();
+    let cfg = dir.path().join("SITE.CFG");
+    std::fs::write(
+        &cfg,
+        format!("SMTP_FORWARD=127.0.0.1:{port}\nSMTP_FORWARD_1=2*\nMAXBSMTP=abc\n"),
+    )
+    .unwrap();
+    let spool = dir.path().join("spool");
+    let t = Instant::now();
+    let out = smtpw()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--spool")
+        .arg(&spool)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{err}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let file = cfg.display().to_string();
+    let located: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(&format!("{file}:")) && l.contains(": error: "))
+        .collect();
+    assert_eq!(located.len(), 2, "one located error per bad line:\n{err}");
+    assert!(
+        located[0].starts_with(&format!("{file}:2:")),
+        "{}",
+        located[0]
+    );
+    assert!(
+        located[1].starts_with(&format!("{file}:3:")) && located[1].contains("MAXBSMTP"),
+        "{}",
+        located[1]
+    );
+    // FILE:LINE:COLUMN: the column is a number.
+    for l in &located {
+        let rest = &l[file.len() + 1..];
+        let mut parts = rest.splitn(3, ':');
+        let line = parts.next().unwrap();
+        let col = parts.next().unwrap();
+        assert!(
+            line.parse::<u32>().is_ok() && col.parse::<u32>().is_ok(),
+            "FILE:LINE:COLUMN in {l}"
+        );
+    }
+    assert!(!spool.exists(), "no spool was created");
+    assert_eq!(
+        relay.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "nothing connected to the relay"
+    );
+
+    // A missing SITE.CFG: also 2, with the file named.
+    let out = smtpw()
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("NOPE.CFG"))
+        .arg("--spool")
+        .arg(&spool)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{err}");
+    assert!(err.contains("NOPE.CFG"), "{err}");
+    assert!(!spool.exists(), "no spool was created");
+}
+
+#[test]
+fn a_spool_owned_by_another_run_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log1 = dir.path().join("first.log");
+    let mut first = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log1), "first run");
+    // Wait until the first run owns the spool (its database exists and its log says so).
+    let end = Instant::now() + Duration::from_secs(20);
+    while !stderr_of(&log1).contains("synchronous path") {
+        assert!(
+            Instant::now() < end,
+            "first run did not start:\n{}",
+            stderr_of(&log1)
+        );
+        assert!(
+            first.child.try_wait().unwrap().is_none(),
+            "{}",
+            stderr_of(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    let out = smtpw()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--spool")
+        .arg(&spool)
+        .arg("--until-empty")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{err}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(
+        err.contains("is in use by another process") && err.contains("spool.lock"),
+        "{err}"
+    );
+    // The owner is unaffected and still works: a job submitted now is delivered.
+    assert!(first.child.try_wait().unwrap().is_none());
+    let all = recipients(120);
+    submit_cli(dir.path(), &spool, &all);
+    let end = Instant::now() + Duration::from_secs(30);
+    while mock.mta.stats().recipients_accepted < 120 {
+        assert!(Instant::now() < end, "not delivered:\n{}", stderr_of(&log1));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first.term();
+    let st = first
+        .wait_for(Duration::from_secs(10))
+        .expect("stops on SIGTERM");
+    assert_eq!(st.code(), Some(0));
+    let q = queue_json(&spool);
+    assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 120), "{q}");
+}
+
+#[test]
+fn until_empty_on_an_empty_spool_exits_0_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let log = dir.path().join("run.log");
+    let mut kid = Kid::spawn(
+        run_cmd(&cfg, &spool, &dir.path().join("l.jsonl"), true, &log),
+        "run",
+    );
+    let st = kid
+        .wait_for(Duration::from_secs(20))
+        .expect("exits by itself");
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(spool.join("spool.db").exists(), "the spool was created");
+    assert!(
+        stderr_of(&log).contains("queue empty"),
+        "{}",
+        stderr_of(&log)
+    );
+    let q = queue_json(&spool);
+    assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 0), "{q}");
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_the_restart_loses_nothing() {
+    const N: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    // The relay takes 20 s to answer the end of data: a drain would take that long.
+    mc.faults.command_latency_ms.insert("DOT".into(), 20_000);
+    let mock = LoopbackMock::start(mc);
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let all = recipients(N);
+    submit_cli(dir.path(), &spool, &all);
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    // Wait until both workers are connected, then give them time to send their first dot.
+    let end = Instant::now() + Duration::from_secs(20);
+    while mock.mta.stats().current_connections < 2 {
+        assert!(Instant::now() < end, "no sessions:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kid.term();
+    // The first signal starts a drain that would last ~20 s...
+    assert!(
+        kid.wait_for(Duration::from_millis(500)).is_none(),
+        "the first signal drains, it does not stop at once"
+    );
+    // ...the second stops at once.
+    let t = Instant::now();
+    kid.term();
+    let st = kid
+        .wait_for(Duration::from_secs(5))
+        .expect("a second signal stops it at once");
+    assert_eq!(st.code(), Some(130), "{}", stderr_of(&log));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        stderr_of(&log).contains("second signal"),
+        "{}",
+        stderr_of(&log)
+    );
+    // Nothing was recorded as delivered; a restart against a quick relay delivers everyone.
+    let q = queue_json(&spool);
+    assert_eq!(num(&q, "queued"), N as u64, "{q}");
+    mock.mta.set_faults(Faults::default());
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "restart");
+    let st = kid
+        .wait_for(Duration::from_secs(60))
+        .expect("the restart finishes");
+    assert!(st.success(), "{}", stderr_of(&log));
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (0, N as u64, 0),
+        "{q}"
+    );
+    let mut got: HashMap<String, u32> = HashMap::new();
+    for a in mock.mta.journal().delivered_recipients() {
+        *got.entry(a).or_default() += 1;
+    }
+    assert!(all.iter().all(|r| got.contains_key(r)), "no recipient lost");
+}

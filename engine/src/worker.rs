@@ -21,6 +21,9 @@ use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
 pub const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_secs(30);
 pub const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 
+/// How long a stopping worker waits for the relay's reply to QUIT.
+pub const QUIT_AT_STOP: Duration = Duration::from_secs(2);
+
 /// Counters every worker adds to, read by the CLI and the tests.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
@@ -232,7 +235,15 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             }
         }
         if open.is_none() {
-            open = connect(&ctx, &name, &targets).await;
+            // Connecting is not a transaction: a stop does not wait for a slow connect or a
+            // relay that never greets (5 minutes by default).
+            open = tokio::select! {
+                o = connect(&ctx, &name, &targets) => o,
+                _ = ctx.shutdown.cancelled() => {
+                    ctx.spool.release(copy.copy_id);
+                    break;
+                }
+            };
             if let Role::Worker(w) = &role {
                 ctx.reachability.set(w.id, open.is_none());
             }
@@ -255,7 +266,8 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             open = None;
         }
     }
-    close(&mut open).await;
+    // At a stop, QUIT is a courtesy: a relay slow to answer it does not hold the stop up.
+    let _ = tokio::time::timeout(QUIT_AT_STOP, close(&mut open)).await;
     debug!(worker = %name, "stopped");
 }
 

@@ -240,3 +240,115 @@ fn a_second_signal_stops_at_once_and_the_restart_loses_nothing() {
     }
     assert!(all.iter().all(|r| got.contains_key(r)), "no recipient lost");
 }
+
+/// A relay that accepts TCP connections and never says a word (an overloaded server): it holds
+/// the sockets until dropped.
+struct SilentRelay {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentRelay {
+    fn start() -> SilentRelay {
+        use std::sync::atomic::Ordering;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, s) = (accepted.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let end = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::SeqCst) && Instant::now() < end {
+                match l.accept() {
+                    Ok((sock, _)) => {
+                        held.push(sock);
+                        a.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SilentRelay {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn sigterm_does_not_wait_for_a_relay_that_never_greets() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = SilentRelay::start();
+    let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let all = recipients(60);
+    submit_cli(dir.path(), &spool, &all);
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    // Both workers are connected and waiting for a greeting (5 minutes by default).
+    let end = Instant::now() + Duration::from_secs(20);
+    while relay.accepted.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < end, "no connection:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    kid.term();
+    let st = kid.wait_for(Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run still waits for the greeting 5 s after SIGTERM:\n{}",
+            stderr_of(&log)
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Nothing was sent, nothing is lost: every recipient is still queued.
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (60, 0, 0),
+        "{q}"
+    );
+}
+
+#[test]
+fn a_relay_slow_to_answer_quit_does_not_hold_up_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    mc.faults.command_latency_ms.insert("QUIT".into(), 30_000);
+    let mock = LoopbackMock::start(mc);
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let all = recipients(200);
+    submit_cli(dir.path(), &spool, &all);
+    let t = Instant::now();
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "run");
+    let st = kid.wait_for(Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run --until-empty still waits for 221 after 20 s:\n{}",
+            stderr_of(&log)
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let q = queue_json(&spool);
+    assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 200), "{q}");
+}

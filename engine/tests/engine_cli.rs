@@ -352,3 +352,24 @@ fn a_relay_slow_to_answer_quit_does_not_hold_up_the_stop() {
     let q = queue_json(&spool);
     assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 200), "{q}");
 }
+
+#[test]
+fn logs_to_a_file_carry_no_terminal_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let cfg = write_site_cfg(dir.path(), mock.port, 1, 50);
+    let spool = dir.path().join("spool");
+    let log = dir.path().join("run.log");
+    let mut kid = Kid::spawn(
+        run_cmd(&cfg, &spool, &dir.path().join("l.jsonl"), true, &log),
+        "run",
+    );
+    let st = kid.wait_for(Duration::from_secs(20)).expect("exits");
+    assert!(st.success());
+    let text = stderr_of(&log);
+    assert!(text.contains("queue empty"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in a log file:\n{text:?}"
+    );
+}

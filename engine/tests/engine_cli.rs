@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mock_mta::{Faults, MockConfig};
 use proc_support::{
     num, queue_json, recipients, run_cmd, smtpw, submit_cli, write_site_cfg, Kid, LoopbackMock,
+    SilentRelay,
 };
 
 fn stderr_of(log: &std::path::Path) -> String {
@@ -239,55 +240,6 @@ fn a_second_signal_stops_at_once_and_the_restart_loses_nothing() {
         *got.entry(a).or_default() += 1;
     }
     assert!(all.iter().all(|r| got.contains_key(r)), "no recipient lost");
-}
-
-/// A relay that accepts TCP connections and never says a word (an overloaded server): it holds
-/// the sockets until dropped.
-struct SilentRelay {
-    port: u16,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SilentRelay {
-    fn start() -> SilentRelay {
-        use std::sync::atomic::Ordering;
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let port = l.local_addr().unwrap().port();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (a, s) = (accepted.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            let end = Instant::now() + Duration::from_secs(120);
-            while !s.load(Ordering::SeqCst) && Instant::now() < end {
-                match l.accept() {
-                    Ok((sock, _)) => {
-                        held.push(sock);
-                        a.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        SilentRelay {
-            port,
-            accepted,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for SilentRelay {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[test]

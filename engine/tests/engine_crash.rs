@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use mock_mta::{Faults, MockConfig};
 use proc_support::{
     num, queue_json, recipients, run_cmd, submit_cli, write_site_cfg, Kid, Lcg, LoopbackMock,
+    SilentRelay,
 };
 use smtpw::ledger::{read_ledger, LedgerOutcome};
 
@@ -280,4 +281,104 @@ fn sigterm_drains_in_flight_transactions_and_a_restart_finishes() {
         after.messages,
         stop_time.as_millis()
     );
+}
+
+#[test]
+fn sigkill_during_ingest_neither_loses_nor_doubles_a_job() {
+    const JOBS: usize = 8;
+    const PER_JOB: usize = 50_000;
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    // Workers that never get a greeting: nothing is delivered, the database shows what ingest did.
+    let relay = SilentRelay::start();
+    let cfg = write_site_cfg(dir.path(), relay.port, 2, 100);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("smtpw.log");
+    for j in 0..JOBS {
+        let rcpts: Vec<String> = (0..PER_JOB)
+            .map(|i| format!("j{j}r{i}@d{}.example", i % 89))
+            .collect();
+        submit_cli(dir.path(), &spool, &rcpts);
+    }
+    let total = (JOBS * PER_JOB) as u64;
+    let mut rng = Lcg(0x1e57_1a11);
+    // Per kill: (ms, recipients in the database, files still in incoming/).
+    let mut kills: Vec<(u64, u64, u64)> = Vec::new();
+    // Kills that leave the database as it was make the next wait longer, so that a slow
+    // machine still gets past each batch commit.
+    let mut stalled = 0u64;
+    for _ in 0..20 {
+        let delay = rng.between(30, 600) + 200 * stalled;
+        let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "smtpw run");
+        assert!(
+            kid.wait_for(Duration::from_millis(delay)).is_none(),
+            "smtpw run exited:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        kid.kill();
+        let q = queue_json(&spool);
+        let (queued, files) = (num(&q, "queued"), num(&q, "incoming_files"));
+        if kills
+            .last()
+            .is_some_and(|(_, q, f)| (*q, *f) == (queued, files))
+            || (queued, files) == (0, JOBS as u64)
+        {
+            stalled += 1;
+        } else {
+            stalled = 0;
+        }
+        kills.push((delay, queued, files));
+        // Whole jobs only, never more than were submitted.
+        assert_eq!(queued % PER_JOB as u64, 0, "a job half-ingested: {q}");
+        assert!(queued <= total, "{q}");
+        assert!(
+            queued + files * PER_JOB as u64 >= total,
+            "a job lost: {queued} queued, {files} files left; {q}"
+        );
+        if files == 0 {
+            break;
+        }
+    }
+    // A last run ingests whatever is left; then everything is queued exactly once.
+    let started = |text: &str| text.matches("synchronous path").count();
+    let before = started(&std::fs::read_to_string(&log).unwrap_or_default());
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "smtpw run");
+    let end = Instant::now() + Duration::from_secs(60);
+    let q = loop {
+        let q = queue_json(&spool);
+        let up = started(&std::fs::read_to_string(&log).unwrap_or_default()) > before;
+        if up && num(&q, "incoming_files") == 0 && num(&q, "queued") == total {
+            break q;
+        }
+        assert!(
+            Instant::now() < end,
+            "not all ingested in 60 s: {q}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    kid.term();
+    assert_eq!(
+        kid.wait_for(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let q2 = queue_json(&spool);
+    assert_eq!(num(&q2, "queued"), total, "{q2}");
+    assert_eq!(num(&q2, "jobs"), JOBS as u64, "{q2}");
+    assert_eq!(num(&q2, "delivered") + num(&q2, "failed"), 0, "{q2}");
+    let mid = kills
+        .iter()
+        .filter(|(_, queued, files)| *files > 0 && (*queued > 0 || *files < JOBS as u64))
+        .count();
+    eprintln!(
+        "ingest crash test: {JOBS} jobs x {PER_JOB} recipients, {} kills ({mid} between the first \
+         and the last commit), then all {total} queued once ({q}); {:.1} s",
+        kills.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    for (d, queued, files) in &kills {
+        eprintln!("  killed after {d:3} ms: {queued:6} recipients queued, {files} files left");
+    }
+    assert!(mid >= 1, "a kill fell inside the ingest: {kills:?}");
 }

@@ -66,6 +66,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
+        // Take over SIGTERM/Ctrl-C first: a signal during start-up (opening a large spool takes
+        // a while) then stops the engine cleanly instead of killing the process.
+        let mut signals = Signals::install();
         let clock = SystemClock::shared();
         let opts = SpoolOptions {
             max_bsmtp: config.max_bsmtp,
@@ -110,12 +113,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ));
         let stopper = engine.shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.recv().await;
             info!("signal received: finishing transactions in flight, then stopping (signal again to stop at once)");
             stopper.cancel();
             // A second signal stops at once: nothing is lost (SPEC §12 D3), the transactions
             // still in flight are simply repeated by the next run.
-            wait_for_signal().await;
+            signals.recv().await;
             warn!("second signal: stopping now; the transactions in flight will be repeated by the next run");
             std::process::exit(EXIT_FORCED);
         });
@@ -131,17 +134,55 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), listened to from the moment of [`Signals::install`].
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| warn!(error = %e, "cannot listen for SIGTERM"))
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .map_err(|e| warn!(error = %e, "cannot listen for SIGINT"))
+                .ok();
+            Self { term, int }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
             }
-            return;
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

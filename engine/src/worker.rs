@@ -2,7 +2,7 @@
 //! pass the rate gate, run the transaction, record every recipient's outcome.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -126,10 +126,16 @@ impl Reachability {
 struct PoolGate<'a> {
     limiter: &'a RateLimiter,
     pool: Pool,
+    /// The first transaction's wait was already done by the worker (where a stop can still
+    /// give the copy back untouched).
+    prepaid: AtomicBool,
 }
 
 impl DataGate for PoolGate<'_> {
     fn acquire(&self, bytes: u64) -> BoxFuture<'_, ()> {
+        if self.prepaid.swap(false, Ordering::Relaxed) {
+            return Box::pin(std::future::ready(()));
+        }
         Box::pin(self.limiter.acquire(self.pool, bytes))
     }
 }
@@ -338,7 +344,20 @@ async fn deliver<S: Spool>(
     let gate = PoolGate {
         limiter: &ctx.limiter,
         pool: copy.pool,
+        prepaid: AtomicBool::new(false),
     };
+    if limited {
+        // Waiting for the rate limit is not a transaction yet: a stop gives the copy back.
+        tokio::select! {
+            () = ctx.limiter.acquire(copy.pool, copy.message.len() as u64) => {
+                gate.prepaid.store(true, Ordering::Relaxed);
+            }
+            () = ctx.shutdown.cancelled() => {
+                ctx.spool.release(copy.copy_id);
+                return;
+            }
+        }
+    }
     let no_gate = crate::smtp::NoGate;
     let gate: &dyn DataGate = if limited { &gate } else { &no_gate };
     let d = o

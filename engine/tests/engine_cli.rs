@@ -325,3 +325,73 @@ fn logs_to_a_file_carry_no_terminal_colours() {
         "escape codes in a log file:\n{text:?}"
     );
 }
+
+#[test]
+fn sigterm_does_not_wait_for_the_rate_limit_before_a_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    // 8 kbps (1 KiB/s) and a 40 KB message: the first transaction waits ~40 s for the gate.
+    let cfg = dir.path().join("SITE.CFG");
+    std::fs::write(
+        &cfg,
+        format!(
+            "SMTP_FORWARD=127.0.0.1:{p}\nSMTP_FORWARD_1=2*127.0.0.1:{p}\nMAXBSMTP=50\nSMTP_RATE_LIMIT=8kbps\n",
+            p = mock.port
+        ),
+    )
+    .unwrap();
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let mut body = String::from("Subject: big\r\n\r\n");
+    while body.len() < 40_000 {
+        body.push_str(
+            "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n",
+        );
+    }
+    smtpw::spool::submit(
+        &spool,
+        "owner@lists.example",
+        None,
+        recipients(100).into_iter(),
+        body.as_bytes(),
+    )
+    .unwrap();
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    let end = Instant::now() + Duration::from_secs(20);
+    while mock.mta.stats().current_connections < 2 {
+        assert!(Instant::now() < end, "no sessions:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kid.term();
+    let st = kid.wait_for(Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run still waits for the rate limit 5 s after SIGTERM:\n{}",
+            stderr_of(&log)
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(mock.wait_idle(Duration::from_secs(5)));
+    let j = mock.mta.journal();
+    // The first message goes through at once (the limiter runs into debt); the next one waits,
+    // and the stop does not begin it.
+    assert!(
+        j.transactions().count() <= 1,
+        "{:?}",
+        j.transactions().count()
+    );
+    assert!(j.transactions().all(|t| t.accepted), "no transaction cut");
+    assert!(j
+        .sessions
+        .iter()
+        .all(|s| s.end_reason.as_deref() == Some("quit")));
+    let q = queue_json(&spool);
+    let delivered = mock.mta.stats().recipients_accepted;
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered")),
+        (100 - delivered, delivered),
+        "{q}"
+    );
+    assert!(num(&q, "queued") >= 50, "{q}");
+}

@@ -395,3 +395,35 @@ fn sigterm_does_not_wait_for_the_rate_limit_before_a_transaction() {
     );
     assert!(num(&q, "queued") >= 50, "{q}");
 }
+
+#[test]
+fn ctrl_c_drains_like_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    mc.faults.command_latency_ms.insert("DOT".into(), 400);
+    let mock = LoopbackMock::start(mc);
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    submit_cli(dir.path(), &spool, &recipients(1000));
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    let end = Instant::now() + Duration::from_secs(20);
+    while mock.mta.stats().messages < 2 {
+        assert!(Instant::now() < end, "no delivery:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    kid.signal("INT");
+    let st = kid
+        .wait_for(Duration::from_secs(5))
+        .expect("stops on SIGINT");
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(mock.wait_idle(Duration::from_secs(5)));
+    let j = mock.mta.journal();
+    assert!(j.transactions().all(|t| t.accepted), "no transaction cut");
+    let q = queue_json(&spool);
+    let delivered = mock.mta.stats().recipients_accepted;
+    assert_eq!(num(&q, "delivered"), delivered, "{q}");
+    assert_eq!(num(&q, "queued"), 1000 - delivered, "{q}");
+}

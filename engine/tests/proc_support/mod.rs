@@ -62,11 +62,16 @@ impl Kid {
 
     /// Send SIGTERM (through kill(1): no unsafe code).
     pub fn term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Send a signal by name (`TERM`, `INT`, ...) through kill(1).
+    pub fn signal(&self, name: &str) {
         let st = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("running kill(1)");
-        assert!(st.success(), "kill -TERM {} failed", self.pid());
+        assert!(st.success(), "kill -{name} {} failed", self.pid());
     }
 }
 

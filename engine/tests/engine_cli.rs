@@ -427,3 +427,23 @@ fn ctrl_c_drains_like_sigterm() {
     assert_eq!(num(&q, "delivered"), delivered, "{q}");
     assert_eq!(num(&q, "queued"), 1000 - delivered, "{q}");
 }
+
+#[test]
+fn queue_works_while_a_starting_daemon_creates_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    submit_cli(dir.path(), &spool, &recipients(10));
+    // What `smtpw queue` can meet while `smtpw run` starts (or after it was killed then): the
+    // database file exists, its tables do not yet.
+    std::fs::write(spool.join("spool.db"), b"").unwrap();
+    let q = queue_json(&spool);
+    assert_eq!(
+        (
+            num(&q, "queued"),
+            num(&q, "delivered"),
+            num(&q, "incoming_files")
+        ),
+        (0, 0, 1),
+        "{q}"
+    );
+}

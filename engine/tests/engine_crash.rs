@@ -316,14 +316,29 @@ fn sigkill_during_ingest_neither_loses_nor_doubles_a_job() {
     // Kills that leave the database as it was make the next wait longer, so that a slow
     // machine still gets past each batch commit.
     let mut stalled = 0u64;
-    for _ in 0..20 {
-        let delay = rng.between(30, 600) + 200 * stalled;
+    for k in 0..20 {
         let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "smtpw run");
-        assert!(
-            kid.wait_for(Duration::from_millis(delay)).is_none(),
-            "smtpw run exited:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let delay = if k % 2 == 1 {
+            // At a pseudo-random moment (every other run)...
+            let delay = rng.between(30, 600) + 200 * stalled;
+            assert!(
+                kid.wait_for(Duration::from_millis(delay)).is_none(),
+                "smtpw run exited:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            delay
+        } else {
+            // ...or (first) as soon as a batch commit shows in the database: the moment between
+            // the commit and the removal of its files.
+            let t = Instant::now();
+            let before = kills.last().map_or(0, |k| k.1);
+            while num(&queue_json(&spool), "queued") == before
+                && t.elapsed() < Duration::from_secs(10)
+            {
+                assert!(kid.child.try_wait().unwrap().is_none(), "smtpw run exited");
+            }
+            t.elapsed().as_millis() as u64
+        };
         kid.kill();
         let q = queue_json(&spool);
         let (queued, files) = (num(&q, "queued"), num(&q, "incoming_files"));

@@ -8,7 +8,7 @@
 //! `expired: true` on a `failed` line means the job outlived the configured lifetime).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,19 @@ impl Ledger {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        // A crash mid-append can leave a torn last line; end it here, or the next line written
+        // would be glued to it and both would be unreadable.
+        let len = file.metadata()?.len();
+        if len > 0 {
+            let mut r = File::open(path)?;
+            r.seek(SeekFrom::Start(len - 1))?;
+            let mut last = [0u8; 1];
+            r.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                (&file).write_all(b"\n")?;
+                file.sync_data()?;
+            }
+        }
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -128,5 +141,35 @@ mod tests {
         assert_eq!(back, vec![line.clone(), line]);
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("\"outcome\":\"failed\""), "{text}");
+    }
+
+    #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_runs_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.jsonl");
+        let line = |rcpt: &str| LedgerLine {
+            time: "2026-01-01T00:00:00Z".into(),
+            job: 1,
+            copy: 2,
+            pool: "-".into(),
+            rcpt: rcpt.into(),
+            outcome: LedgerOutcome::Delivered,
+            relay: Some("h:25".into()),
+            reply: "250 ok".into(),
+            attempts: 1,
+            retry_at: None,
+            expired: false,
+        };
+        let mut l = Ledger::open(&p).unwrap();
+        l.append(&[line("a@b")]).unwrap();
+        drop(l);
+        // A crash in the middle of the next append leaves half a line.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"time\":\"2026-01-01T00:0").unwrap();
+        drop(f);
+        let mut l = Ledger::open(&p).unwrap();
+        l.append(&[line("c@d")]).unwrap();
+        let back: Vec<_> = read_ledger(&p).unwrap().map(|l| l.rcpt).collect();
+        assert_eq!(back, vec!["a@b".to_string(), "c@d".to_string()]);
     }
 }

@@ -2,7 +2,7 @@
 //! pass the rate gate, run the transaction, record every recipient's outcome.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 /// How long a connection to the failover, opened because the primary was unreachable, is used
 /// before the primary is tried again.
 pub const FAILOVER_RECHECK: Duration = Duration::from_secs(5 * 60);
+/// How long a stopping worker waits for the relay's reply to QUIT.
+pub const QUIT_AT_STOP: Duration = Duration::from_secs(2);
 
 /// Counters every worker adds to, read by the CLI and the tests.
 #[derive(Debug, Default)]
@@ -151,10 +153,16 @@ impl RelayLimits {
 struct PoolGate<'a> {
     limiter: &'a RateLimiter,
     pool: Pool,
+    /// The first transaction's wait was already done by the worker (where a stop can still
+    /// give the copy back untouched).
+    prepaid: AtomicBool,
 }
 
 impl DataGate for PoolGate<'_> {
     fn acquire(&self, bytes: u64) -> BoxFuture<'_, ()> {
+        if self.prepaid.swap(false, Ordering::Relaxed) {
+            return Box::pin(std::future::ready(()));
+        }
         Box::pin(self.limiter.acquire(self.pool, bytes))
     }
 }
@@ -348,7 +356,8 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             open = None;
         }
     }
-    close(&mut open).await;
+    // At a stop, QUIT is a courtesy: a relay slow to answer it does not hold the stop up.
+    let _ = tokio::time::timeout(QUIT_AT_STOP, close(&mut open)).await;
     debug!(worker = %name, "stopped");
 }
 
@@ -449,7 +458,20 @@ async fn deliver<S: Spool>(
     let gate = PoolGate {
         limiter: &ctx.limiter,
         pool: copy.pool,
+        prepaid: AtomicBool::new(false),
     };
+    if limited {
+        // Waiting for the rate limit is not a transaction yet: a stop gives the copy back.
+        tokio::select! {
+            () = ctx.limiter.acquire(copy.pool, copy.message.len() as u64) => {
+                gate.prepaid.store(true, Ordering::Relaxed);
+            }
+            () = ctx.shutdown.cancelled() => {
+                ctx.spool.release(copy.copy_id);
+                return;
+            }
+        }
+    }
     let no_gate = crate::smtp::NoGate;
     let gate: &dyn DataGate = if limited { &gate } else { &no_gate };
     let d = o

@@ -3,6 +3,10 @@
 //! with SIGKILL at pseudo-random moments, a dozen times, then lets a last run finish. Every
 //! recipient must be delivered, the database must count each exactly once, and the recipients
 //! delivered twice must be bounded by the copies that were in flight at each kill.
+//!
+//! `engine_crash.rs` does the same with the binaries users run (`smtpw run` over SMTP to a
+//! mock-mta); this one isolates the spool (claims, the writer, ledger-then-commit) from the SMTP
+//! engine and kills more often (every 15-90 ms), so a failure here points at the spool.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 

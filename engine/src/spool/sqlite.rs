@@ -300,7 +300,8 @@ impl SqliteSpool {
         let db_path = dir.join(DB_FILE);
         let db = Connection::open(&db_path)?;
         configure(&db)?;
-        db.execute_batch(SCHEMA)?;
+        // One transaction: a crash leaves all the tables or none.
+        db.execute_batch(&format!("BEGIN;\n{SCHEMA}\nCOMMIT;"))?;
         let reader = Connection::open_with_flags(
             &db_path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -702,6 +703,19 @@ pub fn read_stats(dir: &Path, now: Timestamp) -> Result<QueueStats, SpoolError> 
         Err(_) => Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
     };
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // A daemon that is starting (or was killed while starting) may not have created the tables
+    // yet: nothing is queued in the database then.
+    let ready: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !ready {
+        return Ok(QueueStats {
+            incoming_files: incoming,
+            ..QueueStats::default()
+        });
+    }
     let mut stats = stats_from_db(&conn, now)?;
     stats.incoming_files = incoming;
     stats.pools.sort_by_key(|s| (s.pool, s.state));

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tracing::info;
+use tracing::{info, warn};
 
 use smtpw::clock::SystemClock;
 use smtpw::engine::{Engine, EngineOptions};
 use smtpw::net::TcpConnector;
-use smtpw::spool::{SpoolOptions, SqliteSpool};
+use smtpw::spool::{SpoolError, SpoolOptions, SqliteSpool};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -46,6 +46,13 @@ pub struct RunArgs {
     pub lifetime_hours: u64,
 }
 
+/// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
+const EXIT_FORCED: i32 = 130;
+
+/// `smtpw run`. Exit status: 0 after a normal stop (`--until-empty` found the queue empty, or
+/// SIGTERM/Ctrl-C drained the transactions in flight); 2 when it cannot start (SITE.CFG errors,
+/// printed as `FILE:LINE:COLUMN: error: ...`; a spool another process owns; an unusable spool);
+/// 130 when a second signal stopped it before the drain ended.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = match smtpw::config::load(&args.config) {
         Ok(c) => c,
@@ -59,6 +66,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
+        // Take over SIGTERM/Ctrl-C first: a signal during start-up (opening a large spool takes
+        // a while) then stops the engine cleanly instead of killing the process.
+        let mut signals = Signals::install();
         let clock = SystemClock::shared();
         let opts = SpoolOptions {
             max_bsmtp: config.max_bsmtp,
@@ -68,10 +78,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             lifetime: Duration::from_secs(args.lifetime_hours * 3600),
             ..SpoolOptions::default()
         };
-        let spool = Arc::new(
-            SqliteSpool::open(&args.spool, opts, clock.clone())
-                .with_context(|| format!("opening the spool {}", args.spool.display()))?,
-        );
+        let spool = match SqliteSpool::open(&args.spool, opts, clock.clone()) {
+            Ok(s) => Arc::new(s),
+            Err(SpoolError::Locked(dir, lock)) => {
+                anyhow::bail!(
+                    "the spool {} is in use by another process (it holds {}); stop that \
+                     `smtpw run` first, or give this one another --spool",
+                    dir.display(),
+                    lock.display()
+                );
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("opening the spool {}", args.spool.display())))
+            }
+        };
         let mut eopts = EngineOptions {
             until_empty: args.until_empty,
             sync_grace: Duration::from_secs(args.sync_grace),
@@ -92,9 +113,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ));
         let stopper = engine.shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
-            info!("signal received: finishing transactions in flight, then stopping");
+            signals.recv().await;
+            info!("signal received: finishing transactions in flight, then stopping (signal again to stop at once)");
             stopper.cancel();
+            // A second signal stops at once: nothing is lost (SPEC §12 D3), the transactions
+            // still in flight are simply repeated by the next run.
+            signals.recv().await;
+            warn!("second signal: stopping now; the transactions in flight will be repeated by the next run");
+            std::process::exit(EXIT_FORCED);
         });
         let summary = engine.run().await;
         info!(
@@ -108,17 +134,55 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), listened to from the moment of [`Signals::install`].
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| warn!(error = %e, "cannot listen for SIGTERM"))
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .map_err(|e| warn!(error = %e, "cannot listen for SIGINT"))
+                .ok();
+            Self { term, int }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
             }
-            return;
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,0 +1,449 @@
+//! `smtpw run` as a user runs it: exit statuses, SITE.CFG errors that start nothing, a spool
+//! owned by another process, `--until-empty` on an empty spool, and a second signal that cuts
+//! the drain short without losing a recipient.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+mod proc_support;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use mock_mta::{Faults, MockConfig};
+use proc_support::{
+    num, queue_json, recipients, run_cmd, smtpw, submit_cli, write_site_cfg, Kid, LoopbackMock,
+    SilentRelay,
+};
+
+fn stderr_of(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+#[test]
+fn a_bad_site_cfg_exits_2_with_located_errors_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A relay that must see no connection.
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    relay.set_nonblocking(true).unwrap();
+    let port = relay.local_addr().unwrap().port();
+    let cfg = dir.path().join("SITE.CFG");
+    std::fs::write(
+        &cfg,
+        format!("SMTP_FORWARD=127.0.0.1:{port}\nSMTP_FORWARD_1=2*\nMAXBSMTP=abc\n"),
+    )
+    .unwrap();
+    let spool = dir.path().join("spool");
+    let t = Instant::now();
+    let out = smtpw()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--spool")
+        .arg(&spool)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{err}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let file = cfg.display().to_string();
+    let located: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(&format!("{file}:")) && l.contains(": error: "))
+        .collect();
+    assert_eq!(located.len(), 2, "one located error per bad line:\n{err}");
+    assert!(
+        located[0].starts_with(&format!("{file}:2:")),
+        "{}",
+        located[0]
+    );
+    assert!(
+        located[1].starts_with(&format!("{file}:3:")) && located[1].contains("MAXBSMTP"),
+        "{}",
+        located[1]
+    );
+    // FILE:LINE:COLUMN: the column is a number.
+    for l in &located {
+        let rest = &l[file.len() + 1..];
+        let mut parts = rest.splitn(3, ':');
+        let line = parts.next().unwrap();
+        let col = parts.next().unwrap();
+        assert!(
+            line.parse::<u32>().is_ok() && col.parse::<u32>().is_ok(),
+            "FILE:LINE:COLUMN in {l}"
+        );
+    }
+    assert!(!spool.exists(), "no spool was created");
+    assert_eq!(
+        relay.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "nothing connected to the relay"
+    );
+
+    // A missing SITE.CFG: also 2, with the file named.
+    let out = smtpw()
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("NOPE.CFG"))
+        .arg("--spool")
+        .arg(&spool)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{err}");
+    assert!(err.contains("NOPE.CFG"), "{err}");
+    assert!(!spool.exists(), "no spool was created");
+}
+
+#[test]
+fn a_spool_owned_by_another_run_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log1 = dir.path().join("first.log");
+    let mut first = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log1), "first run");
+    // Wait until the first run owns the spool (its database exists and its log says so).
+    let end = Instant::now() + Duration::from_secs(20);
+    while !stderr_of(&log1).contains("synchronous path") {
+        assert!(
+            Instant::now() < end,
+            "first run did not start:\n{}",
+            stderr_of(&log1)
+        );
+        assert!(
+            first.child.try_wait().unwrap().is_none(),
+            "{}",
+            stderr_of(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    let out = smtpw()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--spool")
+        .arg(&spool)
+        .arg("--until-empty")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{err}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(
+        err.contains("is in use by another process") && err.contains("spool.lock"),
+        "{err}"
+    );
+    // The owner is unaffected and still works: a job submitted now is delivered.
+    assert!(first.child.try_wait().unwrap().is_none());
+    let all = recipients(120);
+    submit_cli(dir.path(), &spool, &all);
+    let end = Instant::now() + Duration::from_secs(30);
+    while mock.mta.stats().recipients_accepted < 120 {
+        assert!(Instant::now() < end, "not delivered:\n{}", stderr_of(&log1));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first.term();
+    let st = first
+        .wait_for(Duration::from_secs(10))
+        .expect("stops on SIGTERM");
+    assert_eq!(st.code(), Some(0));
+    let q = queue_json(&spool);
+    assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 120), "{q}");
+}
+
+#[test]
+fn until_empty_on_an_empty_spool_exits_0_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let log = dir.path().join("run.log");
+    let mut kid = Kid::spawn(
+        run_cmd(&cfg, &spool, &dir.path().join("l.jsonl"), true, &log),
+        "run",
+    );
+    let st = kid
+        .wait_for(Duration::from_secs(20))
+        .expect("exits by itself");
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(spool.join("spool.db").exists(), "the spool was created");
+    assert!(
+        stderr_of(&log).contains("queue empty"),
+        "{}",
+        stderr_of(&log)
+    );
+    let q = queue_json(&spool);
+    assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 0), "{q}");
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_the_restart_loses_nothing() {
+    const N: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    // The relay takes 20 s to answer the end of data: a drain would take that long.
+    mc.faults.command_latency_ms.insert("DOT".into(), 20_000);
+    let mock = LoopbackMock::start(mc);
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let all = recipients(N);
+    submit_cli(dir.path(), &spool, &all);
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    // Wait until both workers are connected, then give them time to send their first dot.
+    let end = Instant::now() + Duration::from_secs(20);
+    while mock.mta.stats().current_connections < 2 {
+        assert!(Instant::now() < end, "no sessions:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kid.term();
+    // The first signal starts a drain that would last ~20 s...
+    assert!(
+        kid.wait_for(Duration::from_millis(500)).is_none(),
+        "the first signal drains, it does not stop at once"
+    );
+    // ...the second stops at once.
+    let t = Instant::now();
+    kid.term();
+    let st = kid
+        .wait_for(Duration::from_secs(5))
+        .expect("a second signal stops it at once");
+    assert_eq!(st.code(), Some(130), "{}", stderr_of(&log));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        stderr_of(&log).contains("second signal"),
+        "{}",
+        stderr_of(&log)
+    );
+    // Nothing was recorded as delivered; a restart against a quick relay delivers everyone.
+    let q = queue_json(&spool);
+    assert_eq!(num(&q, "queued"), N as u64, "{q}");
+    mock.mta.set_faults(Faults::default());
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "restart");
+    let st = kid
+        .wait_for(Duration::from_secs(60))
+        .expect("the restart finishes");
+    assert!(st.success(), "{}", stderr_of(&log));
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (0, N as u64, 0),
+        "{q}"
+    );
+    let mut got: HashMap<String, u32> = HashMap::new();
+    for a in mock.mta.journal().delivered_recipients() {
+        *got.entry(a).or_default() += 1;
+    }
+    assert!(all.iter().all(|r| got.contains_key(r)), "no recipient lost");
+}
+
+#[test]
+fn sigterm_does_not_wait_for_a_relay_that_never_greets() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = SilentRelay::start();
+    let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let all = recipients(60);
+    submit_cli(dir.path(), &spool, &all);
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    // Both workers are connected and waiting for a greeting (5 minutes by default).
+    let end = Instant::now() + Duration::from_secs(20);
+    while relay.accepted.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < end, "no connection:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    kid.term();
+    let st = kid.wait_for(Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run still waits for the greeting 5 s after SIGTERM:\n{}",
+            stderr_of(&log)
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Nothing was sent, nothing is lost: every recipient is still queued.
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (60, 0, 0),
+        "{q}"
+    );
+}
+
+#[test]
+fn a_relay_slow_to_answer_quit_does_not_hold_up_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    mc.faults.command_latency_ms.insert("QUIT".into(), 30_000);
+    let mock = LoopbackMock::start(mc);
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let all = recipients(200);
+    submit_cli(dir.path(), &spool, &all);
+    let t = Instant::now();
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "run");
+    let st = kid.wait_for(Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run --until-empty still waits for 221 after 20 s:\n{}",
+            stderr_of(&log)
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let q = queue_json(&spool);
+    assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 200), "{q}");
+}
+
+#[test]
+fn logs_to_a_file_carry_no_terminal_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let cfg = write_site_cfg(dir.path(), mock.port, 1, 50);
+    let spool = dir.path().join("spool");
+    let log = dir.path().join("run.log");
+    let mut kid = Kid::spawn(
+        run_cmd(&cfg, &spool, &dir.path().join("l.jsonl"), true, &log),
+        "run",
+    );
+    let st = kid.wait_for(Duration::from_secs(20)).expect("exits");
+    assert!(st.success());
+    let text = stderr_of(&log);
+    assert!(text.contains("queue empty"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in a log file:\n{text:?}"
+    );
+}
+
+#[test]
+fn sigterm_does_not_wait_for_the_rate_limit_before_a_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    // 8 kbps (1 KiB/s) and a 40 KB message: the first transaction waits ~40 s for the gate.
+    let cfg = dir.path().join("SITE.CFG");
+    std::fs::write(
+        &cfg,
+        format!(
+            "SMTP_FORWARD=127.0.0.1:{p}\nSMTP_FORWARD_1=2*127.0.0.1:{p}\nMAXBSMTP=50\nSMTP_RATE_LIMIT=8kbps\n",
+            p = mock.port
+        ),
+    )
+    .unwrap();
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let mut body = String::from("Subject: big\r\n\r\n");
+    while body.len() < 40_000 {
+        body.push_str(
+            "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n",
+        );
+    }
+    smtpw::spool::submit(
+        &spool,
+        "owner@lists.example",
+        None,
+        recipients(100).into_iter(),
+        body.as_bytes(),
+    )
+    .unwrap();
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    let end = Instant::now() + Duration::from_secs(20);
+    while mock.mta.stats().current_connections < 2 {
+        assert!(Instant::now() < end, "no sessions:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kid.term();
+    let st = kid.wait_for(Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run still waits for the rate limit 5 s after SIGTERM:\n{}",
+            stderr_of(&log)
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(mock.wait_idle(Duration::from_secs(5)));
+    let j = mock.mta.journal();
+    // The first message goes through at once (the limiter runs into debt); the next one waits,
+    // and the stop does not begin it.
+    assert!(
+        j.transactions().count() <= 1,
+        "{:?}",
+        j.transactions().count()
+    );
+    assert!(j.transactions().all(|t| t.accepted), "no transaction cut");
+    assert!(j
+        .sessions
+        .iter()
+        .all(|s| s.end_reason.as_deref() == Some("quit")));
+    let q = queue_json(&spool);
+    let delivered = mock.mta.stats().recipients_accepted;
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered")),
+        (100 - delivered, delivered),
+        "{q}"
+    );
+    assert!(num(&q, "queued") >= 50, "{q}");
+}
+
+#[test]
+fn ctrl_c_drains_like_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    mc.faults.command_latency_ms.insert("DOT".into(), 400);
+    let mock = LoopbackMock::start(mc);
+    let cfg = write_site_cfg(dir.path(), mock.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    submit_cli(dir.path(), &spool, &recipients(1000));
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    let end = Instant::now() + Duration::from_secs(20);
+    while mock.mta.stats().messages < 2 {
+        assert!(Instant::now() < end, "no delivery:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    kid.signal("INT");
+    let st = kid
+        .wait_for(Duration::from_secs(5))
+        .expect("stops on SIGINT");
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(mock.wait_idle(Duration::from_secs(5)));
+    let j = mock.mta.journal();
+    assert!(j.transactions().all(|t| t.accepted), "no transaction cut");
+    let q = queue_json(&spool);
+    let delivered = mock.mta.stats().recipients_accepted;
+    assert_eq!(num(&q, "delivered"), delivered, "{q}");
+    assert_eq!(num(&q, "queued"), 1000 - delivered, "{q}");
+}
+
+#[test]
+fn queue_works_while_a_starting_daemon_creates_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    submit_cli(dir.path(), &spool, &recipients(10));
+    // What `smtpw queue` can meet while `smtpw run` starts (or after it was killed then): the
+    // database file exists, its tables do not yet.
+    std::fs::write(spool.join("spool.db"), b"").unwrap();
+    let q = queue_json(&spool);
+    assert_eq!(
+        (
+            num(&q, "queued"),
+            num(&q, "delivered"),
+            num(&q, "incoming_files")
+        ),
+        (0, 0, 1),
+        "{q}"
+    );
+}

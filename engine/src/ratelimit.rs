@@ -21,12 +21,15 @@
 //! All arithmetic is in integer nanoseconds and bits, so the long-run rate is exact: after any
 //! backlogged run the bits admitted up to `t` never exceed `rate * (t - t0) + depth`.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::{Pool, RateLimits};
+use crate::clock::SharedClock;
+use crate::config::{Pool, RateLimits, SiteConfig};
 
 const NANOS: u128 = 1_000_000_000;
 
@@ -111,6 +114,8 @@ fn reserve_in(bucket: &Bucket, now: Instant, bits: u64) -> Instant {
 pub struct RateLimiter {
     overall: Option<Bucket>,
     pools: Vec<Option<Bucket>>,
+    /// What the workers actually sent, per pool (shared by the per-worker limiters of a split).
+    meter: Arc<RateMeter>,
 }
 
 impl RateLimiter {
@@ -123,7 +128,19 @@ impl RateLimiter {
         Self {
             overall: limits.overall_bps.map(|bps| Bucket::new(bps, depth)),
             pools,
+            meter: Arc::default(),
         }
+    }
+
+    /// The same limiter, recording into `meter` (so per-worker limiters can share one meter).
+    pub fn with_meter(mut self, meter: Arc<RateMeter>) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    /// The byte meter the workers feed after each delivery.
+    pub fn meter(&self) -> &Arc<RateMeter> {
+        &self.meter
     }
 
     /// The LISTSERV-compatible split (SPEC 4.6): this worker's own buckets, with each pool limit
@@ -205,6 +222,305 @@ impl RateLimiter {
 
 /// A limiter shared by every worker.
 pub type SharedRateLimiter = Arc<RateLimiter>;
+
+/// Seconds of history the [`RateMeter`] keeps (a little more than the one-minute window).
+const METER_SLOTS: usize = 64;
+/// The window the achieved rate is measured over.
+pub const METER_WINDOW: Duration = Duration::from_secs(60);
+
+/// Bytes sent per pool, per second of tokio time, for the last minute: the engine's record of the
+/// achieved rate, written to [`RATE_STATUS_FILE`] for `smtpw queue`.
+#[derive(Debug)]
+pub struct RateMeter {
+    start: Instant,
+    ring: Mutex<MeterRing>,
+}
+
+#[derive(Debug)]
+struct MeterRing {
+    /// The second (since `start`) each slot holds, `u64::MAX` when unused.
+    secs: [u64; METER_SLOTS],
+    bytes: [[u64; Pool::COUNT]; METER_SLOTS],
+}
+
+impl Default for RateMeter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a [`RateMeter`] saw over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterReading {
+    /// The span actually covered (shorter than the window just after start).
+    pub span: Duration,
+    /// Bytes per pool (index [`Pool::index`]).
+    pub bytes: [u64; Pool::COUNT],
+}
+
+impl MeterReading {
+    pub fn total(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+    /// Bits per second of `bytes` over the span.
+    pub fn bps(&self, bytes: u64) -> u64 {
+        let ns = self.span.as_nanos().max(1);
+        u64::try_from(u128::from(bytes) * 8 * NANOS / ns).unwrap_or(u64::MAX)
+    }
+}
+
+impl RateMeter {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            ring: Mutex::new(MeterRing {
+                secs: [u64::MAX; METER_SLOTS],
+                bytes: [[0; Pool::COUNT]; METER_SLOTS],
+            }),
+        }
+    }
+
+    fn second(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// Count `bytes` of message data sent for `pool` now.
+    pub fn record(&self, pool: Pool, bytes: u64) {
+        self.record_at(pool, bytes, Instant::now());
+    }
+
+    /// Count `bytes` sent for `pool` at `at`.
+    pub fn record_at(&self, pool: Pool, bytes: u64, at: Instant) {
+        let sec = self.second(at);
+        let slot = (sec % METER_SLOTS as u64) as usize;
+        let mut r = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        if r.secs[slot] != sec {
+            r.secs[slot] = sec;
+            r.bytes[slot] = [0; Pool::COUNT];
+        }
+        r.bytes[slot][pool.index()] += bytes;
+    }
+
+    /// Bytes sent in the last `window` (whole seconds, at most 60) before `now`, counting the
+    /// current second up to `now`.
+    pub fn reading(&self, now: Instant, window: Duration) -> MeterReading {
+        let whole = window.as_secs().clamp(1, METER_SLOTS as u64 - 2);
+        let cur = self.second(now);
+        let first = (cur + 1).saturating_sub(whole);
+        let r = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bytes = [0u64; Pool::COUNT];
+        for sec in first..=cur {
+            let slot = (sec % METER_SLOTS as u64) as usize;
+            if r.secs[slot] == sec {
+                for (b, x) in bytes.iter_mut().zip(r.bytes[slot]) {
+                    *b += x;
+                }
+            }
+        }
+        let span = now
+            .saturating_duration_since(self.start)
+            .saturating_sub(Duration::from_secs(first));
+        MeterReading { span, bytes }
+    }
+}
+
+/// The file in the spool directory where a running engine keeps its [`RateStatus`].
+pub const RATE_STATUS_FILE: &str = "rate-status.json";
+
+/// One line of the rate report: the overall limit (`pool` = `*`) or one pool's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLine {
+    /// `*` for the overall limit, else the pool letter (`-` for the default pool).
+    pub pool: String,
+    /// The configured limit in bits per second (`None`: unlimited).
+    pub limit_bps: Option<u64>,
+    /// The same in bytes per second.
+    pub limit_bytes_per_s: Option<u64>,
+    /// Workers serving this pool (all workers for the overall line).
+    pub workers: usize,
+    /// With the per-worker split: each worker's share of the limit, in bits per second.
+    pub per_worker_bps: Option<u64>,
+    /// Message bytes sent over the window (headers + body, before dot-stuffing).
+    pub bytes: u64,
+    /// `bytes` over the window, in bits per second.
+    pub achieved_bps: u64,
+}
+
+/// The rate report: what is configured, who serves it, and what was achieved over the last
+/// minute. Logged at start-up; written every second to [`RATE_STATUS_FILE`] by a running engine
+/// and read by `smtpw queue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateStatus {
+    /// When this was written (RFC 3339, from the engine's clock).
+    pub written_at: String,
+    /// The engine's process id.
+    pub pid: u32,
+    /// LISTSERV's per-worker split instead of one shared limiter.
+    pub per_worker_split: bool,
+    /// The span the achieved figures cover, in seconds.
+    pub window_secs: f64,
+    pub workers: usize,
+    pub overall: RateLine,
+    /// Every pool with a limit of its own, with workers restricted to it, or with traffic.
+    pub pools: Vec<RateLine>,
+    /// Pools no worker serves (their mail goes through SMTP_FORWARD, SPEC §12 D4); `""` if none.
+    pub unserved: String,
+}
+
+impl RateStatus {
+    /// The report for `cfg`, with the achieved figures of `reading` (zero without one).
+    pub fn new(
+        cfg: &SiteConfig,
+        per_worker_split: bool,
+        reading: Option<&MeterReading>,
+        written_at: jiff::Timestamp,
+    ) -> Self {
+        let n = cfg.workers.len();
+        let mut serving = [0usize; Pool::COUNT];
+        for w in &cfg.workers {
+            for p in w.pools.iter() {
+                serving[p.index()] += 1;
+            }
+        }
+        let split = |bps: Option<u64>, k: usize| {
+            bps.filter(|_| per_worker_split)
+                .map(|b| (b / k.max(1) as u64).max(1))
+        };
+        let achieved = |bytes: u64| reading.map_or(0, |r| r.bps(bytes));
+        let total = reading.map_or(0, MeterReading::total);
+        let overall = RateLine {
+            pool: "*".to_string(),
+            limit_bps: cfg.rate_limits.overall_bps,
+            limit_bytes_per_s: cfg.rate_limits.overall_bps.map(|b| b / 8),
+            workers: n,
+            per_worker_bps: split(cfg.rate_limits.overall_bps, n),
+            bytes: total,
+            achieved_bps: achieved(total),
+        };
+        let restricted = cfg.workers.iter().any(|w| !w.pools.is_all());
+        let mut pools = Vec::new();
+        for p in Pool::all() {
+            let limit = cfg.rate_limits.pools.get(&p).copied();
+            let bytes = reading.map_or(0, |r| r.bytes[p.index()]);
+            let k = serving[p.index()];
+            let shown = limit.is_some() || bytes > 0 || (restricted && k > 0 && k < n);
+            if shown {
+                pools.push(RateLine {
+                    pool: p.to_string(),
+                    limit_bps: limit,
+                    limit_bytes_per_s: limit.map(|b| b / 8),
+                    workers: k,
+                    per_worker_bps: split(limit, k),
+                    bytes,
+                    achieved_bps: achieved(bytes),
+                });
+            }
+        }
+        Self {
+            written_at: written_at.to_string(),
+            pid: std::process::id(),
+            per_worker_split,
+            window_secs: reading.map_or(0.0, |r| r.span.as_secs_f64()),
+            workers: n,
+            overall,
+            pools,
+            unserved: cfg.unserved_pools().to_string(),
+        }
+    }
+
+    /// The start-up report, one line per limit (SPEC 4.6: rates are in bits, and bytes shown too).
+    pub fn report_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let how = if self.per_worker_split {
+            "split per worker (LISTSERV compatible)"
+        } else {
+            "shared by all workers"
+        };
+        let line = |l: &RateLine, what: &str| match l.limit_bps {
+            Some(bps) => {
+                let mut s = format!(
+                    "{what}: {bps} bit/s ({} bytes/s), {} worker(s), {how}",
+                    bps / 8,
+                    l.workers
+                );
+                if let Some(w) = l.per_worker_bps {
+                    s.push_str(&format!(", {w} bit/s each"));
+                }
+                s
+            }
+            None => format!("{what}: no limit, {} worker(s)", l.workers),
+        };
+        out.push(line(&self.overall, "rate limit overall"));
+        for p in &self.pools {
+            let what = format!("rate limit pool {}", p.pool);
+            let mut s = line(p, &what);
+            if p.limit_bps.is_none() {
+                s.push_str(" (overall limit only)");
+            }
+            out.push(s);
+        }
+        if !self.unserved.is_empty() {
+            out.push(format!(
+                "pools served by no worker: {} (their mail goes through SMTP_FORWARD)",
+                self.unserved
+            ));
+        }
+        out
+    }
+
+    /// Log [`RateStatus::report_lines`].
+    pub fn log_report(&self) {
+        for l in self.report_lines() {
+            tracing::info!("{l}");
+        }
+    }
+
+    /// Write atomically to `SPOOL/rate-status.json` (a temporary file renamed over it).
+    pub fn write(&self, spool_dir: &Path) -> std::io::Result<()> {
+        let path = spool_dir.join(RATE_STATUS_FILE);
+        let tmp = spool_dir.join(format!(".{RATE_STATUS_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Read `SPOOL/rate-status.json`; `Ok(None)` when there is none.
+    pub fn read(spool_dir: &Path) -> std::io::Result<Option<Self>> {
+        match std::fs::read(spool_dir.join(RATE_STATUS_FILE)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Keep `SPOOL/rate-status.json` current: every `every` until `shutdown`, then once more.
+pub async fn keep_status(
+    cfg: SiteConfig,
+    per_worker_split: bool,
+    meter: Arc<RateMeter>,
+    clock: SharedClock,
+    spool_dir: PathBuf,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let stop = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(every) => false,
+        };
+        let reading = meter.reading(Instant::now(), METER_WINDOW);
+        let st = RateStatus::new(&cfg, per_worker_split, Some(&reading), clock.now());
+        if let Err(e) = st.write(&spool_dir) {
+            tracing::debug!(error = %e, "writing the rate status failed");
+        }
+        if stop {
+            break;
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -365,6 +365,9 @@ pub struct RateStatus {
     pub pools: Vec<RateLine>,
     /// Pools no worker serves (their mail goes through SMTP_FORWARD, SPEC §12 D4); `""` if none.
     pub unserved: String,
+    /// Whether SMTP_FORWARD is set (without it, unserved pools' mail stays queued).
+    #[serde(default)]
+    pub sync_forward: bool,
 }
 
 impl RateStatus {
@@ -425,6 +428,7 @@ impl RateStatus {
             overall,
             pools,
             unserved: cfg.unserved_pools().to_string(),
+            sync_forward: cfg.sync_forward.is_some(),
         }
     }
 
@@ -460,12 +464,19 @@ impl RateStatus {
             out.push(s);
         }
         if !self.unserved.is_empty() {
-            out.push(format!(
-                "pools served by no worker: {} (their mail goes through SMTP_FORWARD)",
-                self.unserved
-            ));
+            out.push(self.unserved_line());
         }
         out
+    }
+
+    /// `pools served by no worker: ...` and what happens to their mail.
+    pub fn unserved_line(&self) -> String {
+        let fate = if self.sync_forward {
+            "their mail goes through SMTP_FORWARD"
+        } else {
+            "SMTP_FORWARD is not set: their mail stays queued"
+        };
+        format!("pools served by no worker: {} ({fate})", self.unserved)
     }
 
     /// Log [`RateStatus::report_lines`].
@@ -646,6 +657,39 @@ mod tests {
             later + Duration::from_millis(100),
             "an hour idle still holds only 100 ms of tokens"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_meter_counts_the_last_minute_per_pool() {
+        let m = RateMeter::new();
+        let t0 = Instant::now();
+        let a = Pool::from_char('A').expect("pool");
+        // 1000 bytes of A every second for 100 s, and 500 bytes of `-` in the last 10 s.
+        for s in 0..100u64 {
+            m.record_at(
+                a,
+                1000,
+                t0 + Duration::from_secs(s) + Duration::from_millis(500),
+            );
+            if s >= 90 {
+                m.record_at(Pool::DEFAULT, 500, t0 + Duration::from_secs(s));
+            }
+        }
+        // At 100 s: the window is seconds 41..=100 (the current one just begun): 59 full seconds.
+        let r = m.reading(t0 + Duration::from_secs(100), METER_WINDOW);
+        assert_eq!(r.span, Duration::from_secs(59));
+        assert_eq!(r.bytes[a.index()], 59_000);
+        assert_eq!(r.bytes[Pool::DEFAULT.index()], 5_000);
+        assert_eq!(r.bps(r.bytes[a.index()]), 8000);
+        // Just after start, the span is what has elapsed.
+        let m = RateMeter::new();
+        m.record_at(a, 100, t0);
+        let r = m.reading(t0 + Duration::from_millis(250), METER_WINDOW);
+        assert_eq!((r.span, r.total()), (Duration::from_millis(250), 100));
+        assert_eq!(r.bps(100), 3200);
+        // Old seconds in reused slots are not counted.
+        let later = t0 + Duration::from_secs(1000);
+        assert_eq!(m.reading(later, METER_WINDOW).total(), 0);
     }
 
     #[test]

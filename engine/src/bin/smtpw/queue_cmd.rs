@@ -132,10 +132,8 @@ pub fn render_rates(r: &Rates) -> String {
         ));
     }
     if !st.unserved.is_empty() {
-        out.push_str(&format!(
-            "pools served by no worker: {} (their mail goes through SMTP_FORWARD)\n",
-            st.unserved
-        ));
+        out.push_str(&st.unserved_line());
+        out.push('\n');
     }
     out
 }

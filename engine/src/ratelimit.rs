@@ -507,6 +507,9 @@ impl RateStatus {
     }
 }
 
+/// How often the engine repeats that pools are served by no worker (without SMTP_FORWARD).
+pub const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
 /// Keep `SPOOL/rate-status.json` current: every `every` until `shutdown`, then once more.
 pub async fn keep_status(
     cfg: SiteConfig,
@@ -517,6 +520,8 @@ pub async fn keep_status(
     every: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    // Without SMTP_FORWARD, mail of an unserved pool stays queued: say so every hour (SPEC A7).
+    let mut next_warning = Instant::now() + UNSERVED_WARNING_EVERY;
     loop {
         let stop = tokio::select! {
             _ = shutdown.cancelled() => true,
@@ -526,6 +531,10 @@ pub async fn keep_status(
         let st = RateStatus::new(&cfg, per_worker_split, Some(&reading), clock.now());
         if let Err(e) = st.write(&spool_dir) {
             tracing::debug!(error = %e, "writing the rate status failed");
+        }
+        if !st.unserved.is_empty() && !st.sync_forward && Instant::now() >= next_warning {
+            tracing::warn!("{}", st.unserved_line());
+            next_warning = Instant::now() + UNSERVED_WARNING_EVERY;
         }
         if stop {
             break;

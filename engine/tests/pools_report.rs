@@ -219,3 +219,42 @@ fn queue_without_an_engine_uses_the_config_and_flags_a_stale_status() {
     let (out, _) = smtpw(&["queue", "--spool", s, "--config", c]);
     assert!(out.contains("no engine status in the spool"), "{out}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_smtp_forward_unserved_pools_are_warned_about_at_start_and_hourly() {
+    let log = Captured::default();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let h = Harness::new(
+        "NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD_1=MX.EXAMPLE.ORG;POOL=AB\n",
+        jiff::civil::date(2026, 11, 22).at(12, 0, 0, 0),
+        &[("MX.EXAMPLE.ORG:25", MockConfig::iis())],
+    );
+    h.submit(Some('C'), std::iter::once("c@c.example".to_string()), 500);
+    let engine = h.engine(fast_options());
+    let e = engine.clone();
+    let task = tokio::spawn(async move { e.run().await });
+    tokio::time::sleep(Duration::from_secs(3600 + 5)).await;
+    engine.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("stops")
+        .expect("task");
+    let text = String::from_utf8(log.0.lock().expect("log").clone()).expect("utf8");
+    let line = "pools served by no worker: CDEFGHIJKLMNOPQRSTUVWXYZ- (SMTP_FORWARD is not set: their mail stays queued)";
+    assert_eq!(
+        text.matches(line).count(),
+        2,
+        "at start and after an hour:\n{text}"
+    );
+    // The mail of pool C is still queued, and `smtpw queue` says why.
+    assert_eq!(h.spool.queued_copies(), 1);
+    let st = RateStatus::read(&h.spool_dir())
+        .expect("read")
+        .expect("status");
+    assert_eq!(st.unserved, "CDEFGHIJKLMNOPQRSTUVWXYZ-");
+    assert!(!st.sync_forward);
+}

@@ -18,6 +18,14 @@
 //! whose own limit holds a long backlog must not reserve the overall bucket far into the future,
 //! or every other pool would wait behind it and an idle pool's share could not be used by others.
 //!
+//! Under a saturated overall limit the overall bucket is one FIFO: each waiting copy takes its
+//! turn, so each worker gets about one copy per round of all waiting workers' copies. A pool's
+//! bucket is charged at its slot, not at the send, so its own pacing continues while its copy
+//! waits its turn: a pool keeps its full limit as long as its workers' copies per round cover
+//! it; otherwise it gets its turns' worth (the limits are caps, SPEC 4.3). Sites give a limited
+//! pool enough workers, as LISTSERV advises; see the test
+//! `a_limited_pool_keeps_its_limit_while_its_turns_cover_it`.
+//!
 //! All arithmetic is in integer nanoseconds and bits, so the long-run rate is exact: after any
 //! backlogged run the bits admitted up to `t` never exceed `rate * (t - t0) + depth`.
 
@@ -650,6 +658,87 @@ mod tests {
         assert!(
             db <= Duration::from_millis(12_600),
             "B used the overall share A left idle: {db:?}"
+        );
+    }
+
+    /// Workers that loop `acquire` with no other delay: `pools[i]` is (pool, workers, bytes).
+    async fn contend(rl: Arc<RateLimiter>, pools: &[(Pool, usize, u64)], secs: u64) -> Vec<u64> {
+        let t_end = Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for (i, (pool, workers, bytes)) in pools.iter().copied().enumerate() {
+            for _ in 0..workers {
+                let rl = rl.clone();
+                tasks.push((
+                    i,
+                    tokio::spawn(async move {
+                        let mut sent = 0u64;
+                        loop {
+                            rl.acquire(pool, bytes).await;
+                            if Instant::now() >= t_end {
+                                return sent;
+                            }
+                            sent += bytes;
+                        }
+                    }),
+                ));
+            }
+        }
+        let mut out = vec![0u64; pools.len()];
+        for (i, t) in tasks {
+            out[i] += t.await.expect("worker");
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_pool_keeps_its_limit_while_its_turns_cover_it() {
+        // Overall 12 Mbit/s, pool A 1.5 Mbit/s with ONE worker sending 5 KB copies (26 ms each at
+        // A's rate); pool D unlimited, two workers with 10 KB copies, saturating the overall.
+        // A's pool bucket is charged at A's slot, so the overall queue (two D copies, 13 ms) that
+        // A's copy waits after its slot does not add to A's pace: A gets its full limit.
+        let (a, d) = (
+            Pool::from_char('A').expect("A"),
+            Pool::from_char('D').expect("D"),
+        );
+        let rl = Arc::new(RateLimiter::new(
+            &limits(Some(12 << 20), &[('A', 3 << 19)]),
+            DEFAULT_DEPTH,
+        ));
+        let secs = 60;
+        let got = contend(rl, &[(a, 1, 5_000), (d, 2, 10_000)], secs).await;
+        let a_bps = got[0] as f64 * 8.0 / secs as f64;
+        let all_bps = (got[0] + got[1]) as f64 * 8.0 / secs as f64;
+        assert!(
+            (a_bps / f64::from(3u32 << 19) - 1.0).abs() < 0.003,
+            "A got {a_bps} bit/s"
+        );
+        assert!(
+            (all_bps / f64::from(12u32 << 20) - 1.0).abs() < 0.003,
+            "overall {all_bps} bit/s"
+        );
+        // With four D workers, a round of the overall FIFO (4 x 10 KB + 5 KB, 28.6 ms) is longer
+        // than A's copy time: A's one worker gets one copy per round, 5 KB / 28.6 ms = 1.4 Mbit/s.
+        let rl = Arc::new(RateLimiter::new(
+            &limits(Some(12 << 20), &[('A', 3 << 19)]),
+            DEFAULT_DEPTH,
+        ));
+        let got = contend(rl, &[(a, 1, 5_000), (d, 4, 10_000)], secs).await;
+        let a_round = got[0] as f64 * 8.0 / secs as f64;
+        let expect = 5_000.0 * 8.0 / (45_000.0 * 8.0 / f64::from(12u32 << 20));
+        assert!(
+            (a_round / expect - 1.0).abs() < 0.01,
+            "A got {a_round}, one copy per round {expect}"
+        );
+        // Two A workers: two copies per round would be 2.8 Mbit/s, so A is held to its limit.
+        let rl = Arc::new(RateLimiter::new(
+            &limits(Some(12 << 20), &[('A', 3 << 19)]),
+            DEFAULT_DEPTH,
+        ));
+        let got = contend(rl, &[(a, 2, 5_000), (d, 4, 10_000)], secs).await;
+        let a2 = got[0] as f64 * 8.0 / secs as f64;
+        assert!(
+            (a2 / f64::from(3u32 << 19) - 1.0).abs() < 0.003,
+            "A (2 workers) got {a2}"
         );
     }
 

@@ -171,10 +171,13 @@ async fn overall_limit_with_per_worker_split_evenly_busy() {
 
 /// Workers: A, B, C and D (D and `-`). Under a saturated overall limit the overall bucket is one
 /// FIFO, so every waiting copy takes its turn: each worker gets about one copy per round, and a
-/// limited pool fills its own limit only if its workers' turns cover it (SPEC 4.3: whichever is
-/// stricter *at that moment* applies). Measured here (60 s span): with 2/2/1 workers for A/B/C
-/// and 4 for D, A was 2.6% and C 10.7% short; with 3/3/3 and 4, A and B had windows 3.4% and
-/// 5.3% short. With 4/4/2 and 2 below, the turns cover the limits with room to spare.
+/// limited pool fills its own limit only if its workers' turns cover it (the limits are caps:
+/// SPEC 4.3, whichever is stricter *at that moment* applies; see the limiter's unit test
+/// `a_limited_pool_keeps_its_limit_while_its_turns_cover_it`). Measured here on a 60 s span with
+/// 2/2/1 workers for A/B/C and 4 for D: A -3.7%, B -5.1%, C -8.8% on average (worst windows
+/// about -15%) while the per-worker split held them; with 3/3/3 and 4, A and B had windows 3.4%
+/// and 5.3% short. With 4/4/2 and 2 (`CASE16_WORKERS`), the turns cover the limits.
+/// `RATE_CASE16_WORKERS=2,2,1,4` reruns the short-handed case.
 async fn case16(split: bool, w: [usize; 4]) -> Vec<(String, u64, f64, f64)> {
     let [wa, wb, wc, wd] = w;
     let h = harness(&format!(
@@ -230,9 +233,20 @@ async fn case16(split: bool, w: [usize; 4]) -> Vec<(String, u64, f64, f64)> {
 
 const CASE16_WORKERS: [usize; 4] = [4, 4, 2, 2];
 
+/// `RATE_CASE16_WORKERS=4,4,2,2` tries other worker counts.
+fn case16_workers() -> [usize; 4] {
+    std::env::var("RATE_CASE16_WORKERS")
+        .ok()
+        .and_then(|s| {
+            let v: Vec<usize> = s.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+            v.try_into().ok()
+        })
+        .unwrap_or(CASE16_WORKERS)
+}
+
 #[tokio::test(start_paused = true)]
 async fn case16_pools_a_and_b_each_at_1_5_under_12_overall() {
-    for (name, _, mean, worst) in case16(false, CASE16_WORKERS).await {
+    for (name, _, mean, worst) in case16(false, case16_workers()).await {
         assert!(mean < 0.005, "{name}: mean off by {:.3}%", mean * 100.0);
         assert!(
             worst < 0.01,
@@ -247,7 +261,7 @@ async fn case16_with_per_worker_split() {
     // With the split, the overall 12 Mbit/s is divided by 12 workers: each gets 1 Mbit/s of
     // overall share, so the workers of C (75 kbit/s each) and of A and B (0.375 each) leave much
     // of theirs unused, and D's two workers get only 2 Mbit/s of the 8.85 left.
-    let r = case16(true, CASE16_WORKERS).await;
+    let r = case16(true, case16_workers()).await;
     let get = |n: &str| r.iter().find(|x| x.0 == n).expect("row");
     for n in ["A", "B", "C"] {
         assert!(get(n).2 < 0.005, "{n} held to its limit: {:?}", get(n));

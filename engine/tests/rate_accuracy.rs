@@ -7,6 +7,13 @@
 //!
 //! The backlogged span is `RATE_SPAN_SECS` (default 300 s of virtual time: about 12,000
 //! transactions at 1.5 Mbit/s, ~15 s of real time here; `RATE_SPAN_SECS=3600` runs the full hour).
+//! Case 16 and the idle-share scenario run a fifth of it (`RATE_SPAN_SECS=18000` for their hour).
+//!
+//! Measured (worst 10 s windows over a backlogged hour, 22 Nov 2026), shared | per-worker split:
+//! - overall 1.5 Mbit/s, 4 workers:  -0.29%..+0.41%  |  -0.62%..+1.63%
+//! - case 16, A and B at 1.5 Mbit/s: -0.52%..+0.60%  |  -0.63%..+1.62%;  C: -0.45%..+0.66%  |
+//!   -0.61%..+1.00%; overall 12 Mbit/s: -0.10%..+0.10%  |  57% short (D held to 2 of 8.85 Mbit/s)
+//! - idle share, A alone: 100.00% of the limit  |  50.00%; A+B: -0.23%..+0.31%  |  -0.79%..+1.05%
 
 mod common;
 mod rate_common;

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::clock::SharedClock;
 use crate::config::{Pool, PoolSet, SiteConfig};
 use crate::net::Connector;
-use crate::ratelimit::{RateLimiter, DEFAULT_DEPTH};
+use crate::ratelimit::{keep_status, RateLimiter, RateMeter, RateStatus, DEFAULT_DEPTH};
 use crate::smtp::ClientConfig;
 use crate::spool::Spool;
 use crate::worker::{self, DeliveryStats, Reachability, RelayLimits, Role, WorkerContext};
@@ -102,15 +102,12 @@ impl<S: Spool> Engine<S> {
         let reach = Arc::new(Reachability::default());
         let relay_limits = Arc::new(RelayLimits::default());
         let unserved = cfg.unserved_pools();
-        if !unserved.is_empty() && !cfg.workers.is_empty() {
-            if cfg.sync_forward.is_some() {
-                warn!(pools = %unserved, "no worker serves these pools; their mail goes through SMTP_FORWARD");
-            } else {
-                warn!(pools = %unserved, "no worker serves these pools and SMTP_FORWARD is not set; their mail stays queued");
-            }
-        }
-        let shared = Arc::new(RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth));
-        log_rate_report(cfg);
+        // One meter of bytes sent, shared by every limiter, kept in SPOOL/rate-status.json.
+        let meter = Arc::new(RateMeter::new());
+        let shared = Arc::new(
+            RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth).with_meter(meter.clone()),
+        );
+        RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now()).log_report();
         let ctx_for = |limiter: Arc<RateLimiter>| {
             Arc::new(WorkerContext {
                 spool: self.spool.clone(),
@@ -127,6 +124,15 @@ impl<S: Spool> Engine<S> {
             })
         };
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(keep_status(
+            cfg.clone(),
+            self.opts.per_worker_rate_split,
+            meter.clone(),
+            self.clock.clone(),
+            self.spool_dir.clone(),
+            Duration::from_secs(1),
+            self.shutdown.clone(),
+        ));
         let mut serving = [0usize; Pool::COUNT];
         for w in &cfg.workers {
             for p in w.pools.iter() {
@@ -135,12 +141,15 @@ impl<S: Spool> Engine<S> {
         }
         for w in &cfg.workers {
             let limiter = if self.opts.per_worker_rate_split {
-                Arc::new(RateLimiter::per_worker_share(
-                    &cfg.rate_limits,
-                    cfg.workers.len(),
-                    &serving,
-                    self.opts.rate_depth,
-                ))
+                Arc::new(
+                    RateLimiter::per_worker_share(
+                        &cfg.rate_limits,
+                        cfg.workers.len(),
+                        &serving,
+                        self.opts.rate_depth,
+                    )
+                    .with_meter(meter.clone()),
+                )
             } else {
                 shared.clone()
             };
@@ -237,30 +246,5 @@ fn incoming_is_empty(dir: &std::path::Path) -> bool {
                 .unwrap_or(false)
         }),
         Err(_) => true,
-    }
-}
-
-/// The start-up rate-limit report LISTSERV's workers write (SPEC 4.6), in bits and bytes.
-fn log_rate_report(cfg: &SiteConfig) {
-    let rl = &cfg.rate_limits;
-    if rl.is_unlimited() {
-        info!("rate limits: none (SMTP_RATE_LIMIT unset or 0)");
-        return;
-    }
-    if let Some(o) = rl.overall_bps {
-        info!(
-            bits_per_s = o,
-            bytes_per_s = o / 8,
-            workers = cfg.workers.len(),
-            "rate limit overall (shared by all workers)"
-        );
-    }
-    for (pool, bps) in &rl.pools {
-        let n = cfg
-            .workers
-            .iter()
-            .filter(|w| w.pools.contains(*pool))
-            .count();
-        info!(pool = %pool, bits_per_s = bps, bytes_per_s = bps / 8, workers = n, "rate limit for pool (shared by its workers)");
     }
 }

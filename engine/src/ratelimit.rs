@@ -18,15 +18,26 @@
 //! whose own limit holds a long backlog must not reserve the overall bucket far into the future,
 //! or every other pool would wait behind it and an idle pool's share could not be used by others.
 //!
+//! Under a saturated overall limit the overall bucket is one FIFO: each waiting copy takes its
+//! turn, so each worker gets about one copy per round of all waiting workers' copies. A pool's
+//! bucket is charged at its slot, not at the send, so its own pacing continues while its copy
+//! waits its turn: a pool keeps its full limit as long as its workers' copies per round cover
+//! it; otherwise it gets its turns' worth (the limits are caps, SPEC 4.3). Sites give a limited
+//! pool enough workers, as LISTSERV advises; see the test
+//! `a_limited_pool_keeps_its_limit_while_its_turns_cover_it`.
+//!
 //! All arithmetic is in integer nanoseconds and bits, so the long-run rate is exact: after any
 //! backlogged run the bits admitted up to `t` never exceed `rate * (t - t0) + depth`.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::{Pool, RateLimits};
+use crate::clock::SharedClock;
+use crate::config::{Pool, RateLimits, SiteConfig};
 
 const NANOS: u128 = 1_000_000_000;
 
@@ -111,6 +122,8 @@ fn reserve_in(bucket: &Bucket, now: Instant, bits: u64) -> Instant {
 pub struct RateLimiter {
     overall: Option<Bucket>,
     pools: Vec<Option<Bucket>>,
+    /// What the workers actually sent, per pool (shared by the per-worker limiters of a split).
+    meter: Arc<RateMeter>,
 }
 
 impl RateLimiter {
@@ -123,7 +136,19 @@ impl RateLimiter {
         Self {
             overall: limits.overall_bps.map(|bps| Bucket::new(bps, depth)),
             pools,
+            meter: Arc::default(),
         }
+    }
+
+    /// The same limiter, recording into `meter` (so per-worker limiters can share one meter).
+    pub fn with_meter(mut self, meter: Arc<RateMeter>) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    /// The byte meter the workers feed after each delivery.
+    pub fn meter(&self) -> &Arc<RateMeter> {
+        &self.meter
     }
 
     /// The LISTSERV-compatible split (SPEC 4.6): this worker's own buckets, with each pool limit
@@ -205,6 +230,331 @@ impl RateLimiter {
 
 /// A limiter shared by every worker.
 pub type SharedRateLimiter = Arc<RateLimiter>;
+
+/// Seconds of history the [`RateMeter`] keeps (a little more than the one-minute window).
+const METER_SLOTS: usize = 64;
+/// The window the achieved rate is measured over.
+pub const METER_WINDOW: Duration = Duration::from_secs(60);
+
+/// Bytes sent per pool, per second of tokio time, for the last minute: the engine's record of the
+/// achieved rate, written to [`RATE_STATUS_FILE`] for `smtpw queue`.
+#[derive(Debug)]
+pub struct RateMeter {
+    start: Instant,
+    ring: Mutex<MeterRing>,
+}
+
+#[derive(Debug)]
+struct MeterRing {
+    /// The second (since `start`) each slot holds, `u64::MAX` when unused.
+    secs: [u64; METER_SLOTS],
+    bytes: [[u64; Pool::COUNT]; METER_SLOTS],
+}
+
+impl Default for RateMeter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a [`RateMeter`] saw over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterReading {
+    /// The span actually covered (shorter than the window just after start).
+    pub span: Duration,
+    /// Bytes per pool (index [`Pool::index`]).
+    pub bytes: [u64; Pool::COUNT],
+}
+
+impl MeterReading {
+    pub fn total(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+    /// Bits per second of `bytes` over the span.
+    pub fn bps(&self, bytes: u64) -> u64 {
+        let ns = self.span.as_nanos().max(1);
+        u64::try_from(u128::from(bytes) * 8 * NANOS / ns).unwrap_or(u64::MAX)
+    }
+}
+
+impl RateMeter {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            ring: Mutex::new(MeterRing {
+                secs: [u64::MAX; METER_SLOTS],
+                bytes: [[0; Pool::COUNT]; METER_SLOTS],
+            }),
+        }
+    }
+
+    fn second(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// Count `bytes` of message data sent for `pool` now.
+    pub fn record(&self, pool: Pool, bytes: u64) {
+        self.record_at(pool, bytes, Instant::now());
+    }
+
+    /// Count `bytes` sent for `pool` at `at`.
+    pub fn record_at(&self, pool: Pool, bytes: u64, at: Instant) {
+        let sec = self.second(at);
+        let slot = (sec % METER_SLOTS as u64) as usize;
+        let mut r = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        if r.secs[slot] != sec {
+            r.secs[slot] = sec;
+            r.bytes[slot] = [0; Pool::COUNT];
+        }
+        r.bytes[slot][pool.index()] += bytes;
+    }
+
+    /// Bytes sent in the last `window` (whole seconds, at most 60) before `now`, counting the
+    /// current second up to `now`.
+    pub fn reading(&self, now: Instant, window: Duration) -> MeterReading {
+        let whole = window.as_secs().clamp(1, METER_SLOTS as u64 - 2);
+        let cur = self.second(now);
+        let first = (cur + 1).saturating_sub(whole);
+        let r = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bytes = [0u64; Pool::COUNT];
+        for sec in first..=cur {
+            let slot = (sec % METER_SLOTS as u64) as usize;
+            if r.secs[slot] == sec {
+                for (b, x) in bytes.iter_mut().zip(r.bytes[slot]) {
+                    *b += x;
+                }
+            }
+        }
+        let span = now
+            .saturating_duration_since(self.start)
+            .saturating_sub(Duration::from_secs(first));
+        MeterReading { span, bytes }
+    }
+}
+
+/// The file in the spool directory where a running engine keeps its [`RateStatus`].
+pub const RATE_STATUS_FILE: &str = "rate-status.json";
+
+/// One line of the rate report: the overall limit (`pool` = `*`) or one pool's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLine {
+    /// `*` for the overall limit, else the pool letter (`-` for the default pool).
+    pub pool: String,
+    /// The configured limit in bits per second (`None`: unlimited).
+    pub limit_bps: Option<u64>,
+    /// The same in bytes per second.
+    pub limit_bytes_per_s: Option<u64>,
+    /// Workers serving this pool (all workers for the overall line).
+    pub workers: usize,
+    /// With the per-worker split: each worker's share of the limit, in bits per second.
+    pub per_worker_bps: Option<u64>,
+    /// Message bytes sent over the window (headers + body, before dot-stuffing).
+    pub bytes: u64,
+    /// `bytes` over the window, in bits per second.
+    pub achieved_bps: u64,
+}
+
+/// The rate report: what is configured, who serves it, and what was achieved over the last
+/// minute. Logged at start-up; written every second to [`RATE_STATUS_FILE`] by a running engine
+/// and read by `smtpw queue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateStatus {
+    /// When this was written (RFC 3339, from the engine's clock).
+    pub written_at: String,
+    /// The engine's process id.
+    pub pid: u32,
+    /// LISTSERV's per-worker split instead of one shared limiter.
+    pub per_worker_split: bool,
+    /// The span the achieved figures cover, in seconds.
+    pub window_secs: f64,
+    pub workers: usize,
+    pub overall: RateLine,
+    /// Every pool with a limit of its own, with workers restricted to it, or with traffic.
+    pub pools: Vec<RateLine>,
+    /// Pools no worker serves (their mail goes through SMTP_FORWARD, SPEC §12 D4); `""` if none.
+    pub unserved: String,
+    /// Whether SMTP_FORWARD is set (without it, unserved pools' mail stays queued).
+    #[serde(default)]
+    pub sync_forward: bool,
+}
+
+impl RateStatus {
+    /// The report for `cfg`, with the achieved figures of `reading` (zero without one).
+    pub fn new(
+        cfg: &SiteConfig,
+        per_worker_split: bool,
+        reading: Option<&MeterReading>,
+        written_at: jiff::Timestamp,
+    ) -> Self {
+        let n = cfg.workers.len();
+        let mut serving = [0usize; Pool::COUNT];
+        for w in &cfg.workers {
+            for p in w.pools.iter() {
+                serving[p.index()] += 1;
+            }
+        }
+        let split = |bps: Option<u64>, k: usize| {
+            bps.filter(|_| per_worker_split)
+                .map(|b| (b / k.max(1) as u64).max(1))
+        };
+        let achieved = |bytes: u64| reading.map_or(0, |r| r.bps(bytes));
+        let total = reading.map_or(0, MeterReading::total);
+        let overall = RateLine {
+            pool: "*".to_string(),
+            limit_bps: cfg.rate_limits.overall_bps,
+            limit_bytes_per_s: cfg.rate_limits.overall_bps.map(|b| b / 8),
+            workers: n,
+            per_worker_bps: split(cfg.rate_limits.overall_bps, n),
+            bytes: total,
+            achieved_bps: achieved(total),
+        };
+        let restricted = cfg.workers.iter().any(|w| !w.pools.is_all());
+        let mut pools = Vec::new();
+        for p in Pool::all() {
+            let limit = cfg.rate_limits.pools.get(&p).copied();
+            let bytes = reading.map_or(0, |r| r.bytes[p.index()]);
+            let k = serving[p.index()];
+            let shown = limit.is_some() || bytes > 0 || (restricted && k > 0 && k < n);
+            if shown {
+                pools.push(RateLine {
+                    pool: p.to_string(),
+                    limit_bps: limit,
+                    limit_bytes_per_s: limit.map(|b| b / 8),
+                    workers: k,
+                    per_worker_bps: split(limit, k),
+                    bytes,
+                    achieved_bps: achieved(bytes),
+                });
+            }
+        }
+        Self {
+            written_at: written_at.to_string(),
+            pid: std::process::id(),
+            per_worker_split,
+            window_secs: reading.map_or(0.0, |r| r.span.as_secs_f64()),
+            workers: n,
+            overall,
+            pools,
+            unserved: cfg.unserved_pools().to_string(),
+            sync_forward: cfg.sync_forward.is_some(),
+        }
+    }
+
+    /// The start-up report, one line per limit (SPEC 4.6: rates are in bits, and bytes shown too).
+    pub fn report_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let how = if self.per_worker_split {
+            "split per worker (LISTSERV compatible)"
+        } else {
+            "shared by all workers"
+        };
+        let line = |l: &RateLine, what: &str| match l.limit_bps {
+            Some(bps) => {
+                let mut s = format!(
+                    "{what}: {bps} bit/s ({} bytes/s), {} worker(s), {how}",
+                    bps / 8,
+                    l.workers
+                );
+                if let Some(w) = l.per_worker_bps {
+                    s.push_str(&format!(", {w} bit/s each"));
+                }
+                s
+            }
+            None => format!("{what}: no limit, {} worker(s)", l.workers),
+        };
+        out.push(line(&self.overall, "rate limit overall"));
+        for p in &self.pools {
+            let what = format!("rate limit pool {}", p.pool);
+            let mut s = line(p, &what);
+            if p.limit_bps.is_none() {
+                s.push_str(" (overall limit only)");
+            }
+            out.push(s);
+        }
+        if !self.unserved.is_empty() {
+            out.push(self.unserved_line());
+        }
+        out
+    }
+
+    /// `pools served by no worker: ...` and what happens to their mail.
+    pub fn unserved_line(&self) -> String {
+        let fate = if self.sync_forward {
+            "their mail goes through SMTP_FORWARD"
+        } else {
+            "SMTP_FORWARD is not set: their mail stays queued"
+        };
+        format!("pools served by no worker: {} ({fate})", self.unserved)
+    }
+
+    /// Log [`RateStatus::report_lines`].
+    /// The unserved-pools line, if any, is a warning: that mail waits or takes the slow path.
+    pub fn log_report(&self) {
+        let unserved = (!self.unserved.is_empty()).then(|| self.unserved_line());
+        for l in self.report_lines() {
+            if unserved.as_ref() == Some(&l) {
+                tracing::warn!("{l}");
+            } else {
+                tracing::info!("{l}");
+            }
+        }
+    }
+
+    /// Write atomically to `SPOOL/rate-status.json` (a temporary file renamed over it).
+    pub fn write(&self, spool_dir: &Path) -> std::io::Result<()> {
+        let path = spool_dir.join(RATE_STATUS_FILE);
+        let tmp = spool_dir.join(format!(".{RATE_STATUS_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Read `SPOOL/rate-status.json`; `Ok(None)` when there is none.
+    pub fn read(spool_dir: &Path) -> std::io::Result<Option<Self>> {
+        match std::fs::read(spool_dir.join(RATE_STATUS_FILE)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// How often the engine repeats that pools are served by no worker (without SMTP_FORWARD).
+pub const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
+/// Keep `SPOOL/rate-status.json` current: every `every` until `shutdown`, then once more.
+pub async fn keep_status(
+    cfg: SiteConfig,
+    per_worker_split: bool,
+    meter: Arc<RateMeter>,
+    clock: SharedClock,
+    spool_dir: PathBuf,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    // Without SMTP_FORWARD, mail of an unserved pool stays queued: say so every hour (SPEC A7).
+    let mut next_warning = Instant::now() + UNSERVED_WARNING_EVERY;
+    loop {
+        let stop = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(every) => false,
+        };
+        let reading = meter.reading(Instant::now(), METER_WINDOW);
+        let st = RateStatus::new(&cfg, per_worker_split, Some(&reading), clock.now());
+        if let Err(e) = st.write(&spool_dir) {
+            tracing::debug!(error = %e, "writing the rate status failed");
+        }
+        if !st.unserved.is_empty() && !st.sync_forward && Instant::now() >= next_warning {
+            tracing::warn!("{}", st.unserved_line());
+            next_warning = Instant::now() + UNSERVED_WARNING_EVERY;
+        }
+        if stop {
+            break;
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -317,6 +667,87 @@ mod tests {
         );
     }
 
+    /// Workers that loop `acquire` with no other delay: `pools[i]` is (pool, workers, bytes).
+    async fn contend(rl: Arc<RateLimiter>, pools: &[(Pool, usize, u64)], secs: u64) -> Vec<u64> {
+        let t_end = Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for (i, (pool, workers, bytes)) in pools.iter().copied().enumerate() {
+            for _ in 0..workers {
+                let rl = rl.clone();
+                tasks.push((
+                    i,
+                    tokio::spawn(async move {
+                        let mut sent = 0u64;
+                        loop {
+                            rl.acquire(pool, bytes).await;
+                            if Instant::now() >= t_end {
+                                return sent;
+                            }
+                            sent += bytes;
+                        }
+                    }),
+                ));
+            }
+        }
+        let mut out = vec![0u64; pools.len()];
+        for (i, t) in tasks {
+            out[i] += t.await.expect("worker");
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_pool_keeps_its_limit_while_its_turns_cover_it() {
+        // Overall 12 Mbit/s, pool A 1.5 Mbit/s with ONE worker sending 5 KB copies (26 ms each at
+        // A's rate); pool D unlimited, two workers with 10 KB copies, saturating the overall.
+        // A's pool bucket is charged at A's slot, so the overall queue (two D copies, 13 ms) that
+        // A's copy waits after its slot does not add to A's pace: A gets its full limit.
+        let (a, d) = (
+            Pool::from_char('A').expect("A"),
+            Pool::from_char('D').expect("D"),
+        );
+        let rl = Arc::new(RateLimiter::new(
+            &limits(Some(12 << 20), &[('A', 3 << 19)]),
+            DEFAULT_DEPTH,
+        ));
+        let secs = 60;
+        let got = contend(rl, &[(a, 1, 5_000), (d, 2, 10_000)], secs).await;
+        let a_bps = got[0] as f64 * 8.0 / secs as f64;
+        let all_bps = (got[0] + got[1]) as f64 * 8.0 / secs as f64;
+        assert!(
+            (a_bps / f64::from(3u32 << 19) - 1.0).abs() < 0.003,
+            "A got {a_bps} bit/s"
+        );
+        assert!(
+            (all_bps / f64::from(12u32 << 20) - 1.0).abs() < 0.003,
+            "overall {all_bps} bit/s"
+        );
+        // With four D workers, a round of the overall FIFO (4 x 10 KB + 5 KB, 28.6 ms) is longer
+        // than A's copy time: A's one worker gets one copy per round, 5 KB / 28.6 ms = 1.4 Mbit/s.
+        let rl = Arc::new(RateLimiter::new(
+            &limits(Some(12 << 20), &[('A', 3 << 19)]),
+            DEFAULT_DEPTH,
+        ));
+        let got = contend(rl, &[(a, 1, 5_000), (d, 4, 10_000)], secs).await;
+        let a_round = got[0] as f64 * 8.0 / secs as f64;
+        let expect = 5_000.0 * 8.0 / (45_000.0 * 8.0 / f64::from(12u32 << 20));
+        assert!(
+            (a_round / expect - 1.0).abs() < 0.01,
+            "A got {a_round}, one copy per round {expect}"
+        );
+        // Two A workers: two copies per round would be 2.8 Mbit/s, so A is held to its limit.
+        let rl = Arc::new(RateLimiter::new(
+            &limits(Some(12 << 20), &[('A', 3 << 19)]),
+            DEFAULT_DEPTH,
+        ));
+        let got = contend(rl, &[(a, 2, 5_000), (d, 4, 10_000)], secs).await;
+        let a2 = got[0] as f64 * 8.0 / secs as f64;
+        assert!(
+            (a2 / f64::from(3u32 << 19) - 1.0).abs() < 0.003,
+            "A (2 workers) got {a2}"
+        );
+    }
+
     #[test]
     fn idle_time_saves_up_no_more_than_the_depth() {
         let rl = RateLimiter::new(&limits(Some(8000), &[]), Duration::from_millis(100));
@@ -330,6 +761,39 @@ mod tests {
             later + Duration::from_millis(100),
             "an hour idle still holds only 100 ms of tokens"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_meter_counts_the_last_minute_per_pool() {
+        let m = RateMeter::new();
+        let t0 = Instant::now();
+        let a = Pool::from_char('A').expect("pool");
+        // 1000 bytes of A every second for 100 s, and 500 bytes of `-` in the last 10 s.
+        for s in 0..100u64 {
+            m.record_at(
+                a,
+                1000,
+                t0 + Duration::from_secs(s) + Duration::from_millis(500),
+            );
+            if s >= 90 {
+                m.record_at(Pool::DEFAULT, 500, t0 + Duration::from_secs(s));
+            }
+        }
+        // At 100 s: the window is seconds 41..=100 (the current one just begun): 59 full seconds.
+        let r = m.reading(t0 + Duration::from_secs(100), METER_WINDOW);
+        assert_eq!(r.span, Duration::from_secs(59));
+        assert_eq!(r.bytes[a.index()], 59_000);
+        assert_eq!(r.bytes[Pool::DEFAULT.index()], 5_000);
+        assert_eq!(r.bps(r.bytes[a.index()]), 8000);
+        // Just after start, the span is what has elapsed.
+        let m = RateMeter::new();
+        m.record_at(a, 100, t0);
+        let r = m.reading(t0 + Duration::from_millis(250), METER_WINDOW);
+        assert_eq!((r.span, r.total()), (Duration::from_millis(250), 100));
+        assert_eq!(r.bps(100), 3200);
+        // Old seconds in reused slots are not counted.
+        let later = t0 + Duration::from_secs(1000);
+        assert_eq!(m.reading(later, METER_WINDOW).total(), 0);
     }
 
     #[test]

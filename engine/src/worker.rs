@@ -508,6 +508,9 @@ async fn deliver<S: Spool>(
     if let Some(l) = o.client.learned_rcpt_limit() {
         ctx.relay_limits.learn(&o.target, l);
     }
+    // The achieved rate `smtpw queue` shows: message bytes of each transaction sent.
+    let sent = (copy.message.len() as u64).saturating_mul(u64::from(d.transactions));
+    ctx.limiter.meter().record(copy.pool, sent);
     if d.too_many_recoveries > 0 {
         info!(worker = %name, host = %host, learned = ?o.client.learned_rcpt_limit(), "relay limited recipients; rest sent in the next transaction");
     }

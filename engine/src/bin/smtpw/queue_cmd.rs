@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use smtpw::clock::{Clock, SystemClock};
+use smtpw::ratelimit::{RateLine, RateStatus};
 use smtpw::spool::{read_stats, CopyState, QueueStats};
+
+/// A status older than this means the engine is not running (it rewrites it every second).
+pub const STALE_AFTER_SECS: u64 = 10;
 
 /// Arguments of `smtpw queue`.
 #[derive(clap::Args, Debug)]
@@ -13,9 +17,125 @@ pub struct QueueArgs {
     /// The spool directory.
     #[arg(long, value_name = "DIR")]
     pub spool: PathBuf,
-    /// Print JSON: {"queued", "delivered", "failed", ..., "pools": [...]}, counted in recipients.
+    /// Print JSON: {"queued", "delivered", "failed", ..., "pools": [...]}, counted in recipients,
+    /// and "rates": the engine's rate report (configured and achieved over the last minute).
     #[arg(long)]
     pub json: bool,
+    /// SITE.CFG, for the configured limits and unserved pools when no engine has written its
+    /// status in the spool (a running engine's status is used when present).
+    #[arg(long, value_name = "SITE.CFG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The rate report `smtpw queue` shows: the engine's status file, or one made from SITE.CFG.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rates {
+    /// `engine` (SPOOL/rate-status.json) or `config` (from --config: no achieved figures).
+    pub source: &'static str,
+    /// Seconds since the engine wrote the status (`None` for `config`).
+    pub age_secs: Option<u64>,
+    /// True when the engine's status is too old to be current (the engine is not running).
+    pub stale: bool,
+    #[serde(flatten)]
+    pub status: RateStatus,
+}
+
+/// Find the rate report for `spool` (engine status first, then `config`).
+pub fn rates(
+    spool: &std::path::Path,
+    config: Option<&std::path::Path>,
+    now: jiff::Timestamp,
+) -> anyhow::Result<Option<Rates>> {
+    let from_engine = RateStatus::read(spool).with_context(|| {
+        format!(
+            "reading {}",
+            spool.join(smtpw::ratelimit::RATE_STATUS_FILE).display()
+        )
+    })?;
+    if let Some(st) = from_engine {
+        let age = st
+            .written_at
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| u64::try_from(now.duration_since(t).as_secs()).unwrap_or(0));
+        let stale = age.is_none_or(|a| a > STALE_AFTER_SECS);
+        if !(stale && config.is_some()) {
+            return Ok(Some(Rates {
+                source: "engine",
+                age_secs: age,
+                stale,
+                status: st,
+            }));
+        }
+    }
+    let Some(path) = config else { return Ok(None) };
+    let cfg = smtpw::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some(Rates {
+        source: "config",
+        age_secs: None,
+        stale: false,
+        status: RateStatus::new(&cfg, false, None, now),
+    }))
+}
+
+fn limit_text(l: &RateLine) -> (String, String) {
+    match l.limit_bps {
+        Some(b) => (b.to_string(), (b / 8).to_string()),
+        None => ("-".to_string(), "-".to_string()),
+    }
+}
+
+/// The rate table: configured limit, workers, achieved over the last minute.
+pub fn render_rates(r: &Rates) -> String {
+    let st = &r.status;
+    let mut out = String::new();
+    match (r.source, r.age_secs) {
+        ("config", _) => out.push_str(&format!(
+            "rate limits (from {}; no engine status in the spool, so no achieved rates):\n",
+            "SITE.CFG"
+        )),
+        (_, Some(a)) if r.stale => out.push_str(&format!(
+            "rate limits (engine status from {} ago: the engine is not running; achieved rates are as of then):\n",
+            human_age(a)
+        )),
+        _ => out.push_str(&format!(
+            "rate limits ({}; achieved over the last {:.0} s):\n",
+            if st.per_worker_split {
+                "split per worker"
+            } else {
+                "shared by all workers"
+            },
+            st.window_secs
+        )),
+    }
+    out.push_str(&format!(
+        "{:<7} {:>12} {:>11} {:>7} {:>14} {:>7}\n",
+        "POOL", "LIMIT bit/s", "LIMIT B/s", "WORKERS", "ACHIEVED bit/s", "OF LIM"
+    ));
+    for l in std::iter::once(&st.overall).chain(&st.pools) {
+        let (bits, bytes) = limit_text(l);
+        let pct = match l.limit_bps {
+            Some(b) if b > 0 && r.source == "engine" => {
+                format!("{:.1}%", l.achieved_bps as f64 * 100.0 / b as f64)
+            }
+            _ => "-".to_string(),
+        };
+        let achieved = if r.source == "engine" {
+            l.achieved_bps.to_string()
+        } else {
+            "-".to_string()
+        };
+        let name = if l.pool == "*" { "overall" } else { &l.pool };
+        out.push_str(&format!(
+            "{:<7} {:>12} {:>11} {:>7} {:>14} {:>7}\n",
+            name, bits, bytes, l.workers, achieved, pct
+        ));
+    }
+    if !st.unserved.is_empty() {
+        out.push_str(&st.unserved_line());
+        out.push('\n');
+    }
+    out
 }
 
 /// `90` -> `1m30s`, `7500` -> `2h05m`, `200000` -> `2d07h`.
@@ -85,10 +205,18 @@ pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
     let now = SystemClock::new().now();
     let st = read_stats(&args.spool, now)
         .with_context(|| format!("reading the spool {}", args.spool.display()))?;
+    let rates = rates(&args.spool, args.config.as_deref(), now)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        if let (Some(m), Some(r)) = (v.as_object_mut(), &rates) {
+            m.insert("rates".to_string(), serde_json::to_value(r)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&st));
+        if let Some(r) = &rates {
+            print!("{}", render_rates(r));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

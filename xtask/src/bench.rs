@@ -33,9 +33,14 @@ pub struct BenchArgs {
     /// Alternating runs per variant and cell (the report gives medians).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Only cells whose label (e.g. `w10-r100-20KB`) contains this text.
-    #[arg(long, value_name = "TEXT")]
+    /// Only cells whose label (e.g. `w10-r100-20KB`) contains one of these texts
+    /// (comma-separated).
+    #[arg(long, value_name = "TEXT,..")]
     filter: Option<String>,
+    /// Only these variants (comma-separated names: physical, smtpw, baseline, mock,
+    /// mock+journal, wan, wan-nopipe).
+    #[arg(long, value_name = "NAME,..")]
+    variants: Option<String>,
     /// Recipients per cell and run (before the per-cell bounds).
     #[arg(long, value_name = "N")]
     recipients: Option<u64>,
@@ -48,6 +53,10 @@ pub struct BenchArgs {
     /// Skip `cargo build --release` (use the binaries already built).
     #[arg(long)]
     no_build: bool,
+    /// A/B: also run this smtpw binary (variant `baseline`, same workload and sink) alternating
+    /// with the current one, for before/after figures of an optimisation.
+    #[arg(long, value_name = "SMTPW")]
+    baseline: Option<PathBuf>,
     /// Where to write report.md and the charts (default: <target dir>/bench).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -93,6 +102,7 @@ port 25, `postfix stop` stops it: the bench never uses port 25.)";
 /// The binaries under test.
 struct Bins {
     smtpw: PathBuf,
+    baseline: Option<PathBuf>,
     mock: PathBuf,
     load: PathBuf,
 }
@@ -142,6 +152,7 @@ impl Cell {
 enum Variant {
     Physical,
     Smtpw,
+    Baseline,
     Mock,
     MockJournal,
     Wan,
@@ -153,6 +164,7 @@ impl Variant {
         match self {
             Variant::Physical => "physical",
             Variant::Smtpw => "smtpw",
+            Variant::Baseline => "baseline",
             Variant::Mock => "mock",
             Variant::MockJournal => "mock+journal",
             Variant::Wan => "wan",
@@ -163,6 +175,7 @@ impl Variant {
         match self {
             Variant::Physical => "smtp-source -> smtp-sink (same connections, recipients, size)",
             Variant::Smtpw => "smtpw run --until-empty (pre-loaded spool) -> smtp-sink",
+            Variant::Baseline => "as smtpw, with the --baseline binary (before an optimisation)",
             Variant::Mock => "smtpw -> mock-mta, no journal",
             Variant::MockJournal => "smtpw -> mock-mta with --journal (JSON lines)",
             Variant::Wan => "smtpw -> mock-mta replying 1 ms late per write, PIPELINING",
@@ -401,7 +414,7 @@ fn ledger_counts(path: &Path) -> anyhow::Result<(u64, u64)> {
 /// `smtpw run --until-empty` on a copy of the pre-loaded spool `tpl`; the time is from the start
 /// of the process to the last ledger write (the moment the queue became empty).
 fn run_smtpw(
-    bins: &Bins,
+    smtpw: &Path,
     tpl: &Path,
     dir: &Path,
     port: u16,
@@ -412,7 +425,7 @@ fn run_smtpw(
     let spool = dir.join("spool");
     copy_dir(tpl, &spool)?;
     let cfg = site_cfg(dir, port, cell.workers, cell.rcpts)?;
-    let mut c = Command::new(&bins.smtpw);
+    let mut c = Command::new(smtpw);
     c.arg("run")
         .arg("--config")
         .arg(&cfg)
@@ -523,7 +536,7 @@ fn preload(bins: &Bins, dir: &Path, cell: &Cell) -> anyhow::Result<Ingest> {
     })
 }
 
-fn build(no_build: bool) -> anyhow::Result<Bins> {
+fn build(no_build: bool, baseline: Option<PathBuf>) -> anyhow::Result<Bins> {
     if !no_build {
         let mut b = cargo();
         b.args([
@@ -548,10 +561,14 @@ fn build(no_build: bool) -> anyhow::Result<Bins> {
     let exe = |n: &str| rel.join(format!("{n}{}", std::env::consts::EXE_SUFFIX));
     let bins = Bins {
         smtpw: exe("smtpw"),
+        baseline,
         mock: exe("mock-mta"),
         load: exe("bench-load"),
     };
-    for p in [&bins.smtpw, &bins.mock, &bins.load] {
+    for p in [&bins.smtpw, &bins.mock, &bins.load]
+        .into_iter()
+        .chain(bins.baseline.as_ref())
+    {
         if !p.is_file() {
             bail!("{} is missing (run without --no-build)", p.display());
         }
@@ -595,7 +612,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{INSTALL_HINT}");
         return Ok(ExitCode::from(2));
     };
-    let bins = build(a.no_build)?;
+    let bins = build(a.no_build, a.baseline.clone())?;
     let out = match &a.out {
         Some(o) => o.clone(),
         None => target_dir()?.join("bench"),
@@ -649,7 +666,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
 
 fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
     use Variant::*;
-    let target = a.recipients.unwrap_or(if a.quick { 4000 } else { 20_000 });
+    let target = a
+        .recipients
+        .unwrap_or(if a.quick { 20_000 } else { 100_000 });
     let mut v = Vec::new();
     if a.quick {
         for (w, r, s) in [(10, 100, 20 * 1024), (32, 1, 2 * 1024), (1, 1000, 2 * 1024)] {
@@ -664,8 +683,10 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
         for w in [1, 10, 32] {
             for r in [1, 100, 1000] {
                 for s in [2 * 1024, 20 * 1024, 200 * 1024] {
-                    let vars = if w == 10 {
+                    let vars = if w == 10 && s == 20 * 1024 {
                         vec![Physical, Smtpw, Mock, MockJournal, Wan, WanNoPipe]
+                    } else if w == 10 {
+                        vec![Physical, Smtpw, Mock, MockJournal]
                     } else {
                         vec![Physical, Smtpw]
                     };
@@ -675,9 +696,29 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
         }
     }
     if let Some(f) = &a.filter {
-        v.retain(|(c, _)| c.label().contains(f.as_str()));
+        let l = c_label_filter(f);
+        v.retain(|(c, _)| l.iter().any(|x| c.label().contains(x.as_str())));
     }
+    if a.baseline.is_some() {
+        for (_, vars) in v.iter_mut() {
+            vars.insert(2, Baseline);
+        }
+    }
+    if let Some(f) = &a.variants {
+        let l = c_label_filter(f);
+        for (_, vars) in v.iter_mut() {
+            vars.retain(|x| l.iter().any(|n| n == x.name()));
+        }
+    }
+    v.retain(|(_, vars)| !vars.is_empty());
     v
+}
+
+fn c_label_filter(f: &str) -> Vec<String> {
+    f.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
 }
 
 fn matrix(
@@ -714,7 +755,11 @@ fn matrix(
                 std::fs::create_dir_all(&dir)?;
                 let r = match row.variant {
                     Variant::Physical => run_source(tools, sink_port, &cell),
-                    Variant::Smtpw => run_smtpw(bins, &tpl, &dir, sink_port, &cell, true),
+                    Variant::Smtpw => run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true),
+                    Variant::Baseline => match &bins.baseline {
+                        Some(b) => run_smtpw(b, &tpl, &dir, sink_port, &cell, true),
+                        None => bail!("no --baseline binary"),
+                    },
                     v => {
                         let journal = v == Variant::MockJournal;
                         let lat = if matches!(v, Variant::Wan | Variant::WanNoPipe) {
@@ -726,7 +771,14 @@ fn matrix(
                         let _ = std::fs::remove_dir_all(&mock_dir);
                         std::fs::create_dir_all(&mock_dir)?;
                         let (_mock, port) = start_mock(bins, &mock_dir, journal, lat)?;
-                        run_smtpw(bins, &tpl, &dir, port, &cell, v != Variant::WanNoPipe)
+                        run_smtpw(
+                            &bins.smtpw,
+                            &tpl,
+                            &dir,
+                            port,
+                            &cell,
+                            v != Variant::WanNoPipe,
+                        )
                     }
                 };
                 match r {
@@ -771,6 +823,7 @@ fn write_matrix(md: &mut String, rows: &[Row], ingests: &[(String, Ingest)]) {
     for v in [
         Variant::Physical,
         Variant::Smtpw,
+        Variant::Baseline,
         Variant::Mock,
         Variant::MockJournal,
         Variant::Wan,
@@ -858,6 +911,7 @@ fn chart(rows: &[Row]) -> String {
     let colors = [
         (Variant::Physical, "#888888"),
         (Variant::Smtpw, "#1f77b4"),
+        (Variant::Baseline, "#9467bd"),
         (Variant::Mock, "#2ca02c"),
         (Variant::MockJournal, "#98df8a"),
         (Variant::Wan, "#ff7f0e"),
@@ -925,7 +979,11 @@ fn chart(rows: &[Row]) -> String {
         t *= 10.0;
     }
     let mut legend = String::new();
-    for (i, (v, c)) in colors.iter().enumerate() {
+    let present: Vec<&(Variant, &str)> = colors
+        .iter()
+        .filter(|(v, _)| rows.iter().any(|r| r.variant == *v))
+        .collect();
+    for (i, (v, c)) in present.into_iter().enumerate() {
         let x = left + i as f64 * 105.0;
         let _ = writeln!(
             legend,
@@ -985,7 +1043,7 @@ fn scale(tools: &Tools, bins: &Bins, work: &Path, md: &mut String) -> anyhow::Re
         // The spool is already in place: run on it directly (no template copy).
         let tpl = dir.join("tpl");
         std::fs::rename(&spool, &tpl)?;
-        let r = run_smtpw(bins, &tpl, &dir.join("run"), port, &cell, true);
+        let r = run_smtpw(&bins.smtpw, &tpl, &dir.join("run"), port, &cell, true);
         match r {
             Ok(s) => {
                 eprintln!(

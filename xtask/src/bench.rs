@@ -63,9 +63,9 @@ pub struct BenchArgs {
 }
 
 /// The Postfix test tools, found or not.
-struct Tools {
+pub(crate) struct Tools {
     sink: PathBuf,
-    source: PathBuf,
+    pub(crate) source: PathBuf,
 }
 
 fn find_tool(name: &str) -> Option<PathBuf> {
@@ -109,12 +109,12 @@ struct Bins {
 
 /// One cell of the matrix.
 #[derive(Clone, Copy, Debug)]
-struct Cell {
-    workers: u32,
-    rcpts: u64,
-    size: usize,
+pub(crate) struct Cell {
+    pub(crate) workers: u32,
+    pub(crate) rcpts: u64,
+    pub(crate) size: usize,
     /// Messages (transactions) per run.
-    messages: u64,
+    pub(crate) messages: u64,
 }
 
 impl Cell {
@@ -140,7 +140,7 @@ impl Cell {
     fn label(&self) -> String {
         format!("w{}-r{}-{}KB", self.workers, self.rcpts, self.size / 1024)
     }
-    fn recipients(&self) -> u64 {
+    pub(crate) fn recipients(&self) -> u64 {
         self.messages * self.rcpts
     }
     fn bytes(&self) -> u64 {
@@ -153,6 +153,7 @@ enum Variant {
     Physical,
     Smtpw,
     Baseline,
+    Postfix,
     Mock,
     MockJournal,
     Wan,
@@ -165,6 +166,7 @@ impl Variant {
             Variant::Physical => "physical",
             Variant::Smtpw => "smtpw",
             Variant::Baseline => "baseline",
+            Variant::Postfix => "postfix",
             Variant::Mock => "mock",
             Variant::MockJournal => "mock+journal",
             Variant::Wan => "wan",
@@ -176,6 +178,10 @@ impl Variant {
             Variant::Physical => "smtp-source -> smtp-sink (same connections, recipients, size)",
             Variant::Smtpw => "smtpw run --until-empty (pre-loaded spool) -> smtp-sink",
             Variant::Baseline => "as smtpw, with the --baseline binary (before an optimisation)",
+            Variant::Postfix => {
+                "a private Postfix instance (own config and queue, smtpd on a loopback port) \
+                 relaying to smtp-sink: queue pre-loaded on hold, timed from release to empty"
+            }
             Variant::Mock => "smtpw -> mock-mta, no journal",
             Variant::MockJournal => "smtpw -> mock-mta with --journal (JSON lines)",
             Variant::Wan => "smtpw -> mock-mta replying 1 ms late per write, PIPELINING",
@@ -186,13 +192,13 @@ impl Variant {
 
 /// What one run measured.
 #[derive(Clone, Copy, Debug, Default)]
-struct Sample {
+pub(crate) struct Sample {
     /// Seconds from start until the last recipient was recorded (smtpw) or the tool exited.
-    secs: f64,
+    pub(crate) secs: f64,
     /// Peak RSS of the engine, KB (0 when not measured).
-    rss_kb: u64,
+    pub(crate) rss_kb: u64,
     /// User + system CPU seconds of the engine.
-    cpu: f64,
+    pub(crate) cpu: f64,
 }
 
 struct Row {
@@ -248,7 +254,7 @@ impl Drop for Guard {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -267,7 +273,7 @@ fn wait_listening(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()
     bail!("{what} is not listening on 127.0.0.1:{port} after 10 s")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -673,7 +679,7 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
     if a.quick {
         for (w, r, s) in [(10, 100, 20 * 1024), (32, 1, 2 * 1024), (1, 1000, 2 * 1024)] {
             let vars = if (w, r) == (10, 100) {
-                vec![Physical, Smtpw, Mock, MockJournal, Wan, WanNoPipe]
+                vec![Physical, Smtpw, Postfix, Mock, MockJournal, Wan, WanNoPipe]
             } else {
                 vec![Physical, Smtpw]
             };
@@ -684,7 +690,9 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
             for r in [1, 100, 1000] {
                 for s in [2 * 1024, 20 * 1024, 200 * 1024] {
                     let vars = if w == 10 && s == 20 * 1024 {
-                        vec![Physical, Smtpw, Mock, MockJournal, Wan, WanNoPipe]
+                        vec![Physical, Smtpw, Postfix, Mock, MockJournal, Wan, WanNoPipe]
+                    } else if s == 20 * 1024 && r == 100 {
+                        vec![Physical, Smtpw, Postfix]
                     } else if w == 10 {
                         vec![Physical, Smtpw, Mock, MockJournal]
                     } else {
@@ -746,6 +754,32 @@ fn matrix(
                 failed: None,
             })
             .collect();
+        let mut pf: Option<crate::postfix::Instance> = None;
+        if variants.contains(&Variant::Postfix) {
+            let why = match crate::postfix::unavailable() {
+                Some(why) => Some(why),
+                None => match crate::postfix::Instance::start(
+                    &work.join(format!("postfix-{label}")),
+                    sink_port,
+                    &cell,
+                ) {
+                    Ok(i) => {
+                        pf = Some(i);
+                        None
+                    }
+                    Err(e) => Some(format!("{e:#}")),
+                },
+            };
+            if let Some(why) = why {
+                eprintln!("  {label} postfix: skipped: {why}");
+                for r in cell_rows
+                    .iter_mut()
+                    .filter(|r| r.variant == Variant::Postfix)
+                {
+                    r.failed = Some(format!("skipped: {why}"));
+                }
+            }
+        }
         for i in 0..runs {
             for row in cell_rows.iter_mut() {
                 if row.failed.is_some() {
@@ -756,6 +790,10 @@ fn matrix(
                 let r = match row.variant {
                     Variant::Physical => run_source(tools, sink_port, &cell),
                     Variant::Smtpw => run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true),
+                    Variant::Postfix => match pf.as_mut() {
+                        Some(p) => p.run(tools, &cell, RUN_LIMIT),
+                        None => bail!("no Postfix instance"),
+                    },
                     Variant::Baseline => match &bins.baseline {
                         Some(b) => run_smtpw(b, &tpl, &dir, sink_port, &cell, true),
                         None => bail!("no --baseline binary"),
@@ -801,6 +839,7 @@ fn matrix(
                 }
             }
         }
+        drop(pf);
         let _ = std::fs::remove_dir_all(&tpl);
         rows.extend(cell_rows);
     }
@@ -818,12 +857,54 @@ fn fmt_rate(x: f64) -> String {
     }
 }
 
+/// Median recipients/s of `variant` in the cell labelled `label`.
+fn rate(rows: &[Row], label: &str, variant: Variant) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.variant == variant && r.cell.label() == label && !r.samples.is_empty())
+        .map(Row::rcpts_per_sec)
+}
+
+fn write_key_ratios(md: &mut String, rows: &[Row]) {
+    let mut labels: Vec<String> = Vec::new();
+    for r in rows {
+        if !labels.contains(&r.cell.label()) {
+            labels.push(r.cell.label());
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n## Key ratios (recipients/s, medians)\n\n\
+         | cell | smtpw / physical | smtpw / postfix | wan / mock (PIPELINING) | wan-nopipe / mock | mock+journal / mock | baseline / smtpw |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    let f = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}", a / b),
+        _ => String::new(),
+    };
+    use Variant::*;
+    for l in &labels {
+        let g = |v| rate(rows, l, v);
+        let _ = writeln!(
+            md,
+            "| {l} | {} | {} | {} | {} | {} | {} |",
+            f(g(Smtpw), g(Physical)),
+            f(g(Smtpw), g(Postfix)),
+            f(g(Wan), g(Mock)),
+            f(g(WanNoPipe), g(Mock)),
+            f(g(MockJournal), g(Mock)),
+            f(g(Baseline), g(Smtpw)),
+        );
+    }
+}
+
 fn write_matrix(md: &mut String, rows: &[Row], ingests: &[(String, Ingest)]) {
+    write_key_ratios(md, rows);
     let _ = writeln!(md, "\n## Variants\n");
     for v in [
         Variant::Physical,
         Variant::Smtpw,
         Variant::Baseline,
+        Variant::Postfix,
         Variant::Mock,
         Variant::MockJournal,
         Variant::Wan,
@@ -869,7 +950,7 @@ fn write_matrix(md: &mut String, rows: &[Row], ingests: &[(String, Ingest)]) {
             (Variant::Physical, _) | (_, None) => "".to_string(),
             (_, Some(p)) => format!("{:.2}", r.rcpts_per_sec() / p),
         };
-        let (rss, cpu) = if r.variant == Variant::Physical {
+        let (rss, cpu) = if matches!(r.variant, Variant::Physical | Variant::Postfix) {
             (String::new(), String::new())
         } else {
             (
@@ -912,6 +993,7 @@ fn chart(rows: &[Row]) -> String {
         (Variant::Physical, "#888888"),
         (Variant::Smtpw, "#1f77b4"),
         (Variant::Baseline, "#9467bd"),
+        (Variant::Postfix, "#8c564b"),
         (Variant::Mock, "#2ca02c"),
         (Variant::MockJournal, "#98df8a"),
         (Variant::Wan, "#ff7f0e"),

@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod postfix;
 
 #[derive(Parser)]
 #[command(name = "xtask")]

@@ -339,6 +339,44 @@ fn start_mock(
     Ok((Guard(Some(child)), port))
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ctrl-C / SIGTERM: stop at the next check, so that every guard (sink, mock, Postfix
+/// instance) is dropped and nothing is left running.
+#[allow(unsafe_code)]
+fn catch_interrupts() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Peak resident set of a running process (`VmHWM`, KB), 0 once it has exited.
+fn vm_hwm(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Resource use of a finished child, from `wait4`.
 struct Usage {
     ok: bool,
@@ -351,7 +389,11 @@ struct Usage {
 fn wait_usage(child: &mut Child, limit: Duration) -> anyhow::Result<Usage> {
     let deadline = Instant::now() + limit;
     let pid = i32::try_from(child.id()).context("pid")?;
+    // ru_maxrss counts the parent's pages the child had before exec: sample the child's own
+    // high-water mark instead (every 2 ms; it only grows, so only the last moments can be missed).
+    let mut hwm = 0u64;
     loop {
+        hwm = hwm.max(vm_hwm(pid));
         let mut status: libc::c_int = 0;
         // SAFETY: an all-zero `rusage` is a valid value of that plain C struct.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -361,16 +403,20 @@ fn wait_usage(child: &mut Child, limit: Duration) -> anyhow::Result<Usage> {
             let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
             return Ok(Usage {
                 ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                rss_kb: u64::try_from(ru.ru_maxrss).unwrap_or(0),
+                rss_kb: hwm,
                 cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
             });
         }
         if r < 0 {
             bail!("wait4: {}", std::io::Error::last_os_error());
         }
-        if Instant::now() > deadline {
+        let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+        if interrupted || Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
+            if interrupted {
+                bail!("interrupted");
+            }
             bail!("killed after {} s", limit.as_secs());
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -619,6 +665,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let bins = build(a.no_build, a.baseline.clone())?;
+    catch_interrupts();
     let out = match &a.out {
         Some(o) => o.clone(),
         None => target_dir()?.join("bench"),
@@ -782,6 +829,7 @@ fn matrix(
         }
         for i in 0..runs {
             for row in cell_rows.iter_mut() {
+                check_interrupted()?;
                 if row.failed.is_some() {
                     continue;
                 }
@@ -833,6 +881,7 @@ fn matrix(
                         row.samples.push(s);
                     }
                     Err(e) => {
+                        check_interrupted()?;
                         eprintln!("  {label} {}: FAILED: {e:#}", row.variant.name());
                         row.failed = Some(format!("{e:#}"));
                     }
@@ -917,7 +966,7 @@ fn write_matrix(md: &mut String, rows: &[Row], ingests: &[(String, Ingest)]) {
         "\nA cell is workers (= smtp-source sessions) x recipients per copy (= per message) x \
          message size. `ratio` is smtpw's recipients/s over the physical limit's in the same cell. \
          `spread` is (slowest - fastest) / median of the runs. RSS is the engine's peak \
-         (`wait4` ru_maxrss); CPU is its user + system seconds per 100,000 recipients. smtpw's \
+         (`VmHWM` of the smtpw process, sampled every 2 ms); CPU is its user + system seconds per 100,000 recipients. smtpw's \
          time runs from process start to its last ledger write (the queue is empty then).\n"
     );
     let _ = writeln!(
@@ -1099,6 +1148,7 @@ fn scale(tools: &Tools, bins: &Bins, work: &Path, md: &mut String) -> anyhow::Re
          |---:|---:|---:|---:|---:|---:|---:|"
     );
     for n in [100_000u64, 1_000_000] {
+        check_interrupted()?;
         let dir = work.join(format!("scale-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         let spool = dir.join("spool");

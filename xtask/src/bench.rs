@@ -1124,7 +1124,7 @@ fn chart(rows: &[Row]) -> String {
         .filter(|(v, _)| rows.iter().any(|r| r.variant == *v))
         .collect();
     for (i, (v, c)) in present.into_iter().enumerate() {
-        let x = left + i as f64 * 105.0;
+        let x = left + i as f64 * 92.0;
         let _ = writeln!(
             legend,
             r#"<rect x="{x}" y="12" width="10" height="10" fill="{c}"/><text x="{}" y="21" font-size="11">{}</text>"#,
@@ -1138,7 +1138,7 @@ fn chart(rows: &[Row]) -> String {
 {legend}{axis}{body}<text x="{}" y="{:.0}" font-size="11" text-anchor="middle">recipients per second (log scale, medians)</text>
 </svg>
 "#,
-        left + width + 20.0,
+        left + width + 60.0,
         y + 34.0,
         left + width / 2.0,
         y + 28.0

@@ -45,6 +45,25 @@ pub struct LedgerLine {
     pub expired: bool,
 }
 
+/// A ledger line borrowing its texts: what the spool's writer serializes (the same JSON as
+/// [`LedgerLine`], field for field), so a batch costs no allocation per recipient.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LedgerLineRef<'a> {
+    pub time: &'a str,
+    pub job: i64,
+    pub copy: i64,
+    pub pool: &'a str,
+    pub rcpt: &'a str,
+    pub outcome: LedgerOutcome,
+    pub relay: Option<&'a str>,
+    pub reply: &'a str,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
+}
+
 /// An append-only ledger file.
 #[derive(Debug)]
 pub struct Ledger {
@@ -88,20 +107,41 @@ impl Ledger {
 
     /// Append lines and make them durable (`fdatasync`) before returning.
     pub fn append(&mut self, lines: &[LedgerLine]) -> io::Result<()> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        self.buf.clear();
+        self.begin();
         for l in lines {
             serde_json::to_writer(&mut self.buf, l).map_err(io::Error::other)?;
             self.buf.push(b'\n');
         }
-        self.file.write_all(&self.buf)?;
-        self.file.sync_data()?;
+        self.commit()
+    }
+
+    /// Start a batch: forget lines pushed but not committed.
+    pub fn begin(&mut self) {
+        self.buf.clear();
+    }
+
+    /// Add a line to the batch (in memory until [`Ledger::commit`]).
+    pub fn push(&mut self, line: &LedgerLineRef<'_>) -> io::Result<()> {
+        serde_json::to_writer(&mut self.buf, line).map_err(io::Error::other)?;
+        self.buf.push(b'\n');
+        Ok(())
+    }
+
+    /// Write the batch and make it durable (`fdatasync`) before returning; an empty batch
+    /// writes nothing.
+    pub fn commit(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| self.file.sync_data());
+        self.buf.clear();
         if self.buf.capacity() > 4 * 1024 * 1024 {
             self.buf = Vec::with_capacity(64 * 1024);
         }
-        Ok(())
+        r
     }
 }
 
@@ -171,5 +211,68 @@ mod tests {
         l.append(&[line("c@d")]).unwrap();
         let back: Vec<_> = read_ledger(&p).unwrap().map(|l| l.rcpt).collect();
         assert_eq!(back, vec!["a@b".to_string(), "c@d".to_string()]);
+    }
+
+    #[test]
+    fn borrowed_lines_serialize_as_owned_ones() {
+        let owned = |retry: Option<&str>, expired| LedgerLine {
+            time: "2026-01-01T00:00:00Z".into(),
+            job: 1,
+            copy: 2,
+            pool: "A".into(),
+            rcpt: "a@b".into(),
+            outcome: LedgerOutcome::Deferred,
+            relay: None,
+            reply: "451 later".into(),
+            attempts: 3,
+            retry_at: retry.map(str::to_string),
+            expired,
+        };
+        for (retry, expired) in [
+            (None, false),
+            (Some("2026-01-01T00:01:00Z"), false),
+            (None, true),
+        ] {
+            let o = owned(retry, expired);
+            let r = LedgerLineRef {
+                time: &o.time,
+                job: o.job,
+                copy: o.copy,
+                pool: &o.pool,
+                rcpt: &o.rcpt,
+                outcome: o.outcome,
+                relay: o.relay.as_deref(),
+                reply: &o.reply,
+                attempts: o.attempts,
+                retry_at: o.retry_at.as_deref(),
+                expired: o.expired,
+            };
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                serde_json::to_string(&o).unwrap()
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.jsonl");
+        let mut l = Ledger::open(&p).unwrap();
+        let o = owned(None, false);
+        l.begin();
+        l.push(&LedgerLineRef {
+            time: &o.time,
+            job: 1,
+            copy: 2,
+            pool: "A",
+            rcpt: "a@b",
+            outcome: LedgerOutcome::Deferred,
+            relay: None,
+            reply: "451 later",
+            attempts: 3,
+            retry_at: None,
+            expired: false,
+        })
+        .unwrap();
+        l.begin(); // a batch abandoned before commit leaves nothing behind
+        l.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "");
     }
 }

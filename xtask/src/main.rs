@@ -7,6 +7,9 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
+mod postfix;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -18,8 +21,9 @@ struct Cli {
 enum Task {
     /// Run the conformance suite and write target/conformance/report.{md,html}.
     Conformance(ConformanceArgs),
-    /// Run the end-to-end benchmarks.
-    Bench,
+    /// Run the end-to-end benchmarks (smtpw vs smtp-source/smtp-sink) and write
+    /// target/bench/report.md and chart.svg.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -41,10 +45,7 @@ struct ConformanceArgs {
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Conformance(a) => conformance(a),
-        Task::Bench => {
-            eprintln!("xtask: this task is not built yet");
-            Ok(ExitCode::from(1))
-        }
+        Task::Bench(a) => bench::bench(a),
     };
     match result {
         Ok(code) => code,

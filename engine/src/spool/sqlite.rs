@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use super::{
     ClaimedCopy, CopyResult, CopyState, IngestReport, Outcome, PoolStats, QueueStats, Spool,
@@ -34,7 +34,7 @@ use super::{
 };
 use crate::clock::SharedClock;
 use crate::config::{Pool, PoolSet};
-use crate::ledger::{Ledger, LedgerLine, LedgerOutcome};
+use crate::ledger::{Ledger, LedgerLineRef, LedgerOutcome};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs(
@@ -209,7 +209,7 @@ struct Request {
     copy_id: i64,
     result: CopyResult,
     now: Timestamp,
-    reply: mpsc::SyncSender<Result<(), SpoolError>>,
+    reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
 pub(super) struct Shared {
@@ -541,7 +541,7 @@ impl Spool for SqliteSpool {
                 }
             }
             let now = sh.clock.now();
-            let (reply, rx) = mpsc::sync_channel(1);
+            let (reply, rx) = oneshot::channel();
             let tx = me.inner.tx.as_ref().ok_or(SpoolError::WriterGone)?;
             tx.send(Request {
                 copy_id,
@@ -550,10 +550,20 @@ impl Spool for SqliteSpool {
                 reply,
             })
             .map_err(|_| SpoolError::WriterGone)?;
-            // Waiting in the blocking pool keeps paused-time tests from auto-advancing meanwhile.
-            tokio::task::spawn_blocking(move || rx.recv().unwrap_or(Err(SpoolError::WriterGone)))
+            let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+            if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+                // The daemon: the writer thread wakes this task directly (no hop through the
+                // blocking pool: two thread switches fewer per copy).
+                rx.await.unwrap_or(Err(SpoolError::WriterGone))
+            } else {
+                // Current-thread runtimes (paused-time tests): waiting in the blocking pool keeps
+                // paused time from auto-advancing while the writer syncs.
+                tokio::task::spawn_blocking(move || {
+                    rx.blocking_recv().unwrap_or(Err(SpoolError::WriterGone))
+                })
                 .await
                 .map_err(|_| SpoolError::WriterGone)?
+            }
         }
     }
 
@@ -732,7 +742,7 @@ struct Plan {
     deferred: Vec<(String, String)>,
     not_before: i64,
     now: i64,
-    reply: mpsc::SyncSender<Result<(), SpoolError>>,
+    reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
 fn writer_loop(sh: &Shared, mut ledger: Ledger, rx: mpsc::Receiver<Request>) {
@@ -749,76 +759,93 @@ fn writer_loop(sh: &Shared, mut ledger: Ledger, rx: mpsc::Receiver<Request>) {
 }
 
 fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
-    let mut lines = Vec::new();
-    let mut plans = Vec::with_capacity(batch.len());
+    // What the batch needs of the in-flight records, taken under the index lock (one copy of the
+    // recipient list per copy); the ledger lines are serialized after the lock is released, so
+    // claims are not held up meanwhile.
+    let mut work = Vec::with_capacity(batch.len());
     {
         let idx = lock(&sh.index);
         let mut in_batch = std::collections::HashSet::with_capacity(batch.len());
         for req in batch {
             // A copy completed twice in one batch counts once.
-            let f = match idx.in_flight.get(&req.copy_id) {
-                Some(f) if in_batch.insert(req.copy_id) => f,
+            match idx.in_flight.get(&req.copy_id) {
+                Some(f) if in_batch.insert(req.copy_id) => work.push((
+                    req,
+                    f.job_id,
+                    f.pool,
+                    f.rcpts.clone(),
+                    f.attempts,
+                    f.job_created,
+                )),
                 _ => {
                     let _ = req.reply.send(Err(SpoolError::NotClaimed(req.copy_id)));
-                    continue;
+                }
+            }
+        }
+    }
+    ledger.begin();
+    let mut ledger_error: Option<std::io::Error> = None;
+    let mut plans = Vec::with_capacity(work.len());
+    let lifetime =
+        jiff::SignedDuration::try_from(sh.opts.lifetime).unwrap_or(jiff::SignedDuration::MAX);
+    for (req, job_id, pool, rcpts, prev_attempts, job_created) in work {
+        let time = req.now.to_string();
+        let pool_name = pool.to_string();
+        let attempts = prev_attempts.saturating_add(1);
+        let expired = req.now.duration_since(job_created) > lifetime;
+        let not_before = req
+            .now
+            .checked_add(sh.opts.backoff(prev_attempts))
+            .unwrap_or(req.now);
+        let retry_at = not_before.to_string();
+        let mut plan = Plan {
+            copy_id: req.copy_id,
+            job_id,
+            pool,
+            delivered: 0,
+            failed: Vec::new(),
+            deferred: Vec::new(),
+            not_before: ms(not_before),
+            now: ms(req.now),
+            reply: req.reply,
+        };
+        for (rcpt, o) in rcpts.split('\n').zip(&req.result.rcpts) {
+            let (outcome, exp) = match o.outcome {
+                Outcome::Delivered => {
+                    plan.delivered += 1;
+                    (LedgerOutcome::Delivered, false)
+                }
+                Outcome::Failed => {
+                    plan.failed.push((rcpt.to_owned(), o.reply.clone(), false));
+                    (LedgerOutcome::Failed, false)
+                }
+                Outcome::Deferred if expired => {
+                    plan.failed.push((rcpt.to_owned(), o.reply.clone(), true));
+                    (LedgerOutcome::Failed, true)
+                }
+                Outcome::Deferred => {
+                    plan.deferred.push((rcpt.to_owned(), o.reply.clone()));
+                    (LedgerOutcome::Deferred, false)
                 }
             };
-            let time = req.now.to_string();
-            let attempts = f.attempts.saturating_add(1);
-            let lifetime = jiff::SignedDuration::try_from(sh.opts.lifetime)
-                .unwrap_or(jiff::SignedDuration::MAX);
-            let expired = req.now.duration_since(f.job_created) > lifetime;
-            let not_before = req
-                .now
-                .checked_add(sh.opts.backoff(f.attempts))
-                .unwrap_or(req.now);
-            let retry_at = not_before.to_string();
-            let mut plan = Plan {
-                copy_id: req.copy_id,
-                job_id: f.job_id,
-                pool: f.pool,
-                delivered: 0,
-                failed: Vec::new(),
-                deferred: Vec::new(),
-                not_before: ms(not_before),
-                now: ms(req.now),
-                reply: req.reply,
-            };
-            for (rcpt, o) in f.rcpts.split('\n').zip(req.result.rcpts) {
-                let (outcome, exp) = match o.outcome {
-                    Outcome::Delivered => {
-                        plan.delivered += 1;
-                        (LedgerOutcome::Delivered, false)
-                    }
-                    Outcome::Failed => {
-                        plan.failed.push((rcpt.to_owned(), o.reply.clone(), false));
-                        (LedgerOutcome::Failed, false)
-                    }
-                    Outcome::Deferred if expired => {
-                        plan.failed.push((rcpt.to_owned(), o.reply.clone(), true));
-                        (LedgerOutcome::Failed, true)
-                    }
-                    Outcome::Deferred => {
-                        plan.deferred.push((rcpt.to_owned(), o.reply.clone()));
-                        (LedgerOutcome::Deferred, false)
-                    }
-                };
-                lines.push(LedgerLine {
-                    time: time.clone(),
-                    job: f.job_id,
+            if ledger_error.is_none() {
+                let line = LedgerLineRef {
+                    time: &time,
+                    job: job_id,
                     copy: req.copy_id,
-                    pool: f.pool.to_string(),
-                    rcpt: rcpt.to_owned(),
+                    pool: &pool_name,
+                    rcpt,
                     outcome,
-                    relay: req.result.relay.clone(),
-                    reply: o.reply,
+                    relay: req.result.relay.as_deref(),
+                    reply: &o.reply,
                     attempts,
-                    retry_at: (outcome == LedgerOutcome::Deferred).then(|| retry_at.clone()),
+                    retry_at: (outcome == LedgerOutcome::Deferred).then_some(retry_at.as_str()),
                     expired: exp,
-                });
+                };
+                ledger_error = ledger.push(&line).err();
             }
-            plans.push(plan);
         }
+        plans.push(plan);
     }
     if plans.is_empty() {
         return;
@@ -828,7 +855,14 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
             let _ = p.reply.send(Err(e()));
         }
     };
-    if let Err(e) = ledger.append(&lines) {
+    let written = match ledger_error {
+        Some(e) => {
+            ledger.begin();
+            Err(e)
+        }
+        None => ledger.commit(),
+    };
+    if let Err(e) = written {
         tracing::error!(error = %e, ledger = %ledger.path().display(), "ledger write failed");
         let msg = e.to_string();
         fail_all(plans, &|| {
@@ -839,7 +873,6 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
         });
         return;
     }
-    drop(lines);
     let done_jobs = {
         let mut db = lock(&sh.db);
         match write_plans(&mut db, &plans) {

@@ -1,0 +1,1268 @@
+//! `cargo xtask bench`: the end-to-end throughput harness (issue 7, DESIGN §4).
+//!
+//! Everything runs on 127.0.0.1, every run is bounded in messages and in time (a run that
+//! overstays [`RUN_LIMIT`] is killed and reported). Per cell (workers x recipients per copy x
+//! message size), the variants run alternately, `--runs` times each, and the report gives medians:
+//!
+//! - `physical`: `smtp-source` -> `smtp-sink` (Postfix's own tools; no PIPELINING in smtp-source);
+//! - `smtpw`: a pre-loaded spool, `smtpw run --until-empty` -> the same `smtp-sink`;
+//! - `mock` / `mock+journal`: smtpw -> mock-mta without / with its JSON-lines journal;
+//! - `wan` / `wan-nopipe`: smtpw -> mock-mta answering every write 1 ms late, with and without
+//!   PIPELINING.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+
+use crate::{cargo, run, target_dir};
+
+/// Longest a single run may take before it is killed.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A small subset of the matrix (about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Alternating runs per variant and cell (the report gives medians).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Only cells whose label (e.g. `w10-r100-20KB`) contains one of these texts
+    /// (comma-separated).
+    #[arg(long, value_name = "TEXT,..")]
+    filter: Option<String>,
+    /// Only these variants (comma-separated names: physical, smtpw, baseline, mock,
+    /// mock+journal, wan, wan-nopipe).
+    #[arg(long, value_name = "NAME,..")]
+    variants: Option<String>,
+    /// Recipients per cell and run (before the per-cell bounds).
+    #[arg(long, value_name = "N")]
+    recipients: Option<u64>,
+    /// Also run the memory-at-scale test: one job of 100,000 and one of 1,000,000 recipients.
+    #[arg(long)]
+    scale: bool,
+    /// Only the memory-at-scale test.
+    #[arg(long)]
+    scale_only: bool,
+    /// Skip `cargo build --release` (use the binaries already built).
+    #[arg(long)]
+    no_build: bool,
+    /// A/B: also run this smtpw binary (variant `baseline`, same workload and sink) alternating
+    /// with the current one, for before/after figures of an optimisation.
+    #[arg(long, value_name = "SMTPW")]
+    baseline: Option<PathBuf>,
+    /// Where to write report.md and the charts (default: <target dir>/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// The Postfix test tools, found or not.
+pub(crate) struct Tools {
+    sink: PathBuf,
+    pub(crate) source: PathBuf,
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    [
+        "/usr/sbin",
+        "/usr/lib/postfix",
+        "/usr/libexec/postfix",
+        "/usr/local/sbin",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join(name))
+    .find(|p| p.is_file())
+}
+
+fn find_tools() -> Option<Tools> {
+    Some(Tools {
+        sink: find_tool("smtp-sink")?,
+        source: find_tool("smtp-source")?,
+    })
+}
+
+const INSTALL_HINT: &str = "\
+xtask bench needs Postfix's test tools smtp-sink and smtp-source (Debian package `postfix`),
+looked for in /usr/sbin, /usr/lib/postfix, /usr/libexec/postfix and /usr/local/sbin.
+Nothing is installed for you. On Debian or Ubuntu, as root:
+
+    apt-get update
+    echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive apt-get install -y postfix
+
+(\"No configuration\" leaves the system's mail setup alone; if the package starts a daemon on
+port 25, `postfix stop` stops it: the bench never uses port 25.)";
+
+/// The binaries under test.
+struct Bins {
+    smtpw: PathBuf,
+    baseline: Option<PathBuf>,
+    mock: PathBuf,
+    load: PathBuf,
+}
+
+/// One cell of the matrix.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cell {
+    pub(crate) workers: u32,
+    pub(crate) rcpts: u64,
+    pub(crate) size: usize,
+    /// Messages (transactions) per run.
+    pub(crate) messages: u64,
+}
+
+impl Cell {
+    fn new(workers: u32, rcpts: u64, size: usize, target_rcpts: u64) -> Self {
+        let w = u64::from(workers);
+        // Enough copies for every worker twice over, about `target_rcpts` recipients, at most
+        // 300 messages per worker (a single connection must not take minutes) and 64 MB of
+        // message bytes per run.
+        let bytes_cap = (64 << 20) / size as u64;
+        let messages = target_rcpts
+            .div_ceil(rcpts)
+            .max(2 * w)
+            .min(300 * w)
+            .min(bytes_cap)
+            .max(w);
+        Cell {
+            workers,
+            rcpts,
+            size,
+            messages,
+        }
+    }
+    fn label(&self) -> String {
+        format!("w{}-r{}-{}KB", self.workers, self.rcpts, self.size / 1024)
+    }
+    pub(crate) fn recipients(&self) -> u64 {
+        self.messages * self.rcpts
+    }
+    fn bytes(&self) -> u64 {
+        self.messages * self.size as u64
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Physical,
+    Smtpw,
+    Baseline,
+    Postfix,
+    Mock,
+    MockJournal,
+    Wan,
+    WanNoPipe,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Physical => "physical",
+            Variant::Smtpw => "smtpw",
+            Variant::Baseline => "baseline",
+            Variant::Postfix => "postfix",
+            Variant::Mock => "mock",
+            Variant::MockJournal => "mock+journal",
+            Variant::Wan => "wan",
+            Variant::WanNoPipe => "wan-nopipe",
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            Variant::Physical => "smtp-source -> smtp-sink (same connections, recipients, size)",
+            Variant::Smtpw => "smtpw run --until-empty (pre-loaded spool) -> smtp-sink",
+            Variant::Baseline => "as smtpw, with the --baseline binary (before an optimisation)",
+            Variant::Postfix => {
+                "a private Postfix instance (own config and queue, smtpd on a loopback port) \
+                 relaying to smtp-sink: queue pre-loaded on hold, timed from release to empty"
+            }
+            Variant::Mock => "smtpw -> mock-mta, no journal",
+            Variant::MockJournal => "smtpw -> mock-mta with --journal (JSON lines)",
+            Variant::Wan => "smtpw -> mock-mta replying 1 ms late per write, PIPELINING",
+            Variant::WanNoPipe => "as wan, smtpw run --no-pipelining",
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sample {
+    /// Seconds from start until the last recipient was recorded (smtpw) or the tool exited.
+    pub(crate) secs: f64,
+    /// Peak RSS of the engine, KB (0 when not measured).
+    pub(crate) rss_kb: u64,
+    /// User + system CPU seconds of the engine.
+    pub(crate) cpu: f64,
+}
+
+struct Row {
+    cell: Cell,
+    variant: Variant,
+    samples: Vec<Sample>,
+    failed: Option<String>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Row {
+    fn med(&self, f: impl Fn(&Sample) -> f64) -> f64 {
+        let mut v: Vec<f64> = self.samples.iter().map(f).collect();
+        median(&mut v)
+    }
+    fn secs(&self) -> f64 {
+        self.med(|s| s.secs)
+    }
+    /// (max - min) / median of the run times, percent.
+    fn spread(&self) -> f64 {
+        let v: Vec<f64> = self.samples.iter().map(|s| s.secs).collect();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        100.0 * (hi - lo) / self.secs()
+    }
+    fn rcpts_per_sec(&self) -> f64 {
+        self.cell.recipients() as f64 / self.secs()
+    }
+}
+
+/// Spawned processes are killed on drop: nothing outlives the bench.
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn wait_listening(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited before listening ({st})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} is not listening on 127.0.0.1:{port} after 10 s")
+}
+
+pub(crate) fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn start_sink(tools: &Tools) -> anyhow::Result<(Guard, u16)> {
+    let port = free_port()?;
+    let mut c = Command::new(&tools.sink);
+    if is_root() {
+        // smtp-sink refuses to keep root privileges.
+        c.args(["-u", "nobody"]);
+    }
+    c.args(["-m", "512", "-t", "60"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("1024")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().context("starting smtp-sink")?;
+    wait_listening(port, &mut child, "smtp-sink")?;
+    Ok((Guard(Some(child)), port))
+}
+
+fn start_mock(
+    bins: &Bins,
+    dir: &Path,
+    journal: bool,
+    latency_ms: u64,
+) -> anyhow::Result<(Guard, u16)> {
+    let port = free_port()?;
+    let toml = dir.join("mock.toml");
+    std::fs::write(
+        &toml,
+        format!("[faults]\nreply_latency_ms = {latency_ms}\n"),
+    )?;
+    let mut c = Command::new(&bins.mock);
+    c.arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--config")
+        .arg(&toml)
+        .args([
+            "--max-recipients",
+            "0",
+            "--max-message-kb",
+            "0",
+            "--max-session-kb",
+            "0",
+        ]);
+    if journal {
+        c.arg("--journal").arg(dir.join("mock-journal.jsonl"));
+    }
+    c.env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().context("starting mock-mta")?;
+    wait_listening(port, &mut child, "mock-mta")?;
+    Ok((Guard(Some(child)), port))
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ctrl-C / SIGTERM: stop at the next check, so that every guard (sink, mock, Postfix
+/// instance) is dropped and nothing is left running.
+#[allow(unsafe_code)]
+fn catch_interrupts() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Peak resident set of a running process (`VmHWM`, KB), 0 once it has exited.
+fn vm_hwm(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resource use of a finished child, from `wait4`.
+struct Usage {
+    ok: bool,
+    rss_kb: u64,
+    cpu: f64,
+}
+
+/// Wait for `child` (killing it after `limit`) and return its exit status and resource use.
+#[allow(unsafe_code)]
+fn wait_usage(child: &mut Child, limit: Duration) -> anyhow::Result<Usage> {
+    let deadline = Instant::now() + limit;
+    let pid = i32::try_from(child.id()).context("pid")?;
+    // ru_maxrss counts the parent's pages the child had before exec: sample the child's own
+    // high-water mark instead (every 2 ms; it only grows, so only the last moments can be missed).
+    let mut hwm = 0u64;
+    loop {
+        hwm = hwm.max(vm_hwm(pid));
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero `rusage` is a valid value of that plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our own unreaped child; `status` and `ru` are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            return Ok(Usage {
+                ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                rss_kb: hwm,
+                cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            });
+        }
+        if r < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+        if interrupted || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            if interrupted {
+                bail!("interrupted");
+            }
+            bail!("killed after {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn site_cfg(dir: &Path, port: u16, workers: u32, max_bsmtp: u64) -> anyhow::Result<PathBuf> {
+    let p = dir.join("SITE.CFG");
+    std::fs::write(
+        &p,
+        format!(
+            "NODE=BENCH.EXAMPLE\r\nSMTP_FORWARD=127.0.0.1:{port}\r\n\
+             SMTP_FORWARD_1={workers}*127.0.0.1:{port}\r\nMAXBSMTP={max_bsmtp}\r\n"
+        ),
+    )?;
+    Ok(p)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let t = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &t)?;
+        } else {
+            std::fs::copy(e.path(), &t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Count the ledger's lines and those of delivered recipients.
+fn ledger_counts(path: &Path) -> anyhow::Result<(u64, u64)> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut lines, mut delivered) = (0, 0);
+    for l in BufReader::with_capacity(1 << 20, f).lines() {
+        let l = l?;
+        lines += 1;
+        if l.contains("\"delivered\"") {
+            delivered += 1;
+        }
+    }
+    Ok((lines, delivered))
+}
+
+/// `smtpw run --until-empty` on a copy of the pre-loaded spool `tpl`; the time is from the start
+/// of the process to the last ledger write (the moment the queue became empty).
+fn run_smtpw(
+    smtpw: &Path,
+    tpl: &Path,
+    dir: &Path,
+    port: u16,
+    cell: &Cell,
+    pipelining: bool,
+) -> anyhow::Result<Sample> {
+    let _ = std::fs::remove_dir_all(dir);
+    let spool = dir.join("spool");
+    copy_dir(tpl, &spool)?;
+    let cfg = site_cfg(dir, port, cell.workers, cell.rcpts)?;
+    let mut c = Command::new(smtpw);
+    c.arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--spool")
+        .arg(&spool)
+        .arg("--until-empty");
+    if !pipelining {
+        c.arg("--no-pipelining");
+    }
+    c.env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("smtpw.log"))?);
+    let start = SystemTime::now();
+    let t0 = Instant::now();
+    let mut child = c.spawn().context("starting smtpw")?;
+    let u = wait_usage(&mut child, RUN_LIMIT)?;
+    let wall = t0.elapsed().as_secs_f64();
+    if !u.ok {
+        bail!("smtpw failed; see {}", dir.join("smtpw.log").display());
+    }
+    let ledger = spool.join("ledger.jsonl");
+    let (lines, delivered) = ledger_counts(&ledger)?;
+    if delivered != cell.recipients() || lines != delivered {
+        bail!(
+            "smtpw recorded {delivered} delivered of {} recipients ({lines} ledger lines); see {}",
+            cell.recipients(),
+            dir.display()
+        );
+    }
+    let last = std::fs::metadata(&ledger)?.modified()?;
+    let secs = last
+        .duration_since(start)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(wall)
+        .min(wall);
+    Ok(Sample {
+        secs,
+        rss_kb: u.rss_kb,
+        cpu: u.cpu,
+    })
+}
+
+fn run_source(tools: &Tools, port: u16, cell: &Cell) -> anyhow::Result<Sample> {
+    // smtp-source adds its own headers (From, To, Date, Message-Id: about 150 bytes).
+    let payload = cell.size.saturating_sub(150).max(1);
+    let mut c = Command::new(&tools.source);
+    c.args(["-d", "-s"])
+        .arg(cell.workers.to_string())
+        .arg("-m")
+        .arg(cell.messages.to_string())
+        .arg("-r")
+        .arg(cell.rcpts.to_string())
+        .arg("-l")
+        .arg(payload.to_string())
+        .args(["-M", "bench.example", "-f", "bench-owner@bench.example"])
+        .args(["-t", "u@d.bench.example"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = c.spawn().context("starting smtp-source")?;
+    let mut err = child.stderr.take();
+    let u = wait_usage(&mut child, RUN_LIMIT)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if !u.ok {
+        let mut s = String::new();
+        if let Some(e) = &mut err {
+            let _ = e.read_to_string(&mut s);
+        }
+        bail!("smtp-source failed: {}", s.trim());
+    }
+    Ok(Sample {
+        secs,
+        rss_kb: u.rss_kb,
+        cpu: u.cpu,
+    })
+}
+
+/// Ingest figures of a pre-load.
+#[derive(Default, Clone, Copy)]
+struct Ingest {
+    secs: f64,
+    recipients: u64,
+}
+
+fn preload(bins: &Bins, dir: &Path, cell: &Cell) -> anyhow::Result<Ingest> {
+    let _ = std::fs::remove_dir_all(dir);
+    let out = Command::new(&bins.load)
+        .arg("preload")
+        .arg("--spool")
+        .arg(dir)
+        .args(["--jobs", &cell.messages.to_string()])
+        .args(["--rcpts", &cell.rcpts.to_string()])
+        .args(["--size", &cell.size.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting bench-load")?;
+    if !out.status.success() {
+        bail!("bench-load preload failed ({})", out.status);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("bench-load printed no JSON")?;
+    Ok(Ingest {
+        secs: v["ingest_secs"].as_f64().unwrap_or(f64::NAN),
+        recipients: v["recipients"].as_u64().unwrap_or(0),
+    })
+}
+
+fn build(no_build: bool, baseline: Option<PathBuf>) -> anyhow::Result<Bins> {
+    if !no_build {
+        let mut b = cargo();
+        b.args([
+            "build",
+            "--release",
+            "-p",
+            "smtpw",
+            "-p",
+            "mock-mta",
+            "-p",
+            "benches",
+            "--bin",
+            "smtpw",
+            "--bin",
+            "mock-mta",
+            "--bin",
+            "bench-load",
+        ]);
+        run(b, "cargo build --release (smtpw, mock-mta, bench-load)")?;
+    }
+    let rel = target_dir()?.join("release");
+    let exe = |n: &str| rel.join(format!("{n}{}", std::env::consts::EXE_SUFFIX));
+    let bins = Bins {
+        smtpw: exe("smtpw"),
+        baseline,
+        mock: exe("mock-mta"),
+        load: exe("bench-load"),
+    };
+    for p in [&bins.smtpw, &bins.mock, &bins.load]
+        .into_iter()
+        .chain(bins.baseline.as_ref())
+    {
+        if !p.is_file() {
+            bail!("{} is missing (run without --no-build)", p.display());
+        }
+    }
+    Ok(bins)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or_else(
+            || "?".into(),
+            |k| format!("{:.1} GiB", k as f64 / 1048576.0),
+        );
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{cores} CPUs ({cpu}), {mem} RAM, load average at start {}",
+        load.join(" ")
+    )
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let Some(tools) = find_tools() else {
+        eprintln!("{INSTALL_HINT}");
+        return Ok(ExitCode::from(2));
+    };
+    let bins = build(a.no_build, a.baseline.clone())?;
+    catch_interrupts();
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => target_dir()?.join("bench"),
+    };
+    let work = out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let runs = a.runs.max(1);
+    let started = Instant::now();
+    let machine = machine();
+    eprintln!("xtask bench: {machine}");
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# smtpw benchmark report\n");
+    let _ = writeln!(md, "- machine: {machine}");
+    let _ = writeln!(
+        md,
+        "- command: `cargo xtask bench{}` ({} alternating runs per variant and cell; medians)",
+        std::env::args()
+            .skip(2)
+            .map(|s| format!(" {s}"))
+            .collect::<String>(),
+        runs
+    );
+    let _ = writeln!(
+        md,
+        "- smtp-sink: {}, smtp-source: {}",
+        tools.sink.display(),
+        tools.source.display()
+    );
+
+    if !a.scale_only {
+        let rows = matrix(&a, &tools, &bins, &work, runs, &mut md)?;
+        std::fs::write(out.join("chart.svg"), chart(&rows))?;
+        let _ = writeln!(md, "\n![recipients/s per cell](chart.svg)\n");
+    }
+    if a.scale || a.scale_only {
+        scale(&tools, &bins, &work, &mut md)?;
+    }
+    let _ = writeln!(
+        md,
+        "\nTotal bench time: {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::write(out.join("report.md"), &md)?;
+    println!("{md}");
+    eprintln!("xtask bench: wrote {}", out.join("report.md").display());
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
+    use Variant::*;
+    let target = a
+        .recipients
+        .unwrap_or(if a.quick { 20_000 } else { 100_000 });
+    let mut v = Vec::new();
+    if a.quick {
+        for (w, r, s) in [(10, 100, 20 * 1024), (32, 1, 2 * 1024), (1, 1000, 2 * 1024)] {
+            let vars = if (w, r) == (10, 100) {
+                vec![Physical, Smtpw, Postfix, Mock, MockJournal, Wan, WanNoPipe]
+            } else {
+                vec![Physical, Smtpw]
+            };
+            v.push((Cell::new(w, r, s, target), vars));
+        }
+    } else {
+        for w in [1, 10, 32] {
+            for r in [1, 100, 1000] {
+                for s in [2 * 1024, 20 * 1024, 200 * 1024] {
+                    let vars = if w == 10 && s == 20 * 1024 {
+                        vec![Physical, Smtpw, Postfix, Mock, MockJournal, Wan, WanNoPipe]
+                    } else if s == 20 * 1024 && r == 100 {
+                        vec![Physical, Smtpw, Postfix]
+                    } else if w == 10 {
+                        vec![Physical, Smtpw, Mock, MockJournal]
+                    } else {
+                        vec![Physical, Smtpw]
+                    };
+                    v.push((Cell::new(w, r, s, target), vars));
+                }
+            }
+        }
+    }
+    if let Some(f) = &a.filter {
+        let l = c_label_filter(f);
+        v.retain(|(c, _)| l.iter().any(|x| c.label().contains(x.as_str())));
+    }
+    if a.baseline.is_some() {
+        for (_, vars) in v.iter_mut() {
+            vars.insert(2, Baseline);
+        }
+    }
+    if let Some(f) = &a.variants {
+        let l = c_label_filter(f);
+        for (_, vars) in v.iter_mut() {
+            vars.retain(|x| l.iter().any(|n| n == x.name()));
+        }
+    }
+    v.retain(|(_, vars)| !vars.is_empty());
+    v
+}
+
+fn c_label_filter(f: &str) -> Vec<String> {
+    f.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+fn matrix(
+    a: &BenchArgs,
+    tools: &Tools,
+    bins: &Bins,
+    work: &Path,
+    runs: usize,
+    md: &mut String,
+) -> anyhow::Result<Vec<Row>> {
+    let (_sink, sink_port) = start_sink(tools)?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut ingests: Vec<(String, Ingest)> = Vec::new();
+    for (cell, variants) in cells(a) {
+        let label = cell.label();
+        let tpl = work.join(format!("tpl-{label}"));
+        let ing = preload(bins, &tpl, &cell)?;
+        ingests.push((label.clone(), ing));
+        let mut cell_rows: Vec<Row> = variants
+            .iter()
+            .map(|&v| Row {
+                cell,
+                variant: v,
+                samples: Vec::new(),
+                failed: None,
+            })
+            .collect();
+        let mut pf: Option<crate::postfix::Instance> = None;
+        if variants.contains(&Variant::Postfix) {
+            let why = match crate::postfix::unavailable() {
+                Some(why) => Some(why),
+                None => match crate::postfix::Instance::start(
+                    &work.join(format!("postfix-{label}")),
+                    sink_port,
+                    &cell,
+                ) {
+                    Ok(i) => {
+                        pf = Some(i);
+                        None
+                    }
+                    Err(e) => Some(format!("{e:#}")),
+                },
+            };
+            if let Some(why) = why {
+                eprintln!("  {label} postfix: skipped: {why}");
+                for r in cell_rows
+                    .iter_mut()
+                    .filter(|r| r.variant == Variant::Postfix)
+                {
+                    r.failed = Some(format!("skipped: {why}"));
+                }
+            }
+        }
+        for i in 0..runs {
+            for row in cell_rows.iter_mut() {
+                check_interrupted()?;
+                if row.failed.is_some() {
+                    continue;
+                }
+                let dir = work.join(format!("run-{label}-{}", row.variant.name()));
+                std::fs::create_dir_all(&dir)?;
+                let r = match row.variant {
+                    Variant::Physical => run_source(tools, sink_port, &cell),
+                    Variant::Smtpw => run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true),
+                    Variant::Postfix => match pf.as_mut() {
+                        Some(p) => p.run(tools, &cell, RUN_LIMIT),
+                        None => bail!("no Postfix instance"),
+                    },
+                    Variant::Baseline => match &bins.baseline {
+                        Some(b) => run_smtpw(b, &tpl, &dir, sink_port, &cell, true),
+                        None => bail!("no --baseline binary"),
+                    },
+                    v => {
+                        let journal = v == Variant::MockJournal;
+                        let lat = if matches!(v, Variant::Wan | Variant::WanNoPipe) {
+                            1
+                        } else {
+                            0
+                        };
+                        let mock_dir = work.join("mock");
+                        let _ = std::fs::remove_dir_all(&mock_dir);
+                        std::fs::create_dir_all(&mock_dir)?;
+                        let (_mock, port) = start_mock(bins, &mock_dir, journal, lat)?;
+                        run_smtpw(
+                            &bins.smtpw,
+                            &tpl,
+                            &dir,
+                            port,
+                            &cell,
+                            v != Variant::WanNoPipe,
+                        )
+                    }
+                };
+                match r {
+                    Ok(s) => {
+                        eprintln!(
+                            "  {label:<16} {:<13} run {}: {:>7.3} s  {:>9.0} rcpt/s  rss {:>6} KB  cpu {:.2} s",
+                            row.variant.name(),
+                            i + 1,
+                            s.secs,
+                            cell.recipients() as f64 / s.secs,
+                            s.rss_kb,
+                            s.cpu
+                        );
+                        row.samples.push(s);
+                    }
+                    Err(e) => {
+                        check_interrupted()?;
+                        eprintln!("  {label} {}: FAILED: {e:#}", row.variant.name());
+                        row.failed = Some(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        drop(pf);
+        let _ = std::fs::remove_dir_all(&tpl);
+        rows.extend(cell_rows);
+    }
+    write_matrix(md, &rows, &ingests);
+    Ok(rows)
+}
+
+fn fmt_rate(x: f64) -> String {
+    if !x.is_finite() {
+        "-".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// Median recipients/s of `variant` in the cell labelled `label`.
+fn rate(rows: &[Row], label: &str, variant: Variant) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.variant == variant && r.cell.label() == label && !r.samples.is_empty())
+        .map(Row::rcpts_per_sec)
+}
+
+fn write_key_ratios(md: &mut String, rows: &[Row]) {
+    let mut labels: Vec<String> = Vec::new();
+    for r in rows {
+        if !labels.contains(&r.cell.label()) {
+            labels.push(r.cell.label());
+        }
+    }
+    let baseline = rows.iter().any(|r| r.variant == Variant::Baseline);
+    let _ = writeln!(
+        md,
+        "\n## Key ratios (recipients/s, medians)\n\n\
+         | cell | smtpw / physical | smtpw / postfix | wan / mock (PIPELINING) | wan-nopipe / mock | mock+journal / mock |{}\n\
+         |---|---:|---:|---:|---:|---:|{}",
+        if baseline { " baseline / smtpw |" } else { "" },
+        if baseline { "---:|" } else { "" }
+    );
+    let f = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}", a / b),
+        _ => String::new(),
+    };
+    use Variant::*;
+    for l in &labels {
+        let g = |v| rate(rows, l, v);
+        let _ = writeln!(
+            md,
+            "| {l} | {} | {} | {} | {} | {} |{}",
+            f(g(Smtpw), g(Physical)),
+            f(g(Smtpw), g(Postfix)),
+            f(g(Wan), g(Mock)),
+            f(g(WanNoPipe), g(Mock)),
+            f(g(MockJournal), g(Mock)),
+            if baseline {
+                format!(" {} |", f(g(Baseline), g(Smtpw)))
+            } else {
+                String::new()
+            },
+        );
+    }
+}
+
+fn write_matrix(md: &mut String, rows: &[Row], ingests: &[(String, Ingest)]) {
+    write_key_ratios(md, rows);
+    let _ = writeln!(md, "\n## Variants\n");
+    for v in [
+        Variant::Physical,
+        Variant::Smtpw,
+        Variant::Baseline,
+        Variant::Postfix,
+        Variant::Mock,
+        Variant::MockJournal,
+        Variant::Wan,
+        Variant::WanNoPipe,
+    ] {
+        if rows.iter().any(|r| r.variant == v) {
+            let _ = writeln!(md, "- `{}`: {}", v.name(), v.what());
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nA cell is workers (= smtp-source sessions) x recipients per copy (= per message) x \
+         message size. `ratio` is smtpw's recipients/s over the physical limit's in the same cell. \
+         `spread` is (slowest - fastest) / median of the runs. RSS is the engine's peak \
+         (`VmHWM` of the smtpw process, sampled every 2 ms); CPU is its user + system seconds per 100,000 recipients. smtpw's \
+         time runs from process start to its last ledger write (the queue is empty then).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| cell | msgs | variant | s (median) | spread | msgs/s | rcpts/s | MB/s | ratio | peak RSS MB | CPU s/100k rcpts |"
+    );
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let label = r.cell.label();
+        if let Some(e) = &r.failed {
+            if r.samples.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "| {label} | {} | {} | failed: {} | | | | | | | |",
+                    r.cell.messages,
+                    r.variant.name(),
+                    e.replace('|', "/").lines().next().unwrap_or("")
+                );
+                continue;
+            }
+        }
+        let secs = r.secs();
+        let phys = rows
+            .iter()
+            .find(|p| {
+                p.variant == Variant::Physical && p.cell.label() == label && !p.samples.is_empty()
+            })
+            .map(Row::rcpts_per_sec);
+        let ratio = match (r.variant, phys) {
+            (Variant::Physical, _) | (_, None) => "".to_string(),
+            (_, Some(p)) => format!("{:.2}", r.rcpts_per_sec() / p),
+        };
+        let (rss, cpu) = if matches!(r.variant, Variant::Physical | Variant::Postfix) {
+            (String::new(), String::new())
+        } else {
+            (
+                format!("{:.1}", r.med(|s| s.rss_kb as f64) / 1024.0),
+                format!(
+                    "{:.2}",
+                    r.med(|s| s.cpu) * 100_000.0 / r.cell.recipients() as f64
+                ),
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {secs:.3} | {:.0}% | {} | {} | {:.1} | {ratio} | {rss} | {cpu} |",
+            r.cell.messages,
+            r.variant.name(),
+            r.spread(),
+            fmt_rate(r.cell.messages as f64 / secs),
+            fmt_rate(r.rcpts_per_sec()),
+            r.cell.bytes() as f64 / secs / 1e6,
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n### Spool ingest (pre-load: parse the job file, split, commit)\n\n| cell | recipients | s | recipients/s |\n|---|---:|---:|---:|"
+    );
+    for (label, i) in ingests {
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {:.3} | {} |",
+            i.recipients,
+            i.secs,
+            fmt_rate(i.recipients as f64 / i.secs)
+        );
+    }
+}
+
+/// A grouped horizontal bar chart of recipients/s per cell (log scale).
+fn chart(rows: &[Row]) -> String {
+    let colors = [
+        (Variant::Physical, "#888888"),
+        (Variant::Smtpw, "#1f77b4"),
+        (Variant::Baseline, "#9467bd"),
+        (Variant::Postfix, "#8c564b"),
+        (Variant::Mock, "#2ca02c"),
+        (Variant::MockJournal, "#98df8a"),
+        (Variant::Wan, "#ff7f0e"),
+        (Variant::WanNoPipe, "#d62728"),
+    ];
+    let mut labels: Vec<String> = Vec::new();
+    for r in rows {
+        let l = r.cell.label();
+        if !labels.contains(&l) {
+            labels.push(l);
+        }
+    }
+    let bar = 7.0;
+    let left = 130.0;
+    let width = 640.0;
+    let max = rows
+        .iter()
+        .filter(|r| !r.samples.is_empty())
+        .map(Row::rcpts_per_sec)
+        .fold(10.0f64, f64::max);
+    let lo = 10.0f64;
+    let scale = |x: f64| ((x.max(lo) / lo).log10() / (max / lo).log10()) * width;
+    let mut y = 40.0;
+    let mut body = String::new();
+    for l in &labels {
+        let group: Vec<&Row> = rows.iter().filter(|r| &r.cell.label() == l).collect();
+        let h = group.len() as f64 * bar + 8.0;
+        let _ = writeln!(
+            body,
+            r#"<text x="{:.0}" y="{:.1}" font-size="11" text-anchor="end">{l}</text>"#,
+            left - 6.0,
+            y + h / 2.0
+        );
+        for (i, r) in group.iter().enumerate() {
+            if r.samples.is_empty() {
+                continue;
+            }
+            let c = colors
+                .iter()
+                .find(|(v, _)| *v == r.variant)
+                .map_or("#000", |(_, c)| c);
+            let _ = writeln!(
+                body,
+                r#"<rect x="{left}" y="{:.1}" width="{:.1}" height="{}" fill="{c}"><title>{} {}: {:.0} rcpts/s</title></rect>"#,
+                y + i as f64 * bar,
+                scale(r.rcpts_per_sec()),
+                bar - 1.0,
+                l,
+                r.variant.name(),
+                r.rcpts_per_sec()
+            );
+        }
+        y += h;
+    }
+    let mut axis = String::new();
+    let mut t = lo;
+    while t <= max * 1.0001 {
+        let x = left + scale(t);
+        let _ = writeln!(
+            axis,
+            r##"<line x1="{x:.1}" y1="30" x2="{x:.1}" y2="{y:.0}" stroke="#ddd"/><text x="{x:.1}" y="{:.0}" font-size="10" text-anchor="middle">{}</text>"##,
+            y + 12.0,
+            fmt_rate(t)
+        );
+        t *= 10.0;
+    }
+    let mut legend = String::new();
+    let present: Vec<&(Variant, &str)> = colors
+        .iter()
+        .filter(|(v, _)| rows.iter().any(|r| r.variant == *v))
+        .collect();
+    for (i, (v, c)) in present.into_iter().enumerate() {
+        let x = left + i as f64 * 92.0;
+        let _ = writeln!(
+            legend,
+            r#"<rect x="{x}" y="12" width="10" height="10" fill="{c}"/><text x="{}" y="21" font-size="11">{}</text>"#,
+            x + 13.0,
+            v.name()
+        );
+    }
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{:.0}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+{legend}{axis}{body}<text x="{}" y="{:.0}" font-size="11" text-anchor="middle">recipients per second (log scale, medians)</text>
+</svg>
+"#,
+        left + width + 60.0,
+        y + 34.0,
+        left + width / 2.0,
+        y + 28.0
+    )
+}
+
+/// Memory at scale: one job of 100,000 and one of 1,000,000 recipients (MAXBSMTP 100, 2 KB,
+/// 10 workers), ingested and delivered to smtp-sink by `smtpw run --until-empty`.
+fn scale(tools: &Tools, bins: &Bins, work: &Path, md: &mut String) -> anyhow::Result<()> {
+    let (_sink, port) = start_sink(tools)?;
+    let _ = writeln!(
+        md,
+        "\n## Memory at scale\n\nOne job file dropped into `incoming/`, then `smtpw run --until-empty` \
+         (10 workers, MAXBSMTP=100, 2 KB message) -> smtp-sink: ingest and delivery together.\n\n\
+         | recipients | job file MB | s (to last ledger write) | recipients/s | peak RSS MB | CPU s | CPU s/100k rcpts |\n\
+         |---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for n in [100_000u64, 1_000_000] {
+        check_interrupted()?;
+        let dir = work.join(format!("scale-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = dir.join("spool");
+        let incoming = spool.join("incoming");
+        std::fs::create_dir_all(&incoming)?;
+        let job = incoming.join("big.MAIL");
+        let st = Command::new(&bins.load)
+            .arg("job")
+            .arg("--out")
+            .arg(&job)
+            .args(["--rcpts", &n.to_string(), "--size", "2048"])
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("bench-load job failed ({st})");
+        }
+        let file_mb = std::fs::metadata(&job)?.len() as f64 / 1e6;
+        let cell = Cell {
+            workers: 10,
+            rcpts: 100,
+            size: 2048,
+            messages: n / 100,
+        };
+        // The spool is already in place: run on it directly (no template copy).
+        let tpl = dir.join("tpl");
+        std::fs::rename(&spool, &tpl)?;
+        let r = run_smtpw(&bins.smtpw, &tpl, &dir.join("run"), port, &cell, true);
+        match r {
+            Ok(s) => {
+                eprintln!(
+                    "  scale {n}: {:.2} s, rss {} KB, cpu {:.2} s",
+                    s.secs, s.rss_kb, s.cpu
+                );
+                let _ = writeln!(
+                    md,
+                    "| {n} | {file_mb:.1} | {:.2} | {:.0} | {:.1} | {:.2} | {:.2} |",
+                    s.secs,
+                    n as f64 / s.secs,
+                    s.rss_kb as f64 / 1024.0,
+                    s.cpu,
+                    s.cpu * 100_000.0 / n as f64
+                );
+            }
+            Err(e) => {
+                eprintln!("  scale {n}: FAILED: {e:#}");
+                let _ = writeln!(md, "| {n} | {file_mb:.1} | failed: {e} | | | | |");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn cells_are_bounded() {
+        for w in [1, 10, 32] {
+            for r in [1, 100, 1000] {
+                for size in [2048, 20_480, 204_800] {
+                    let c = Cell::new(w, r, size, 100_000);
+                    let w = u64::from(w);
+                    assert!(c.messages >= w, "{c:?}: every worker gets a copy");
+                    assert!(c.messages <= 300 * w, "{c:?}: at most 300 per worker");
+                    assert!(c.bytes() <= (64 << 20) || c.messages == w, "{c:?}: 64 MB");
+                }
+            }
+        }
+        assert_eq!(Cell::new(10, 100, 20_480, 100_000).messages, 1000);
+        assert_eq!(Cell::new(1, 1, 2048, 100_000).messages, 300);
+        assert_eq!(Cell::new(32, 1000, 2048, 100_000).label(), "w32-r1000-2KB");
+    }
+
+    #[test]
+    fn report_has_ratios_and_chart_is_svg() {
+        let cell = Cell::new(10, 100, 20_480, 1000);
+        let row = |variant, secs| Row {
+            cell,
+            variant,
+            samples: vec![
+                Sample {
+                    secs,
+                    rss_kb: 10_240,
+                    cpu: 0.1,
+                };
+                3
+            ],
+            failed: None,
+        };
+        let rows = vec![row(Variant::Physical, 2.0), row(Variant::Smtpw, 1.0)];
+        let mut md = String::new();
+        write_matrix(&mut md, &rows, &[]);
+        assert!(md.contains("| w10-r100-20KB | 2.00 |"), "{md}");
+        assert!(!md.contains("baseline"), "{md}");
+        let svg = chart(&rows);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<title>").count(), 2);
+    }
+}

@@ -4,10 +4,11 @@ use std::fmt::Write as _;
 
 use crate::report::{Bar, Chart, Lane, Series};
 
-const W: f64 = 720.0;
+const W: f64 = 860.0;
 const H: f64 = 300.0;
 const ML: f64 = 70.0;
-const MR: f64 = 150.0;
+/// Room on the right for the legend (about 28 characters).
+const MR: f64 = 200.0;
 const MT: f64 = 30.0;
 const MB: f64 = 40.0;
 const COLORS: [&str; 8] = [
@@ -239,14 +240,21 @@ fn timeline(title: &str, lanes: &[Lane]) -> String {
     let height = MT + MB + lane_h * lanes.len().max(1) as f64;
     let mut out = String::new();
     open(&mut out, title, height);
-    let pw = W - ML - MR;
+    // Lane names are right-aligned before the plot: leave room for the longest (~6.5 px a char).
+    let longest = lanes
+        .iter()
+        .map(|l| l.name.chars().count())
+        .max()
+        .unwrap_or(0) as f64;
+    let ml = ML.max(longest * 6.5 + 12.0);
+    let pw = W - ml - MR;
     let mut labels: Vec<&str> = Vec::new();
     for (i, lane) in lanes.iter().enumerate() {
         let y = MT + lane_h * i as f64;
         let _ = write!(
             out,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
-            ML - 6.0,
+            ml - 6.0,
             y + 15.0,
             esc(&lane.name)
         );
@@ -258,7 +266,7 @@ fn timeline(title: &str, lanes: &[Lane]) -> String {
                     labels.len() - 1
                 }
             };
-            let x = ML + pw * start / 24.0;
+            let x = ml + pw * start / 24.0;
             let w = pw * (end - start) / 24.0;
             let _ = write!(
                 out,
@@ -272,7 +280,7 @@ fn timeline(title: &str, lanes: &[Lane]) -> String {
     }
     let base = MT + lane_h * lanes.len().max(1) as f64;
     for h in (0..=24).step_by(3) {
-        let x = ML + pw * f64::from(h) / 24.0;
+        let x = ml + pw * f64::from(h) / 24.0;
         let _ = write!(
             out,
             "<line x1=\"{x:.1}\" y1=\"{MT}\" x2=\"{x:.1}\" y2=\"{base}\" stroke=\"#ddd\"/>\

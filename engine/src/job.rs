@@ -450,33 +450,23 @@ impl<R: BufRead> JobReader<R> {
     }
 }
 
-/// Dot-stuff a message for the wire or a job file: every line that starts with `.` gets one
-/// more; line endings become CRLF (a bare LF becomes CRLF); a missing final line ending is
-/// added. The result does not include the terminating `.` line.
+/// Dot-stuff a message for a job file: line endings become CRLF (a bare LF becomes CRLF, a
+/// missing final ending is added) and every line that starts with `.` gets one more. The result
+/// does not include the terminating `.` line. The stuffing itself is the wire encoder's
+/// ([`crate::smtp::data::dot_stuff`]).
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 2);
-    for line in lines(message) {
-        if line.first() == Some(&b'.') {
-            out.push(b'.');
-        }
-        out.extend_from_slice(line);
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = crate::smtp::data::dot_stuff(&to_crlf(message));
+    // The wire form ends with the terminator line; a job file writes its own.
+    out.truncate(out.len().saturating_sub(b".\r\n".len()));
     out
 }
 
 /// The inverse of [`dot_stuff`]: removes one leading `.` from each line (CRLF or LF endings),
 /// returns CRLF lines. Stops at a line `.` if there is one.
 pub fn dot_unstuff(stuffed: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(stuffed.len());
-    for line in lines(stuffed) {
-        if line == b"." {
-            break;
-        }
-        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    let mut wire = to_crlf(stuffed);
+    wire.extend_from_slice(b".\r\n");
+    crate::smtp::data::dot_unstuff(&wire).unwrap_or_default()
 }
 
 /// Normalize line endings to CRLF (a bare LF becomes CRLF; a missing final ending is added).

@@ -41,18 +41,12 @@ impl Spool for GatedSpool {
     ) -> impl Future<Output = Result<Option<ClaimedCopy>, SpoolError>> + Send {
         self.inner.claim(pools)
     }
-    fn complete(
-        &self,
-        copy_id: i64,
-        result: CopyResult,
-    ) -> impl Future<Output = Result<(), SpoolError>> + Send {
-        async move {
-            self.started.fetch_add(1, Ordering::SeqCst);
-            self.gate.acquire().await.expect("gate open").forget();
-            let r = self.inner.complete(copy_id, result).await;
-            self.done.fetch_add(1, Ordering::SeqCst);
-            r
-        }
+    async fn complete(&self, copy_id: i64, result: CopyResult) -> Result<(), SpoolError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.gate.acquire().await.expect("gate open").forget();
+        let r = self.inner.complete(copy_id, result).await;
+        self.done.fetch_add(1, Ordering::SeqCst);
+        r
     }
     fn release(&self, copy_id: i64) {
         self.inner.release(copy_id);

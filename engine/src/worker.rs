@@ -1,7 +1,7 @@
 //! One SMTP worker: route by the clock, claim the oldest copy of a served pool, keep a connection,
 //! pass the rate gate, run the transaction, record every recipient's outcome.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +26,11 @@ pub const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 pub const FAILOVER_RECHECK: Duration = Duration::from_secs(5 * 60);
 /// How long a stopping worker waits for the relay's reply to QUIT.
 pub const QUIT_AT_STOP: Duration = Duration::from_secs(2);
+/// How many durable completions (`Spool::complete`: the writer's ledger `fdatasync` and SQLite
+/// commit) a worker leaves outstanding while it claims and delivers its next copy. A copy stays
+/// in flight in the spool until its completion is durable, so a crash repeats at most these
+/// plus the copy being delivered; a stop waits for all of them.
+pub const COMPLETIONS_OUTSTANDING: usize = 2;
 
 /// Counters every worker adds to, read by the CLI and the tests.
 #[derive(Debug, Default)]
@@ -220,6 +225,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     let mut was_stranded = PoolSet::EMPTY;
     // No host could be reached at the last try.
     let mut stranded = false;
+    let mut pending = Completions::default();
     loop {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -278,6 +284,12 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         let copy = match ctx.spool.claim(pools).await {
             Ok(Some(c)) => c,
             Ok(None) => {
+                if !pending.is_empty() {
+                    // Nothing to claim: let the outstanding completions finish first (one may
+                    // defer a copy, whose due time the idle wait needs), then look again.
+                    pending.drain(&name).await;
+                    continue;
+                }
                 if stranded && open.is_none() {
                     // No host was reachable at the last try and there is nothing to deliver
                     // (the sync path may have taken it all): look for the hosts anyway, on the
@@ -351,11 +363,15 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             }
         }
         let Some(o) = open.as_mut() else { continue };
-        deliver(&ctx, &name, o, copy, limited).await;
+        if let Some((copy_id, result)) = deliver(&ctx, &name, o, copy, limited).await {
+            pending.push(&ctx, &name, copy_id, result).await;
+        }
         if !o.client.is_usable() {
             open = None;
         }
     }
+    // Every transaction's outcome is durable before the worker stops.
+    pending.drain(&name).await;
     // At a stop, QUIT is a courtesy: a relay slow to answer it does not hold the stop up.
     let _ = tokio::time::timeout(QUIT_AT_STOP, close(&mut open)).await;
     debug!(worker = %name, "stopped");
@@ -448,13 +464,63 @@ async fn connect<S: Spool>(
     None
 }
 
+/// Outcomes being made durable for one worker, oldest first.
+#[derive(Default)]
+struct Completions {
+    tasks: VecDeque<tokio::task::JoinHandle<()>>,
+}
+
+impl Completions {
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Start recording a copy's outcomes, after waiting for the oldest outstanding completion
+    /// if [`COMPLETIONS_OUTSTANDING`] are under way.
+    async fn push<S: Spool>(
+        &mut self,
+        ctx: &WorkerContext<S>,
+        name: &str,
+        copy_id: i64,
+        result: CopyResult,
+    ) {
+        while self.tasks.len() >= COMPLETIONS_OUTSTANDING {
+            self.wait_oldest(name).await;
+        }
+        let spool = ctx.spool.clone();
+        let worker = name.to_string();
+        self.tasks.push_back(tokio::spawn(async move {
+            if let Err(e) = spool.complete(copy_id, result).await {
+                warn!(worker = %worker, error = %e, "recording the outcome failed");
+            }
+        }));
+    }
+
+    async fn wait_oldest(&mut self, name: &str) {
+        if let Some(t) = self.tasks.pop_front() {
+            if let Err(e) = t.await {
+                warn!(worker = %name, error = %e, "recording the outcome failed");
+            }
+        }
+    }
+
+    /// Wait for every outstanding completion.
+    async fn drain(&mut self, name: &str) {
+        while !self.tasks.is_empty() {
+            self.wait_oldest(name).await;
+        }
+    }
+}
+
+/// Run one transaction for `copy`; returns the outcomes to record, or `None` if the copy was
+/// given back (a stop while waiting for the rate limit).
 async fn deliver<S: Spool>(
     ctx: &WorkerContext<S>,
     name: &str,
     o: &mut Open,
     copy: ClaimedCopy,
     limited: bool,
-) {
+) -> Option<(i64, CopyResult)> {
     let gate = PoolGate {
         limiter: &ctx.limiter,
         pool: copy.pool,
@@ -468,7 +534,7 @@ async fn deliver<S: Spool>(
             }
             () = ctx.shutdown.cancelled() => {
                 ctx.spool.release(copy.copy_id);
-                return;
+                return None;
             }
         }
     }
@@ -514,19 +580,13 @@ async fn deliver<S: Spool>(
     if d.too_many_recoveries > 0 {
         info!(worker = %name, host = %host, learned = ?o.client.learned_rcpt_limit(), "relay limited recipients; rest sent in the next transaction");
     }
-    if let Err(e) = ctx
-        .spool
-        .complete(
-            copy.copy_id,
-            CopyResult {
-                relay: Some(host),
-                rcpts,
-            },
-        )
-        .await
-    {
-        warn!(worker = %name, error = %e, "recording the outcome failed");
-    }
+    Some((
+        copy.copy_id,
+        CopyResult {
+            relay: Some(host),
+            rcpts,
+        },
+    ))
 }
 
 async fn close(open: &mut Option<Open>) {

@@ -20,6 +20,7 @@ use proc_support::{
     SilentRelay,
 };
 use smtpw::ledger::{read_ledger, LedgerOutcome};
+use smtpw::worker::COMPLETIONS_OUTSTANDING;
 
 /// How many times each address was accepted in an accepted transaction at the mock.
 fn received(mock: &LoopbackMock) -> HashMap<String, u32> {
@@ -69,7 +70,10 @@ fn sigkill_at_random_points_loses_no_recipient() {
     let mut killed = 0usize;
     // Per run: (ms before the kill, recipients the DB counted delivered, recipients the mock accepted).
     let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-    let per_kill = u64::from(WORKERS * MAX_BSMTP);
+    // In flight per worker: the copy being delivered plus those whose outcomes are being made
+    // durable (a worker claims its next copy while the previous completions sync).
+    let in_flight = u64::from(WORKERS) * (COMPLETIONS_OUTSTANDING as u64 + 1);
+    let per_kill = in_flight * u64::from(MAX_BSMTP);
     // A run killed before it delivered anything (a slow start on a loaded machine) makes the
     // next one a little longer, so the kills still fall during delivery.
     let mut stalled = 0u64;
@@ -150,8 +154,8 @@ fn sigkill_at_random_points_loses_no_recipient() {
     eprintln!(
         "crash test: {} runs ({killed} SIGKILLed mid-way, then 1 to completion in {:.1} s), \
          {N} recipients, lost {lost}, duplicated at the relay {duplicated}, ledger repeats \
-         {ledger_dups}, bound {bound} ({WORKERS} workers x MAXBSMTP {MAX_BSMTP} = {per_kill} per \
-         kill), transactions cut by kills {cut}, total {:.1} s",
+         {ledger_dups}, bound {bound} ({in_flight} copies in flight x MAXBSMTP {MAX_BSMTP} = \
+         {per_kill} per kill), transactions cut by kills {cut}, total {:.1} s",
         KILLS + 1,
         last_run.as_secs_f64(),
         t0.elapsed().as_secs_f64()

@@ -295,26 +295,16 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                     // (the sync path may have taken it all): look for the hosts anyway, on the
                     // same back-off schedule, so that the pool stops counting as stranded as
                     // soon as a host is back (SPEC D4), not only when new work arrives.
-                    let connected = tokio::select! {
-                        biased;
-                        _ = ctx.shutdown.cancelled() => break,
-                        c = connect(&ctx, &name, &targets) => c,
-                    };
-                    open = connected;
-                    if let Role::Worker(w) = &role {
-                        ctx.reachability.set(w.id, open.is_none());
-                    }
-                    if open.is_some() {
-                        info!(worker = %name, "a host is reachable again");
-                        stranded = false;
-                        backoff = UNREACHABLE_BACKOFF_MIN;
-                    } else {
-                        warn!(worker = %name, retry_in = ?backoff, "still no host reachable");
-                        tokio::select! {
-                            _ = ctx.shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(backoff) => {}
+                    match connect_or_back_off(&ctx, &role, &name, &targets, None, &mut backoff)
+                        .await
+                    {
+                        Attempt::Stopped => break,
+                        Attempt::Unreachable => {}
+                        Attempt::Connected(o) => {
+                            info!(worker = %name, "a host is reachable again");
+                            open = Some(*o);
+                            stranded = false;
                         }
-                        backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
                     }
                     continue;
                 }
@@ -334,32 +324,25 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             }
         }
         if open.is_none() {
-            // Setting up a connection is not a transaction: shutdown does not wait for it.
-            let connected = tokio::select! {
-                biased;
-                _ = ctx.shutdown.cancelled() => None,
-                c = connect(&ctx, &name, &targets) => Some(c),
-            };
-            let Some(connected) = connected else {
-                ctx.spool.release(copy.copy_id);
-                break;
-            };
-            open = connected;
-            if let Role::Worker(w) = &role {
-                ctx.reachability.set(w.id, open.is_none());
-            }
-            stranded = open.is_none();
-            if open.is_some() {
-                backoff = UNREACHABLE_BACKOFF_MIN;
-            } else {
-                ctx.spool.release(copy.copy_id);
-                warn!(worker = %name, retry_in = ?backoff, "no host reachable; the copy goes back to the queue");
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+            match connect_or_back_off(
+                &ctx,
+                &role,
+                &name,
+                &targets,
+                Some(copy.copy_id),
+                &mut backoff,
+            )
+            .await
+            {
+                Attempt::Stopped => break,
+                Attempt::Unreachable => {
+                    stranded = true;
+                    continue;
                 }
-                backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
-                continue;
+                Attempt::Connected(o) => {
+                    open = Some(*o);
+                    stranded = false;
+                }
             }
         }
         let Some(o) = open.as_mut() else { continue };
@@ -427,6 +410,66 @@ fn plan<S: Spool>(role: &Role, ctx: &WorkerContext<S>) -> (Vec<HostPort>, PoolSe
             let pools: PoolSet = always.iter().chain(stranded.iter()).collect();
             (vec![target.clone()], pools, false)
         }
+    }
+}
+
+/// How an attempt to reach a worker's hosts ended.
+enum Attempt {
+    Connected(Box<Open>),
+    /// No host answered; the back-off has been waited out.
+    Unreachable,
+    /// A stop arrived (any claimed copy went back to the queue).
+    Stopped,
+}
+
+/// Try the route's hosts in order. Setting up a connection is not a transaction, so a stop
+/// cancels it. The result is recorded for SPEC D4's grace period. When no host answers, the
+/// claimed copy (if any) goes back to the queue, untouched, for other workers to take, and the
+/// worker waits out its back-off (30 s doubling to 15 min, SPEC A5) before the next try.
+async fn connect_or_back_off<S: Spool>(
+    ctx: &WorkerContext<S>,
+    role: &Role,
+    name: &str,
+    targets: &[HostPort],
+    copy: Option<i64>,
+    backoff: &mut Duration,
+) -> Attempt {
+    let give_back = |ctx: &WorkerContext<S>| {
+        if let Some(id) = copy {
+            ctx.spool.release(id);
+        }
+    };
+    let connected = tokio::select! {
+        biased;
+        _ = ctx.shutdown.cancelled() => None,
+        c = connect(ctx, name, targets) => Some(c),
+    };
+    let Some(connected) = connected else {
+        give_back(ctx);
+        return Attempt::Stopped;
+    };
+    if let Role::Worker(w) = role {
+        ctx.reachability.set(w.id, connected.is_none());
+    }
+    if let Some(o) = connected {
+        *backoff = UNREACHABLE_BACKOFF_MIN;
+        return Attempt::Connected(Box::new(o));
+    }
+    give_back(ctx);
+    if copy.is_some() {
+        warn!(worker = %name, retry_in = ?*backoff, "no host reachable; the copy goes back to the queue");
+    } else {
+        warn!(worker = %name, retry_in = ?*backoff, "still no host reachable");
+    }
+    let stopped = tokio::select! {
+        _ = ctx.shutdown.cancelled() => true,
+        _ = tokio::time::sleep(*backoff) => false,
+    };
+    *backoff = (*backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
+    if stopped {
+        Attempt::Stopped
+    } else {
+        Attempt::Unreachable
     }
 }
 

@@ -13,10 +13,8 @@ use jiff::civil::date;
 use mock_mta::MockConfig;
 
 use crate::report::Mode;
-use crate::runner::{
-    run_process, temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH,
-};
-use crate::topology::{exactly_once, fast_options, message, MockProcess, Topology, MAIL_FROM};
+use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
+use crate::topology::{exactly_once, fast_options, MockProcess, ProcessSite, Topology};
 
 const RELAY: &str = "RELAY.EXAMPLE.ORG:25";
 
@@ -253,65 +251,16 @@ async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
     let d = dir.path();
     let m = MockProcess::start(mock, d, "iis", &["--max-recipients", "100"]).await?;
     let port = m.addr.port();
-    let cfg = d.join("SITE.CFG");
-    let spool = d.join("spool");
-    let rcpt_file = d.join("rcpts.txt");
-    let msg_file = d.join("message.eml");
     let want = rcpts(2500);
-    let io =
-        |what: &str, e: std::io::Error| Failure::new(format!("to write {what}"), e.to_string());
-    std::fs::write(
-        &cfg,
-        format!(
+    let mut site = ProcessSite::new(
+        smtpw,
+        d,
+        &format!(
             "SMTP_FORWARD=127.0.0.1:{port}\nSMTP_FORWARD_1=2*127.0.0.1:{port}\nMAXBSMTP=1000\n"
         ),
-    )
-    .map_err(|e| io("SITE.CFG", e))?;
-    std::fs::write(&rcpt_file, want.join("\n")).map_err(|e| io("the recipients", e))?;
-    std::fs::write(&msg_file, message(3000)).map_err(|e| io("the message", e))?;
-    let spool_s = spool.display().to_string();
-    let ran = run_process(
-        smtpw,
-        &[
-            "submit",
-            "--spool",
-            &spool_s,
-            "--from",
-            MAIL_FROM,
-            "--rcpts",
-            &rcpt_file.display().to_string(),
-            &msg_file.display().to_string(),
-        ],
-        Duration::from_secs(20),
-    )
-    .await?;
-    if ran.code != Some(0) {
-        return Err(Failure::new(
-            "`smtpw submit` to exit 0",
-            format!("exit {:?}: {}", ran.code, ran.stderr.trim()),
-        ));
-    }
-    let ran = run_process(
-        smtpw,
-        &[
-            "run",
-            "--config",
-            &cfg.display().to_string(),
-            "--spool",
-            &spool_s,
-            "--until-empty",
-            "--connect-timeout",
-            "5",
-        ],
-        Duration::from_secs(40),
-    )
-    .await?;
-    if ran.code != Some(0) {
-        return Err(Failure::new(
-            "`smtpw run --until-empty` to exit 0",
-            format!("exit {:?}: {}", ran.code, ran.stderr.trim()),
-        ));
-    }
+    )?;
+    site.submit(&want, 3000).await?;
+    site.run_until_empty(&[], Duration::from_secs(40)).await?;
     let j = m.finish().await?;
     exactly_once(
         &want,
@@ -347,9 +296,9 @@ async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
             format!("{too_many} x 552, {over} transactions above 100"),
         ));
     }
-    let ledger = smtpw::ledger::read_ledger(&spool.join(smtpw::spool::LEDGER_FILE))
-        .map_err(|e| Failure::new("the ledger", e.to_string()))?;
-    let delivered = ledger
+    let delivered = site
+        .ledger()?
+        .iter()
         .filter(|l| l.outcome == smtpw::ledger::LedgerOutcome::Delivered)
         .count();
     if delivered != want.len() {

@@ -12,11 +12,11 @@ use jiff::civil::date;
 
 use crate::report::{Bar, Chart, Mode};
 use crate::runner::{
-    run_process, temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH, VIRTUAL_ONLY,
+    temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH, VIRTUAL_ONLY,
 };
 use crate::topology::{
-    exactly_once, fast_options, iis_with_dot_latency, message, peak_concurrent, MockProcess,
-    Topology, MAIL_FROM,
+    exactly_once, fast_options, iis_with_dot_latency, peak_concurrent, MockProcess, ProcessSite,
+    Topology,
 };
 
 /// Recipients per run and MAXBSMTP: 60 copies of 10.
@@ -152,77 +152,17 @@ async fn two_a_one_b_real(ctx: &Ctx) -> ScenarioResult {
     let ma = MockProcess::start(mock, d, "a", &["--command-latency", "DOT=20"]).await?;
     let mb = MockProcess::start(mock, d, "b", &["--command-latency", "DOT=20"]).await?;
     let (pa, pb) = (ma.addr.port(), mb.addr.port());
-    let cfg = d.join("SITE.CFG");
-    let spool = d.join("spool");
-    let rcpt_file = d.join("rcpts.txt");
-    let msg_file = d.join("message.eml");
     let want = rcpts(RCPTS, "example.com");
-    let io =
-        |what: &str, e: std::io::Error| Failure::new(format!("to write {what}"), e.to_string());
-    std::fs::write(
-        &cfg,
-        format!(
+    let mut site = ProcessSite::new(
+        smtpw,
+        d,
+        &format!(
             "SMTP_FORWARD=127.0.0.1:{pa}\nSMTP_FORWARD_1=2*127.0.0.1:{pa}\nSMTP_FORWARD_2=127.0.0.1:{pb}\nMAXBSMTP={MAXBSMTP}\n"
         ),
-    )
-    .map_err(|e| io("SITE.CFG", e))?;
-    std::fs::write(&rcpt_file, want.join("\n")).map_err(|e| io("the recipients", e))?;
-    std::fs::write(&msg_file, message(2000)).map_err(|e| io("the message", e))?;
-    let (cfg_s, spool_s) = (cfg.display().to_string(), spool.display().to_string());
-    let ran = run_process(
-        smtpw,
-        &[
-            "submit",
-            "--spool",
-            &spool_s,
-            "--from",
-            MAIL_FROM,
-            "--rcpts",
-            &rcpt_file.display().to_string(),
-            &msg_file.display().to_string(),
-        ],
-        Duration::from_secs(20),
-    )
-    .await?;
-    if ran.code != Some(0) {
-        return Err(Failure::new(
-            "`smtpw submit` to exit 0",
-            format!("exit {:?}: {}", ran.code, ran.stderr.trim()),
-        ));
-    }
-    let ran = run_process(
-        smtpw,
-        &[
-            "run",
-            "--config",
-            &cfg_s,
-            "--spool",
-            &spool_s,
-            "--until-empty",
-            "--connect-timeout",
-            "5",
-        ],
-        Duration::from_secs(40),
-    )
-    .await?;
-    if ran.code != Some(0) {
-        return Err(Failure::new(
-            "`smtpw run --until-empty` to exit 0",
-            format!("exit {:?}: {}", ran.code, ran.stderr.trim()),
-        ));
-    }
-    let queue = run_process(
-        smtpw,
-        &["queue", "--spool", &spool_s, "--json"],
-        Duration::from_secs(20),
-    )
-    .await?;
-    let q: serde_json::Value = serde_json::from_str(&queue.stdout).map_err(|e| {
-        Failure::new(
-            "`smtpw queue --json` to print JSON",
-            format!("{e}: {}", queue.stdout.trim()),
-        )
-    })?;
+    )?;
+    site.submit(&want, 2000).await?;
+    site.run_until_empty(&[], Duration::from_secs(40)).await?;
+    let q = site.queue().await?;
     if q["queued"].as_u64() != Some(0) || q["delivered"].as_u64() != Some(RCPTS as u64) {
         return Err(Failure::new(
             format!("`smtpw queue --json`: queued 0, delivered {RCPTS}"),

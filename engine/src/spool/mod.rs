@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::config::{Pool, PoolSet, DEFAULT_MAX_BSMTP};
 use crate::job::{JobWriter, WriteError};
 
+mod index;
 mod ingest;
 mod sqlite;
 

@@ -12,11 +12,11 @@
 //! - `ingested(name, mtime_ns, size)`: files committed but perhaps not yet removed (so a crash
 //!   between commit and removal does not ingest a file twice).
 //!
-//! In memory: per pool a set of ready copy ids (ordered = FIFO by creation) and a set of
-//! (not_before, id) for deferred ones; the copies in flight with their recipients; a cache of
+//! In memory (`index.rs`): per pool a set of ready copy ids (ordered = FIFO by creation) and a
+//! set of (not_before, id) for deferred ones; the copies being claimed and in flight; a cache of
 //! job messages. Claims never write to SQLite.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -28,6 +28,7 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
+use super::index::{InFlight, Index, JobInfo};
 use super::{
     ClaimedCopy, CopyResult, CopyState, IngestReport, Outcome, PoolStats, QueueStats, Spool,
     SpoolError, SpoolOptions, DB_FILE, INCOMING, LEDGER_FILE, LOCK_FILE, QUARANTINE,
@@ -97,111 +98,6 @@ fn pool_of(i: i64) -> Pool {
         .ok()
         .and_then(Pool::from_index)
         .unwrap_or(Pool::DEFAULT)
-}
-
-/// A job's envelope sender and message, shared by its copies.
-#[derive(Debug)]
-struct JobInfo {
-    mail_from: String,
-    message: Bytes,
-    created: Timestamp,
-}
-
-#[derive(Debug)]
-struct InFlight {
-    job_id: i64,
-    pool: Pool,
-    /// Addresses, one per line.
-    rcpts: String,
-    n: usize,
-    attempts: u32,
-    job_created: Timestamp,
-}
-
-#[derive(Debug)]
-pub(super) struct Index {
-    ready: Vec<BTreeSet<i64>>,
-    deferred: Vec<BTreeSet<(i64, i64)>>,
-    in_flight: HashMap<i64, InFlight>,
-    jobs: HashMap<i64, Arc<JobInfo>>,
-    /// Bytes of messages in `jobs`.
-    cached_bytes: usize,
-}
-
-/// The message cache holds at most this many jobs and about this many bytes (one message
-/// larger than the budget is still cached on its own).
-const JOB_CACHE: usize = 256;
-const JOB_CACHE_BYTES: usize = 256 * 1024 * 1024;
-
-impl Index {
-    fn new() -> Self {
-        Self {
-            ready: vec![BTreeSet::new(); Pool::COUNT],
-            deferred: vec![BTreeSet::new(); Pool::COUNT],
-            in_flight: HashMap::new(),
-            jobs: HashMap::new(),
-            cached_bytes: 0,
-        }
-    }
-
-    pub(super) fn add(&mut self, id: i64, pool: Pool, not_before: i64, now: i64) {
-        if not_before > now {
-            self.deferred[pool.index()].insert((not_before, id));
-        } else {
-            self.ready[pool.index()].insert(id);
-        }
-    }
-
-    fn promote(&mut self, pools: PoolSet, now: i64) {
-        for p in pools.iter() {
-            let d = &mut self.deferred[p.index()];
-            while let Some(&(nb, id)) = d.first() {
-                if nb > now {
-                    break;
-                }
-                d.pop_first();
-                self.ready[p.index()].insert(id);
-            }
-        }
-    }
-
-    fn take_oldest(&mut self, pools: PoolSet) -> Option<(i64, Pool)> {
-        let (_, p) = pools
-            .iter()
-            .filter_map(|p| self.ready[p.index()].first().map(|&id| (id, p)))
-            .min()?;
-        let id = self.ready[p.index()].pop_first()?;
-        Some((id, p))
-    }
-
-    fn cache_job(&mut self, job_id: i64, job: Arc<JobInfo>) {
-        let size = job.message.len();
-        // Evict the newest jobs first: FIFO claims come back to the oldest soonest.
-        while !self.jobs.is_empty()
-            && (self.jobs.len() >= JOB_CACHE || self.cached_bytes + size > JOB_CACHE_BYTES)
-        {
-            let Some(&k) = self.jobs.keys().max() else {
-                break;
-            };
-            self.uncache_job(k);
-        }
-        self.cached_bytes += size;
-        if let Some(old) = self.jobs.insert(job_id, job) {
-            self.cached_bytes -= old.message.len();
-        }
-    }
-
-    fn uncache_job(&mut self, job_id: i64) {
-        if let Some(old) = self.jobs.remove(&job_id) {
-            self.cached_bytes -= old.message.len();
-        }
-    }
-
-    fn queued_copies(&self) -> u64 {
-        let r: usize = self.ready.iter().map(BTreeSet::len).sum();
-        let d: usize = self.deferred.iter().map(BTreeSet::len).sum();
-        (r + d + self.in_flight.len()) as u64
-    }
 }
 
 /// A completion waiting for the writer thread.
@@ -410,7 +306,7 @@ impl SqliteSpool {
         let Some((job_id, pool, rcpts, n, attempts)) = row else {
             return Ok(None);
         };
-        let cached = lock(&sh.index).jobs.get(&job_id).cloned();
+        let cached = lock(&sh.index).cached_job(job_id);
         let job = match cached {
             Some(j) => j,
             None => {
@@ -453,11 +349,7 @@ impl SqliteSpool {
     fn release_inner(&self, copy_id: i64, not_before: Option<Timestamp>) {
         let sh = self.shared();
         let now = ms(sh.clock.now());
-        let mut idx = lock(&sh.index);
-        if let Some(f) = idx.in_flight.remove(&copy_id) {
-            idx.add(copy_id, f.pool, not_before.map_or(0, ms), now);
-        }
-        drop(idx);
+        lock(&sh.index).release(copy_id, not_before.map(ms), now);
         sh.notify.notify_waiters();
     }
 }
@@ -485,23 +377,24 @@ impl Spool for SqliteSpool {
             let sh = me.shared();
             loop {
                 let now = ms(sh.clock.now());
-                let taken = {
-                    let mut idx = lock(&sh.index);
-                    idx.promote(pools, now);
-                    idx.take_oldest(pools)
-                };
-                let Some((copy_id, pool)) = taken else {
+                // The copy stays counted as queued while it is read (`claiming`): an emptiness
+                // check in between must not see the queue empty.
+                let taken = lock(&sh.index).begin_claim(pools, now);
+                let Some((copy_id, _)) = taken else {
                     return Ok(None);
                 };
                 let read = match me.read_copy(copy_id) {
                     Ok(r) => r,
                     Err(e) => {
-                        lock(&sh.index).ready[pool.index()].insert(copy_id);
+                        lock(&sh.index).abort_claim(copy_id);
                         return Err(e);
                     }
                 };
                 // A copy the index knows but the database does not: skip it.
-                let Some((fl, job)) = read else { continue };
+                let Some((fl, job)) = read else {
+                    lock(&sh.index).drop_claim(copy_id);
+                    continue;
+                };
                 let rcpts: Vec<String> = fl.rcpts.split('\n').map(str::to_owned).collect();
                 let claimed = ClaimedCopy {
                     copy_id,
@@ -513,7 +406,7 @@ impl Spool for SqliteSpool {
                     attempts: fl.attempts,
                     job_created: job.created,
                 };
-                lock(&sh.index).in_flight.insert(copy_id, fl);
+                lock(&sh.index).finish_claim(copy_id, fl);
                 return Ok(Some(claimed));
             }
         }
@@ -529,7 +422,7 @@ impl Spool for SqliteSpool {
             let sh = me.shared();
             {
                 let idx = lock(&sh.index);
-                let Some(f) = idx.in_flight.get(&copy_id) else {
+                let Some(f) = idx.in_flight(copy_id) else {
                     return Err(SpoolError::NotClaimed(copy_id));
                 };
                 if f.n != result.rcpts.len() {
@@ -576,12 +469,7 @@ impl Spool for SqliteSpool {
     }
 
     fn next_due(&self, pools: PoolSet) -> Option<Timestamp> {
-        let idx = lock(&self.shared().index);
-        pools
-            .iter()
-            .filter_map(|p| idx.deferred[p.index()].first().map(|&(nb, _)| nb))
-            .min()
-            .map(ts)
+        lock(&self.shared().index).next_due(pools).map(ts)
     }
 
     fn notify(&self) -> Arc<Notify> {
@@ -607,7 +495,7 @@ impl Spool for SqliteSpool {
             // Copies in flight are "ready" in the database; move them to their own state.
             let idx = lock(&sh.index);
             let mut flight: HashMap<Pool, (u64, u64, Timestamp)> = HashMap::new();
-            for f in idx.in_flight.values() {
+            for f in idx.in_flight_copies() {
                 let e = flight.entry(f.pool).or_insert((0, 0, f.job_created));
                 e.0 += 1;
                 e.1 += f.n as u64;
@@ -736,7 +624,6 @@ pub fn read_stats(dir: &Path, now: Timestamp) -> Result<QueueStats, SpoolError> 
 struct Plan {
     copy_id: i64,
     job_id: i64,
-    pool: Pool,
     delivered: i64,
     failed: Vec<(String, String, bool)>,
     deferred: Vec<(String, String)>,
@@ -768,7 +655,7 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
         let mut in_batch = std::collections::HashSet::with_capacity(batch.len());
         for req in batch {
             // A copy completed twice in one batch counts once.
-            match idx.in_flight.get(&req.copy_id) {
+            match idx.in_flight(req.copy_id) {
                 Some(f) if in_batch.insert(req.copy_id) => work.push((
                     req,
                     f.job_id,
@@ -801,7 +688,6 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
         let mut plan = Plan {
             copy_id: req.copy_id,
             job_id,
-            pool,
             delivered: 0,
             failed: Vec::new(),
             deferred: Vec::new(),
@@ -889,10 +775,7 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
     };
     let mut idx = lock(&sh.index);
     for p in &plans {
-        idx.in_flight.remove(&p.copy_id);
-        if !p.deferred.is_empty() {
-            idx.deferred[p.pool.index()].insert((p.not_before, p.copy_id));
-        }
+        idx.complete(p.copy_id, (!p.deferred.is_empty()).then_some(p.not_before));
     }
     for j in done_jobs {
         idx.uncache_job(j);

@@ -206,11 +206,13 @@ pub enum SpoolError {
     // not print them twice.
     #[error("spool database: {0}")]
     Db(rusqlite::Error),
-    #[error("{context}: {error}")]
+    #[error("{context}: {}", describe_io(.error))]
     Io {
         context: String,
         error: std::io::Error,
     },
+    #[error("the disk holding {} is full ({detail}); free space there", .path.display())]
+    DiskFull { path: PathBuf, detail: String },
     #[error("copy {0} is not claimed")]
     NotClaimed(i64),
     #[error("copy {copy}: {got} outcomes for {expected} recipients")]
@@ -223,6 +225,8 @@ pub enum SpoolError {
     Job(WriteError),
     #[error("the spool's writer thread has stopped")]
     WriterGone,
+    #[error("copy {0}: its outcomes could not be recorded before the spool closed ({1}); it stays queued and the next run sends it again")]
+    Unrecorded(i64, String),
     #[error("spool database is corrupt: {0}")]
     Corrupt(String),
 }
@@ -234,6 +238,37 @@ impl SpoolError {
             error,
         }
     }
+
+    /// Did it fail for want of disk space (or quota)? Such a failure passes once space returns.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SpoolError::DiskFull { .. } => true,
+            SpoolError::Io { error, .. } => is_io_full(error),
+            SpoolError::Db(e) => is_db_full(e),
+            _ => false,
+        }
+    }
+}
+
+/// An I/O error as the operator reads it: a full disk (or quota) is said in plain words.
+fn describe_io(e: &std::io::Error) -> String {
+    if is_io_full(e) {
+        format!("the disk is full ({e})")
+    } else {
+        e.to_string()
+    }
+}
+
+fn is_io_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// SQLite's "database or disk is full".
+pub(crate) fn is_db_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 impl From<rusqlite::Error> for SpoolError {
@@ -243,8 +278,13 @@ impl From<rusqlite::Error> for SpoolError {
 }
 
 impl From<WriteError> for SpoolError {
+    /// A job that cannot be written is a bad job only if its content is at fault; a failed
+    /// write (a full disk) is an I/O error.
     fn from(e: WriteError) -> Self {
-        SpoolError::Job(e)
+        match e {
+            WriteError::Io(io) => SpoolError::io("writing a job", io),
+            other => SpoolError::Job(other),
+        }
     }
 }
 
@@ -274,8 +314,14 @@ pub trait Spool: Send + Sync + 'static {
     /// Deferred copies falling due are not notified: sleep until [`Spool::next_due`].
     /// To avoid missing a wake-up, `enable()` the `Notified` future before calling `claim`.
     fn notify(&self) -> Arc<tokio::sync::Notify>;
-    /// Copies still queued (ready, deferred or in flight), from memory: cheap enough to poll.
+    /// Copies still queued (ready, deferred, being claimed or in flight), from memory: cheap
+    /// enough to poll.
     fn queued_copies(&self) -> u64;
+    /// Why outcomes cannot be recorded right now (a full disk...), while that lasts: the spool
+    /// keeps them and retries, and claims nothing meanwhile. `None` when all is well.
+    fn recording_error(&self) -> Option<String> {
+        None
+    }
     /// Copies and recipients per pool and state, and totals.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, SpoolError>> + Send;
 }
@@ -311,13 +357,17 @@ pub fn submit(
     };
     let result = (|| -> Result<PathBuf, SpoolError> {
         let mut w = JobWriter::new(BufWriter::with_capacity(256 * 1024, file));
-        w.job(mail_from, pool, rcpts, message)?;
-        let buffered = w.finish()?;
+        let writing = || format!("writing the job {}", tmp_path.display());
+        let located = |e: WriteError| match e {
+            WriteError::Io(io) => SpoolError::io(writing(), io),
+            other => SpoolError::Job(other),
+        };
+        w.job(mail_from, pool, rcpts, message).map_err(located)?;
+        let buffered = w.finish().map_err(located)?;
         let file = buffered
             .into_inner()
-            .map_err(|e| SpoolError::io("writing the job", e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| SpoolError::io("syncing the job", e))?;
+            .map_err(|e| SpoolError::io(writing(), e.into_error()))?;
+        file.sync_all().map_err(|e| SpoolError::io(writing(), e))?;
         drop(file);
         loop {
             let n = SUBMIT_SEQ.fetch_add(1, Ordering::Relaxed);

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -121,6 +122,30 @@ pub(super) struct Shared {
     pub(super) notify: Arc<Notify>,
     /// One ingest pass at a time.
     pub(super) ingest_lock: Mutex<()>,
+    /// Set while the writer cannot record outcomes: no copy is claimed meanwhile.
+    stalled: AtomicBool,
+    /// Why, while `stalled`.
+    recording_error: Mutex<Option<String>>,
+    /// Set when the spool closes: a writer that cannot record gives up after one more try.
+    closing: AtomicBool,
+}
+
+impl Shared {
+    fn set_recording_error(&self, e: Option<String>) {
+        self.stalled.store(e.is_some(), Ordering::SeqCst);
+        *lock(&self.recording_error) = e;
+    }
+
+    /// Say where a full disk is: the database's file system.
+    pub(super) fn locate(&self, e: SpoolError) -> SpoolError {
+        match e {
+            SpoolError::Db(ref db) if super::is_db_full(db) => SpoolError::DiskFull {
+                path: self.dir.join(DB_FILE),
+                detail: db.to_string(),
+            },
+            e => e,
+        }
+    }
 }
 
 struct Inner {
@@ -132,8 +157,11 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // A writer waiting to retry a batch it cannot record tries once more, then gives up.
+        self.shared.closing.store(true, Ordering::SeqCst);
         self.tx.take();
         if let Some(h) = self.writer.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
@@ -242,6 +270,9 @@ impl SqliteSpool {
             index: Mutex::new(index),
             notify: Arc::new(Notify::new()),
             ingest_lock: Mutex::new(()),
+            stalled: AtomicBool::new(false),
+            recording_error: Mutex::new(None),
+            closing: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
         let w = shared.clone();
@@ -285,7 +316,9 @@ impl SqliteSpool {
     /// Ingest one pass synchronously (blocking; prefer [`Spool::ingest_incoming`] in async code).
     pub fn ingest_blocking(&self) -> Result<IngestReport, SpoolError> {
         let now = self.shared().clock.now();
-        self.shared().ingest_all(now)
+        self.shared()
+            .ingest_all(now)
+            .map_err(|e| self.shared().locate(e))
     }
 
     fn read_copy(&self, copy_id: i64) -> Result<Option<(InFlight, Arc<JobInfo>)>, SpoolError> {
@@ -362,9 +395,11 @@ impl Spool for SqliteSpool {
         async move {
             let now = me.shared().clock.now();
             let sh = me.shared().clone();
+            let sh2 = sh.clone();
             tokio::task::spawn_blocking(move || sh.ingest_all(now))
                 .await
                 .map_err(|e| SpoolError::io("ingest task", std::io::Error::other(e)))?
+                .map_err(|e| sh2.locate(e))
         }
     }
 
@@ -376,6 +411,11 @@ impl Spool for SqliteSpool {
         async move {
             let sh = me.shared();
             loop {
+                // While outcomes cannot be recorded, no copy is sent that could not be recorded
+                // either: nothing is claimable until the writer recovers (it notifies then).
+                if sh.stalled.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
                 let now = ms(sh.clock.now());
                 // The copy stays counted as queued while it is read (`claiming`): an emptiness
                 // check in between must not see the queue empty.
@@ -469,7 +509,12 @@ impl Spool for SqliteSpool {
     }
 
     fn next_due(&self, pools: PoolSet) -> Option<Timestamp> {
-        lock(&self.shared().index).next_due(pools).map(ts)
+        let sh = self.shared();
+        if sh.stalled.load(Ordering::SeqCst) {
+            // Nothing falls due while claims are paused: the writer's recovery notifies.
+            return None;
+        }
+        lock(&sh.index).next_due(pools).map(ts)
     }
 
     fn notify(&self) -> Arc<Notify> {
@@ -478,6 +523,10 @@ impl Spool for SqliteSpool {
 
     fn queued_copies(&self) -> u64 {
         lock(&self.shared().index).queued_copies()
+    }
+
+    fn recording_error(&self) -> Option<String> {
+        lock(&self.shared().recording_error).clone()
     }
 
     fn stats(&self) -> impl std::future::Future<Output = Result<QueueStats, SpoolError>> + Send {
@@ -624,6 +673,8 @@ pub fn read_stats(dir: &Path, now: Timestamp) -> Result<QueueStats, SpoolError> 
 struct Plan {
     copy_id: i64,
     job_id: i64,
+    /// Recipients of the copy (all of them have a ledger line).
+    rcpts: usize,
     delivered: i64,
     failed: Vec<(String, String, bool)>,
     deferred: Vec<(String, String)>,
@@ -632,29 +683,116 @@ struct Plan {
     reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
+/// The first wait before a failed batch is tried again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most completions taken from the queue into one batch.
+const BATCH_MAX: usize = 8192;
+
 fn writer_loop(sh: &Shared, mut ledger: Ledger, rx: mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < 8192 {
+        while batch.len() < BATCH_MAX {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
             }
         }
-        commit_batch(sh, &mut ledger, batch);
+        let mut plans = Vec::with_capacity(batch.len());
+        plan_batch(sh, &mut ledger, batch, &mut plans);
+        if !plans.is_empty() {
+            record(sh, &mut ledger, &rx, plans);
+        }
     }
 }
 
-fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
+/// Record `plans` (their ledger lines already pushed): ledger, then database. A batch that
+/// cannot be recorded is kept and tried again, with a growing wait, until it is; meanwhile the
+/// spool claims nothing, and completions that arrive join the batch. Only when the spool is
+/// closing does a failed batch give up (its copies stay queued: the next run sends them again).
+fn record(sh: &Shared, ledger: &mut Ledger, rx: &mpsc::Receiver<Request>, mut plans: Vec<Plan>) {
+    let mut wait = RETRY_FIRST;
+    let mut stall: Option<(std::time::Instant, String)> = None;
+    loop {
+        let (failure, condition) = match write_batch(sh, ledger, &plans) {
+            Ok(done_jobs) => {
+                let copies = plans.len();
+                let outcomes: usize = plans.iter().map(|p| p.rcpts).sum();
+                finish(sh, plans, done_jobs);
+                if let Some((since, _)) = stall {
+                    sh.set_recording_error(None);
+                    sh.notify.notify_waiters();
+                    tracing::warn!(
+                        spool = %sh.dir.display(),
+                        stalled = ?since.elapsed(),
+                        copies,
+                        outcomes,
+                        "the spool records outcomes again; delivery resumes"
+                    );
+                }
+                return;
+            }
+            // A full disk is one condition, whichever file (ledger, database) hits it first.
+            Err(e) if e.is_disk_full() => (e.to_string(), "the disk is full".to_string()),
+            Err(e) => (e.to_string(), e.to_string()),
+        };
+        sh.set_recording_error(Some(failure.clone()));
+        if stall.as_ref().is_none_or(|(_, last)| *last != condition) {
+            // One error per condition: when recording starts failing, or fails differently.
+            let outcomes: usize = plans.iter().map(|p| p.rcpts).sum();
+            tracing::error!(
+                spool = %sh.dir.display(),
+                copies = plans.len(),
+                outcomes,
+                "cannot record delivery outcomes: {failure}; delivery is paused until the spool \
+                 can record again; nothing is lost: the outcomes are kept and retried"
+            );
+            stall = Some((
+                stall.map_or_else(std::time::Instant::now, |(t, _)| t),
+                condition,
+            ));
+        }
+        if sh.closing.load(Ordering::SeqCst) {
+            let outcomes: usize = plans.iter().map(|p| p.rcpts).sum();
+            tracing::error!(
+                spool = %sh.dir.display(),
+                copies = plans.len(),
+                outcomes,
+                "the spool is closing with outcomes it could not record; their copies stay \
+                 queued and the next run sends them again"
+            );
+            for p in plans {
+                let _ = p
+                    .reply
+                    .send(Err(SpoolError::Unrecorded(p.copy_id, failure.clone())));
+            }
+            return;
+        }
+        std::thread::park_timeout(wait);
+        wait = (wait * 2).min(RETRY_MAX);
+        // Completions that came meanwhile wait with this batch (their workers are held back
+        // from claiming anyway) and are recorded with it.
+        let more: Vec<Request> = rx.try_iter().collect();
+        plan_batch(sh, ledger, more, &mut plans);
+    }
+}
+
+/// Decide each completion's fate and push its ledger lines (not yet written). Completions of
+/// copies not in flight, or already in `plans`, are answered at once with `NotClaimed`.
+fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut Vec<Plan>) {
+    if batch.is_empty() {
+        return;
+    }
     // What the batch needs of the in-flight records, taken under the index lock (one copy of the
     // recipient list per copy); the ledger lines are serialized after the lock is released, so
     // claims are not held up meanwhile.
     let mut work = Vec::with_capacity(batch.len());
     {
         let idx = lock(&sh.index);
-        let mut in_batch = std::collections::HashSet::with_capacity(batch.len());
+        let mut in_batch: std::collections::HashSet<i64> =
+            plans.iter().map(|p| p.copy_id).collect();
         for req in batch {
-            // A copy completed twice in one batch counts once.
+            // A copy completed twice counts once.
             match idx.in_flight(req.copy_id) {
                 Some(f) if in_batch.insert(req.copy_id) => work.push((
                     req,
@@ -670,9 +808,6 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
             }
         }
     }
-    ledger.begin();
-    let mut ledger_error: Option<std::io::Error> = None;
-    let mut plans = Vec::with_capacity(work.len());
     let lifetime =
         jiff::SignedDuration::try_from(sh.opts.lifetime).unwrap_or(jiff::SignedDuration::MAX);
     for (req, job_id, pool, rcpts, prev_attempts, job_created) in work {
@@ -688,6 +823,7 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
         let mut plan = Plan {
             copy_id: req.copy_id,
             job_id,
+            rcpts: 0,
             delivered: 0,
             failed: Vec::new(),
             deferred: Vec::new(),
@@ -695,6 +831,7 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
             now: ms(req.now),
             reply: req.reply,
         };
+        let mut line_error = None;
         for (rcpt, o) in rcpts.split('\n').zip(&req.result.rcpts) {
             let (outcome, exp) = match o.outcome {
                 Outcome::Delivered => {
@@ -714,65 +851,55 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
                     (LedgerOutcome::Deferred, false)
                 }
             };
-            if ledger_error.is_none() {
-                let line = LedgerLineRef {
-                    time: &time,
-                    job: job_id,
-                    copy: req.copy_id,
-                    pool: &pool_name,
-                    rcpt,
-                    outcome,
-                    relay: req.result.relay.as_deref(),
-                    reply: &o.reply,
-                    attempts,
-                    retry_at: (outcome == LedgerOutcome::Deferred).then_some(retry_at.as_str()),
-                    expired: exp,
-                };
-                ledger_error = ledger.push(&line).err();
+            plan.rcpts += 1;
+            let line = LedgerLineRef {
+                time: &time,
+                job: job_id,
+                copy: req.copy_id,
+                pool: &pool_name,
+                rcpt,
+                outcome,
+                relay: req.result.relay.as_deref(),
+                reply: &o.reply,
+                attempts,
+                retry_at: (outcome == LedgerOutcome::Deferred).then_some(retry_at.as_str()),
+                expired: exp,
+            };
+            if let Err(e) = ledger.push(&line) {
+                line_error = Some(e);
+                break;
             }
+        }
+        if let Some(e) = line_error {
+            // Serializing a line into memory does not fail in practice; should it, the lines
+            // of this copy already pushed cannot be told apart, so the copy is left in flight
+            // (never sent again by this process) and the error returned.
+            tracing::error!(copy = plan.copy_id, error = %e, "cannot write a ledger line");
+            let _ = plan
+                .reply
+                .send(Err(SpoolError::io("writing a ledger line", e)));
+            continue;
         }
         plans.push(plan);
     }
-    if plans.is_empty() {
-        return;
-    }
-    let fail_all = |plans: Vec<Plan>, e: &dyn Fn() -> SpoolError| {
-        for p in plans {
-            let _ = p.reply.send(Err(e()));
-        }
-    };
-    let written = match ledger_error {
-        Some(e) => {
-            ledger.begin();
-            Err(e)
-        }
-        None => ledger.commit(),
-    };
-    if let Err(e) = written {
-        tracing::error!(error = %e, ledger = %ledger.path().display(), "ledger write failed");
-        let msg = e.to_string();
-        fail_all(plans, &|| {
-            SpoolError::io(
-                "appending to the ledger",
-                std::io::Error::other(msg.clone()),
-            )
-        });
-        return;
-    }
-    let done_jobs = {
-        let mut db = lock(&sh.db);
-        match write_plans(&mut db, &plans) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "spool commit failed");
-                let msg = e.to_string();
-                fail_all(plans, &|| {
-                    SpoolError::Corrupt(format!("commit failed: {msg}"))
-                });
-                return;
-            }
-        }
-    };
+}
+
+/// Write the ledger lines still pending, then commit the batch to the database. Lines written
+/// by an earlier try of the same batch are not written again.
+fn write_batch(sh: &Shared, ledger: &mut Ledger, plans: &[Plan]) -> Result<Vec<i64>, SpoolError> {
+    ledger.commit().map_err(|e| {
+        SpoolError::io(
+            format!("appending to the ledger {}", ledger.path().display()),
+            e,
+        )
+    })?;
+    let mut db = lock(&sh.db);
+    write_plans(&mut db, plans).map_err(|e| sh.locate(SpoolError::Db(e)))
+}
+
+/// The batch is durable: the copies leave flight (done, or deferred to their retry time) and
+/// their workers hear so.
+fn finish(sh: &Shared, plans: Vec<Plan>, done_jobs: Vec<i64>) {
     let mut idx = lock(&sh.index);
     for p in &plans {
         idx.complete(p.copy_id, (!p.deferred.is_empty()).then_some(p.not_before));

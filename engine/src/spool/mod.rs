@@ -6,6 +6,8 @@
 //! - `spool.db`    SQLite (WAL): jobs (message stored once), copies (at most MAXBSMTP recipients),
 //!   failures, per-job delivered/failed counters.
 //! - `spool.lock`  held (exclusive `flock`) by the one process that owns the spool.
+//! - `spool.id`    written once the database's tables exist; with it, a missing or empty
+//!   `spool.db` is damage, never a new spool.
 //! - `ledger.jsonl` one JSON line per recipient outcome (see [`crate::ledger`]), unless
 //!   [`SpoolOptions::ledger_path`] puts it elsewhere.
 //!
@@ -13,6 +15,11 @@
 //! removes the file; [`Spool::complete`] appends and `fdatasync`s the ledger, then commits SQLite,
 //! then returns. Claims are only marked in memory, so after a crash the copies in flight are
 //! simply queued again: a restart repeats at most the transactions that were in flight.
+//!
+//! Faults: an outcome that cannot be recorded (a full disk) is kept and retried until it is, and
+//! nothing is claimed meanwhile ([`Spool::recording_error`]); a spool that cannot be read (a lost
+//! database, a damaged write-ahead log or page) is refused at open with what is wrong and how to
+//! recover ([`SpoolError::Damaged`]), never taken for an empty one.
 
 use std::future::Future;
 use std::io::{BufWriter, Read, Write};
@@ -26,6 +33,7 @@ use serde::Serialize;
 use crate::config::{Pool, PoolSet, DEFAULT_MAX_BSMTP};
 use crate::job::{JobWriter, WriteError};
 
+mod check;
 mod index;
 mod ingest;
 mod sqlite;
@@ -39,6 +47,9 @@ pub const QUARANTINE: &str = "quarantine";
 pub const DB_FILE: &str = "spool.db";
 pub const LOCK_FILE: &str = "spool.lock";
 pub const LEDGER_FILE: &str = "ledger.jsonl";
+/// Written when a spool is created: a spool with this file but without its database tables has
+/// lost its database, and is refused rather than taken for an empty one.
+pub const MARKER_FILE: &str = "spool.id";
 
 /// How the spool splits, retries and bounds jobs.
 #[derive(Debug, Clone)]
@@ -229,6 +240,28 @@ pub enum SpoolError {
     Unrecorded(i64, String),
     #[error("spool database is corrupt: {0}")]
     Corrupt(String),
+    #[error("{}", damaged_message(.dir, .file, .problem))]
+    Damaged {
+        dir: PathBuf,
+        file: PathBuf,
+        problem: String,
+    },
+}
+
+/// What is wrong, and what the operator can do about it.
+fn damaged_message(dir: &Path, file: &Path, problem: &str) -> String {
+    let db = dir.join(DB_FILE);
+    format!(
+        "the spool {dir} is damaged: {file}: {problem}. It is not opened, so that the queue it \
+         held is not taken for an empty one. To recover: stop every smtpw using it and keep a \
+         copy of the whole directory; `sqlite3 {db} .recover | sqlite3 recovered.db` saves what \
+         SQLite can still read (then put recovered.db in place of {DB_FILE} and remove \
+         {DB_FILE}-wal and {DB_FILE}-shm); the ledger holds every outcome recorded so far. To \
+         start over instead, move the directory aside and submit again the jobs that were queued",
+        dir = dir.display(),
+        file = file.display(),
+        db = db.display(),
+    )
 }
 
 impl SpoolError {

@@ -29,6 +29,7 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
+use super::check;
 use super::index::{InFlight, Index, JobInfo};
 use super::{
     ClaimedCopy, CopyResult, CopyState, IngestReport, Outcome, PoolStats, QueueStats, Spool,
@@ -222,10 +223,24 @@ impl SqliteSpool {
             }
         }
         let db_path = dir.join(DB_FILE);
-        let db = Connection::open(&db_path)?;
+        let ledger_path = opts
+            .ledger_path
+            .clone()
+            .unwrap_or_else(|| dir.join(LEDGER_FILE));
+        let Some(db) = open_checked(dir, Some(&ledger_path), Access::Owner)? else {
+            return Err(SpoolError::Corrupt(format!(
+                "{} could not be created",
+                db_path.display()
+            )));
+        };
         configure(&db)?;
-        // One transaction: a crash leaves all the tables or none.
+        // One transaction: a crash leaves all the tables or none. Synced (synchronous=FULL)
+        // before the marker is written: from then on a database without its tables is damage,
+        // not a new spool.
+        db.pragma_update(None, "synchronous", "FULL")?;
         db.execute_batch(&format!("BEGIN;\n{SCHEMA}\nCOMMIT;"))?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        check::write_marker(dir, clock.now())?;
         let reader = Connection::open_with_flags(
             &db_path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -254,10 +269,6 @@ impl SqliteSpool {
                 }
             }
         }
-        let ledger_path = opts
-            .ledger_path
-            .clone()
-            .unwrap_or_else(|| dir.join(LEDGER_FILE));
         let ledger = Ledger::open(&ledger_path)
             .map_err(|e| SpoolError::io(format!("opening ledger {}", ledger_path.display()), e))?;
 
@@ -635,38 +646,126 @@ fn stats_from_db(conn: &Connection, now: Timestamp) -> Result<QueueStats, SpoolE
 /// Queue statistics of a spool read from its database without taking the spool's lock (works
 /// while a daemon owns it). In-flight copies show as ready: only the owner knows them.
 pub fn read_stats(dir: &Path, now: Timestamp) -> Result<QueueStats, SpoolError> {
-    let db_path = dir.join(DB_FILE);
     let incoming = super::list_incoming(&dir.join(INCOMING))
         .map(|v| v.len() as u64)
         .unwrap_or(0);
-    if !db_path.exists() {
-        return Ok(QueueStats {
-            incoming_files: incoming,
-            ..QueueStats::default()
-        });
-    }
-    let conn = match Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
-        Ok(c) => c,
-        Err(_) => Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+    let empty = || QueueStats {
+        incoming_files: incoming,
+        ..QueueStats::default()
+    };
+    let Some(conn) = open_checked(dir, None, Access::Reader)? else {
+        return Ok(empty());
     };
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // A daemon that is starting (or was killed while starting) may not have created the tables
-    // yet: nothing is queued in the database then.
+    // A spool made before the per-pool totals existed has no such table yet.
     let ready: bool = conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals')",
         [],
         |r| r.get(0),
     )?;
     if !ready {
-        return Ok(QueueStats {
-            incoming_files: incoming,
-            ..QueueStats::default()
-        });
+        return Ok(empty());
     }
-    let mut stats = stats_from_db(&conn, now)?;
+    let mut stats = stats_from_db(&conn, now).map_err(|e| match e {
+        SpoolError::Db(e) => db_damage(dir, e),
+        e => e,
+    })?;
     stats.incoming_files = incoming;
     stats.pools.sort_by_key(|s| (s.pool, s.state));
     Ok(stats)
+}
+
+/// Who opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The process that holds the spool's lock (and will write).
+    Owner,
+    /// `read_stats`: read-only, perhaps while a daemon owns the spool.
+    Reader,
+}
+
+/// A database error that shows damage becomes [`SpoolError::Damaged`].
+fn db_damage(dir: &Path, e: rusqlite::Error) -> SpoolError {
+    if check::is_damage(&e) {
+        check::damaged(
+            dir,
+            dir.join(DB_FILE),
+            format!("SQLite cannot read it ({e})"),
+        )
+    } else {
+        SpoolError::Db(e)
+    }
+}
+
+/// Open `spool.db` once the checks that keep a damaged spool from passing for an empty one
+/// have passed (see `check.rs`). `Ok(None)` (readers only): there is no database yet and
+/// nothing says there ever was one.
+fn open_checked(
+    dir: &Path,
+    ledger: Option<&Path>,
+    access: Access,
+) -> Result<Option<Connection>, SpoolError> {
+    let db_path = dir.join(DB_FILE);
+    let wal = check::wal_path(dir);
+    match check::check_wal(&wal) {
+        Ok(None) => {}
+        // A running daemon's log changes under a reader's eyes (a frame's header and its page
+        // are two writes): the daemon checked it when it started.
+        Ok(Some(_)) if access == Access::Reader && check::lock_is_held(dir) => {}
+        Ok(Some(problem)) => return Err(check::damaged(dir, wal, problem)),
+        Err(e) => return Err(SpoolError::io(format!("reading {}", wal.display()), e)),
+    }
+    let signs = check::signs_of_use(dir, ledger);
+    if !db_path.exists() {
+        if !signs.is_empty() {
+            let problem = format!(
+                "it is missing, but the spool was in use: {}",
+                signs.join(", ")
+            );
+            return Err(check::damaged(dir, db_path, problem));
+        }
+        if access == Access::Reader {
+            return Ok(None);
+        }
+    }
+    let conn = match access {
+        Access::Owner => Connection::open(&db_path)?,
+        Access::Reader => {
+            match Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+                Ok(c) => c,
+                Err(_) => Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+            }
+        }
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if !check::has_tables(&conn).map_err(|e| db_damage(dir, e))? {
+        if !signs.is_empty() {
+            let len = std::fs::metadata(&db_path).map(|m| m.len()).unwrap_or(0);
+            return Err(check::damaged(
+                dir,
+                db_path,
+                format!(
+                    "it has no spool tables ({len} bytes), but the spool was in use: {}",
+                    signs.join(", ")
+                ),
+            ));
+        }
+        // A new spool (or a daemon still creating it, for a reader).
+        return Ok(match access {
+            Access::Owner => Some(conn),
+            Access::Reader => None,
+        });
+    }
+    if access == Access::Owner {
+        if let Some(findings) = check::quick_check(&conn).map_err(|e| db_damage(dir, e))? {
+            return Err(check::damaged(
+                dir,
+                db_path,
+                format!("SQLite's quick_check finds it damaged: {findings}"),
+            ));
+        }
+    }
+    Ok(Some(conn))
 }
 
 /// What the writer decided for one completion.

@@ -174,6 +174,15 @@ fn full_disk_in_process(test: &str, on: OnDisk) {
         })
     };
     let relay = || h.mock(A).journal().delivered_recipients().len();
+    let end = Instant::now() + Duration::from_secs(20);
+    while h.spool.recording_error().is_none() {
+        assert!(
+            Instant::now() < end,
+            "the spool did not report that it cannot record; the relay has {}",
+            relay()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stalled_at = settle(Duration::from_secs(20), Duration::from_millis(700), relay);
     let bound = in_flight_bound(WORKERS, MAX_BSMTP);
     eprintln!("{test}: the relay received {stalled_at} of {N} recipients before delivery paused (bound {bound})");
@@ -295,12 +304,33 @@ fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once(
 
     let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "smtpw run");
     let relay = || mock.mta.journal().delivered_recipients().len();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("delivery is paused")
+    {
+        assert!(
+            kid.child.try_wait().unwrap().is_none() && Instant::now() < end,
+            "no 'delivery is paused' within 30 s; the relay has {}; log:\n{}",
+            relay(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stalled_at = settle(Duration::from_secs(30), Duration::from_millis(1500), relay);
-    let (recorded, _) = ledger_lines(&ledger);
+    let (ledgered, _) = ledger_lines(&ledger);
+    // Recorded: in the database (the ledger may also hold the lines of a batch whose database
+    // commit is the part that failed).
+    let recorded = num(&queue_json(&spool), "delivered") as usize;
     let bound = in_flight_bound(W as usize, BSMTP as usize);
     let text = std::fs::read_to_string(&log).unwrap();
     eprintln!(
-        "smtpw run on a full disk: relay {stalled_at}, ledger {recorded} of {RCPTS} when paused (bound {bound})"
+        "smtpw run on a full disk: when paused, of {RCPTS}: relay {stalled_at}, ledger {ledgered}, \
+         database {recorded} (bound {bound})"
+    );
+    assert!(
+        recorded <= ledgered,
+        "the ledger is written before the database"
     );
     assert!(
         kid.child.try_wait().unwrap().is_none(),

@@ -32,6 +32,8 @@ pub(super) struct InFlight {
     pub(super) n: usize,
     pub(super) attempts: u32,
     pub(super) job_created: Timestamp,
+    /// Its outcomes are on their way to the writer: it was sent, so it is never given back.
+    pub(super) completing: bool,
 }
 
 #[derive(Debug)]
@@ -120,14 +122,24 @@ impl Index {
     }
 
     /// A copy in flight goes back untouched, claimable from `not_before` (ms; `None` = now).
-    /// Returns false if it was not in flight.
+    /// Returns false if it was not in flight, or if its outcomes are being recorded (it was
+    /// sent: giving it back would send it again).
     pub(super) fn release(&mut self, id: i64, not_before: Option<i64>, now: i64) -> bool {
-        match self.in_flight.remove(&id) {
-            Some(f) => {
-                self.add(id, f.pool, not_before.unwrap_or(0), now);
+        match self.in_flight.get(&id) {
+            Some(f) if !f.completing => {
+                let pool = f.pool;
+                self.in_flight.remove(&id);
+                self.add(id, pool, not_before.unwrap_or(0), now);
                 true
             }
-            None => false,
+            _ => false,
+        }
+    }
+
+    /// The copy's outcomes go to the writer: it stays in flight until they are recorded.
+    pub(super) fn mark_completing(&mut self, id: i64) {
+        if let Some(f) = self.in_flight.get_mut(&id) {
+            f.completing = true;
         }
     }
 
@@ -209,6 +221,8 @@ mod tests {
         Deferred(i64),
         Claiming,
         InFlight,
+        /// In flight, its outcomes on their way to the writer.
+        Completing,
     }
 
     #[derive(Debug, Clone)]
@@ -219,6 +233,7 @@ mod tests {
         AbortClaim { pick: usize },
         DropClaim { pick: usize },
         Release { pick: usize, delay: Option<i64> },
+        MarkCompleting { pick: usize },
         Complete { pick: usize, retry_in: Option<i64> },
         Tick { ms: i64 },
     }
@@ -233,6 +248,7 @@ mod tests {
             1 => any::<usize>().prop_map(|pick| Step::DropClaim { pick }),
             2 => (any::<usize>(), proptest::option::of(1i64..50))
                 .prop_map(|(pick, delay)| Step::Release { pick, delay }),
+            2 => any::<usize>().prop_map(|pick| Step::MarkCompleting { pick }),
             3 => (any::<usize>(), proptest::option::of(1i64..50))
                 .prop_map(|(pick, retry_in)| Step::Complete { pick, retry_in }),
             2 => (1i64..30).prop_map(|ms| Step::Tick { ms }),
@@ -255,6 +271,7 @@ mod tests {
             n: 1,
             attempts: 0,
             job_created: Timestamp::UNIX_EPOCH,
+            completing: false,
         }
     }
 
@@ -329,10 +346,17 @@ mod tests {
                             model.remove(&id);
                         }
                     }
+                    Step::MarkCompleting { pick } => {
+                        if let Some(id) = nth(&model, |p| p == Place::InFlight, pick) {
+                            idx.mark_completing(id);
+                            model.get_mut(&id).expect("known").1 = Place::Completing;
+                        }
+                    }
                     Step::Release { pick, delay } => {
-                        // Also tried on a copy that is not in flight: nothing changes then.
+                        // Also tried on a copy that is not in flight, or whose outcomes are
+                        // being recorded: nothing changes then.
                         let id = nth(&model, |p| p == Place::InFlight, pick)
-                            .or_else(|| model.keys().next().copied());
+                            .or_else(|| model.keys().nth(pick % model.len().max(1)).copied());
                         if let Some(id) = id {
                             let was = model[&id].1 == Place::InFlight;
                             prop_assert_eq!(idx.release(id, delay.map(|d| now + d), now), was);
@@ -345,7 +369,9 @@ mod tests {
                         }
                     }
                     Step::Complete { pick, retry_in } => {
-                        if let Some(id) = nth(&model, |p| p == Place::InFlight, pick) {
+                        // The writer records what was marked completing (or, in older paths,
+                        // what is simply in flight).
+                        if let Some(id) = nth(&model, |p| matches!(p, Place::InFlight | Place::Completing), pick) {
                             idx.complete(id, retry_in.map(|r| now + r));
                             match retry_in {
                                 Some(r) => model.get_mut(&id).expect("known").1 = Place::Deferred(now + r),

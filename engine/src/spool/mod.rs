@@ -336,7 +336,8 @@ pub trait Spool: Send + Sync + 'static {
         copy_id: i64,
         result: CopyResult,
     ) -> impl Future<Output = Result<(), SpoolError>> + Send;
-    /// Give a claimed copy back untouched; it is claimable again at once.
+    /// Give a claimed copy back untouched; it is claimable again at once. A copy whose
+    /// outcomes were handed to [`Spool::complete`] was sent: it is not given back.
     fn release(&self, copy_id: i64);
     /// Give a claimed copy back untouched, claimable again from `not_before` (memory only: a
     /// restart makes it ready at once).

@@ -385,6 +385,7 @@ impl SqliteSpool {
                 n: usize::try_from(n).unwrap_or(0),
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 job_created: job.created,
+                completing: false,
             },
             job,
         )))
@@ -472,7 +473,7 @@ impl Spool for SqliteSpool {
         async move {
             let sh = me.shared();
             {
-                let idx = lock(&sh.index);
+                let mut idx = lock(&sh.index);
                 let Some(f) = idx.in_flight(copy_id) else {
                     return Err(SpoolError::NotClaimed(copy_id));
                 };
@@ -483,6 +484,9 @@ impl Spool for SqliteSpool {
                         got: result.rcpts.len(),
                     });
                 }
+                // It was sent: from now on a release (a stop that gives copies back) leaves it
+                // alone, however long recording takes.
+                idx.mark_completing(copy_id);
             }
             let now = sh.clock.now();
             let (reply, rx) = oneshot::channel();

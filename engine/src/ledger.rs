@@ -69,7 +69,10 @@ pub struct LedgerLineRef<'a> {
 pub struct Ledger {
     file: File,
     path: PathBuf,
+    /// Lines pushed and not yet written.
     buf: Vec<u8>,
+    /// The file's length before a failed write whose bytes could not be cut off yet.
+    cut_back_to: Option<u64>,
 }
 
 impl Ledger {
@@ -98,6 +101,7 @@ impl Ledger {
             file,
             path: path.to_path_buf(),
             buf: Vec::with_capacity(64 * 1024),
+            cut_back_to: None,
         })
     }
 
@@ -120,28 +124,57 @@ impl Ledger {
         self.buf.clear();
     }
 
-    /// Add a line to the batch (in memory until [`Ledger::commit`]).
+    /// Add a line to the batch (in memory until [`Ledger::commit`]); on error nothing is added.
     pub fn push(&mut self, line: &LedgerLineRef<'_>) -> io::Result<()> {
-        serde_json::to_writer(&mut self.buf, line).map_err(io::Error::other)?;
+        let mark = self.buf.len();
+        if let Err(e) = serde_json::to_writer(&mut self.buf, line) {
+            self.buf.truncate(mark);
+            return Err(io::Error::other(e));
+        }
         self.buf.push(b'\n');
         Ok(())
     }
 
     /// Write the batch and make it durable (`fdatasync`) before returning; an empty batch
     /// writes nothing.
+    ///
+    /// A write or sync that fails (a full disk) leaves no part of the batch in the file: the
+    /// file is cut back to its length before the batch, and the batch stays pushed, so that
+    /// `commit` again retries it whole. Once a commit has succeeded its lines are never
+    /// written again.
     pub fn commit(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let r = self
+        if let Some(len) = self.cut_back_to {
+            self.cut_back(len)?;
+            self.cut_back_to = None;
+        }
+        let start = self.file.metadata()?.len();
+        let written = self
             .file
             .write_all(&self.buf)
             .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            if self.cut_back(start).is_err() {
+                self.cut_back_to = Some(start);
+            }
+            return Err(e);
+        }
         self.buf.clear();
         if self.buf.capacity() > 4 * 1024 * 1024 {
             self.buf = Vec::with_capacity(64 * 1024);
         }
-        r
+        Ok(())
+    }
+
+    /// Cut the file back to `len` bytes if a failed write left more.
+    fn cut_back(&self, len: u64) -> io::Result<()> {
+        if self.file.metadata()?.len() > len {
+            self.file.set_len(len)?;
+            self.file.sync_data()?;
+        }
+        Ok(())
     }
 }
 

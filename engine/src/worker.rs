@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::SharedClock;
 use crate::config::{HostPort, Pool, PoolSet, TimeOfDay, WorkerSpec};
@@ -533,8 +533,11 @@ impl Completions {
         let spool = ctx.spool.clone();
         let worker = name.to_string();
         self.tasks.push_back(tokio::spawn(async move {
+            // The spool keeps and retries outcomes it cannot record yet (a full disk), so
+            // what comes back here cannot be retried: a copy not claimed, a wrong count, a
+            // spool that stopped.
             if let Err(e) = spool.complete(copy_id, result).await {
-                warn!(worker = %worker, error = %e, "recording the outcome failed");
+                error!(worker = %worker, copy = copy_id, error = %e, "recording the outcome failed");
             }
         }));
     }
@@ -542,7 +545,7 @@ impl Completions {
     async fn wait_oldest(&mut self, name: &str) {
         if let Some(t) = self.tasks.pop_front() {
             if let Err(e) = t.await {
-                warn!(worker = %name, error = %e, "recording the outcome failed");
+                error!(worker = %name, error = %e, "recording the outcome failed");
             }
         }
     }

@@ -6,6 +6,8 @@
 //! - `spool.db`    SQLite (WAL): jobs (message stored once), copies (at most MAXBSMTP recipients),
 //!   failures, per-job delivered/failed counters.
 //! - `spool.lock`  held (exclusive `flock`) by the one process that owns the spool.
+//! - `spool.id`    written once the database's tables exist; with it, a missing or empty
+//!   `spool.db` is damage, never a new spool.
 //! - `ledger.jsonl` one JSON line per recipient outcome (see [`crate::ledger`]), unless
 //!   [`SpoolOptions::ledger_path`] puts it elsewhere.
 //!
@@ -13,6 +15,11 @@
 //! removes the file; [`Spool::complete`] appends and `fdatasync`s the ledger, then commits SQLite,
 //! then returns. Claims are only marked in memory, so after a crash the copies in flight are
 //! simply queued again: a restart repeats at most the transactions that were in flight.
+//!
+//! Faults: an outcome that cannot be recorded (a full disk) is kept and retried until it is, and
+//! nothing is claimed meanwhile ([`Spool::recording_error`]); a spool that cannot be read (a lost
+//! database, a damaged write-ahead log or page) is refused at open with what is wrong and how to
+//! recover ([`SpoolError::Damaged`]), never taken for an empty one.
 
 use std::future::Future;
 use std::io::{BufWriter, Read, Write};
@@ -26,6 +33,8 @@ use serde::Serialize;
 use crate::config::{Pool, PoolSet, DEFAULT_MAX_BSMTP};
 use crate::job::{JobWriter, WriteError};
 
+mod check;
+mod index;
 mod ingest;
 mod sqlite;
 
@@ -38,6 +47,9 @@ pub const QUARANTINE: &str = "quarantine";
 pub const DB_FILE: &str = "spool.db";
 pub const LOCK_FILE: &str = "spool.lock";
 pub const LEDGER_FILE: &str = "ledger.jsonl";
+/// Written when a spool is created: a spool with this file but without its database tables has
+/// lost its database, and is refused rather than taken for an empty one.
+pub const MARKER_FILE: &str = "spool.id";
 
 /// How the spool splits, retries and bounds jobs.
 #[derive(Debug, Clone)]
@@ -205,11 +217,13 @@ pub enum SpoolError {
     // not print them twice.
     #[error("spool database: {0}")]
     Db(rusqlite::Error),
-    #[error("{context}: {error}")]
+    #[error("{context}: {}", describe_io(.error))]
     Io {
         context: String,
         error: std::io::Error,
     },
+    #[error("the disk holding {} is full ({detail}); free space there", .path.display())]
+    DiskFull { path: PathBuf, detail: String },
     #[error("copy {0} is not claimed")]
     NotClaimed(i64),
     #[error("copy {copy}: {got} outcomes for {expected} recipients")]
@@ -222,8 +236,32 @@ pub enum SpoolError {
     Job(WriteError),
     #[error("the spool's writer thread has stopped")]
     WriterGone,
+    #[error("copy {0}: its outcomes could not be recorded before the spool closed ({1}); it stays queued and the next run sends it again")]
+    Unrecorded(i64, String),
     #[error("spool database is corrupt: {0}")]
     Corrupt(String),
+    #[error("{}", damaged_message(.dir, .file, .problem))]
+    Damaged {
+        dir: PathBuf,
+        file: PathBuf,
+        problem: String,
+    },
+}
+
+/// What is wrong, and what the operator can do about it.
+fn damaged_message(dir: &Path, file: &Path, problem: &str) -> String {
+    let db = dir.join(DB_FILE);
+    format!(
+        "the spool {dir} is damaged: {file}: {problem}. It is not opened, so that the queue it \
+         held is not taken for an empty one. To recover: stop every smtpw using it and keep a \
+         copy of the whole directory; `sqlite3 {db} .recover | sqlite3 recovered.db` saves what \
+         SQLite can still read (then put recovered.db in place of {DB_FILE} and remove \
+         {DB_FILE}-wal and {DB_FILE}-shm); the ledger holds every outcome recorded so far. To \
+         start over instead, move the directory aside and submit again the jobs that were queued",
+        dir = dir.display(),
+        file = file.display(),
+        db = db.display(),
+    )
 }
 
 impl SpoolError {
@@ -233,6 +271,37 @@ impl SpoolError {
             error,
         }
     }
+
+    /// Did it fail for want of disk space (or quota)? Such a failure passes once space returns.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SpoolError::DiskFull { .. } => true,
+            SpoolError::Io { error, .. } => is_io_full(error),
+            SpoolError::Db(e) => is_db_full(e),
+            _ => false,
+        }
+    }
+}
+
+/// An I/O error as the operator reads it: a full disk (or quota) is said in plain words.
+fn describe_io(e: &std::io::Error) -> String {
+    if is_io_full(e) {
+        format!("the disk is full ({e})")
+    } else {
+        e.to_string()
+    }
+}
+
+fn is_io_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// SQLite's "database or disk is full".
+pub(crate) fn is_db_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 impl From<rusqlite::Error> for SpoolError {
@@ -242,8 +311,13 @@ impl From<rusqlite::Error> for SpoolError {
 }
 
 impl From<WriteError> for SpoolError {
+    /// A job that cannot be written is a bad job only if its content is at fault; a failed
+    /// write (a full disk) is an I/O error.
     fn from(e: WriteError) -> Self {
-        SpoolError::Job(e)
+        match e {
+            WriteError::Io(io) => SpoolError::io("writing a job", io),
+            other => SpoolError::Job(other),
+        }
     }
 }
 
@@ -262,7 +336,8 @@ pub trait Spool: Send + Sync + 'static {
         copy_id: i64,
         result: CopyResult,
     ) -> impl Future<Output = Result<(), SpoolError>> + Send;
-    /// Give a claimed copy back untouched; it is claimable again at once.
+    /// Give a claimed copy back untouched; it is claimable again at once. A copy whose
+    /// outcomes were handed to [`Spool::complete`] was sent: it is not given back.
     fn release(&self, copy_id: i64);
     /// Give a claimed copy back untouched, claimable again from `not_before` (memory only: a
     /// restart makes it ready at once).
@@ -273,8 +348,14 @@ pub trait Spool: Send + Sync + 'static {
     /// Deferred copies falling due are not notified: sleep until [`Spool::next_due`].
     /// To avoid missing a wake-up, `enable()` the `Notified` future before calling `claim`.
     fn notify(&self) -> Arc<tokio::sync::Notify>;
-    /// Copies still queued (ready, deferred or in flight), from memory: cheap enough to poll.
+    /// Copies still queued (ready, deferred, being claimed or in flight), from memory: cheap
+    /// enough to poll.
     fn queued_copies(&self) -> u64;
+    /// Why outcomes cannot be recorded right now (a full disk...), while that lasts: the spool
+    /// keeps them and retries, and claims nothing meanwhile. `None` when all is well.
+    fn recording_error(&self) -> Option<String> {
+        None
+    }
     /// Copies and recipients per pool and state, and totals.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, SpoolError>> + Send;
 }
@@ -310,13 +391,17 @@ pub fn submit(
     };
     let result = (|| -> Result<PathBuf, SpoolError> {
         let mut w = JobWriter::new(BufWriter::with_capacity(256 * 1024, file));
-        w.job(mail_from, pool, rcpts, message)?;
-        let buffered = w.finish()?;
+        let writing = || format!("writing the job {}", tmp_path.display());
+        let located = |e: WriteError| match e {
+            WriteError::Io(io) => SpoolError::io(writing(), io),
+            other => SpoolError::Job(other),
+        };
+        w.job(mail_from, pool, rcpts, message).map_err(located)?;
+        let buffered = w.finish().map_err(located)?;
         let file = buffered
             .into_inner()
-            .map_err(|e| SpoolError::io("writing the job", e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| SpoolError::io("syncing the job", e))?;
+            .map_err(|e| SpoolError::io(writing(), e.into_error()))?;
+        file.sync_all().map_err(|e| SpoolError::io(writing(), e))?;
         drop(file);
         loop {
             let n = SUBMIT_SEQ.fetch_add(1, Ordering::Relaxed);

@@ -12,13 +12,14 @@
 //! - `ingested(name, mtime_ns, size)`: files committed but perhaps not yet removed (so a crash
 //!   between commit and removal does not ingest a file twice).
 //!
-//! In memory: per pool a set of ready copy ids (ordered = FIFO by creation) and a set of
-//! (not_before, id) for deferred ones; the copies in flight with their recipients; a cache of
+//! In memory (`index.rs`): per pool a set of ready copy ids (ordered = FIFO by creation) and a
+//! set of (not_before, id) for deferred ones; the copies being claimed and in flight; a cache of
 //! job messages. Claims never write to SQLite.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -28,6 +29,8 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
+use super::check;
+use super::index::{InFlight, Index, JobInfo};
 use super::{
     ClaimedCopy, CopyResult, CopyState, IngestReport, Outcome, PoolStats, QueueStats, Spool,
     SpoolError, SpoolOptions, DB_FILE, INCOMING, LEDGER_FILE, LOCK_FILE, QUARANTINE,
@@ -99,111 +102,6 @@ fn pool_of(i: i64) -> Pool {
         .unwrap_or(Pool::DEFAULT)
 }
 
-/// A job's envelope sender and message, shared by its copies.
-#[derive(Debug)]
-struct JobInfo {
-    mail_from: String,
-    message: Bytes,
-    created: Timestamp,
-}
-
-#[derive(Debug)]
-struct InFlight {
-    job_id: i64,
-    pool: Pool,
-    /// Addresses, one per line.
-    rcpts: String,
-    n: usize,
-    attempts: u32,
-    job_created: Timestamp,
-}
-
-#[derive(Debug)]
-pub(super) struct Index {
-    ready: Vec<BTreeSet<i64>>,
-    deferred: Vec<BTreeSet<(i64, i64)>>,
-    in_flight: HashMap<i64, InFlight>,
-    jobs: HashMap<i64, Arc<JobInfo>>,
-    /// Bytes of messages in `jobs`.
-    cached_bytes: usize,
-}
-
-/// The message cache holds at most this many jobs and about this many bytes (one message
-/// larger than the budget is still cached on its own).
-const JOB_CACHE: usize = 256;
-const JOB_CACHE_BYTES: usize = 256 * 1024 * 1024;
-
-impl Index {
-    fn new() -> Self {
-        Self {
-            ready: vec![BTreeSet::new(); Pool::COUNT],
-            deferred: vec![BTreeSet::new(); Pool::COUNT],
-            in_flight: HashMap::new(),
-            jobs: HashMap::new(),
-            cached_bytes: 0,
-        }
-    }
-
-    pub(super) fn add(&mut self, id: i64, pool: Pool, not_before: i64, now: i64) {
-        if not_before > now {
-            self.deferred[pool.index()].insert((not_before, id));
-        } else {
-            self.ready[pool.index()].insert(id);
-        }
-    }
-
-    fn promote(&mut self, pools: PoolSet, now: i64) {
-        for p in pools.iter() {
-            let d = &mut self.deferred[p.index()];
-            while let Some(&(nb, id)) = d.first() {
-                if nb > now {
-                    break;
-                }
-                d.pop_first();
-                self.ready[p.index()].insert(id);
-            }
-        }
-    }
-
-    fn take_oldest(&mut self, pools: PoolSet) -> Option<(i64, Pool)> {
-        let (_, p) = pools
-            .iter()
-            .filter_map(|p| self.ready[p.index()].first().map(|&id| (id, p)))
-            .min()?;
-        let id = self.ready[p.index()].pop_first()?;
-        Some((id, p))
-    }
-
-    fn cache_job(&mut self, job_id: i64, job: Arc<JobInfo>) {
-        let size = job.message.len();
-        // Evict the newest jobs first: FIFO claims come back to the oldest soonest.
-        while !self.jobs.is_empty()
-            && (self.jobs.len() >= JOB_CACHE || self.cached_bytes + size > JOB_CACHE_BYTES)
-        {
-            let Some(&k) = self.jobs.keys().max() else {
-                break;
-            };
-            self.uncache_job(k);
-        }
-        self.cached_bytes += size;
-        if let Some(old) = self.jobs.insert(job_id, job) {
-            self.cached_bytes -= old.message.len();
-        }
-    }
-
-    fn uncache_job(&mut self, job_id: i64) {
-        if let Some(old) = self.jobs.remove(&job_id) {
-            self.cached_bytes -= old.message.len();
-        }
-    }
-
-    fn queued_copies(&self) -> u64 {
-        let r: usize = self.ready.iter().map(BTreeSet::len).sum();
-        let d: usize = self.deferred.iter().map(BTreeSet::len).sum();
-        (r + d + self.in_flight.len()) as u64
-    }
-}
-
 /// A completion waiting for the writer thread.
 struct Request {
     copy_id: i64,
@@ -225,6 +123,30 @@ pub(super) struct Shared {
     pub(super) notify: Arc<Notify>,
     /// One ingest pass at a time.
     pub(super) ingest_lock: Mutex<()>,
+    /// Set while the writer cannot record outcomes: no copy is claimed meanwhile.
+    stalled: AtomicBool,
+    /// Why, while `stalled`.
+    recording_error: Mutex<Option<String>>,
+    /// Set when the spool closes: a writer that cannot record gives up after one more try.
+    closing: AtomicBool,
+}
+
+impl Shared {
+    fn set_recording_error(&self, e: Option<String>) {
+        self.stalled.store(e.is_some(), Ordering::SeqCst);
+        *lock(&self.recording_error) = e;
+    }
+
+    /// Say where a full disk is: the database's file system.
+    pub(super) fn locate(&self, e: SpoolError) -> SpoolError {
+        match e {
+            SpoolError::Db(ref db) if super::is_db_full(db) => SpoolError::DiskFull {
+                path: self.dir.join(DB_FILE),
+                detail: db.to_string(),
+            },
+            e => e,
+        }
+    }
 }
 
 struct Inner {
@@ -236,8 +158,11 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // A writer waiting to retry a batch it cannot record tries once more, then gives up.
+        self.shared.closing.store(true, Ordering::SeqCst);
         self.tx.take();
         if let Some(h) = self.writer.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
@@ -298,10 +223,24 @@ impl SqliteSpool {
             }
         }
         let db_path = dir.join(DB_FILE);
-        let db = Connection::open(&db_path)?;
+        let ledger_path = opts
+            .ledger_path
+            .clone()
+            .unwrap_or_else(|| dir.join(LEDGER_FILE));
+        let Some(db) = open_checked(dir, Some(&ledger_path), Access::Owner)? else {
+            return Err(SpoolError::Corrupt(format!(
+                "{} could not be created",
+                db_path.display()
+            )));
+        };
         configure(&db)?;
-        // One transaction: a crash leaves all the tables or none.
+        // One transaction: a crash leaves all the tables or none. Synced (synchronous=FULL)
+        // before the marker is written: from then on a database without its tables is damage,
+        // not a new spool.
+        db.pragma_update(None, "synchronous", "FULL")?;
         db.execute_batch(&format!("BEGIN;\n{SCHEMA}\nCOMMIT;"))?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        check::write_marker(dir, clock.now())?;
         let reader = Connection::open_with_flags(
             &db_path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -330,10 +269,6 @@ impl SqliteSpool {
                 }
             }
         }
-        let ledger_path = opts
-            .ledger_path
-            .clone()
-            .unwrap_or_else(|| dir.join(LEDGER_FILE));
         let ledger = Ledger::open(&ledger_path)
             .map_err(|e| SpoolError::io(format!("opening ledger {}", ledger_path.display()), e))?;
 
@@ -346,6 +281,9 @@ impl SqliteSpool {
             index: Mutex::new(index),
             notify: Arc::new(Notify::new()),
             ingest_lock: Mutex::new(()),
+            stalled: AtomicBool::new(false),
+            recording_error: Mutex::new(None),
+            closing: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
         let w = shared.clone();
@@ -389,7 +327,9 @@ impl SqliteSpool {
     /// Ingest one pass synchronously (blocking; prefer [`Spool::ingest_incoming`] in async code).
     pub fn ingest_blocking(&self) -> Result<IngestReport, SpoolError> {
         let now = self.shared().clock.now();
-        self.shared().ingest_all(now)
+        self.shared()
+            .ingest_all(now)
+            .map_err(|e| self.shared().locate(e))
     }
 
     fn read_copy(&self, copy_id: i64) -> Result<Option<(InFlight, Arc<JobInfo>)>, SpoolError> {
@@ -410,7 +350,7 @@ impl SqliteSpool {
         let Some((job_id, pool, rcpts, n, attempts)) = row else {
             return Ok(None);
         };
-        let cached = lock(&sh.index).jobs.get(&job_id).cloned();
+        let cached = lock(&sh.index).cached_job(job_id);
         let job = match cached {
             Some(j) => j,
             None => {
@@ -445,6 +385,7 @@ impl SqliteSpool {
                 n: usize::try_from(n).unwrap_or(0),
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 job_created: job.created,
+                completing: false,
             },
             job,
         )))
@@ -453,11 +394,7 @@ impl SqliteSpool {
     fn release_inner(&self, copy_id: i64, not_before: Option<Timestamp>) {
         let sh = self.shared();
         let now = ms(sh.clock.now());
-        let mut idx = lock(&sh.index);
-        if let Some(f) = idx.in_flight.remove(&copy_id) {
-            idx.add(copy_id, f.pool, not_before.map_or(0, ms), now);
-        }
-        drop(idx);
+        lock(&sh.index).release(copy_id, not_before.map(ms), now);
         sh.notify.notify_waiters();
     }
 }
@@ -470,9 +407,11 @@ impl Spool for SqliteSpool {
         async move {
             let now = me.shared().clock.now();
             let sh = me.shared().clone();
+            let sh2 = sh.clone();
             tokio::task::spawn_blocking(move || sh.ingest_all(now))
                 .await
                 .map_err(|e| SpoolError::io("ingest task", std::io::Error::other(e)))?
+                .map_err(|e| sh2.locate(e))
         }
     }
 
@@ -484,24 +423,30 @@ impl Spool for SqliteSpool {
         async move {
             let sh = me.shared();
             loop {
+                // While outcomes cannot be recorded, no copy is sent that could not be recorded
+                // either: nothing is claimable until the writer recovers (it notifies then).
+                if sh.stalled.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
                 let now = ms(sh.clock.now());
-                let taken = {
-                    let mut idx = lock(&sh.index);
-                    idx.promote(pools, now);
-                    idx.take_oldest(pools)
-                };
-                let Some((copy_id, pool)) = taken else {
+                // The copy stays counted as queued while it is read (`claiming`): an emptiness
+                // check in between must not see the queue empty.
+                let taken = lock(&sh.index).begin_claim(pools, now);
+                let Some((copy_id, _)) = taken else {
                     return Ok(None);
                 };
                 let read = match me.read_copy(copy_id) {
                     Ok(r) => r,
                     Err(e) => {
-                        lock(&sh.index).ready[pool.index()].insert(copy_id);
+                        lock(&sh.index).abort_claim(copy_id);
                         return Err(e);
                     }
                 };
                 // A copy the index knows but the database does not: skip it.
-                let Some((fl, job)) = read else { continue };
+                let Some((fl, job)) = read else {
+                    lock(&sh.index).drop_claim(copy_id);
+                    continue;
+                };
                 let rcpts: Vec<String> = fl.rcpts.split('\n').map(str::to_owned).collect();
                 let claimed = ClaimedCopy {
                     copy_id,
@@ -513,7 +458,7 @@ impl Spool for SqliteSpool {
                     attempts: fl.attempts,
                     job_created: job.created,
                 };
-                lock(&sh.index).in_flight.insert(copy_id, fl);
+                lock(&sh.index).finish_claim(copy_id, fl);
                 return Ok(Some(claimed));
             }
         }
@@ -528,8 +473,8 @@ impl Spool for SqliteSpool {
         async move {
             let sh = me.shared();
             {
-                let idx = lock(&sh.index);
-                let Some(f) = idx.in_flight.get(&copy_id) else {
+                let mut idx = lock(&sh.index);
+                let Some(f) = idx.in_flight(copy_id) else {
                     return Err(SpoolError::NotClaimed(copy_id));
                 };
                 if f.n != result.rcpts.len() {
@@ -539,6 +484,9 @@ impl Spool for SqliteSpool {
                         got: result.rcpts.len(),
                     });
                 }
+                // It was sent: from now on a release (a stop that gives copies back) leaves it
+                // alone, however long recording takes.
+                idx.mark_completing(copy_id);
             }
             let now = sh.clock.now();
             let (reply, rx) = oneshot::channel();
@@ -576,12 +524,12 @@ impl Spool for SqliteSpool {
     }
 
     fn next_due(&self, pools: PoolSet) -> Option<Timestamp> {
-        let idx = lock(&self.shared().index);
-        pools
-            .iter()
-            .filter_map(|p| idx.deferred[p.index()].first().map(|&(nb, _)| nb))
-            .min()
-            .map(ts)
+        let sh = self.shared();
+        if sh.stalled.load(Ordering::SeqCst) {
+            // Nothing falls due while claims are paused: the writer's recovery notifies.
+            return None;
+        }
+        lock(&sh.index).next_due(pools).map(ts)
     }
 
     fn notify(&self) -> Arc<Notify> {
@@ -590,6 +538,10 @@ impl Spool for SqliteSpool {
 
     fn queued_copies(&self) -> u64 {
         lock(&self.shared().index).queued_copies()
+    }
+
+    fn recording_error(&self) -> Option<String> {
+        lock(&self.shared().recording_error).clone()
     }
 
     fn stats(&self) -> impl std::future::Future<Output = Result<QueueStats, SpoolError>> + Send {
@@ -607,7 +559,7 @@ impl Spool for SqliteSpool {
             // Copies in flight are "ready" in the database; move them to their own state.
             let idx = lock(&sh.index);
             let mut flight: HashMap<Pool, (u64, u64, Timestamp)> = HashMap::new();
-            for f in idx.in_flight.values() {
+            for f in idx.in_flight_copies() {
                 let e = flight.entry(f.pool).or_insert((0, 0, f.job_created));
                 e.0 += 1;
                 e.1 += f.n as u64;
@@ -698,45 +650,134 @@ fn stats_from_db(conn: &Connection, now: Timestamp) -> Result<QueueStats, SpoolE
 /// Queue statistics of a spool read from its database without taking the spool's lock (works
 /// while a daemon owns it). In-flight copies show as ready: only the owner knows them.
 pub fn read_stats(dir: &Path, now: Timestamp) -> Result<QueueStats, SpoolError> {
-    let db_path = dir.join(DB_FILE);
     let incoming = super::list_incoming(&dir.join(INCOMING))
         .map(|v| v.len() as u64)
         .unwrap_or(0);
-    if !db_path.exists() {
-        return Ok(QueueStats {
-            incoming_files: incoming,
-            ..QueueStats::default()
-        });
-    }
-    let conn = match Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
-        Ok(c) => c,
-        Err(_) => Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+    let empty = || QueueStats {
+        incoming_files: incoming,
+        ..QueueStats::default()
+    };
+    let Some(conn) = open_checked(dir, None, Access::Reader)? else {
+        return Ok(empty());
     };
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // A daemon that is starting (or was killed while starting) may not have created the tables
-    // yet: nothing is queued in the database then.
+    // A spool made before the per-pool totals existed has no such table yet.
     let ready: bool = conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals')",
         [],
         |r| r.get(0),
     )?;
     if !ready {
-        return Ok(QueueStats {
-            incoming_files: incoming,
-            ..QueueStats::default()
-        });
+        return Ok(empty());
     }
-    let mut stats = stats_from_db(&conn, now)?;
+    let mut stats = stats_from_db(&conn, now).map_err(|e| match e {
+        SpoolError::Db(e) => db_damage(dir, e),
+        e => e,
+    })?;
     stats.incoming_files = incoming;
     stats.pools.sort_by_key(|s| (s.pool, s.state));
     Ok(stats)
+}
+
+/// Who opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The process that holds the spool's lock (and will write).
+    Owner,
+    /// `read_stats`: read-only, perhaps while a daemon owns the spool.
+    Reader,
+}
+
+/// A database error that shows damage becomes [`SpoolError::Damaged`].
+fn db_damage(dir: &Path, e: rusqlite::Error) -> SpoolError {
+    if check::is_damage(&e) {
+        check::damaged(
+            dir,
+            dir.join(DB_FILE),
+            format!("SQLite cannot read it ({e})"),
+        )
+    } else {
+        SpoolError::Db(e)
+    }
+}
+
+/// Open `spool.db` once the checks that keep a damaged spool from passing for an empty one
+/// have passed (see `check.rs`). `Ok(None)` (readers only): there is no database yet and
+/// nothing says there ever was one.
+fn open_checked(
+    dir: &Path,
+    ledger: Option<&Path>,
+    access: Access,
+) -> Result<Option<Connection>, SpoolError> {
+    let db_path = dir.join(DB_FILE);
+    let wal = check::wal_path(dir);
+    match check::check_wal(&wal) {
+        Ok(None) => {}
+        // A running daemon's log changes under a reader's eyes (a frame's header and its page
+        // are two writes): the daemon checked it when it started.
+        Ok(Some(_)) if access == Access::Reader && check::lock_is_held(dir) => {}
+        Ok(Some(problem)) => return Err(check::damaged(dir, wal, problem)),
+        Err(e) => return Err(SpoolError::io(format!("reading {}", wal.display()), e)),
+    }
+    let signs = check::signs_of_use(dir, ledger);
+    if !db_path.exists() {
+        if !signs.is_empty() {
+            let problem = format!(
+                "it is missing, but the spool was in use: {}",
+                signs.join(", ")
+            );
+            return Err(check::damaged(dir, db_path, problem));
+        }
+        if access == Access::Reader {
+            return Ok(None);
+        }
+    }
+    let conn = match access {
+        Access::Owner => Connection::open(&db_path)?,
+        Access::Reader => {
+            match Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+                Ok(c) => c,
+                Err(_) => Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+            }
+        }
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if !check::has_tables(&conn).map_err(|e| db_damage(dir, e))? {
+        if !signs.is_empty() {
+            let len = std::fs::metadata(&db_path).map(|m| m.len()).unwrap_or(0);
+            return Err(check::damaged(
+                dir,
+                db_path,
+                format!(
+                    "it has no spool tables ({len} bytes), but the spool was in use: {}",
+                    signs.join(", ")
+                ),
+            ));
+        }
+        // A new spool (or a daemon still creating it, for a reader).
+        return Ok(match access {
+            Access::Owner => Some(conn),
+            Access::Reader => None,
+        });
+    }
+    if access == Access::Owner {
+        if let Some(findings) = check::quick_check(&conn).map_err(|e| db_damage(dir, e))? {
+            return Err(check::damaged(
+                dir,
+                db_path,
+                format!("SQLite's quick_check finds it damaged: {findings}"),
+            ));
+        }
+    }
+    Ok(Some(conn))
 }
 
 /// What the writer decided for one completion.
 struct Plan {
     copy_id: i64,
     job_id: i64,
-    pool: Pool,
+    /// Recipients of the copy (all of them have a ledger line).
+    rcpts: usize,
     delivered: i64,
     failed: Vec<(String, String, bool)>,
     deferred: Vec<(String, String)>,
@@ -745,30 +786,117 @@ struct Plan {
     reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
+/// The first wait before a failed batch is tried again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most completions taken from the queue into one batch.
+const BATCH_MAX: usize = 8192;
+
 fn writer_loop(sh: &Shared, mut ledger: Ledger, rx: mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < 8192 {
+        while batch.len() < BATCH_MAX {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
             }
         }
-        commit_batch(sh, &mut ledger, batch);
+        let mut plans = Vec::with_capacity(batch.len());
+        plan_batch(sh, &mut ledger, batch, &mut plans);
+        if !plans.is_empty() {
+            record(sh, &mut ledger, &rx, plans);
+        }
     }
 }
 
-fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
+/// Record `plans` (their ledger lines already pushed): ledger, then database. A batch that
+/// cannot be recorded is kept and tried again, with a growing wait, until it is; meanwhile the
+/// spool claims nothing, and completions that arrive join the batch. Only when the spool is
+/// closing does a failed batch give up (its copies stay queued: the next run sends them again).
+fn record(sh: &Shared, ledger: &mut Ledger, rx: &mpsc::Receiver<Request>, mut plans: Vec<Plan>) {
+    let mut wait = RETRY_FIRST;
+    let mut stall: Option<(std::time::Instant, String)> = None;
+    loop {
+        let (failure, condition) = match write_batch(sh, ledger, &plans) {
+            Ok(done_jobs) => {
+                let copies = plans.len();
+                let outcomes: usize = plans.iter().map(|p| p.rcpts).sum();
+                finish(sh, plans, done_jobs);
+                if let Some((since, _)) = stall {
+                    sh.set_recording_error(None);
+                    sh.notify.notify_waiters();
+                    tracing::warn!(
+                        spool = %sh.dir.display(),
+                        stalled = ?since.elapsed(),
+                        copies,
+                        outcomes,
+                        "the spool records outcomes again; delivery resumes"
+                    );
+                }
+                return;
+            }
+            // A full disk is one condition, whichever file (ledger, database) hits it first.
+            Err(e) if e.is_disk_full() => (e.to_string(), "the disk is full".to_string()),
+            Err(e) => (e.to_string(), e.to_string()),
+        };
+        sh.set_recording_error(Some(failure.clone()));
+        if stall.as_ref().is_none_or(|(_, last)| *last != condition) {
+            // One error per condition: when recording starts failing, or fails differently.
+            let outcomes: usize = plans.iter().map(|p| p.rcpts).sum();
+            tracing::error!(
+                spool = %sh.dir.display(),
+                copies = plans.len(),
+                outcomes,
+                "cannot record delivery outcomes: {failure}; delivery is paused until the spool \
+                 can record again; nothing is lost: the outcomes are kept and retried"
+            );
+            stall = Some((
+                stall.map_or_else(std::time::Instant::now, |(t, _)| t),
+                condition,
+            ));
+        }
+        if sh.closing.load(Ordering::SeqCst) {
+            let outcomes: usize = plans.iter().map(|p| p.rcpts).sum();
+            tracing::error!(
+                spool = %sh.dir.display(),
+                copies = plans.len(),
+                outcomes,
+                "the spool is closing with outcomes it could not record; their copies stay \
+                 queued and the next run sends them again"
+            );
+            for p in plans {
+                let _ = p
+                    .reply
+                    .send(Err(SpoolError::Unrecorded(p.copy_id, failure.clone())));
+            }
+            return;
+        }
+        std::thread::park_timeout(wait);
+        wait = (wait * 2).min(RETRY_MAX);
+        // Completions that came meanwhile wait with this batch (their workers are held back
+        // from claiming anyway) and are recorded with it.
+        let more: Vec<Request> = rx.try_iter().collect();
+        plan_batch(sh, ledger, more, &mut plans);
+    }
+}
+
+/// Decide each completion's fate and push its ledger lines (not yet written). Completions of
+/// copies not in flight, or already in `plans`, are answered at once with `NotClaimed`.
+fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut Vec<Plan>) {
+    if batch.is_empty() {
+        return;
+    }
     // What the batch needs of the in-flight records, taken under the index lock (one copy of the
     // recipient list per copy); the ledger lines are serialized after the lock is released, so
     // claims are not held up meanwhile.
     let mut work = Vec::with_capacity(batch.len());
     {
         let idx = lock(&sh.index);
-        let mut in_batch = std::collections::HashSet::with_capacity(batch.len());
+        let mut in_batch: std::collections::HashSet<i64> =
+            plans.iter().map(|p| p.copy_id).collect();
         for req in batch {
-            // A copy completed twice in one batch counts once.
-            match idx.in_flight.get(&req.copy_id) {
+            // A copy completed twice counts once.
+            match idx.in_flight(req.copy_id) {
                 Some(f) if in_batch.insert(req.copy_id) => work.push((
                     req,
                     f.job_id,
@@ -783,9 +911,6 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
             }
         }
     }
-    ledger.begin();
-    let mut ledger_error: Option<std::io::Error> = None;
-    let mut plans = Vec::with_capacity(work.len());
     let lifetime =
         jiff::SignedDuration::try_from(sh.opts.lifetime).unwrap_or(jiff::SignedDuration::MAX);
     for (req, job_id, pool, rcpts, prev_attempts, job_created) in work {
@@ -801,7 +926,7 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
         let mut plan = Plan {
             copy_id: req.copy_id,
             job_id,
-            pool,
+            rcpts: 0,
             delivered: 0,
             failed: Vec::new(),
             deferred: Vec::new(),
@@ -809,6 +934,7 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
             now: ms(req.now),
             reply: req.reply,
         };
+        let mut line_error = None;
         for (rcpt, o) in rcpts.split('\n').zip(&req.result.rcpts) {
             let (outcome, exp) = match o.outcome {
                 Outcome::Delivered => {
@@ -828,71 +954,58 @@ fn commit_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>) {
                     (LedgerOutcome::Deferred, false)
                 }
             };
-            if ledger_error.is_none() {
-                let line = LedgerLineRef {
-                    time: &time,
-                    job: job_id,
-                    copy: req.copy_id,
-                    pool: &pool_name,
-                    rcpt,
-                    outcome,
-                    relay: req.result.relay.as_deref(),
-                    reply: &o.reply,
-                    attempts,
-                    retry_at: (outcome == LedgerOutcome::Deferred).then_some(retry_at.as_str()),
-                    expired: exp,
-                };
-                ledger_error = ledger.push(&line).err();
+            plan.rcpts += 1;
+            let line = LedgerLineRef {
+                time: &time,
+                job: job_id,
+                copy: req.copy_id,
+                pool: &pool_name,
+                rcpt,
+                outcome,
+                relay: req.result.relay.as_deref(),
+                reply: &o.reply,
+                attempts,
+                retry_at: (outcome == LedgerOutcome::Deferred).then_some(retry_at.as_str()),
+                expired: exp,
+            };
+            if let Err(e) = ledger.push(&line) {
+                line_error = Some(e);
+                break;
             }
+        }
+        if let Some(e) = line_error {
+            // Serializing a line into memory does not fail in practice; should it, the lines
+            // of this copy already pushed cannot be told apart, so the copy is left in flight
+            // (never sent again by this process) and the error returned.
+            tracing::error!(copy = plan.copy_id, error = %e, "cannot write a ledger line");
+            let _ = plan
+                .reply
+                .send(Err(SpoolError::io("writing a ledger line", e)));
+            continue;
         }
         plans.push(plan);
     }
-    if plans.is_empty() {
-        return;
-    }
-    let fail_all = |plans: Vec<Plan>, e: &dyn Fn() -> SpoolError| {
-        for p in plans {
-            let _ = p.reply.send(Err(e()));
-        }
-    };
-    let written = match ledger_error {
-        Some(e) => {
-            ledger.begin();
-            Err(e)
-        }
-        None => ledger.commit(),
-    };
-    if let Err(e) = written {
-        tracing::error!(error = %e, ledger = %ledger.path().display(), "ledger write failed");
-        let msg = e.to_string();
-        fail_all(plans, &|| {
-            SpoolError::io(
-                "appending to the ledger",
-                std::io::Error::other(msg.clone()),
-            )
-        });
-        return;
-    }
-    let done_jobs = {
-        let mut db = lock(&sh.db);
-        match write_plans(&mut db, &plans) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "spool commit failed");
-                let msg = e.to_string();
-                fail_all(plans, &|| {
-                    SpoolError::Corrupt(format!("commit failed: {msg}"))
-                });
-                return;
-            }
-        }
-    };
+}
+
+/// Write the ledger lines still pending, then commit the batch to the database. Lines written
+/// by an earlier try of the same batch are not written again.
+fn write_batch(sh: &Shared, ledger: &mut Ledger, plans: &[Plan]) -> Result<Vec<i64>, SpoolError> {
+    ledger.commit().map_err(|e| {
+        SpoolError::io(
+            format!("appending to the ledger {}", ledger.path().display()),
+            e,
+        )
+    })?;
+    let mut db = lock(&sh.db);
+    write_plans(&mut db, plans).map_err(|e| sh.locate(SpoolError::Db(e)))
+}
+
+/// The batch is durable: the copies leave flight (done, or deferred to their retry time) and
+/// their workers hear so.
+fn finish(sh: &Shared, plans: Vec<Plan>, done_jobs: Vec<i64>) {
     let mut idx = lock(&sh.index);
     for p in &plans {
-        idx.in_flight.remove(&p.copy_id);
-        if !p.deferred.is_empty() {
-            idx.deferred[p.pool.index()].insert((p.not_before, p.copy_id));
-        }
+        idx.complete(p.copy_id, (!p.deferred.is_empty()).then_some(p.not_before));
     }
     for j in done_jobs {
         idx.uncache_job(j);

@@ -47,6 +47,18 @@ impl Harness {
         hosts: &[(&str, MockConfig)],
         tweak: impl FnOnce(&mut SpoolOptions),
     ) -> Self {
+        Self::with_options_in(None, cfg, start, hosts, tweak)
+    }
+
+    /// [`Harness::with_options`] with the spool directory made inside `parent` (e.g. a small
+    /// file system), instead of the system's temporary directory.
+    pub fn with_options_in(
+        parent: Option<&std::path::Path>,
+        cfg: &str,
+        start: DateTime,
+        hosts: &[(&str, MockConfig)],
+        tweak: impl FnOnce(&mut SpoolOptions),
+    ) -> Self {
         let config = site(cfg);
         let (clock_handle, clock) = VirtualClock::at_utc(start).shared();
         let connector = Arc::new(MemoryConnector::new());
@@ -67,7 +79,11 @@ impl Harness {
             });
             mocks.insert(hp.to_string(), mta);
         }
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = match parent {
+            Some(p) => tempfile::tempdir_in(p),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let mut opts = SpoolOptions {
             max_bsmtp: config.max_bsmtp,
             sort_recipients: config.sort_recipients,

@@ -1,0 +1,398 @@
+//! The spool's in-memory index of queued copies: which are claimable now (per pool, oldest
+//! first), which wait for a retry time, which a claim is reading, which are in flight; and a
+//! cache of job messages.
+//!
+//! Every queued copy is in exactly one of those four places at every moment, each move from one
+//! to the next made under the one lock that guards the index, so [`Index::queued_copies`] is
+//! exact whenever it is read: "nothing queued" never shows while a copy is between two places.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+
+use crate::config::{Pool, PoolSet};
+
+/// A job's envelope sender and message, shared by its copies.
+#[derive(Debug)]
+pub(super) struct JobInfo {
+    pub(super) mail_from: String,
+    pub(super) message: Bytes,
+    pub(super) created: Timestamp,
+}
+
+/// A claimed copy, as the writer needs it to record the outcomes.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    pub(super) job_id: i64,
+    pub(super) pool: Pool,
+    /// Addresses, one per line.
+    pub(super) rcpts: String,
+    pub(super) n: usize,
+    pub(super) attempts: u32,
+    pub(super) job_created: Timestamp,
+    /// Its outcomes are on their way to the writer: it was sent, so it is never given back.
+    pub(super) completing: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Index {
+    ready: Vec<BTreeSet<i64>>,
+    /// (not_before ms, copy id).
+    deferred: Vec<BTreeSet<(i64, i64)>>,
+    /// Taken from `ready` by a claim that is reading the copy from the database.
+    claiming: HashMap<i64, Pool>,
+    in_flight: HashMap<i64, InFlight>,
+    jobs: HashMap<i64, Arc<JobInfo>>,
+    /// Bytes of messages in `jobs`.
+    cached_bytes: usize,
+}
+
+/// The message cache holds at most this many jobs and about this many bytes (one message
+/// larger than the budget is still cached on its own).
+const JOB_CACHE: usize = 256;
+const JOB_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+impl Index {
+    pub(super) fn new() -> Self {
+        Self {
+            ready: vec![BTreeSet::new(); Pool::COUNT],
+            deferred: vec![BTreeSet::new(); Pool::COUNT],
+            claiming: HashMap::new(),
+            in_flight: HashMap::new(),
+            jobs: HashMap::new(),
+            cached_bytes: 0,
+        }
+    }
+
+    /// A queued copy: claimable now, or from `not_before` (ms since the epoch).
+    pub(super) fn add(&mut self, id: i64, pool: Pool, not_before: i64, now: i64) {
+        if not_before > now {
+            self.deferred[pool.index()].insert((not_before, id));
+        } else {
+            self.ready[pool.index()].insert(id);
+        }
+    }
+
+    fn promote(&mut self, pools: PoolSet, now: i64) {
+        for p in pools.iter() {
+            let d = &mut self.deferred[p.index()];
+            while let Some(&(nb, id)) = d.first() {
+                if nb > now {
+                    break;
+                }
+                d.pop_first();
+                self.ready[p.index()].insert(id);
+            }
+        }
+    }
+
+    /// The first half of a claim: the oldest claimable copy of `pools` (deferred copies due by
+    /// `now` included) leaves `ready` for `claiming`, where it still counts as queued. The claim
+    /// ends with [`Index::finish_claim`], [`Index::abort_claim`] or [`Index::drop_claim`].
+    pub(super) fn begin_claim(&mut self, pools: PoolSet, now: i64) -> Option<(i64, Pool)> {
+        self.promote(pools, now);
+        let (_, p) = pools
+            .iter()
+            .filter_map(|p| self.ready[p.index()].first().map(|&id| (id, p)))
+            .min()?;
+        let id = self.ready[p.index()].pop_first()?;
+        self.claiming.insert(id, p);
+        Some((id, p))
+    }
+
+    /// The copy was read: it is in flight.
+    pub(super) fn finish_claim(&mut self, id: i64, f: InFlight) {
+        if self.claiming.remove(&id).is_some() {
+            self.in_flight.insert(id, f);
+        }
+    }
+
+    /// The copy could not be read: claimable again at once.
+    pub(super) fn abort_claim(&mut self, id: i64) {
+        if let Some(p) = self.claiming.remove(&id) {
+            self.ready[p.index()].insert(id);
+        }
+    }
+
+    /// The copy is not in the database (any more): forget it.
+    pub(super) fn drop_claim(&mut self, id: i64) {
+        self.claiming.remove(&id);
+    }
+
+    /// A copy in flight goes back untouched, claimable from `not_before` (ms; `None` = now).
+    /// Returns false if it was not in flight, or if its outcomes are being recorded (it was
+    /// sent: giving it back would send it again).
+    pub(super) fn release(&mut self, id: i64, not_before: Option<i64>, now: i64) -> bool {
+        match self.in_flight.get(&id) {
+            Some(f) if !f.completing => {
+                let pool = f.pool;
+                self.in_flight.remove(&id);
+                self.add(id, pool, not_before.unwrap_or(0), now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The copy's outcomes go to the writer: it stays in flight until they are recorded.
+    pub(super) fn mark_completing(&mut self, id: i64) {
+        if let Some(f) = self.in_flight.get_mut(&id) {
+            f.completing = true;
+        }
+    }
+
+    pub(super) fn in_flight(&self, id: i64) -> Option<&InFlight> {
+        self.in_flight.get(&id)
+    }
+
+    pub(super) fn in_flight_copies(&self) -> impl Iterator<Item = &InFlight> {
+        self.in_flight.values()
+    }
+
+    /// A copy's outcomes are recorded: it is done, or (when `retry_at` is given, ms) it waits
+    /// for its retry with the recipients that were deferred.
+    pub(super) fn complete(&mut self, id: i64, retry_at: Option<i64>) {
+        if let Some(f) = self.in_flight.remove(&id) {
+            if let Some(nb) = retry_at {
+                self.deferred[f.pool.index()].insert((nb, id));
+            }
+        }
+    }
+
+    /// The earliest retry time (ms) of a deferred copy of `pools`.
+    pub(super) fn next_due(&self, pools: PoolSet) -> Option<i64> {
+        pools
+            .iter()
+            .filter_map(|p| self.deferred[p.index()].first().map(|&(nb, _)| nb))
+            .min()
+    }
+
+    /// Copies still queued: claimable, waiting for a retry, being claimed or in flight.
+    pub(super) fn queued_copies(&self) -> u64 {
+        let r: usize = self.ready.iter().map(BTreeSet::len).sum();
+        let d: usize = self.deferred.iter().map(BTreeSet::len).sum();
+        (r + d + self.claiming.len() + self.in_flight.len()) as u64
+    }
+
+    pub(super) fn cached_job(&self, job_id: i64) -> Option<Arc<JobInfo>> {
+        self.jobs.get(&job_id).cloned()
+    }
+
+    pub(super) fn cache_job(&mut self, job_id: i64, job: Arc<JobInfo>) {
+        let size = job.message.len();
+        // Evict the newest jobs first: FIFO claims come back to the oldest soonest.
+        while !self.jobs.is_empty()
+            && (self.jobs.len() >= JOB_CACHE || self.cached_bytes + size > JOB_CACHE_BYTES)
+        {
+            let Some(&k) = self.jobs.keys().max() else {
+                break;
+            };
+            self.uncache_job(k);
+        }
+        self.cached_bytes += size;
+        if let Some(old) = self.jobs.insert(job_id, job) {
+            self.cached_bytes -= old.message.len();
+        }
+    }
+
+    pub(super) fn uncache_job(&mut self, job_id: i64) {
+        if let Some(old) = self.jobs.remove(&job_id) {
+            self.cached_bytes -= old.message.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A model of where each copy is, checked against the index after every step of random
+    //! sequences, claims split in their two halves with other steps in between.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Place {
+        Ready,
+        Deferred(i64),
+        Claiming,
+        InFlight,
+        /// In flight, its outcomes on their way to the writer.
+        Completing,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Add { id: i64, pool: usize, delay: i64 },
+        BeginClaim { pools: u32 },
+        FinishClaim { pick: usize },
+        AbortClaim { pick: usize },
+        DropClaim { pick: usize },
+        Release { pick: usize, delay: Option<i64> },
+        MarkCompleting { pick: usize },
+        Complete { pick: usize, retry_in: Option<i64> },
+        Tick { ms: i64 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0i64..40, 0usize..3, prop_oneof![Just(0i64), 1i64..50])
+                .prop_map(|(id, pool, delay)| Step::Add { id, pool, delay }),
+            4 => (1u32..8).prop_map(|pools| Step::BeginClaim { pools }),
+            3 => any::<usize>().prop_map(|pick| Step::FinishClaim { pick }),
+            1 => any::<usize>().prop_map(|pick| Step::AbortClaim { pick }),
+            1 => any::<usize>().prop_map(|pick| Step::DropClaim { pick }),
+            2 => (any::<usize>(), proptest::option::of(1i64..50))
+                .prop_map(|(pick, delay)| Step::Release { pick, delay }),
+            2 => any::<usize>().prop_map(|pick| Step::MarkCompleting { pick }),
+            3 => (any::<usize>(), proptest::option::of(1i64..50))
+                .prop_map(|(pick, retry_in)| Step::Complete { pick, retry_in }),
+            2 => (1i64..30).prop_map(|ms| Step::Tick { ms }),
+        ]
+    }
+
+    fn pool(i: usize) -> Pool {
+        Pool::from_index(i).expect("pool index")
+    }
+
+    fn pool_set(bits: u32) -> PoolSet {
+        (0..3).filter(|i| bits & (1 << i) != 0).map(pool).collect()
+    }
+
+    fn in_flight(pool: Pool) -> InFlight {
+        InFlight {
+            job_id: 1,
+            pool,
+            rcpts: "a@b".into(),
+            n: 1,
+            attempts: 0,
+            job_created: Timestamp::UNIX_EPOCH,
+            completing: false,
+        }
+    }
+
+    /// The `pick`-th copy (in id order) of those in `place`.
+    fn nth(
+        model: &BTreeMap<i64, (Pool, Place)>,
+        place: fn(Place) -> bool,
+        pick: usize,
+    ) -> Option<i64> {
+        let ids: Vec<i64> = model
+            .iter()
+            .filter(|(_, (_, p))| place(*p))
+            .map(|(&id, _)| id)
+            .collect();
+        (!ids.is_empty()).then(|| ids[pick % ids.len()])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn queued_copies_is_exact_at_every_step(steps in proptest::collection::vec(step(), 1..120)) {
+            let mut idx = Index::new();
+            let mut model: BTreeMap<i64, (Pool, Place)> = BTreeMap::new();
+            let mut now = 1_000i64;
+            for s in steps {
+                match s {
+                    Step::Add { id, pool: p, delay } => {
+                        // Ids are unique: ingest hands out each once.
+                        if model.contains_key(&id) {
+                            continue;
+                        }
+                        idx.add(id, pool(p), now + delay, now);
+                        let place = if delay > 0 { Place::Deferred(now + delay) } else { Place::Ready };
+                        model.insert(id, (pool(p), place));
+                    }
+                    Step::BeginClaim { pools } => {
+                        let set = pool_set(pools);
+                        for (_, (p, place)) in model.iter_mut() {
+                            if let Place::Deferred(nb) = *place {
+                                if nb <= now && set.contains(*p) {
+                                    *place = Place::Ready;
+                                }
+                            }
+                        }
+                        let expect = model
+                            .iter()
+                            .filter(|(_, (p, place))| *place == Place::Ready && set.contains(*p))
+                            .map(|(&id, (p, _))| (id, *p))
+                            .next();
+                        let got = idx.begin_claim(set, now);
+                        prop_assert_eq!(got, expect, "the oldest claimable copy");
+                        if let Some((id, _)) = got {
+                            model.get_mut(&id).expect("known").1 = Place::Claiming;
+                        }
+                    }
+                    Step::FinishClaim { pick } => {
+                        if let Some(id) = nth(&model, |p| p == Place::Claiming, pick) {
+                            let p = model[&id].0;
+                            idx.finish_claim(id, in_flight(p));
+                            model.get_mut(&id).expect("known").1 = Place::InFlight;
+                        }
+                    }
+                    Step::AbortClaim { pick } => {
+                        if let Some(id) = nth(&model, |p| p == Place::Claiming, pick) {
+                            idx.abort_claim(id);
+                            model.get_mut(&id).expect("known").1 = Place::Ready;
+                        }
+                    }
+                    Step::DropClaim { pick } => {
+                        if let Some(id) = nth(&model, |p| p == Place::Claiming, pick) {
+                            idx.drop_claim(id);
+                            model.remove(&id);
+                        }
+                    }
+                    Step::MarkCompleting { pick } => {
+                        if let Some(id) = nth(&model, |p| p == Place::InFlight, pick) {
+                            idx.mark_completing(id);
+                            model.get_mut(&id).expect("known").1 = Place::Completing;
+                        }
+                    }
+                    Step::Release { pick, delay } => {
+                        // Also tried on a copy that is not in flight, or whose outcomes are
+                        // being recorded: nothing changes then.
+                        let id = nth(&model, |p| p == Place::InFlight, pick)
+                            .or_else(|| model.keys().nth(pick % model.len().max(1)).copied());
+                        if let Some(id) = id {
+                            let was = model[&id].1 == Place::InFlight;
+                            prop_assert_eq!(idx.release(id, delay.map(|d| now + d), now), was);
+                            if was {
+                                model.get_mut(&id).expect("known").1 = match delay {
+                                    Some(d) => Place::Deferred(now + d),
+                                    None => Place::Ready,
+                                };
+                            }
+                        }
+                    }
+                    Step::Complete { pick, retry_in } => {
+                        // The writer records what was marked completing (or, in older paths,
+                        // what is simply in flight).
+                        if let Some(id) = nth(&model, |p| matches!(p, Place::InFlight | Place::Completing), pick) {
+                            idx.complete(id, retry_in.map(|r| now + r));
+                            match retry_in {
+                                Some(r) => model.get_mut(&id).expect("known").1 = Place::Deferred(now + r),
+                                None => {
+                                    model.remove(&id);
+                                }
+                            }
+                        }
+                    }
+                    Step::Tick { ms } => now += ms,
+                }
+                prop_assert_eq!(idx.queued_copies(), model.len() as u64);
+                let due = model
+                    .values()
+                    .filter_map(|(_, p)| match p {
+                        Place::Deferred(nb) => Some(*nb),
+                        _ => None,
+                    })
+                    .min();
+                prop_assert_eq!(idx.next_due(PoolSet::ALL), due);
+            }
+        }
+    }
+}

@@ -504,6 +504,10 @@ pub enum WriteError {
     InvalidAddress(String),
     #[error("a job needs at least one recipient")]
     NoRecipients,
+    /// Reading the message to put in the job failed.
+    #[error("reading the message: {0}")]
+    Message(io::Error),
+    /// Writing the job failed.
     #[error("{0}")]
     Io(io::Error),
 }
@@ -579,7 +583,11 @@ impl<W: Write> JobWriter<W> {
         let mut line = Vec::with_capacity(1024);
         loop {
             line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
+            if reader
+                .read_until(b'\n', &mut line)
+                .map_err(WriteError::Message)?
+                == 0
+            {
                 break;
             }
             let mut content = line.as_slice();

@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod route;
 pub mod smtp;
 pub mod spool;
+pub mod text;
 pub mod worker;
 
 pub use smtpw_clock as clock;

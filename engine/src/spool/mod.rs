@@ -27,9 +27,11 @@ use crate::config::{Pool, PoolSet, DEFAULT_MAX_BSMTP};
 use crate::job::{JobWriter, WriteError};
 
 mod ingest;
+mod owner;
 mod sqlite;
 
 pub use ingest::{is_job_name, list_incoming};
+pub use owner::{engine_state, EngineState};
 pub use sqlite::{read_stats, SqliteSpool};
 
 /// Folder names inside a spool directory.
@@ -291,6 +293,33 @@ pub fn submit(
     rcpts: impl Iterator<Item = String>,
     message: impl Read,
 ) -> Result<PathBuf, SpoolError> {
+    try_submit::<std::convert::Infallible>(spool_dir, mail_from, pool, rcpts.map(Ok), message)
+        .map_err(|e| match e {
+            SubmitError::Input(never) => match never {},
+            SubmitError::Spool(e) => e,
+        })
+}
+
+/// Why [`try_submit`] failed: the recipients' source gave an error (the input's own, e.g. a
+/// bad line of a file), or the spool did.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError<E> {
+    #[error("{0}")]
+    Input(E),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// [`submit`] with recipients from a source that can fail: at its first error nothing is
+/// queued (the temporary file is removed before it ever gets a `.MAIL` name) and the error is
+/// returned as [`SubmitError::Input`].
+pub fn try_submit<E>(
+    spool_dir: &Path,
+    mail_from: &str,
+    pool: Option<Pool>,
+    rcpts: impl Iterator<Item = Result<String, E>>,
+    message: impl Read,
+) -> Result<PathBuf, SubmitError<E>> {
     let incoming = spool_dir.join(INCOMING);
     std::fs::create_dir_all(&incoming)
         .map_err(|e| SpoolError::io(format!("creating {}", incoming.display()), e))?;
@@ -305,18 +334,30 @@ pub fn submit(
         {
             Ok(f) => break (p, f),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(SpoolError::io(format!("creating {}", p.display()), e)),
+            Err(e) => return Err(SpoolError::io(format!("creating {}", p.display()), e).into()),
         }
     };
-    let result = (|| -> Result<PathBuf, SpoolError> {
+    let mut failed: Option<E> = None;
+    let result = (|| -> Result<PathBuf, SubmitError<E>> {
+        // A write that fails is the disk's fault (say which file, e.g. "No space left on
+        // device"), not the job's.
+        let writing =
+            |e: std::io::Error| SpoolError::io(format!("writing {}", tmp_path.display()), e);
+        let job_error = |e: WriteError| match e {
+            WriteError::Io(e) => writing(e),
+            other => SpoolError::Job(other),
+        };
         let mut w = JobWriter::new(BufWriter::with_capacity(256 * 1024, file));
-        w.job(mail_from, pool, rcpts, message)?;
-        let buffered = w.finish()?;
-        let file = buffered
-            .into_inner()
-            .map_err(|e| SpoolError::io("writing the job", e.into_error()))?;
+        let rcpts = rcpts.map_while(|r| r.map_err(|e| failed = Some(e)).ok());
+        let written = w.job(mail_from, pool, rcpts, message);
+        if let Some(e) = failed.take() {
+            return Err(SubmitError::Input(e));
+        }
+        written.map_err(job_error)?;
+        let buffered = w.finish().map_err(job_error)?;
+        let file = buffered.into_inner().map_err(|e| writing(e.into_error()))?;
         file.sync_all()
-            .map_err(|e| SpoolError::io("syncing the job", e))?;
+            .map_err(|e| SpoolError::io(format!("syncing {}", tmp_path.display()), e))?;
         drop(file);
         loop {
             let n = SUBMIT_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -330,7 +371,9 @@ pub fn submit(
                     return Ok(name);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(SpoolError::io(format!("linking {}", name.display()), e)),
+                Err(e) => {
+                    return Err(SpoolError::io(format!("linking {}", name.display()), e).into())
+                }
             }
         }
     })();

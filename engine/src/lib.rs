@@ -8,6 +8,7 @@
 //! edges (`net`, `spool`, `ledger`, `worker`, `engine`).
 
 pub mod chunk;
+pub mod condition;
 pub mod config;
 pub mod engine;
 pub mod job;

@@ -2,7 +2,8 @@
 //!
 //! Layout of a spool directory `SPOOL/`:
 //! - `incoming/`   producers drop `*.MAIL` jobs here (see [`crate::job`]); [`submit`] too.
-//! - `quarantine/` malformed jobs, each with `NAME.reason` beside it.
+//! - `quarantine/` malformed jobs and entries of `incoming/` that are not jobs or cannot be read,
+//!   each with `NAME.reason` beside it.
 //! - `spool.db`    SQLite (WAL): jobs (message stored once), copies (at most MAXBSMTP recipients),
 //!   failures, per-job delivered/failed counters.
 //! - `spool.lock`  held (exclusive `flock`) by the one process that owns the spool.
@@ -30,7 +31,7 @@ mod ingest;
 mod owner;
 mod sqlite;
 
-pub use ingest::{is_job_name, list_incoming};
+pub use ingest::{is_job_name, list_incoming, EntryKind, IncomingFile, ASIDE_FIRST, ASIDE_MAX};
 pub use owner::{engine_state, EngineState};
 pub use sqlite::{read_stats, SqliteSpool};
 
@@ -140,6 +141,37 @@ pub struct IngestReport {
     pub recipients: u64,
     /// Files moved to `quarantine/`, with the reason.
     pub quarantined: Vec<Quarantined>,
+    /// Jobs with message lines folded for being longer than SMTP allows.
+    pub folded: Vec<Folded>,
+    /// Entries found this pass that could be neither read (or used) nor moved to quarantine:
+    /// each is reported here once, then looked at again with back-off (1 min doubling to 1 h).
+    pub set_aside: Vec<SetAside>,
+    /// Every entry this pass left in `incoming/` because it can be neither read nor moved (the
+    /// ones of `set_aside` and those set aside earlier, waiting for their next look).
+    pub stuck: Vec<SetAside>,
+    /// Names set aside earlier that were ingested or quarantined this pass.
+    pub resumed: Vec<String>,
+}
+
+/// A job whose long message lines were folded at ingest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Folded {
+    /// The file's name in `incoming/`.
+    pub file: String,
+    /// The job's `MAIL FROM` line in the file.
+    pub line: u64,
+    /// How many message lines were folded.
+    pub lines: u64,
+}
+
+/// An entry of `incoming/` left where it is: it can be neither read nor moved to quarantine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetAside {
+    pub file: PathBuf,
+    /// The name in `incoming/`.
+    pub name: String,
+    /// What is wrong with it, and why it could not be moved.
+    pub reason: String,
 }
 
 /// A file moved to quarantine.
@@ -184,7 +216,8 @@ pub struct QueueStats {
     pub jobs: u64,
     /// Age of the oldest queued job, in seconds.
     pub oldest_age_secs: u64,
-    /// `*.MAIL` files waiting in `incoming/` (not yet ingested).
+    /// Entries named `*.MAIL` waiting in `incoming/` (not yet ingested, quarantined or set
+    /// aside): what [`list_incoming`] counts as incoming work.
     pub incoming_files: u64,
     pub pools: Vec<PoolStats>,
     /// The most frequent replies of failed recipients (at most 20), most frequent first.

@@ -225,6 +225,8 @@ pub(super) struct Shared {
     pub(super) notify: Arc<Notify>,
     /// One ingest pass at a time.
     pub(super) ingest_lock: Mutex<()>,
+    /// Entries of `incoming/` that could be neither read nor moved, waiting for another look.
+    pub(super) aside: Mutex<super::ingest::SetAsideEntries>,
 }
 
 struct Inner {
@@ -346,6 +348,7 @@ impl SqliteSpool {
             index: Mutex::new(index),
             notify: Arc::new(Notify::new()),
             ingest_lock: Mutex::new(()),
+            aside: Mutex::new(Default::default()),
         });
         let (tx, rx) = mpsc::channel();
         let w = shared.clone();

@@ -1,5 +1,7 @@
 //! Ingest at its edges: a body line longer than SMTP allows, and odd entries in `incoming/`.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::time::Duration;

@@ -236,11 +236,22 @@ impl SetAsideEntries {
 /// New copies to index: (copy id, pool).
 type NewCopies = Vec<(i64, Pool)>;
 
+/// What was committed of one file.
+#[derive(Debug, Default)]
+pub(super) struct FileIngest {
+    jobs: u64,
+    rcpts: u64,
+    /// Copies to index.
+    copies: NewCopies,
+    /// Jobs whose long lines were folded: (`MAIL FROM` line, lines folded).
+    folded: Vec<(u64, u64)>,
+}
+
 /// What one batch transaction committed (files not yet removed).
 #[derive(Debug, Default)]
 pub(super) struct Batch {
-    /// Committed now: file, jobs, recipients, copies to index, folded jobs.
-    ingested: Vec<(IncomingFile, u64, u64, NewCopies, Vec<(u64, u64)>)>,
+    /// Committed now.
+    ingested: Vec<(IncomingFile, FileIngest)>,
     /// Committed by an earlier pass (a crash came before their removal).
     already_in: Vec<IncomingFile>,
     /// Files nothing of which was committed, with why and the line (0: none): malformed,
@@ -348,7 +359,13 @@ impl Shared {
             rest = &rest[used..];
             let mut removed = Vec::new();
             let now_ms = ms(now);
-            for (f, jobs, rcpts, copies, folded) in batch.ingested {
+            for (f, done) in batch.ingested {
+                let FileIngest {
+                    jobs,
+                    rcpts,
+                    copies,
+                    folded,
+                } = done;
                 remove(&f.path)?;
                 report.files += 1;
                 report.jobs += jobs;
@@ -476,16 +493,14 @@ impl Shared {
                 };
                 let sp = tx.savepoint()?;
                 match self.ingest_jobs(&sp, file, f, now) {
-                    Ok((jobs, rcpts, copies, folded)) => {
+                    Ok(done) => {
                         sp.execute(
                             "INSERT OR IGNORE INTO ingested(name, mtime_ns, size) VALUES (?1, ?2, ?3)",
                             params![f.name, f.mtime_ns, f.size as i64],
                         )?;
                         sp.commit()?;
-                        rcpts_in_batch += rcpts;
-                        batch
-                            .ingested
-                            .push((f.clone(), jobs, rcpts, copies, folded));
+                        rcpts_in_batch += done.rcpts;
+                        batch.ingested.push((f.clone(), done));
                     }
                     Err(Abort::Job(e)) => {
                         drop(sp); // rolls back this file
@@ -524,7 +539,7 @@ impl Shared {
         file: File,
         f: &IncomingFile,
         now: Timestamp,
-    ) -> Result<(u64, u64, NewCopies, Vec<(u64, u64)>), Abort> {
+    ) -> Result<FileIngest, Abort> {
         let max = self.opts.max_bsmtp.max(1);
         let mode = SortMode::from_setting(self.opts.sort_recipients);
         let mut reader = JobReader::new(
@@ -611,7 +626,12 @@ impl Shared {
             jobs += 1;
             total_rcpts += n;
         }
-        Ok((jobs, total_rcpts, copies, folded_jobs))
+        Ok(FileIngest {
+            jobs,
+            rcpts: total_rcpts,
+            copies,
+            folded: folded_jobs,
+        })
     }
 
     /// Move `f` to `quarantine/` (a free name: `NAME`, `NAME.1`, ...) with `NAME.reason` beside
@@ -693,7 +713,7 @@ mod tests {
             .ingest_batch(&mut lock(&sh.db), std::slice::from_ref(&f), clock.now())
             .unwrap();
         assert_eq!(used, 1);
-        assert_eq!(batch.ingested[0].2, 4);
+        assert_eq!(batch.ingested[0].1.rcpts, 4);
         // The restart's pass finds it committed: removed, nothing queued twice.
         drop(spool);
         let spool = SqliteSpool::open(dir.path(), SpoolOptions::default(), clock.clone()).unwrap();

@@ -244,16 +244,11 @@ fn is_verb(line: &[u8], verb: &[u8]) -> bool {
 }
 
 fn show(line: &[u8]) -> String {
-    let s = String::from_utf8_lossy(line);
-    let mut out: String = s.chars().take(80).collect();
-    if s.chars().count() > 80 {
-        out.push_str("...");
+    if line.is_empty() {
+        return "an empty line".to_string();
     }
-    if out.is_empty() {
-        "an empty line".to_string()
-    } else {
-        format!("\"{out}\"")
-    }
+    // Control characters escaped: the text ends up in .reason files and logs.
+    crate::text::quoted_prefix_in(&String::from_utf8_lossy(line), 80, '"')
 }
 
 /// Parse `<addr>` at the start of `rest` (after optional spaces); returns the address and the

@@ -52,9 +52,19 @@ pub const QUOTE_MAX_CHARS: usize = 40;
 /// `s` quoted for a message: `'value'`, or for a value longer than `max` characters its first
 /// `max` characters and its length, `'valu...' (4000 bytes)`; control characters escaped.
 pub fn quoted_prefix(s: &str, max: usize) -> String {
+    quoted_prefix_in(s, max, '\'')
+}
+
+/// [`quoted_prefix`] between `quote` characters (`"value"`).
+pub fn quoted_prefix_in(s: &str, max: usize, quote: char) -> String {
+    let q = quote;
     match s.char_indices().nth(max) {
-        None => format!("'{}'", escape_controls(s)),
-        Some((cut, _)) => format!("'{}...' ({} bytes)", escape_controls(&s[..cut]), s.len()),
+        None => format!("{q}{}{q}", escape_controls(s)),
+        Some((cut, _)) => format!(
+            "{q}{}...{q} ({} bytes)",
+            escape_controls(&s[..cut]),
+            s.len()
+        ),
     }
 }
 

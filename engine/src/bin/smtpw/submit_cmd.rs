@@ -121,9 +121,9 @@ impl<R: BufRead> Iterator for Addresses<R> {
                 .and_then(|x| x.strip_suffix('>'))
                 .unwrap_or(a);
             if !smtpw::job::valid_address(a) {
-                let shown = smtpw::text::short_prefix(a, 80);
+                let shown = smtpw::text::quoted_prefix_in(a, 80, '"');
                 return Some(Err(
-                    self.bad_line(format!("invalid address \"{shown}\""), ONE_PER_LINE)
+                    self.bad_line(format!("invalid address {shown}"), ONE_PER_LINE)
                 ));
             }
             self.count += 1;

@@ -31,21 +31,19 @@ pub fn engine_state(dir: &Path) -> EngineState {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return EngineState::NotRunning,
         Err(_) => return EngineState::Unknown,
     };
-    held_locks(&meta).map_or(EngineState::Unknown, |held| {
-        if held {
-            EngineState::Running
-        } else {
-            EngineState::NotRunning
-        }
-    })
+    held_locks(&meta)
 }
 
-/// `Some(true)` when `/proc/locks` lists a granted lock on the file of `meta`; `None` when it
-/// cannot be read.
+/// What `/proc/locks` says of the file of `meta`: a granted lock on its device and inode is an
+/// engine; a lock on the same inode number of another device number is not proof either way
+/// (btrfs subvolumes and overlay file systems show other device numbers to `stat` than to
+/// the lock table), so `Unknown`.
 #[cfg(target_os = "linux")]
-fn held_locks(meta: &std::fs::Metadata) -> Option<bool> {
+fn held_locks(meta: &std::fs::Metadata) -> EngineState {
     use std::os::unix::fs::MetadataExt;
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return EngineState::Unknown;
+    };
     let dev = meta.dev();
     // glibc's encoding of a device number; /proc/locks writes "MAJOR:MINOR:INODE", the first
     // two in hexadecimal.
@@ -53,34 +51,41 @@ fn held_locks(meta: &std::fs::Metadata) -> Option<bool> {
         ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff),
         (dev & 0xff) | ((dev >> 12) & !0xff),
     );
-    Some(
-        locks
-            .lines()
-            .any(|l| is_lock_on(l, major, minor, meta.ino())),
-    )
+    let mut same_inode = false;
+    for l in locks.lines() {
+        match lock_on(l, meta.ino()) {
+            Some(d) if d == (major, minor) => return EngineState::Running,
+            Some(_) => same_inode = true,
+            None => {}
+        }
+    }
+    if same_inode {
+        EngineState::Unknown
+    } else {
+        EngineState::NotRunning
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn held_locks(_meta: &std::fs::Metadata) -> Option<bool> {
-    None
+fn held_locks(_meta: &std::fs::Metadata) -> EngineState {
+    EngineState::Unknown
 }
 
-/// Does a `/proc/locks` line describe a granted lock on (major, minor, inode)? Lines of waiters
-/// (`1: -> FLOCK ...`) are not.
+/// The (major, minor) device of a `/proc/locks` line's granted lock on inode `ino`, if it is
+/// one. Lines of waiters (`1: -> FLOCK ...`) are not.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn is_lock_on(line: &str, major: u64, minor: u64, ino: u64) -> bool {
+fn lock_on(line: &str, ino: u64) -> Option<(u64, u64)> {
     if line.contains("->") {
-        return false;
+        return None;
     }
-    line.split_whitespace().any(|field| {
+    line.split_whitespace().find_map(|field| {
         let mut parts = field.split(':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(ma), Some(mi), Some(i), None) => {
-                u64::from_str_radix(ma, 16) == Ok(major)
-                    && u64::from_str_radix(mi, 16) == Ok(minor)
-                    && i.parse::<u64>() == Ok(ino)
-            }
-            _ => false,
+            (Some(ma), Some(mi), Some(i), None) if i.parse::<u64>() == Ok(ino) => Some((
+                u64::from_str_radix(ma, 16).ok()?,
+                u64::from_str_radix(mi, 16).ok()?,
+            )),
+            _ => None,
         }
     })
 }
@@ -92,15 +97,14 @@ mod tests {
     #[test]
     fn reads_proc_locks_lines() {
         let l = "2: FLOCK  ADVISORY  WRITE 13793 fe:00:5685295 0 EOF";
-        assert!(is_lock_on(l, 0xfe, 0, 5_685_295));
-        assert!(!is_lock_on(l, 0xfe, 0, 5_685_296));
-        assert!(!is_lock_on(l, 0xfd, 0, 5_685_295));
-        assert!(!is_lock_on(
-            "2: -> FLOCK  ADVISORY  WRITE 13794 fe:00:5685295 0 EOF",
-            0xfe,
-            0,
-            5_685_295
-        ));
+        assert_eq!(lock_on(l, 5_685_295), Some((0xfe, 0)));
+        assert_eq!(lock_on(l, 5_685_296), None);
+        assert_eq!(
+            lock_on("1: POSIX  ADVISORY  WRITE 9 103:02:77 0 EOF", 77),
+            Some((0x103, 2))
+        );
+        let waiter = "2: -> FLOCK  ADVISORY  WRITE 13794 fe:00:5685295 0 EOF";
+        assert_eq!(lock_on(waiter, 5_685_295), None);
     }
 
     #[test]

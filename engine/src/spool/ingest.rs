@@ -76,7 +76,7 @@ fn describe(ft: std::fs::FileType) -> &'static str {
 /// What the entry at `path` (its own metadata `meta`, not followed) is, with the modification
 /// time and size that identify its content.
 fn classify(
-    incoming: Option<&Path>,
+    incoming: &mut Incoming<'_>,
     path: &Path,
     meta: &std::fs::Metadata,
 ) -> (EntryKind, i64, u64) {
@@ -92,7 +92,7 @@ fn classify(
         Ok(target) if target.is_file() => {
             // A link to another job of incoming/ would queue that job twice.
             let twice = std::fs::canonicalize(path).is_ok_and(|t| {
-                t.parent() == incoming
+                t.parent() == incoming.canonical()
                     && t.file_name()
                         .is_some_and(|n| is_job_name(&n.to_string_lossy()))
             });
@@ -118,7 +118,7 @@ fn classify(
 /// first (modification time, then name). Entries that are not jobs come with the reason they
 /// will be set aside; nothing is opened here.
 pub fn list_incoming(dir: &Path) -> std::io::Result<Vec<IncomingFile>> {
-    let canon = std::fs::canonicalize(dir).ok();
+    let mut incoming = Incoming { dir, canon: None };
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -128,7 +128,7 @@ pub fn list_incoming(dir: &Path) -> std::io::Result<Vec<IncomingFile>> {
         }
         let path = entry.path();
         let (kind, mtime_ns, size) = match std::fs::symlink_metadata(&path) {
-            Ok(meta) => classify(canon.as_deref(), &path, &meta),
+            Ok(meta) => classify(&mut incoming, &path, &meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => (EntryKind::Odd(format!("cannot be examined: {e}")), 0, 0),
         };
@@ -142,6 +142,22 @@ pub fn list_incoming(dir: &Path) -> std::io::Result<Vec<IncomingFile>> {
     }
     out.sort_by(|a, b| (a.mtime_ns, &a.name).cmp(&(b.mtime_ns, &b.name)));
     Ok(out)
+}
+
+/// The folder being listed, its canonical path found only when a link needs it (a pass runs
+/// every 200 ms: no needless system calls).
+struct Incoming<'a> {
+    dir: &'a Path,
+    canon: Option<Option<PathBuf>>,
+}
+
+impl Incoming<'_> {
+    fn canonical(&mut self) -> Option<&Path> {
+        let dir = self.dir;
+        self.canon
+            .get_or_insert_with(|| std::fs::canonicalize(dir).ok())
+            .as_deref()
+    }
 }
 
 /// Open a job file for reading, never blocking: a FIFO (or anything else that is not a regular

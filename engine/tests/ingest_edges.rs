@@ -243,8 +243,9 @@ fn an_entry_that_cannot_be_moved_is_looked_at_again_with_back_off() {
     assert_eq!((r.jobs, r.recipients), (1, 2), "{r:?}");
     assert_eq!(r.resumed, ["later.MAIL"]);
 
-    // dangling.MAIL: looked at again at 60 s (fails: 2 min more), then at 180 s.
-    let r = pass(60);
+    // dangling.MAIL: looked at again after 60 s (at 61 s: fails, so 2 min more), then after
+    // 181 s. (A second past each due time: the virtual wall clock also moves with real time.)
+    let r = pass(61);
     assert_eq!(names(&r.stuck), ["dangling.MAIL"]);
     assert!(r.set_aside.is_empty());
     std::fs::remove_file(&q).unwrap(); // quarantine can be made now
@@ -252,10 +253,10 @@ fn an_entry_that_cannot_be_moved_is_looked_at_again_with_back_off() {
     assert_eq!(
         names(&r.stuck),
         ["dangling.MAIL"],
-        "still waiting for its look at 180 s"
+        "still waiting for its look at 181 s: {r:?}"
     );
     assert!(inc.join("dangling.MAIL").symlink_metadata().is_ok());
-    let r = pass(181);
+    let r = pass(182);
     assert!(r.stuck.is_empty(), "{r:?}");
     assert_eq!(r.resumed, ["dangling.MAIL"]);
     assert_eq!(r.quarantined.len(), 1);

@@ -28,6 +28,13 @@
 //! - `DATA` starts the message, which ends at a line holding a single `.`. Message lines that
 //!   begin with `.` are dot-stuffed (one extra `.` in front, RFC 5321 §4.5.2).
 //! - Lines end in CRLF or LF; the stored message always uses CRLF.
+//! - **Long lines are folded** at ingest, as Postfix does (`smtp_line_length_limit = 998`): a
+//!   message line longer than 998 bytes (RFC 5321 allows 1000 octets per line with the CRLF) is
+//!   stored as several lines, CRLF and a SPACE inserted every 998 bytes (997 after the first,
+//!   never inside a UTF-8 character); ingest logs a warning per job with the number of folded
+//!   lines. In a header this is ordinary folding; in a body the reader sees a line break and a
+//!   space where the long line was cut. The stored message is what goes on the wire, so the
+//!   rate limits count the bytes actually sent.
 //! - Several `MAIL`..`.` transactions in one file are several jobs (each with its own pool).
 //!   Blank lines between transactions are ignored; after `QUIT` only blank lines may follow.
 //! - **Dropping a file**: write it under a temporary name (any name not ending in `.MAIL`) in
@@ -37,6 +44,20 @@
 //! - A file that does not follow these rules goes to `SPOOL/quarantine/NAME`, with
 //!   `SPOOL/quarantine/NAME.reason` beside it naming the file, the line and what was expected;
 //!   nothing of it is queued.
+//! - **What counts as a job**: every entry of `SPOOL/incoming/` named `*.MAIL` is incoming work
+//!   (ingest, `smtpw run --until-empty` and `smtpw queue` count the same entries). A regular
+//!   file is read. A **symbolic link to a regular file** is read too (the target's content, as
+//!   if it were in `incoming/`); after the commit the **link is removed and the target left
+//!   alone**: the target lives elsewhere and belongs to whoever made it, and removing the link
+//!   is what takes the job off the queue. A link to another `*.MAIL` of `incoming/` is not read
+//!   (that job would be queued twice). Anything else named `*.MAIL` (a directory, a FIFO, a
+//!   socket, a device, a link to one of these, a dangling link, a loop of links, that other-job
+//!   link) is never opened and goes to quarantine with its reason, as does a file that cannot be
+//!   read (say EACCES). What cannot be moved to quarantine either stays where it is: it is
+//!   reported once, then looked at again after 1 minute, 2, 4, ... up to every hour, and taken
+//!   (read or quarantined) at the first look that can; a changed file (modification time or
+//!   size) is looked at at once. Every other job goes on meanwhile. `--until-empty` stops with
+//!   exit status 3 when only such entries are left, naming them.
 //!
 //! The reader ([`JobReader`]) streams: it yields recipients one at a time (a job of a million
 //! recipients never sits in memory), and only the message after `DATA` is read into memory,
@@ -48,6 +69,36 @@ use crate::config::Pool;
 
 /// Longest envelope line accepted (`MAIL`, `RCPT`, ...), in bytes.
 pub const MAX_ENVELOPE_LINE: usize = 4096;
+
+/// Longest message line stored, in bytes without its CRLF: RFC 5321 allows 1000 octets per
+/// line with the CRLF. Longer lines are folded at ingest (see the module docs).
+pub const MAX_TEXT_LINE: usize = 998;
+
+/// The pieces a message line is stored as: the whole line when it fits [`MAX_TEXT_LINE`], else
+/// a first piece of at most 998 bytes and more of at most 997 (each is stored after an inserted
+/// SPACE), cut before a UTF-8 continuation byte when one is near.
+fn fold_pieces(line: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::with_capacity(1 + line.len() / (MAX_TEXT_LINE - 1));
+    let mut rest = line;
+    let mut room = MAX_TEXT_LINE;
+    while rest.len() > room {
+        let mut cut = room;
+        // Back off over at most 3 continuation bytes (10xxxxxx): a character is never split.
+        let back = rest[cut - 3..=cut]
+            .iter()
+            .rev()
+            .take_while(|b| *b & 0xc0 == 0x80)
+            .count();
+        if back < 4 {
+            cut -= back;
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+        room = MAX_TEXT_LINE - 1;
+    }
+    out.push(rest);
+    out
+}
 
 /// Why a job could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +175,8 @@ pub struct JobReader<R> {
     state: State,
     max_message: u64,
     jobs: u64,
+    /// Message lines of the current job folded for being longer than [`MAX_TEXT_LINE`].
+    folded: u64,
 }
 
 /// Read one line (without its LF or CRLF) into `buf`, at most `max` bytes of content.
@@ -191,16 +244,11 @@ fn is_verb(line: &[u8], verb: &[u8]) -> bool {
 }
 
 fn show(line: &[u8]) -> String {
-    let s = String::from_utf8_lossy(line);
-    let mut out: String = s.chars().take(80).collect();
-    if s.chars().count() > 80 {
-        out.push_str("...");
+    if line.is_empty() {
+        return "an empty line".to_string();
     }
-    if out.is_empty() {
-        "an empty line".to_string()
-    } else {
-        format!("\"{out}\"")
-    }
+    // Control characters escaped: the text ends up in .reason files and logs.
+    crate::text::quoted_prefix_in(&String::from_utf8_lossy(line), 80, '"')
 }
 
 /// Parse `<addr>` at the start of `rest` (after optional spaces); returns the address and the
@@ -223,7 +271,13 @@ impl<R: BufRead> JobReader<R> {
             state: State::Start,
             max_message: max_message_bytes,
             jobs: 0,
+            folded: 0,
         }
+    }
+
+    /// How many lines of the last message read were folded (longer than [`MAX_TEXT_LINE`]).
+    pub fn folded_lines(&self) -> u64 {
+        self.folded
     }
 
     /// The number of the last line read (1-based).
@@ -412,6 +466,7 @@ impl<R: BufRead> JobReader<R> {
         let mut msg = Vec::new();
         let max = usize::try_from(self.max_message).unwrap_or(usize::MAX);
         let data_line = self.line_no;
+        self.folded = 0;
         loop {
             let limit = max.saturating_sub(msg.len()).saturating_add(1);
             match read_line_bounded(&mut self.inner, &mut self.buf, limit) {
@@ -436,14 +491,34 @@ impl<R: BufRead> JobReader<R> {
                 break;
             }
             let content = line.strip_prefix(b".").unwrap_or(line);
-            if msg.len() + content.len() + 2 > max {
+            if content.len() <= MAX_TEXT_LINE {
+                if msg.len() + content.len() + 2 > max {
+                    return Err(JobError::TooLarge {
+                        line: self.line_no,
+                        max: self.max_message,
+                    });
+                }
+                msg.extend_from_slice(content);
+                msg.extend_from_slice(b"\r\n");
+                continue;
+            }
+            // Folded as Postfix does (smtp_line_length_limit = 998): CRLF SPACE inserted.
+            let pieces = fold_pieces(content);
+            let stored = content.len() + 3 * (pieces.len() - 1) + 2;
+            if msg.len() + stored > max {
                 return Err(JobError::TooLarge {
                     line: self.line_no,
                     max: self.max_message,
                 });
             }
-            msg.extend_from_slice(content);
-            msg.extend_from_slice(b"\r\n");
+            for (i, p) in pieces.iter().enumerate() {
+                if i > 0 {
+                    msg.push(b' ');
+                }
+                msg.extend_from_slice(p);
+                msg.extend_from_slice(b"\r\n");
+            }
+            self.folded += 1;
         }
         self.state = State::Between;
         Ok(msg)
@@ -504,6 +579,10 @@ pub enum WriteError {
     InvalidAddress(String),
     #[error("a job needs at least one recipient")]
     NoRecipients,
+    /// Reading the message to put in the job failed.
+    #[error("reading the message: {0}")]
+    Message(io::Error),
+    /// Writing the job failed.
     #[error("{0}")]
     Io(io::Error),
 }
@@ -579,7 +658,11 @@ impl<W: Write> JobWriter<W> {
         let mut line = Vec::with_capacity(1024);
         loop {
             line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
+            if reader
+                .read_until(b'\n', &mut line)
+                .map_err(WriteError::Message)?
+                == 0
+            {
                 break;
             }
             let mut content = line.as_slice();

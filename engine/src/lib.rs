@@ -8,6 +8,7 @@
 //! edges (`net`, `spool`, `ledger`, `worker`, `engine`).
 
 pub mod chunk;
+pub mod condition;
 pub mod config;
 pub mod engine;
 pub mod job;
@@ -17,6 +18,7 @@ pub mod ratelimit;
 pub mod route;
 pub mod smtp;
 pub mod spool;
+pub mod text;
 pub mod worker;
 
 pub use smtpw_clock as clock;

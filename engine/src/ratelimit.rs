@@ -536,6 +536,9 @@ pub async fn keep_status(
 ) {
     // Without SMTP_FORWARD, mail of an unserved pool stays queued: say so every hour (SPEC A7).
     let mut next_warning = Instant::now() + UNSERVED_WARNING_EVERY;
+    // A status that cannot be written (a full disk, a read-only spool) is said once per
+    // condition: `smtpw queue` then says the engine runs but cannot write its status.
+    let mut write_failures = crate::condition::ConditionLog::default();
     loop {
         let stop = tokio::select! {
             _ = shutdown.cancelled() => true,
@@ -543,8 +546,26 @@ pub async fn keep_status(
         };
         let reading = meter.reading(Instant::now(), METER_WINDOW);
         let st = RateStatus::new(&cfg, per_worker_split, Some(&reading), clock.now());
-        if let Err(e) = st.write(&spool_dir) {
-            tracing::debug!(error = %e, "writing the rate status failed");
+        let notice = match st.write(&spool_dir) {
+            Ok(()) => write_failures.succeeded(Instant::now()),
+            Err(e) => write_failures.failed(e.to_string(), Instant::now()),
+        };
+        match notice {
+            Some(crate::condition::Notice::Began { message }) => tracing::warn!(
+                error = %message,
+                "cannot write {RATE_STATUS_FILE} (smtpw queue shows no current rates meanwhile)"
+            ),
+            Some(crate::condition::Notice::Lasts {
+                message, lasted, ..
+            }) => tracing::warn!(
+                error = %message,
+                failing_for_secs = lasted.as_secs(),
+                "still cannot write {RATE_STATUS_FILE}"
+            ),
+            Some(crate::condition::Notice::Ended { .. }) => {
+                tracing::info!("{RATE_STATUS_FILE} is written again")
+            }
+            None => {}
         }
         if !st.unserved.is_empty() && !st.sync_forward && Instant::now() >= next_warning {
             tracing::warn!("{}", st.unserved_line());

@@ -23,6 +23,8 @@ fn errors_of(text: &str) -> Vec<String> {
 const BAD: &[(&str, usize, &str)] = &[
     // SMTP_FORWARD hosts and ports (SPEC §1.1)
     ("SMTP_FORWARD=MAILHOST", 1, "1:14: error: SMTP_FORWARD host 'MAILHOST' is not fully qualified"),
+    // Neither SMTP_FORWARD nor a worker: nothing could ever be delivered (was a warning).
+    ("NODE=X.EXAMPLE.ORG", 1, "1:1: error: neither SMTP_FORWARD nor any SMTP_FORWARD_n worker is set, so no mail can be delivered"),
     ("SMTP_FORWARD=[::1]", 1, "1:14: error: SMTP_FORWARD host '[::1]' looks like an IPv6 address"),
     ("SMTP_FORWARD=::1", 1, "1:14: error: SMTP_FORWARD host '::1' looks like an IPv6 address"),
     ("SMTP_FORWARD=2001:db8::1", 1, "1:14: error: SMTP_FORWARD host '2001:db8::1' looks like an IPv6"),
@@ -175,7 +177,6 @@ const WARN: &[(&str, &str)] = &[
     ("SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=H.EXAMPLE.ORG;", "2:30: warning: empty ';' segment in SMTP_FORWARD_1 is ignored"),
     ("SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=H.EXAMPLE.ORG;POOL=A;POOL=B", "2:37: warning: POOL= appears again in SMTP_FORWARD_1; the last one counts"),
     ("SMTP_FORWARD_1=H.EXAMPLE.ORG", "1:1: warning: SMTP_FORWARD is not set; LISTSERV on Windows requires it even with workers"),
-    ("NODE=X.EXAMPLE.ORG", "1:1: warning: SMTP_FORWARD is not set and there are no SMTP_FORWARD_n workers"),
     ("SMTP_FORWARD=localhost", "1:14: warning: SMTP_FORWARD host 'localhost' works, but LISTSERV advises"),
     ("SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_RATE_LIMIT=1Mbps", "2:1: warning: SMTP_RATE_LIMIT applies only to SMTP_FORWARD_n workers"),
     ("SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=H.EXAMPLE.ORG\nSMTP_RATE_LIMIT=A:1Mbps AB:2Mbps", "3:25: warning: pool A is limited twice in SMTP_RATE_LIMIT"),

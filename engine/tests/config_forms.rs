@@ -271,10 +271,14 @@ fn json_view_has_the_documented_shape() {
             assert_eq!(&j[k], v, "{k}");
         }
     }
-    // absent values are null
-    let c = parse_str("NODE=N.EXAMPLE.ORG\n", "x").unwrap();
+    // absent values are null (a file needs SMTP_FORWARD or a worker: one of each)
+    let c = parse_str("NODE=N.EXAMPLE.ORG\nSMTP_FORWARD_1=W.EXAMPLE.ORG\n", "x").unwrap();
     let j = c.to_json();
     assert!(j["sync_forward"].is_null());
+    assert!(j["rate_limits"]["overall_bps"].is_null());
+    let c = parse_str("SMTP_FORWARD=S.EXAMPLE.ORG\n", "x").unwrap();
+    let j = c.to_json();
+    assert!(j["node"].is_null());
     assert!(j["rate_limits"]["overall_bps"].is_null());
     assert_eq!(j["workers"], serde_json::json!([]));
     let e = serde_json::to_value(explain(

@@ -253,3 +253,67 @@ fn sample_job_reads() {
         .all(|w| w[1] != b'\n' || w[0] == b'\r'));
     assert_eq!(jobs[1].pool, None);
 }
+
+/// The stored message of a one-job file whose message is `body` (LF line ends), and the number
+/// of lines the reader folded.
+fn stored(body: &[u8]) -> (Vec<u8>, u64) {
+    let mut text = b"MAIL FROM:<a@b.example>\nRCPT TO:<x@y.example>\nDATA\n".to_vec();
+    text.extend_from_slice(body);
+    text.extend_from_slice(b".\n");
+    let mut r = smtpw::job::JobReader::new(&text[..], 64 << 20);
+    r.next_job().unwrap().unwrap();
+    while r.next_rcpt().unwrap().is_some() {}
+    let m = r.read_message().unwrap();
+    (m, r.folded_lines())
+}
+
+/// Every stored line fits RFC 5321's 1000 octets with its CRLF, and taking out the inserted
+/// CRLF SPACE gives back the line as written.
+#[test]
+fn body_lines_over_998_bytes_are_folded_like_postfix() {
+    let long = vec![b'x'; 2_000_000];
+    let mut body = Vec::new();
+    for line in [
+        &b"Subject: fold"[..],
+        b"",
+        &[b'a'; 998],
+        &[b'b'; 999],
+        &long,
+        b"end",
+    ] {
+        body.extend_from_slice(line);
+        body.push(b'\n');
+    }
+    let (m, folded) = stored(&body);
+    assert_eq!(folded, 2, "the 999-byte line and the 2,000,000-byte one");
+    let lines: Vec<&[u8]> = m.split(|b| *b == b'\n').collect();
+    for l in &lines {
+        assert!(
+            l.len() <= 999,
+            "a stored line of {} bytes with its CR",
+            l.len()
+        );
+    }
+    // 2,000,000 bytes: 998 on the first line, then 997 after the inserted space per line.
+    let continuation = lines.iter().filter(|l| l.first() == Some(&b' ')).count();
+    assert_eq!(continuation, 1 + (2_000_000 - 998usize).div_ceil(997));
+    let unfolded: Vec<u8> = String::from_utf8(m.clone())
+        .unwrap()
+        .replace("\r\n ", "")
+        .into_bytes();
+    assert_eq!(unfolded, to_crlf(&body));
+    // A line of exactly 998 bytes stays whole.
+    assert!(lines
+        .iter()
+        .any(|l| *l == [&[b'a'; 998][..], b"\r"].concat()));
+}
+
+#[test]
+fn folding_never_cuts_a_utf8_character() {
+    let line = "é".repeat(700); // 1400 bytes
+    let (m, folded) = stored(format!("{line}\n").as_bytes());
+    assert_eq!(folded, 1);
+    let s = String::from_utf8(m).expect("still UTF-8 after folding");
+    assert_eq!(s.replace("\r\n ", ""), format!("{line}\r\n"));
+    assert!(s.lines().all(|l| l.len() <= 998));
+}

@@ -20,8 +20,12 @@ use crate::profile::{OverCap, OversizeData};
 use crate::w3c::W3cRecord;
 use crate::Shared;
 
-/// Longest command line accepted (RFC 5321 asks for 512; IIS takes more).
+/// Longest command line accepted, in bytes without its CRLF (RFC 5321 asks for 512; IIS takes
+/// more). A longer line gets one [`REPLY_TOO_LONG`] and is discarded whole, up to its LF, however
+/// it arrives: nothing of it runs as a command.
 const MAX_LINE: usize = 4096;
+
+const REPLY_TOO_LONG: &str = "500 5.5.2 Line too long";
 
 /// The reply at the connection cap, to a 421 greeting fault, and on shutdown.
 pub const REPLY_421: &str = "421 4.3.2 Service not available, closing transmission channel";
@@ -208,6 +212,8 @@ struct Session {
     transactions: usize,
     rng: Option<SplitMix64>,
     relay_ok: bool,
+    /// Inside a command line already answered as too long: drop input up to its LF.
+    discarding: bool,
 }
 
 /// Run one session to its end.
@@ -278,6 +284,7 @@ pub(crate) async fn run<S>(
         transactions: 0,
         rng,
         relay_ok,
+        discarding: false,
     };
     let reason = s.run(&mut stream).await;
     let _ = stream.shutdown().await;
@@ -405,13 +412,30 @@ impl Session {
         loop {
             match &mut self.mode {
                 Mode::Command => {
-                    let Some(nl) = memchr::memchr(b'\n', buf) else {
-                        if buf.len() > MAX_LINE {
+                    if self.discarding {
+                        // The rest of a line already answered as too long: up to its LF.
+                        let Some(nl) = memchr::memchr(b'\n', buf) else {
                             buf.clear();
-                            self.reply("500 5.5.2 Line too long");
+                            return None;
+                        };
+                        buf.advance(nl + 1);
+                        self.discarding = false;
+                        continue;
+                    }
+                    let Some(nl) = memchr::memchr(b'\n', buf) else {
+                        // A trailing CR may be the start of the line's CRLF: not content.
+                        if buf.len() - usize::from(buf.last() == Some(&b'\r')) > MAX_LINE {
+                            buf.clear();
+                            self.discarding = true;
+                            self.reply(REPLY_TOO_LONG);
                         }
                         return None;
                     };
+                    if nl - usize::from(nl > 0 && buf[nl - 1] == b'\r') > MAX_LINE {
+                        buf.advance(nl + 1);
+                        self.reply(REPLY_TOO_LONG);
+                        continue;
+                    }
                     let line = buf.split_to(nl + 1);
                     if let Flow::Close(r) = self.command(&line).await {
                         return Some(r);

@@ -12,6 +12,11 @@ use super::span::{shown, Diags, Span};
 /// The largest `x*` count accepted on one line.
 pub const MAX_COUNT: u32 = 1000;
 
+/// The most workers a configuration may define in all. Each worker keeps a connection of its own
+/// to a relay (a socket, so a file descriptor): a process may by default have only 1024 files
+/// open, and no forwarding MTA takes thousands of connections from one client.
+pub const MAX_WORKERS: usize = 1000;
+
 const WORKER_EXPECTED: &str = "[count*]host[:port][(HH:MM-HH:MM)][;failover-host[:port]][;POOL=pools], such as 2*MAIL.EXAMPLE.ORG:25(00:00-05:00);BACKUP.EXAMPLE.ORG;POOL=A-";
 
 /// One `SMTP_FORWARD_n` line before `x*` expansion.

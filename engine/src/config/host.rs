@@ -69,7 +69,11 @@ pub(crate) fn check_host(s: &Span<'_>, d: &mut Diags, what: &str) -> bool {
                 "{what} {} is not fully qualified (unqualified names cause errors in LISTSERV)",
                 shown(t)
             ),
-            format!("a fully qualified name such as {t}.EXAMPLE.ORG, or a dotted IPv4 address"),
+            if t.len() <= 63 {
+                format!("a fully qualified name such as {t}.EXAMPLE.ORG, or a dotted IPv4 address")
+            } else {
+                "a fully qualified name such as NAME.EXAMPLE.ORG, or a dotted IPv4 address".into()
+            },
         );
         return false;
     }

@@ -17,9 +17,9 @@ mod view;
 use std::path::{Path, PathBuf};
 
 pub use dist::{MAX_WEIGHT, SELF};
-pub use forward::MAX_COUNT;
+pub use forward::{MAX_COUNT, MAX_WORKERS};
 pub use model::*;
-pub use parse::{DELIVERY_KEYWORDS, PASSIVE_KEYWORDS};
+pub use parse::{DELIVERY_KEYWORDS, MAX_LINE_BYTES, PASSIVE_KEYWORDS};
 pub use pools::parse_delivery_pool;
 pub use view::ResolvedView;
 
@@ -32,7 +32,7 @@ pub enum ConfigError {
     #[error("{}", render(.diagnostics))]
     Invalid { diagnostics: Vec<Diagnostic> },
     /// The file could not be read.
-    #[error("cannot read {}: {source}", .path.display())]
+    #[error("cannot read {}: {source}", crate::text::escape_controls(&.path.display().to_string()))]
     Io {
         path: PathBuf,
         #[source]

@@ -297,13 +297,18 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        // Messages quote the file: whatever it holds is shown escaped, never sent raw to a terminal.
+        let esc = crate::text::escape_controls;
         write!(
             f,
             "{}:{}:{}: {sev}: {}",
-            self.file, self.line, self.column, self.message
+            esc(&self.file),
+            self.line,
+            self.column,
+            esc(&self.message)
         )?;
         if let Some(e) = &self.expected {
-            write!(f, ", expected {e}")?;
+            write!(f, ", expected {}", esc(e))?;
         }
         Ok(())
     }

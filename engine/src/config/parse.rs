@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::dist::parse_dist_forward;
-use super::forward::{parse_sync_forward, parse_worker_line, WorkerLine};
+use super::forward::{parse_sync_forward, parse_worker_line, WorkerLine, MAX_WORKERS};
 use super::model::*;
 use super::pools::{parse_default_list_pool, parse_pool, parse_priority};
 use super::rate::parse_rate_limits;
@@ -36,6 +36,10 @@ struct Setting<'a> {
     key_span: Span<'a>,
     value: Span<'a>,
 }
+
+/// Longest setting line read, in bytes (without its line end). No keyword needs more: a
+/// worker line with a failover host, windows and pools is well under 300.
+pub const MAX_LINE_BYTES: usize = 4096;
 
 /// The keywords with delivery behaviour in smtpw (SMTP_FORWARD_n aside).
 pub const DELIVERY_KEYWORDS: &[&str] = &[
@@ -145,6 +149,16 @@ fn read_settings<'a>(
             if line.text.is_empty() || is_comment(line.text) {
                 continue;
             }
+            if raw.len() > MAX_LINE_BYTES {
+                // Not read further: neither kept nor quoted (a 10 MB value stays out of memory
+                // copies and out of the messages).
+                d.error(
+                    &line.slice(0..0),
+                    format!("a line of {} bytes", raw.len()),
+                    format!("at most {MAX_LINE_BYTES} bytes on a line"),
+                );
+                continue;
+            }
             let mut exported = false;
             let mut body = line;
             if let Some(rest) = line.text.strip_prefix("export") {
@@ -248,7 +262,10 @@ fn parse_uint(
         _ => {
             d.error(
                 s,
-                format!("{key}={} is not valid", s.text),
+                format!(
+                    "{key}={} is not valid",
+                    crate::text::short_prefix(s.text, crate::text::QUOTE_MAX_CHARS)
+                ),
                 format!("a whole number from {} to {}", range.start(), range.end()),
             );
             None
@@ -397,6 +414,15 @@ pub(crate) fn parse_sources(sources: &[Source<'_>]) -> (Option<SiteConfig>, Vec<
         }
         expect = n + 1;
         let Some(line) = line else { continue };
+        let total = cfg.workers.len() + line.count as usize;
+        if total > MAX_WORKERS {
+            d.error(
+                &s.key_span,
+                format!("{} brings the workers to {total}", s.key),
+                format!("at most {MAX_WORKERS} workers in all (each keeps a connection of its own to a relay, and a process may by default have only 1024 files open)"),
+            );
+            break;
+        }
         if line.count == 0 {
             d.warn(
                 &s.value,
@@ -424,12 +450,22 @@ pub(crate) fn parse_sources(sources: &[Source<'_>]) -> (Option<SiteConfig>, Vec<
     };
     if sync_span.is_none() {
         let at = first_worker.unwrap_or(file_start);
-        let msg = if worker_lines.is_empty() {
-            "SMTP_FORWARD is not set and there are no SMTP_FORWARD_n workers, so no mail can be delivered (LISTSERV on unix would use the local host)"
+        if cfg.workers.is_empty() {
+            // A verdict on the whole file, given when nothing else is wrong with it: a file with
+            // errors is refused anyway, and a bad worker line says itself what is wrong.
+            if !d.has_errors() {
+                d.error(
+                    &at,
+                    "neither SMTP_FORWARD nor any SMTP_FORWARD_n worker is set, so no mail can be delivered (LISTSERV on unix would use the local host; smtpw does not guess)",
+                    "SMTP_FORWARD=host[:port], or at least one SMTP_FORWARD_n=host line",
+                );
+            }
         } else {
-            "SMTP_FORWARD is not set; LISTSERV on Windows requires it even with workers, and without it there is no synchronous fallback"
-        };
-        d.warn(&at, msg);
+            d.warn(
+                &at,
+                "SMTP_FORWARD is not set; LISTSERV on Windows requires it even with workers, and without it there is no synchronous fallback",
+            );
+        }
     }
     if !d.has_errors() {
         if let Some(at) = first_worker {

@@ -3,6 +3,7 @@
 
 use super::model::{DeliveryPools, Pool, PoolPriority, PoolSet};
 use super::span::{shown, Diags, Span};
+use crate::text::{short_prefix, QUOTE_MAX_CHARS};
 
 const POOL_EXPECTED: &str = "a pool letter A-Z or '-' (the default pool)";
 
@@ -21,7 +22,10 @@ pub(crate) fn parse_pool_set(s: &Span<'_>, d: &mut Diags) -> Option<PoolSet> {
         d.error_at(
             s,
             i,
-            format!("POOL={t} mixes '*' with pool letters ('*' already means every pool)"),
+            format!(
+                "POOL={} mixes '*' with pool letters ('*' already means every pool)",
+                short_prefix(t, QUOTE_MAX_CHARS)
+            ),
             "either POOL=* alone or only letters and '-'",
         );
         return None;
@@ -34,7 +38,11 @@ pub(crate) fn parse_pool_set(s: &Span<'_>, d: &mut Diags) -> Option<PoolSet> {
                 d.error_at(
                     s,
                     i,
-                    format!("'{c}' is not a pool name in POOL={t}"),
+                    format!(
+                        "{} is not a pool name in POOL={}",
+                        shown(c.encode_utf8(&mut [0; 4])),
+                        short_prefix(t, QUOTE_MAX_CHARS)
+                    ),
                     EXPECTED,
                 );
                 return None;

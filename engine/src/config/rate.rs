@@ -152,8 +152,8 @@ pub(crate) fn parse_rate_limits(s: &Span<'_>, d: &mut Diags) -> Option<RateLimit
                             shown(next.text)
                         ),
                         format!(
-                            "the unit directly after the number, such as {rt}{}",
-                            next.text
+                            "the unit directly after the number, such as {}",
+                            example_rate(rt, next.text)
                         ),
                     );
                     skip_next = true;
@@ -162,7 +162,10 @@ pub(crate) fn parse_rate_limits(s: &Span<'_>, d: &mut Diags) -> Option<RateLimit
                     &rate,
                     after,
                     format!("rate {} has no unit", shown(rt)),
-                    format!("kbps, Mbps or Gbps directly after the number, such as {rt}Mbps"),
+                    format!(
+                        "kbps, Mbps or Gbps directly after the number, such as {}",
+                        example_rate(rt, "Mbps")
+                    ),
                 ),
             }
             ok = false;
@@ -228,6 +231,16 @@ pub(crate) fn parse_rate_limits(s: &Span<'_>, d: &mut Diags) -> Option<RateLimit
         }
     }
     ok.then_some(out)
+}
+
+/// `12Mbps` from the number and unit written apart, for an "expected" text; a fixed example when
+/// they are too long to repeat whole.
+fn example_rate(number: &str, unit: &str) -> String {
+    if number.len() + unit.len() <= 24 {
+        crate::text::escape_controls(&format!("{number}{unit}")).into_owned()
+    } else {
+        "12Mbps".to_string()
+    }
 }
 
 #[cfg(test)]

@@ -117,16 +117,11 @@ impl Diags {
     }
 }
 
-/// Shown in messages: the text found, shortened and quoted.
+/// Shown in messages: the text found, quoted, control characters escaped, and cut to a short
+/// prefix with its length when long (`'abc...' (4000 bytes)`).
 pub(crate) fn shown(s: &str) -> String {
-    const MAX: usize = 40;
     if s.is_empty() {
         return "nothing".to_string();
     }
-    if s.chars().count() > MAX {
-        let cut: String = s.chars().take(MAX).collect();
-        format!("'{cut}...'")
-    } else {
-        format!("'{s}'")
-    }
+    crate::text::quoted_prefix(s, crate::text::QUOTE_MAX_CHARS)
 }

@@ -63,11 +63,12 @@ impl SiteConfig {
         serde_json::to_value(self.view()).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The readable report of `smtpw config check`.
+    /// The readable report of `smtpw config check` (values from the file are shown with their
+    /// control characters escaped).
     pub fn to_table(&self) -> String {
         let mut o = String::new();
         let _ = self.write_table(&mut o);
-        o
+        crate::text::escape_controls_keep_lines(&o).into_owned()
     }
 
     fn write_table(&self, o: &mut String) -> std::fmt::Result {

@@ -3,6 +3,7 @@
 //! they go straight into copies; when SORT_RECIPIENTS asks for an order they go through a
 //! temporary staging table that SQLite sorts on disk, so memory stays flat for a million.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection};
 
 use super::sqlite::{lock, ms, Shared};
-use super::{IngestReport, Quarantined, SpoolError, INCOMING, QUARANTINE};
+use super::{Folded, IngestReport, Quarantined, SetAside, SpoolError, INCOMING, QUARANTINE};
 use crate::chunk::{domain_of, grouped_sizes, uniform_sizes, SortMode};
 use crate::config::Pool;
 use crate::job::{JobError, JobReader};
@@ -24,58 +25,254 @@ pub fn is_job_name(name: &str) -> bool {
             .is_some_and(|ext| ext.eq_ignore_ascii_case(".MAIL"))
 }
 
-/// A job file waiting in `incoming/`.
+/// What an entry of `incoming/` with a job name is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file, or a symbolic link to a regular file outside `incoming/`: a job to read.
+    Job,
+    /// Anything else (a directory, a FIFO, a socket, a device, a dangling or looping link, a
+    /// link to another job of `incoming/`): never opened, set aside with this reason.
+    Odd(String),
+}
+
+/// An entry of `incoming/` that ingest acts on: "incoming work". [`list_incoming`] is the one
+/// place that decides what counts, for the ingest pass, `--until-empty` and `smtpw queue`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingFile {
     pub path: PathBuf,
+    /// The file name (read lossily when it is not UTF-8).
     pub name: String,
-    /// Modification time, nanoseconds since the epoch.
+    /// Modification time, nanoseconds since the epoch (of the link's target for a link).
     pub mtime_ns: i64,
     pub size: u64,
+    pub kind: EntryKind,
 }
 
-/// The `*.MAIL` files of an incoming folder, oldest first (modification time, then name).
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// "a directory", "a FIFO (named pipe)", ... for an entry that is not a regular file.
+fn describe(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// What the entry at `path` (its own metadata `meta`, not followed) is, with the modification
+/// time and size that identify its content.
+fn classify(
+    incoming: &mut Incoming<'_>,
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> (EntryKind, i64, u64) {
+    let ft = meta.file_type();
+    let odd = |why: String| (EntryKind::Odd(why), mtime_ns(meta), meta.len());
+    if ft.is_file() {
+        return (EntryKind::Job, mtime_ns(meta), meta.len());
+    }
+    if !ft.is_symlink() {
+        return odd(format!("{}, not a job file", describe(ft)));
+    }
+    match std::fs::metadata(path) {
+        Ok(target) if target.is_file() => {
+            // A link to another job of incoming/ would queue that job twice.
+            let twice = std::fs::canonicalize(path).is_ok_and(|t| {
+                t.parent() == incoming.canonical()
+                    && t.file_name()
+                        .is_some_and(|n| is_job_name(&n.to_string_lossy()))
+            });
+            if twice {
+                odd("a symbolic link to another job in incoming (it would be queued twice)".into())
+            } else {
+                (EntryKind::Job, mtime_ns(&target), target.len())
+            }
+        }
+        Ok(target) => odd(format!(
+            "a symbolic link to {}, not to a job file",
+            describe(target.file_type())
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            odd("a symbolic link to nothing (its target does not exist)".into())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => odd("a loop of symbolic links".into()),
+        Err(e) => odd(format!("a symbolic link that cannot be followed: {e}")),
+    }
+}
+
+/// The incoming work of an incoming folder: every entry named `*.MAIL`, whatever it is, oldest
+/// first (modification time, then name). Entries that are not jobs come with the reason they
+/// will be set aside; nothing is opened here.
 pub fn list_incoming(dir: &Path) -> std::io::Result<Vec<IncomingFile>> {
+    let mut incoming = Incoming { dir, canon: None };
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
+        let name = entry.file_name().to_string_lossy().into_owned();
         if !is_job_name(&name) {
             continue;
         }
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let path = entry.path();
+        let (kind, mtime_ns, size) = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => classify(&mut incoming, &path, &meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => (EntryKind::Odd(format!("cannot be examined: {e}")), 0, 0),
+        };
         out.push(IncomingFile {
-            path: entry.path(),
+            path,
             name,
             mtime_ns,
-            size: meta.len(),
+            size,
+            kind,
         });
     }
     out.sort_by(|a, b| (a.mtime_ns, &a.name).cmp(&(b.mtime_ns, &b.name)));
     Ok(out)
 }
 
+/// The folder being listed, its canonical path found only when a link needs it (a pass runs
+/// every 200 ms: no needless system calls).
+struct Incoming<'a> {
+    dir: &'a Path,
+    canon: Option<Option<PathBuf>>,
+}
+
+impl Incoming<'_> {
+    fn canonical(&mut self) -> Option<&Path> {
+        let dir = self.dir;
+        self.canon
+            .get_or_insert_with(|| std::fs::canonicalize(dir).ok())
+            .as_deref()
+    }
+}
+
+/// Open a job file for reading, never blocking: a FIFO (or anything else that is not a regular
+/// file by the time it is opened) is refused with what it is.
+fn open_job(path: &Path) -> Result<File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(OpenError::Io)?;
+    let meta = file.metadata().map_err(OpenError::Io)?;
+    if !meta.is_file() {
+        return Err(OpenError::NotRegular(describe(meta.file_type())));
+    }
+    Ok(file)
+}
+
+enum OpenError {
+    Io(std::io::Error),
+    NotRegular(&'static str),
+}
+
+/// First wait before looking again at an entry that could be neither read nor moved; it doubles
+/// at every look up to [`ASIDE_MAX`].
+pub const ASIDE_FIRST: std::time::Duration = std::time::Duration::from_secs(60);
+pub const ASIDE_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Entries of `incoming/` that could be neither read nor moved to quarantine, by name: each is
+/// reported once, then looked at again with a growing interval. A changed modification time
+/// or size is a new file, looked at again at once.
+#[derive(Debug, Default)]
+pub(super) struct SetAsideEntries {
+    by_name: HashMap<String, AsideEntry>,
+}
+
+#[derive(Debug)]
+struct AsideEntry {
+    mtime_ns: i64,
+    size: u64,
+    reason: String,
+    interval: std::time::Duration,
+    next_look: Timestamp,
+}
+
+impl SetAsideEntries {
+    /// `Some(reason)` while `f` waits for its next look.
+    fn waiting(&mut self, f: &IncomingFile, now: Timestamp) -> Option<String> {
+        let a = self.by_name.get(&f.name)?;
+        let same = (a.mtime_ns, a.size) == (f.mtime_ns, f.size);
+        (same && now < a.next_look).then(|| a.reason.clone())
+    }
+
+    /// Note that `f` could be neither read nor moved; true the first time (report it then).
+    fn note(&mut self, f: &IncomingFile, reason: &str, now: Timestamp) -> bool {
+        let interval = match self.by_name.get(&f.name) {
+            Some(a) if (a.mtime_ns, a.size) == (f.mtime_ns, f.size) => {
+                a.interval.saturating_mul(2).min(ASIDE_MAX)
+            }
+            _ => ASIDE_FIRST,
+        };
+        let first = interval == ASIDE_FIRST;
+        let next_look = now.checked_add(interval).unwrap_or(Timestamp::MAX);
+        self.by_name.insert(
+            f.name.clone(),
+            AsideEntry {
+                mtime_ns: f.mtime_ns,
+                size: f.size,
+                reason: reason.to_string(),
+                interval,
+                next_look,
+            },
+        );
+        first
+    }
+
+    /// Forget `name` (read or moved at last); true if it had been set aside.
+    fn forget(&mut self, name: &str) -> bool {
+        self.by_name.remove(name).is_some()
+    }
+
+    /// Forget entries no longer in `incoming/` (an operator removed them).
+    fn keep_only(&mut self, present: &[IncomingFile]) {
+        if self.by_name.is_empty() {
+            return;
+        }
+        let names: HashSet<&str> = present.iter().map(|f| f.name.as_str()).collect();
+        self.by_name.retain(|n, _| names.contains(n.as_str()));
+    }
+}
+
 /// New copies to index: (copy id, pool).
 type NewCopies = Vec<(i64, Pool)>;
+
+/// What was committed of one file.
+#[derive(Debug, Default)]
+pub(super) struct FileIngest {
+    jobs: u64,
+    rcpts: u64,
+    /// Copies to index.
+    copies: NewCopies,
+    /// Jobs whose long lines were folded: (`MAIL FROM` line, lines folded).
+    folded: Vec<(u64, u64)>,
+}
 
 /// What one batch transaction committed (files not yet removed).
 #[derive(Debug, Default)]
 pub(super) struct Batch {
-    /// Committed now: file, jobs, recipients, copies to index.
-    ingested: Vec<(IncomingFile, u64, u64, NewCopies)>,
+    /// Committed now.
+    ingested: Vec<(IncomingFile, FileIngest)>,
     /// Committed by an earlier pass (a crash came before their removal).
     already_in: Vec<IncomingFile>,
-    malformed: Vec<(IncomingFile, JobError)>,
+    /// Files nothing of which was committed, with why and the line (0: none): malformed,
+    /// unreadable, or not a regular file after all. Each goes to quarantine.
+    rejected: Vec<(IncomingFile, String, u64)>,
 }
 
 /// Files per batch transaction, and recipients after which a batch is closed.
@@ -121,7 +318,10 @@ impl CopyWriter<'_> {
 
 #[derive(Debug)]
 enum Abort {
+    /// The file breaks the job format.
     Job(JobError),
+    /// The file could not be read (the file's trouble, not the spool's).
+    Read(std::io::Error),
     Spool(SpoolError),
 }
 
@@ -134,7 +334,7 @@ impl From<rusqlite::Error> for Abort {
 impl From<JobError> for Abort {
     fn from(e: JobError) -> Self {
         match e {
-            JobError::Io(io) => Abort::Spool(SpoolError::io("reading a job file", io)),
+            JobError::Io(io) => Abort::Read(io),
             other => Abort::Job(other),
         }
     }
@@ -142,13 +342,30 @@ impl From<JobError> for Abort {
 
 impl Shared {
     /// One ingest pass over `incoming/`: files are committed in batches (one transaction,
-    /// synchronous=FULL, per up to 512 files), then removed.
+    /// synchronous=FULL, per up to 512 files), then removed. An entry that is not a job, or
+    /// cannot be read, or is malformed, goes to quarantine; if it cannot be moved either, it is
+    /// set aside (reported once, looked at again with back-off) and the pass goes on.
     pub(super) fn ingest_all(&self, now: Timestamp) -> Result<IngestReport, SpoolError> {
         let _pass = lock(&self.ingest_lock);
         let incoming = self.dir.join(INCOMING);
-        let files = list_incoming(&incoming)
+        let entries = list_incoming(&incoming)
             .map_err(|e| SpoolError::io(format!("listing {}", incoming.display()), e))?;
         let mut report = IngestReport::default();
+        lock(&self.aside).keep_only(&entries);
+        let mut files = Vec::with_capacity(entries.len());
+        for f in entries {
+            if let Some(reason) = lock(&self.aside).waiting(&f, now) {
+                report.stuck.push(set_aside(&f, reason));
+                continue;
+            }
+            match &f.kind {
+                EntryKind::Job => files.push(f),
+                EntryKind::Odd(why) => {
+                    let why = why.clone();
+                    self.reject(f, &why, 0, now, &mut report);
+                }
+            }
+        }
         let mut rest = files.as_slice();
         while !rest.is_empty() {
             let (batch, used) = {
@@ -158,7 +375,13 @@ impl Shared {
             rest = &rest[used..];
             let mut removed = Vec::new();
             let now_ms = ms(now);
-            for (f, jobs, rcpts, copies) in batch.ingested {
+            for (f, done) in batch.ingested {
+                let FileIngest {
+                    jobs,
+                    rcpts,
+                    copies,
+                    folded,
+                } = done;
                 remove(&f.path)?;
                 report.files += 1;
                 report.jobs += jobs;
@@ -169,6 +392,16 @@ impl Shared {
                     idx.add(id, pool, 0, now_ms);
                 }
                 drop(idx);
+                for (line, lines) in folded {
+                    report.folded.push(Folded {
+                        file: f.name.clone(),
+                        line,
+                        lines,
+                    });
+                }
+                if lock(&self.aside).forget(&f.name) {
+                    report.resumed.push(f.name.clone());
+                }
                 tracing::debug!(file = %f.name, jobs, recipients = rcpts, "ingested");
                 removed.push(f);
             }
@@ -177,10 +410,8 @@ impl Shared {
                 remove(&f.path)?;
                 removed.push(f);
             }
-            for (f, err) in batch.malformed {
-                let q = self.quarantine(&f, &err, now)?;
-                tracing::warn!(file = %f.name, reason = %q.reason, "quarantined");
-                report.quarantined.push(q);
+            for (f, why, line) in batch.rejected {
+                self.reject(f, &why, line, now, &mut report);
             }
             if !removed.is_empty() {
                 // The files are gone: their "committed but not yet removed" records can go too.
@@ -197,16 +428,35 @@ impl Shared {
                 tx.commit()?;
             }
         }
-        if report.files > 0 {
-            tracing::info!(
-                files = report.files,
-                jobs = report.jobs,
-                recipients = report.recipients,
-                copies = report.copies,
-                "ingested"
-            );
-        }
         Ok(report)
+    }
+
+    /// Quarantine `f` for `why`; when it cannot be moved, set it aside instead.
+    fn reject(
+        &self,
+        f: IncomingFile,
+        why: &str,
+        line: u64,
+        now: Timestamp,
+        report: &mut IngestReport,
+    ) {
+        match self.quarantine(&f, why, line, now) {
+            Ok(q) => {
+                if lock(&self.aside).forget(&f.name) {
+                    report.resumed.push(f.name.clone());
+                }
+                report.quarantined.push(q);
+            }
+            Err(e) => {
+                let reason = format!("{why}; it cannot be moved to quarantine either: {e}");
+                let first = lock(&self.aside).note(&f, &reason, now);
+                let entry = set_aside(&f, reason);
+                if first {
+                    report.set_aside.push(entry.clone());
+                }
+                report.stuck.push(entry);
+            }
+        }
     }
 
     /// Commit a batch of files from the front of `files` in one transaction (each file in its
@@ -241,30 +491,48 @@ impl Shared {
                     batch.already_in.push(f.clone());
                     continue;
                 }
-                let file = match File::open(&f.path) {
+                let file = match open_job(&f.path) {
                     Ok(file) => file,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(Abort::Spool(SpoolError::io(
-                            format!("opening {}", f.path.display()),
-                            e,
-                        )))
+                    Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(OpenError::Io(e)) => {
+                        batch
+                            .rejected
+                            .push((f.clone(), format!("cannot be read: {e}"), 0));
+                        continue;
+                    }
+                    Err(OpenError::NotRegular(what)) => {
+                        batch
+                            .rejected
+                            .push((f.clone(), format!("{what}, not a job file"), 0));
+                        continue;
                     }
                 };
                 let sp = tx.savepoint()?;
                 match self.ingest_jobs(&sp, file, f, now) {
-                    Ok((jobs, rcpts, copies)) => {
+                    Ok(done) => {
                         sp.execute(
                             "INSERT OR IGNORE INTO ingested(name, mtime_ns, size) VALUES (?1, ?2, ?3)",
                             params![f.name, f.mtime_ns, f.size as i64],
                         )?;
                         sp.commit()?;
-                        rcpts_in_batch += rcpts;
-                        batch.ingested.push((f.clone(), jobs, rcpts, copies));
+                        rcpts_in_batch += done.rcpts;
+                        batch.ingested.push((f.clone(), done));
                     }
                     Err(Abort::Job(e)) => {
                         drop(sp); // rolls back this file
-                        batch.malformed.push((f.clone(), e));
+                        let line = match &e {
+                            JobError::Malformed { line, .. } | JobError::TooLarge { line, .. } => {
+                                *line
+                            }
+                            JobError::Io(_) => 0,
+                        };
+                        batch.rejected.push((f.clone(), e.to_string(), line));
+                    }
+                    Err(Abort::Read(e)) => {
+                        drop(sp);
+                        batch
+                            .rejected
+                            .push((f.clone(), format!("cannot be read: {e}"), 0));
                     }
                     Err(e) => return Err(e),
                 }
@@ -277,6 +545,7 @@ impl Shared {
             Ok(r) => Ok(r),
             Err(Abort::Spool(e)) => Err(e),
             Err(Abort::Job(e)) => Err(SpoolError::Corrupt(format!("unexpected job error: {e}"))),
+            Err(Abort::Read(e)) => Err(SpoolError::io("reading a job file", e)),
         }
     }
 
@@ -286,7 +555,7 @@ impl Shared {
         file: File,
         f: &IncomingFile,
         now: Timestamp,
-    ) -> Result<(u64, u64, NewCopies), Abort> {
+    ) -> Result<FileIngest, Abort> {
         let max = self.opts.max_bsmtp.max(1);
         let mode = SortMode::from_setting(self.opts.sort_recipients);
         let mut reader = JobReader::new(
@@ -294,6 +563,7 @@ impl Shared {
             self.opts.max_message_bytes,
         );
         let mut copies = Vec::new();
+        let mut folded_jobs = Vec::new();
         let (mut jobs, mut total_rcpts) = (0u64, 0u64);
         while let Some(h) = reader.next_job()? {
             let pool = h.pool.unwrap_or(self.opts.default_pool);
@@ -364,44 +634,69 @@ impl Shared {
                 tx.execute("DELETE FROM temp.staging", [])?;
             }
             let message = reader.read_message()?;
+            if reader.folded_lines() > 0 {
+                folded_jobs.push((h.line, reader.folded_lines()));
+            }
             tx.prepare_cached("UPDATE jobs SET message = ?2, rcpts = ?3 WHERE id = ?1")?
                 .execute(params![job_id, message, n as i64])?;
             jobs += 1;
             total_rcpts += n;
         }
-        Ok((jobs, total_rcpts, copies))
+        Ok(FileIngest {
+            jobs,
+            rcpts: total_rcpts,
+            copies,
+            folded: folded_jobs,
+        })
     }
 
+    /// Move `f` to `quarantine/` (a free name: `NAME`, `NAME.1`, ...) with `NAME.reason` beside
+    /// it. On failure nothing is left behind (no reason file without its entry).
     fn quarantine(
         &self,
         f: &IncomingFile,
-        err: &JobError,
+        why: &str,
+        line: u64,
         now: Timestamp,
     ) -> Result<Quarantined, SpoolError> {
         let qdir = self.dir.join(QUARANTINE);
         std::fs::create_dir_all(&qdir)
             .map_err(|e| SpoolError::io(format!("creating {}", qdir.display()), e))?;
+        // `symlink_metadata`: a dangling link already in quarantine is taken too.
+        let taken = |p: &Path| std::fs::symlink_metadata(p).is_ok();
         let mut dest = qdir.join(&f.name);
         let mut k = 1;
-        while dest.exists() {
+        while taken(&dest) {
             dest = qdir.join(format!("{}.{k}", f.name));
             k += 1;
         }
-        let reason = format!("{}/{}: {err}", INCOMING, f.name);
-        let line = match err {
-            JobError::Malformed { line, .. } | JobError::TooLarge { line, .. } => *line,
-            JobError::Io(_) => 0,
-        };
+        let reason = format!("{}/{}: {why}", INCOMING, f.name);
         let mut reason_path = dest.clone().into_os_string();
         reason_path.push(".reason");
+        let reason_path = PathBuf::from(reason_path);
         let text = format!(
             "{reason}\nfile: {}/{}\nline: {line}\nquarantined: {}\n",
             INCOMING, f.name, now
         );
-        super::write_all(Path::new(&reason_path), text.as_bytes())?;
-        std::fs::rename(&f.path, &dest)
-            .map_err(|e| SpoolError::io(format!("moving {} to quarantine", f.path.display()), e))?;
+        super::write_all(&reason_path, text.as_bytes()).inspect_err(|_| {
+            let _ = std::fs::remove_file(&reason_path);
+        })?;
+        if let Err(e) = std::fs::rename(&f.path, &dest) {
+            let _ = std::fs::remove_file(&reason_path);
+            return Err(SpoolError::io(
+                format!("moving {} to {}", f.path.display(), qdir.display()),
+                e,
+            ));
+        }
         Ok(Quarantined { file: dest, reason })
+    }
+}
+
+fn set_aside(f: &IncomingFile, reason: String) -> SetAside {
+    SetAside {
+        file: f.path.clone(),
+        name: f.name.clone(),
+        reason,
     }
 }
 
@@ -434,7 +729,7 @@ mod tests {
             .ingest_batch(&mut lock(&sh.db), std::slice::from_ref(&f), clock.now())
             .unwrap();
         assert_eq!(used, 1);
-        assert_eq!(batch.ingested[0].2, 4);
+        assert_eq!(batch.ingested[0].1.rcpts, 4);
         // The restart's pass finds it committed: removed, nothing queued twice.
         drop(spool);
         let spool = SqliteSpool::open(dir.path(), SpoolOptions::default(), clock.clone()).unwrap();
@@ -447,6 +742,42 @@ mod tests {
         assert_eq!(n, 0, "the record goes once the file is gone");
         let st = block_on(spool.stats()).unwrap();
         assert_eq!((st.queued, st.copies, st.jobs), (4, 1, 1));
+    }
+
+    #[test]
+    fn the_look_again_interval_doubles_from_a_minute_to_an_hour() {
+        let mut a = SetAsideEntries::default();
+        let f = IncomingFile {
+            path: PathBuf::from("x.MAIL"),
+            name: "x.MAIL".into(),
+            mtime_ns: 7,
+            size: 9,
+            kind: EntryKind::Job,
+        };
+        let t0 = Timestamp::UNIX_EPOCH;
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for k in 0..9 {
+            assert_eq!(a.note(&f, "r", now), k == 0, "reported the first time only");
+            let mut m = 0;
+            while a.waiting(&f, now).is_some() {
+                now += jiff::SignedDuration::from_mins(1);
+                m += 1;
+            }
+            waits.push(m);
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        // Another file under the same name (new mtime or size) is looked at at once.
+        let g = IncomingFile {
+            size: 10,
+            ..f.clone()
+        };
+        a.note(&f, "r", now);
+        assert!(a.waiting(&f, now).is_some());
+        assert!(a.waiting(&g, now).is_none());
+        assert!(a.note(&g, "r", now), "a new file is reported anew");
+        assert!(a.forget("x.MAIL"));
+        assert!(!a.forget("x.MAIL"));
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {

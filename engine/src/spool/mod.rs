@@ -2,7 +2,8 @@
 //!
 //! Layout of a spool directory `SPOOL/`:
 //! - `incoming/`   producers drop `*.MAIL` jobs here (see [`crate::job`]); [`submit`] too.
-//! - `quarantine/` malformed jobs, each with `NAME.reason` beside it.
+//! - `quarantine/` malformed jobs and entries of `incoming/` that are not jobs or cannot be read,
+//!   each with `NAME.reason` beside it.
 //! - `spool.db`    SQLite (WAL): jobs (message stored once), copies (at most MAXBSMTP recipients),
 //!   failures, per-job delivered/failed counters.
 //! - `spool.lock`  held (exclusive `flock`) by the one process that owns the spool.
@@ -36,9 +37,11 @@ use crate::job::{JobWriter, WriteError};
 mod check;
 mod index;
 mod ingest;
+mod owner;
 mod sqlite;
 
-pub use ingest::{is_job_name, list_incoming};
+pub use ingest::{is_job_name, list_incoming, EntryKind, IncomingFile, ASIDE_FIRST, ASIDE_MAX};
+pub use owner::{engine_state, EngineState};
 pub use sqlite::{read_stats, SqliteSpool};
 
 /// Folder names inside a spool directory.
@@ -150,6 +153,37 @@ pub struct IngestReport {
     pub recipients: u64,
     /// Files moved to `quarantine/`, with the reason.
     pub quarantined: Vec<Quarantined>,
+    /// Jobs with message lines folded for being longer than SMTP allows.
+    pub folded: Vec<Folded>,
+    /// Entries found this pass that could be neither read (or used) nor moved to quarantine:
+    /// each is reported here once, then looked at again with back-off (1 min doubling to 1 h).
+    pub set_aside: Vec<SetAside>,
+    /// Every entry this pass left in `incoming/` because it can be neither read nor moved (the
+    /// ones of `set_aside` and those set aside earlier, waiting for their next look).
+    pub stuck: Vec<SetAside>,
+    /// Names set aside earlier that were ingested or quarantined this pass.
+    pub resumed: Vec<String>,
+}
+
+/// A job whose long message lines were folded at ingest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Folded {
+    /// The file's name in `incoming/`.
+    pub file: String,
+    /// The job's `MAIL FROM` line in the file.
+    pub line: u64,
+    /// How many message lines were folded.
+    pub lines: u64,
+}
+
+/// An entry of `incoming/` left where it is: it can be neither read nor moved to quarantine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetAside {
+    pub file: PathBuf,
+    /// The name in `incoming/`.
+    pub name: String,
+    /// What is wrong with it, and why it could not be moved.
+    pub reason: String,
 }
 
 /// A file moved to quarantine.
@@ -194,7 +228,8 @@ pub struct QueueStats {
     pub jobs: u64,
     /// Age of the oldest queued job, in seconds.
     pub oldest_age_secs: u64,
-    /// `*.MAIL` files waiting in `incoming/` (not yet ingested).
+    /// Entries named `*.MAIL` waiting in `incoming/` (not yet ingested, quarantined or set
+    /// aside): what [`list_incoming`] counts as incoming work.
     pub incoming_files: u64,
     pub pools: Vec<PoolStats>,
     /// The most frequent replies of failed recipients (at most 20), most frequent first.
@@ -372,6 +407,33 @@ pub fn submit(
     rcpts: impl Iterator<Item = String>,
     message: impl Read,
 ) -> Result<PathBuf, SpoolError> {
+    try_submit::<std::convert::Infallible>(spool_dir, mail_from, pool, rcpts.map(Ok), message)
+        .map_err(|e| match e {
+            SubmitError::Input(never) => match never {},
+            SubmitError::Spool(e) => e,
+        })
+}
+
+/// Why [`try_submit`] failed: the recipients' source gave an error (the input's own, e.g. a
+/// bad line of a file), or the spool did.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError<E> {
+    #[error("{0}")]
+    Input(E),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// [`submit`] with recipients from a source that can fail: at its first error nothing is
+/// queued (the temporary file is removed before it ever gets a `.MAIL` name) and the error is
+/// returned as [`SubmitError::Input`].
+pub fn try_submit<E>(
+    spool_dir: &Path,
+    mail_from: &str,
+    pool: Option<Pool>,
+    rcpts: impl Iterator<Item = Result<String, E>>,
+    message: impl Read,
+) -> Result<PathBuf, SubmitError<E>> {
     let incoming = spool_dir.join(INCOMING);
     std::fs::create_dir_all(&incoming)
         .map_err(|e| SpoolError::io(format!("creating {}", incoming.display()), e))?;
@@ -386,22 +448,30 @@ pub fn submit(
         {
             Ok(f) => break (p, f),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(SpoolError::io(format!("creating {}", p.display()), e)),
+            Err(e) => return Err(SpoolError::io(format!("creating {}", p.display()), e).into()),
         }
     };
-    let result = (|| -> Result<PathBuf, SpoolError> {
-        let mut w = JobWriter::new(BufWriter::with_capacity(256 * 1024, file));
-        let writing = || format!("writing the job {}", tmp_path.display());
-        let located = |e: WriteError| match e {
-            WriteError::Io(io) => SpoolError::io(writing(), io),
+    let mut failed: Option<E> = None;
+    let result = (|| -> Result<PathBuf, SubmitError<E>> {
+        // A write that fails is the disk's fault (say which file, e.g. "No space left on
+        // device"), not the job's.
+        let writing =
+            |e: std::io::Error| SpoolError::io(format!("writing {}", tmp_path.display()), e);
+        let job_error = |e: WriteError| match e {
+            WriteError::Io(e) => writing(e),
             other => SpoolError::Job(other),
         };
-        w.job(mail_from, pool, rcpts, message).map_err(located)?;
-        let buffered = w.finish().map_err(located)?;
-        let file = buffered
-            .into_inner()
-            .map_err(|e| SpoolError::io(writing(), e.into_error()))?;
-        file.sync_all().map_err(|e| SpoolError::io(writing(), e))?;
+        let mut w = JobWriter::new(BufWriter::with_capacity(256 * 1024, file));
+        let rcpts = rcpts.map_while(|r| r.map_err(|e| failed = Some(e)).ok());
+        let written = w.job(mail_from, pool, rcpts, message);
+        if let Some(e) = failed.take() {
+            return Err(SubmitError::Input(e));
+        }
+        written.map_err(job_error)?;
+        let buffered = w.finish().map_err(job_error)?;
+        let file = buffered.into_inner().map_err(|e| writing(e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| SpoolError::io(format!("syncing {}", tmp_path.display()), e))?;
         drop(file);
         loop {
             let n = SUBMIT_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -415,7 +485,9 @@ pub fn submit(
                     return Ok(name);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(SpoolError::io(format!("linking {}", name.display()), e)),
+                Err(e) => {
+                    return Err(SpoolError::io(format!("linking {}", name.display()), e).into())
+                }
             }
         }
     })();

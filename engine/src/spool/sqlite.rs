@@ -129,6 +129,8 @@ pub(super) struct Shared {
     recording_error: Mutex<Option<String>>,
     /// Set when the spool closes: a writer that cannot record gives up after one more try.
     closing: AtomicBool,
+    /// Entries of `incoming/` that could be neither read nor moved, waiting for another look.
+    pub(super) aside: Mutex<super::ingest::SetAsideEntries>,
 }
 
 impl Shared {
@@ -284,6 +286,7 @@ impl SqliteSpool {
             stalled: AtomicBool::new(false),
             recording_error: Mutex::new(None),
             closing: AtomicBool::new(false),
+            aside: Mutex::new(Default::default()),
         });
         let (tx, rx) = mpsc::channel();
         let w = shared.clone();

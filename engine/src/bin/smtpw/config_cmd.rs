@@ -77,7 +77,7 @@ fn load(
             let _ = writeln!(
                 err,
                 "{}: {n} error{}; the configuration was not used",
-                file.display(),
+                smtpw::text::escape_controls(&file.display().to_string()),
                 if n == 1 { "" } else { "s" }
             );
             Err(ExitCode::from(BAD_FILE))

@@ -7,6 +7,7 @@
 //! outcome table, checked against what the relays themselves recorded.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -239,11 +240,19 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         recipients_per_second: n as f64 / took.as_secs_f64().max(1e-9),
         relays_received,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
+    // A reader that went away (`smtpw demo | head`) does not hide a mismatch: the check comes
+    // before the write error is returned.
+    let printed = {
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            serde_json::to_string_pretty(&report)
+                .map_err(std::io::Error::other)
+                .and_then(|j| writeln!(out, "{j}"))
+        } else {
+            print_table(&mut out, &report)
+        }
+        .and_then(|()| out.flush())
+    };
     // The demo proves its own claim: every recipient accounted for, and the relays agree.
     let accounted = report.delivered + report.failed + report.queued;
     if accounted != n as u64 || report.relays_received != report.delivered {
@@ -253,38 +262,42 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
+    printed?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(r: &DemoReport) {
-    println!();
-    println!("  outcome            recipients");
-    println!("  delivered          {:>10}", r.delivered);
-    println!("  failed             {:>10}", r.failed);
+fn print_table(o: &mut impl Write, r: &DemoReport) -> std::io::Result<()> {
+    writeln!(o)?;
+    writeln!(o, "  outcome            recipients")?;
+    writeln!(o, "  delivered          {:>10}", r.delivered)?;
+    writeln!(o, "  failed             {:>10}", r.failed)?;
     for (reason, count) in &r.failure_reasons {
-        println!("    {count:>6} x {reason}");
+        writeln!(o, "    {count:>6} x {reason}")?;
     }
-    println!("  still queued       {:>10}", r.queued);
-    println!("  submitted          {:>10}", r.recipients);
-    println!();
-    println!("  relay                 workers   copies");
+    writeln!(o, "  still queued       {:>10}", r.queued)?;
+    writeln!(o, "  submitted          {:>10}", r.recipients)?;
+    writeln!(o)?;
+    writeln!(o, "  relay                 workers   copies")?;
     for (host, copies) in &r.copies_per_host {
         let w = r.workers_per_host.get(host).copied().unwrap_or(0);
-        println!("  {host:<21} {w:>7} {copies:>8}");
+        writeln!(o, "  {host:<21} {w:>7} {copies:>8}")?;
     }
-    println!();
-    println!(
+    writeln!(o)?;
+    writeln!(
+        o,
         "  {} SMTP transactions; {} times a relay said \"too many recipients\" and the rest went in the next transaction",
         r.transactions, r.too_many_recoveries
-    );
-    println!(
+    )?;
+    writeln!(
+        o,
         "  relays recorded {} recipients accepted (ledger: {} delivered)",
         r.relays_received, r.delivered
-    );
-    println!(
+    )?;
+    writeln!(
+        o,
         "  {:.2} s, {:.0} recipients/s",
         r.seconds, r.recipients_per_second
-    );
+    )
 }
 
 fn sample_message() -> String {

@@ -79,9 +79,26 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our output has gone (`smtpw queue | head`): nothing is wrong with the
+        // command, and there is no one left to tell.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("smtpw: error: {e:#}");
+            use std::io::Write as _;
+            // Errors quote files and input: never raw control characters on the terminal.
+            let text = smtpw::text::escape_controls_keep_lines(&format!("{e:#}")).into_owned();
+            let _ = writeln!(std::io::stderr(), "smtpw: error: {text}");
             ExitCode::from(2)
         }
     }
+}
+
+/// True when `e` comes from writing to a pipe whose reader has closed it (EPIPE).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,14 +1,15 @@
 //! `smtpw queue`: what a spool holds, read from its database (works while the daemon runs).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use smtpw::clock::{Clock, SystemClock};
 use smtpw::ratelimit::{RateLine, RateStatus};
-use smtpw::spool::{read_stats, CopyState, QueueStats};
+use smtpw::spool::{engine_state, read_stats, CopyState, EngineState, QueueStats};
 
-/// A status older than this means the engine is not running (it rewrites it every second).
+/// A status older than this is not current (a running engine rewrites it every second).
 pub const STALE_AFTER_SECS: u64 = 10;
 
 /// Arguments of `smtpw queue`.
@@ -34,8 +35,12 @@ pub struct Rates {
     pub source: &'static str,
     /// Seconds since the engine wrote the status (`None` for `config`).
     pub age_secs: Option<u64>,
-    /// True when the engine's status is too old to be current (the engine is not running).
+    /// True when the engine's status is too old to be current: the engine is not running, or
+    /// cannot write the file (see `engine`).
     pub stale: bool,
+    /// Whether an engine owns the spool (holds `spool.lock`): `running`, `not_running` or
+    /// `unknown`.
+    pub engine: EngineState,
     #[serde(flatten)]
     pub status: RateStatus,
 }
@@ -45,6 +50,7 @@ pub fn rates(
     spool: &std::path::Path,
     config: Option<&std::path::Path>,
     now: jiff::Timestamp,
+    engine: EngineState,
 ) -> anyhow::Result<Option<Rates>> {
     let from_engine = RateStatus::read(spool).with_context(|| {
         format!(
@@ -64,6 +70,7 @@ pub fn rates(
                 source: "engine",
                 age_secs: age,
                 stale,
+                engine,
                 status: st,
             }));
         }
@@ -74,6 +81,7 @@ pub fn rates(
         source: "config",
         age_secs: None,
         stale: false,
+        engine,
         status: RateStatus::new(&cfg, false, None, now),
     }))
 }
@@ -95,8 +103,14 @@ pub fn render_rates(r: &Rates) -> String {
             "SITE.CFG"
         )),
         (_, Some(a)) if r.stale => out.push_str(&format!(
-            "rate limits (engine status from {} ago: the engine is not running; achieved rates are as of then):\n",
-            human_age(a)
+            "rate limits (engine status from {} ago: {}; achieved rates are as of then):\n",
+            human_age(a),
+            match r.engine {
+                EngineState::NotRunning =>
+                    "the engine is not running (no process holds spool.lock)",
+                EngineState::Running => "an engine is running but cannot write its status",
+                EngineState::Unknown => "the engine is not running, or cannot write its status",
+            }
         )),
         _ => out.push_str(&format!(
             "rate limits ({}; achieved over the last {:.0} s):\n",
@@ -197,6 +211,37 @@ pub fn render(st: &QueueStats) -> String {
     out
 }
 
+/// What is known of the engine when that is not what its status file suggests: an engine holds
+/// the spool but its status is missing or old (it cannot write it), so it is not "not running".
+fn engine_line(
+    spool: &std::path::Path,
+    engine: EngineState,
+    now: jiff::Timestamp,
+) -> Option<String> {
+    if engine != EngineState::Running {
+        return None;
+    }
+    let file = smtpw::ratelimit::RATE_STATUS_FILE;
+    let written = RateStatus::read(spool).ok().flatten().map(|st| {
+        st.written_at
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| u64::try_from(now.duration_since(t).as_secs()).unwrap_or(0))
+    });
+    match written {
+        None => Some(format!(
+            "engine: an engine is running (it holds spool.lock) but has written no status ({file}): \
+             it cannot write it; see its log"
+        )),
+        Some(Some(age)) if age <= STALE_AFTER_SECS => None,
+        Some(age) => Some(format!(
+            "engine: an engine is running (it holds spool.lock) but its status is from {} ago: \
+             it cannot write {file}; see its log",
+            age.map_or_else(|| "an unknown time".to_string(), human_age)
+        )),
+    }
+}
+
 /// Run `smtpw queue`.
 pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
     if !args.spool.is_dir() {
@@ -205,18 +250,24 @@ pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
     let now = SystemClock::new().now();
     let st = read_stats(&args.spool, now)
         .with_context(|| format!("reading the spool {}", args.spool.display()))?;
-    let rates = rates(&args.spool, args.config.as_deref(), now)?;
+    let engine = engine_state(&args.spool);
+    let rates = rates(&args.spool, args.config.as_deref(), now, engine)?;
+    let mut out = std::io::stdout().lock();
     if args.json {
         let mut v = serde_json::to_value(&st)?;
         if let (Some(m), Some(r)) = (v.as_object_mut(), &rates) {
             m.insert("rates".to_string(), serde_json::to_value(r)?);
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        print!("{}", render(&st));
+        write!(out, "{}", render(&st))?;
+        if let Some(line) = engine_line(&args.spool, engine, now) {
+            writeln!(out, "{line}")?;
+        }
         if let Some(r) = &rates {
-            print!("{}", render_rates(r));
+            write!(out, "{}", render_rates(r))?;
         }
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -49,10 +49,16 @@ pub struct RunArgs {
 /// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
 const EXIT_FORCED: i32 = 130;
 
+/// Exit status of `--until-empty` when nothing else is queued but files in `incoming/` can be
+/// neither read nor moved to quarantine: their mail was never sent.
+const EXIT_LEFT_IN_INCOMING: u8 = 3;
+
 /// `smtpw run`. Exit status: 0 after a normal stop (`--until-empty` found the queue empty, or
 /// SIGTERM/Ctrl-C drained the transactions in flight); 2 when it cannot start (SITE.CFG errors,
 /// printed as `FILE:LINE:COLUMN: error: ...`; a spool another process owns; an unusable spool);
-/// 130 when a second signal stopped it before the drain ended.
+/// 3 when `--until-empty` stopped with files left in `incoming/` that can be neither read nor
+/// moved to quarantine (named on stderr); 130 when a second signal stopped it before the drain
+/// ended.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = match smtpw::config::load(&args.config) {
         Ok(c) => c,
@@ -130,6 +136,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             copies = summary.copies,
             "stopped"
         );
+        let left = &summary.left_in_incoming;
+        if !left.is_empty() {
+            use smtpw::text::escape_controls;
+            let list: Vec<String> = left
+                .iter()
+                .map(|s| format!("{} ({})", escape_controls(&s.name), escape_controls(&s.reason)))
+                .collect();
+            eprintln!(
+                "smtpw: --until-empty: {} file{} in incoming can be neither read nor moved to \
+                 quarantine, so {} not sent: {}",
+                left.len(),
+                if left.len() == 1 { "" } else { "s" },
+                if left.len() == 1 { "it was" } else { "they were" },
+                list.join("; ")
+            );
+            return Ok(ExitCode::from(EXIT_LEFT_IN_INCOMING));
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

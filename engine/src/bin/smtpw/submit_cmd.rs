@@ -2,12 +2,13 @@
 //! `SPOOL/incoming` (temporary name, then renamed), whether or not a daemon runs.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use smtpw::config::Pool;
+use smtpw::spool::SubmitError;
 
 /// Arguments of `smtpw submit`.
 #[derive(clap::Args, Debug)]
@@ -48,35 +49,85 @@ fn open(name: &str) -> anyhow::Result<Box<dyn Read>> {
     }
 }
 
-/// Streams addresses from a reader, remembering the first I/O error.
+/// What a recipient list must hold (said after a line that does not).
+const ONE_PER_LINE: &str = "one address per line (blank lines and lines starting with # are \
+     skipped; <angle brackets> are optional), without spaces, control characters, < or >";
+
+/// Streams addresses from a reader, one per line; stops at the first bad line with an error
+/// that names the file and the line.
 struct Addresses<R> {
-    lines: io::Lines<R>,
-    error: Option<io::Error>,
+    input: R,
+    /// The file's name as given (`-`: standard input).
+    name: String,
+    line_no: u64,
+    buf: Vec<u8>,
     count: u64,
 }
 
+impl<R: BufRead> Addresses<R> {
+    fn bad_line(&self, what: String, expected: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{}:{}: {what}, expected {expected}",
+            self.name,
+            self.line_no
+        )
+    }
+}
+
 impl<R: BufRead> Iterator for Addresses<R> {
-    type Item = String;
-    fn next(&mut self) -> Option<String> {
+    type Item = anyhow::Result<String>;
+    fn next(&mut self) -> Option<anyhow::Result<String>> {
         loop {
-            match self.lines.next()? {
-                Ok(line) => {
-                    let a = line.trim();
-                    if a.is_empty() || a.starts_with('#') {
-                        continue;
+            self.buf.clear();
+            match self.input.read_until(b'\n', &mut self.buf) {
+                Ok(0) => {
+                    if self.count == 0 {
+                        return Some(Err(anyhow::anyhow!(
+                            "{}: no recipient in {} line{}, expected {ONE_PER_LINE}",
+                            self.name,
+                            self.line_no,
+                            if self.line_no == 1 { "" } else { "s" }
+                        )));
                     }
-                    let a = a
-                        .strip_prefix('<')
-                        .and_then(|x| x.strip_suffix('>'))
-                        .unwrap_or(a);
-                    self.count += 1;
-                    return Some(a.to_string());
-                }
-                Err(e) => {
-                    self.error = Some(e);
                     return None;
                 }
+                Ok(_) => self.line_no += 1,
+                Err(e) => {
+                    return Some(Err(anyhow::Error::new(e).context(format!(
+                        "reading recipients from {} after line {}",
+                        self.name, self.line_no
+                    ))))
+                }
             }
+            let Ok(line) = std::str::from_utf8(&self.buf) else {
+                let at = std::str::from_utf8(&self.buf)
+                    .err()
+                    .map_or(0, |e| e.valid_up_to());
+                return Some(Err(self.bad_line(
+                    format!(
+                        "the line is not UTF-8 (byte 0x{:02x} at column {})",
+                        self.buf.get(at).copied().unwrap_or(0),
+                        at + 1
+                    ),
+                    "one address per line in UTF-8",
+                )));
+            };
+            let a = line.trim();
+            if a.is_empty() || a.starts_with('#') {
+                continue;
+            }
+            let a = a
+                .strip_prefix('<')
+                .and_then(|x| x.strip_suffix('>'))
+                .unwrap_or(a);
+            if !smtpw::job::valid_address(a) {
+                let shown = smtpw::text::quoted_prefix_in(a, 80, '"');
+                return Some(Err(
+                    self.bad_line(format!("invalid address {shown}"), ONE_PER_LINE)
+                ));
+            }
+            self.count += 1;
+            return Some(Ok(a.to_string()));
         }
     }
 }
@@ -87,24 +138,36 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         bail!("--rcpts and MESSAGE cannot both be standard input");
     }
     let mut rcpts = Addresses {
-        lines: BufReader::with_capacity(256 * 1024, open(&args.rcpts)?).lines(),
-        error: None,
+        input: BufReader::with_capacity(256 * 1024, open(&args.rcpts)?),
+        name: if args.rcpts == "-" {
+            "standard input".to_string()
+        } else {
+            args.rcpts.clone()
+        },
+        line_no: 0,
+        buf: Vec::with_capacity(256),
         count: 0,
     };
     let message = open(&args.message)?;
-    let path = smtpw::spool::submit(&args.spool, &args.from, args.pool, &mut rcpts, message)
-        .with_context(|| format!("submitting to {}", args.spool.display()))?;
-    if let Some(e) = rcpts.error {
-        let _ = std::fs::remove_file(&path);
-        return Err(e).with_context(|| format!("reading recipients from {}", args.rcpts));
-    }
+    let path =
+        match smtpw::spool::try_submit(&args.spool, &args.from, args.pool, &mut rcpts, message) {
+            Ok(p) => p,
+            Err(SubmitError::Input(e)) => return Err(e),
+            Err(SubmitError::Spool(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("submitting to {}", args.spool.display())))
+            }
+        };
     let pool = args
         .pool
         .map_or_else(|| "the default pool".to_string(), |p| format!("pool {p}"));
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "queued {} ({} recipients, {pool})",
         path.display(),
         rcpts.count
-    );
+    )?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -43,6 +43,8 @@ pub struct DeliveryStats {
     pub too_many_recoveries: AtomicU64,
     pub connections: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Copies whose transaction the drain deadline cut off (given back to the queue).
+    pub returned_at_stop: AtomicU64,
     per_host: Mutex<BTreeMap<String, HostStats>>,
 }
 
@@ -180,7 +182,11 @@ pub struct WorkerContext<S: Spool> {
     pub limiter: Arc<RateLimiter>,
     pub client: ClientConfig,
     pub max_bsmtp: usize,
+    /// A stop was requested: finish the transaction under way, start no other.
     pub shutdown: CancellationToken,
+    /// The stop's drain deadline has passed: cut off the transaction under way too (its copy
+    /// goes back to the queue).
+    pub cutoff: CancellationToken,
     pub stats: Arc<DeliveryStats>,
     pub reachability: Arc<Reachability>,
     pub relay_limits: Arc<RelayLimits>,
@@ -248,13 +254,13 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             if pools.is_empty() {
                 // Nothing to do until some pool is stranded: look again soon (the grace period
                 // of a stranded pool ends without any notification).
-                close(&mut open).await;
+                close(&ctx, &mut open).await;
                 idle(&ctx, notified, None, ctx.idle_poll).await;
                 continue;
             }
         }
         if targets.is_empty() || pools.is_empty() {
-            close(&mut open).await;
+            close(&ctx, &mut open).await;
             // Inactive (outside every window with no failover): look again at the next minute.
             let now = ctx.clock.local_time();
             let to_next_minute = Duration::from_secs(60 - u64::from(now.second().unsigned_abs()))
@@ -279,7 +285,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             !targets.contains(&o.target)
                 || (targets.first() != Some(&o.target) && o.opened.elapsed() >= FAILOVER_RECHECK)
         }) {
-            close(&mut open).await;
+            close(&ctx, &mut open).await;
         }
         let copy = match ctx.spool.claim(pools).await {
             Ok(Some(c)) => c,
@@ -346,17 +352,35 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             }
         }
         let Some(o) = open.as_mut() else { continue };
-        if let Some((copy_id, result)) = deliver(&ctx, &name, o, copy, limited).await {
-            pending.push(&ctx, &name, copy_id, result).await;
+        let copy_id = copy.copy_id;
+        let done = tokio::select! {
+            biased;
+            d = deliver(&ctx, &name, o, copy, limited) => Some(d),
+            () = ctx.cutoff.cancelled() => None,
+        };
+        match done {
+            Some(Some((copy_id, result))) => pending.push(&ctx, &name, copy_id, result).await,
+            // Given back while waiting for the rate limit.
+            Some(None) => {}
+            None => {
+                // The drain deadline cut the transaction off: nothing of it is recorded, the
+                // copy goes back untouched and the connection (mid-transaction) is dropped.
+                ctx.spool.release(copy_id);
+                ctx.stats.returned_at_stop.fetch_add(1, Ordering::Relaxed);
+                warn!(worker = %name, copy = copy_id, "drain deadline: transaction cut off, the copy goes back to the queue");
+                open = None;
+                break;
+            }
         }
-        if !o.client.is_usable() {
+        if open.as_ref().is_some_and(|o| !o.client.is_usable()) {
             open = None;
         }
     }
-    // Every transaction's outcome is durable before the worker stops.
+    // Every transaction's outcome is durable before the worker stops (the drain deadline does
+    // not cut these: the relay has decided, and a lost outcome would repeat the copy).
     pending.drain(&name).await;
     // At a stop, QUIT is a courtesy: a relay slow to answer it does not hold the stop up.
-    let _ = tokio::time::timeout(QUIT_AT_STOP, close(&mut open)).await;
+    let _ = tokio::time::timeout(QUIT_AT_STOP, close(&ctx, &mut open)).await;
     debug!(worker = %name, "stopped");
 }
 
@@ -632,9 +656,13 @@ async fn deliver<S: Spool>(
     ))
 }
 
-async fn close(open: &mut Option<Open>) {
+/// QUIT and close; cut short by the drain deadline.
+async fn close<S: Spool>(ctx: &WorkerContext<S>, open: &mut Option<Open>) {
     if let Some(o) = open.take() {
-        o.client.quit().await;
+        tokio::select! {
+            () = o.client.quit() => {}
+            () = ctx.cutoff.cancelled() => {}
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
 mod proc_support;
+mod scripted;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -446,4 +447,77 @@ fn queue_works_while_a_starting_daemon_creates_the_database() {
         (0, 0, 1),
         "{q}"
     );
+}
+
+/// A relay that takes the message and then never answers the final dot: SIGTERM waits for the
+/// transactions in flight only until `--drain-timeout`, then their copies go back to the queue
+/// and the process exits 0. A restart delivers every recipient exactly once.
+#[test]
+fn sigterm_with_a_relay_silent_after_the_dot_exits_at_the_drain_timeout() {
+    const N: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = scripted::TcpScripted::start(scripted::Mta {
+        hang_at_end_of_data: true,
+        ..scripted::Mta::pipelining()
+    });
+    let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let all = recipients(N);
+    submit_cli(dir.path(), &spool, &all);
+    let mut cmd = run_cmd(&cfg, &spool, &ledger, false, &log);
+    cmd.args(["--drain-timeout", "1"]);
+    let mut kid = Kid::spawn(cmd, "run");
+    // Both workers have sent their copy and wait for the reply to the dot (10 min by default).
+    let end = Instant::now() + Duration::from_secs(30);
+    while relay.rec.lock().unwrap().hung_dots < 2 {
+        assert!(Instant::now() < end, "no transaction:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    kid.term();
+    let st = kid.wait_for(Duration::from_secs(3)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run still drains 3 s after SIGTERM with --drain-timeout 1:\n{}",
+            stderr_of(&log)
+        )
+    });
+    let took = t.elapsed();
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    let text = stderr_of(&log);
+    assert!(
+        text.contains("2 copies in flight went back to the queue"),
+        "{text}"
+    );
+    // Nothing recorded, nothing lost: both copies queued again.
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (N as u64, 0, 0),
+        "{q}"
+    );
+    *relay.mta.lock().unwrap() = scripted::Mta::pipelining();
+    // (Not --until-empty: its emptiness check has a race of its own, issue 10 defect 2.)
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "restart");
+    let end = Instant::now() + Duration::from_secs(60);
+    while num(&queue_json(&spool), "delivered") < N as u64 {
+        assert!(Instant::now() < end, "restart:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kid.term();
+    let st = kid
+        .wait_for(Duration::from_secs(10))
+        .expect("the restart stops");
+    assert!(st.success(), "{}", stderr_of(&log));
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered")),
+        (0, N as u64),
+        "{q}"
+    );
+    let got = scripted::delivered_counts(&relay.rec);
+    assert_eq!(got.len(), N);
+    assert!(got.values().all(|&n| n == 1), "repeated: {got:?}");
 }

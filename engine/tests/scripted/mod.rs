@@ -12,7 +12,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smtpw::net::BoxStream;
+use smtpw::config::HostPort;
+use smtpw::net::{BoxStream, MemoryConnector};
 use smtpw::smtp::data::dot_unstuff;
 use smtpw::smtp::{Client, ClientConfig, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -65,6 +66,8 @@ pub struct Mta {
     pub reply_in_data: Option<String>,
     /// Never answer the final dot.
     pub hang_at_end_of_data: bool,
+    /// Never answer the final dot of the n-th message of a session (1-based) and later ones.
+    pub hang_from_message: Option<usize>,
     /// Send replies one byte at a time, this long apart (a relay that drips its output).
     pub drip: Option<Duration>,
 }
@@ -88,6 +91,7 @@ impl Mta {
             close_in_data_after: None,
             reply_in_data: None,
             hang_at_end_of_data: false,
+            hang_from_message: None,
             drip: None,
         }
     }
@@ -148,6 +152,8 @@ pub type Rec = Arc<Mutex<Record>>;
 
 #[derive(Default)]
 pub struct State {
+    /// Final dots received in this session.
+    pub dots: usize,
     pub n_cmds: usize,
     pub in_txn: bool,
     pub mail: String,
@@ -209,7 +215,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mut mta: Mta, re
                 data.extend_from_slice(&line);
                 if line == b".\r\n" {
                     let raw = st.data.take().unwrap();
-                    if mta.hang_at_end_of_data {
+                    st.dots += 1;
+                    if mta.hang_at_end_of_data
+                        || mta.hang_from_message.is_some_and(|n| st.dots >= n)
+                    {
                         rec.lock().unwrap().hung_dots += 1;
                         finish = Some(Finish::Hang);
                         break;
@@ -357,6 +366,33 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mut mta: Mta, re
     rec.lock().unwrap().closed = true;
 }
 
+/// Route `target` on `connector` to the scripted server; each new connection reads `mta` as it
+/// is then, so a test can change the relay's behaviour between connections.
+pub fn route(connector: &MemoryConnector, target: HostPort, mta: Mta) -> (Arc<Mutex<Mta>>, Rec) {
+    let mta = Arc::new(Mutex::new(mta));
+    let rec = Rec::default();
+    let (m, r) = (mta.clone(), rec.clone());
+    connector.route(target, move |stream| {
+        let script = m.lock().unwrap().clone();
+        tokio::spawn(serve(stream, script, r.clone()));
+        Ok(())
+    });
+    (mta, rec)
+}
+
+/// Recipients the server accepted a message for (a 2yz to the final dot), with repeats.
+pub fn delivered_counts(rec: &Rec) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for msg in &rec.lock().unwrap().messages {
+        if msg.reply.starts_with('2') {
+            for r in &msg.rcpts {
+                *m.entry(r.clone()).or_default() += 1;
+            }
+        }
+    }
+    m
+}
+
 /// Write `out` at once, or one byte per `drip`.
 async fn write_out<S: AsyncWrite + Unpin>(
     s: &mut S,
@@ -414,4 +450,55 @@ pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(24 * 3600), f)
         .await
         .expect("test timed out")
+}
+
+/// The scripted server on 127.0.0.1 (real time), served by its own runtime threads so that it
+/// keeps answering while the test thread blocks on a child process. Each connection reads `mta`
+/// as it is then. Dropping it stops the server and every session at once.
+pub struct TcpScripted {
+    pub port: u16,
+    pub mta: Arc<Mutex<Mta>>,
+    pub rec: Rec,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl TcpScripted {
+    pub fn start(mta: Mta) -> TcpScripted {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mta = Arc::new(Mutex::new(mta));
+        let rec = Rec::default();
+        let (m, r) = (mta.clone(), rec.clone());
+        rt.spawn(async move {
+            // Bounded: a test never needs more than a few hundred connections.
+            for _ in 0..1000 {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let script = m.lock().unwrap().clone();
+                tokio::spawn(serve(sock, script, r.clone()));
+            }
+        });
+        TcpScripted {
+            port,
+            mta,
+            rec,
+            rt: Some(rt),
+        }
+    }
+}
+
+impl Drop for TcpScripted {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use smtpw::clock::SystemClock;
 use smtpw::engine::{Engine, EngineOptions};
 use smtpw::net::TcpConnector;
+use smtpw::smtp::TxnDeadline;
 use smtpw::spool::{SpoolError, SpoolOptions, SqliteSpool};
 
 #[derive(Args, Debug)]
@@ -44,13 +45,28 @@ pub struct RunArgs {
     /// Deferred recipients fail after this many hours (default 5 days).
     #[arg(long, default_value_t = 120)]
     pub lifetime_hours: u64,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for the transactions in flight; then they are cut
+    /// off and their copies go back to the queue (the next run sends them).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub drain_timeout: u64,
+    /// Every transaction must end within this many seconds plus the message's transfer at
+    /// --transaction-min-rate (default 15 min: the 10 min RFC 5321 allows for the reply to the
+    /// final dot, plus 5 min for one slow command); a transaction cut off ends as a lost
+    /// connection and its recipients are retried later.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    pub transaction_base: u64,
+    /// The slowest acceptable transfer of a message, in bytes per second (default 1 KiB/s).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub transaction_min_rate: u64,
 }
 
 /// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
 const EXIT_FORCED: i32 = 130;
 
 /// `smtpw run`. Exit status: 0 after a normal stop (`--until-empty` found the queue empty, or
-/// SIGTERM/Ctrl-C drained the transactions in flight); 2 when it cannot start (SITE.CFG errors,
+/// SIGTERM/Ctrl-C drained the transactions in flight, or cut them off at `--drain-timeout` and
+/// put their copies back in the queue); 2 when it cannot start (SITE.CFG errors,
 /// printed as `FILE:LINE:COLUMN: error: ...`; a spool another process owns; an unusable spool);
 /// 130 when a second signal stopped it before the drain ended.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -100,6 +116,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..EngineOptions::default()
         };
         eopts.client.pipelining = !args.no_pipelining;
+        eopts.drain_timeout = Duration::from_secs(args.drain_timeout);
+        eopts.client.txn_deadline = TxnDeadline {
+            base: Duration::from_secs(args.transaction_base),
+            min_rate: args.transaction_min_rate,
+        };
         let connector = Arc::new(TcpConnector {
             connect_timeout: Duration::from_secs(args.connect_timeout),
         });
@@ -112,9 +133,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eopts,
         ));
         let stopper = engine.shutdown.clone();
+        let drain_timeout = engine.opts.drain_timeout;
         tokio::spawn(async move {
             signals.recv().await;
-            info!("signal received: finishing transactions in flight, then stopping (signal again to stop at once)");
+            info!(
+                drain_timeout = ?drain_timeout,
+                "signal received: finishing transactions in flight (for at most the drain timeout; \
+                 then they go back to the queue), then stopping (signal again to stop at once)"
+            );
             stopper.cancel();
             // A second signal stops at once: nothing is lost (SPEC §12 D3), the transactions
             // still in flight are simply repeated by the next run.

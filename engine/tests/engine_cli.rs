@@ -521,3 +521,51 @@ fn sigterm_with_a_relay_silent_after_the_dot_exits_at_the_drain_timeout() {
     assert_eq!(got.len(), N);
     assert!(got.values().all(|&n| n == 1), "repeated: {got:?}");
 }
+
+/// Host-level failures count toward the lifetime: with `--lifetime-hours 0` and a relay port
+/// nobody listens on, every recipient fails (expired) with the connection failure as its reason,
+/// and `--until-empty` ends.
+#[test]
+fn an_unreachable_host_with_lifetime_zero_fails_every_recipient_and_until_empty_ends() {
+    const N: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cfg = write_site_cfg(dir.path(), port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    submit_cli(dir.path(), &spool, &recipients(N));
+    let mut cmd = run_cmd(&cfg, &spool, &ledger, true, &log);
+    cmd.args(["--lifetime-hours", "0"]);
+    let t = Instant::now();
+    let mut kid = Kid::spawn(cmd, "run");
+    let st = kid.wait_for(Duration::from_secs(60)).unwrap_or_else(|| {
+        panic!(
+            "--until-empty still runs after 60 s with every copy expired:\n{}",
+            stderr_of(&log)
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    let took = t.elapsed();
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (0, 0, N as u64),
+        "{q}"
+    );
+    let lines: Vec<_> = smtpw::ledger::read_ledger(&ledger).unwrap().collect();
+    assert_eq!(lines.len(), N, "one line per recipient");
+    let want = format!("451 4.4.1 127.0.0.1:{port} unreachable: ");
+    for l in &lines {
+        assert_eq!(l.outcome, smtpw::ledger::LedgerOutcome::Failed, "{l:?}");
+        assert!(l.expired, "{l:?}");
+        assert!(
+            l.reply.starts_with(&want) && l.reply.to_lowercase().contains("refused"),
+            "{}",
+            l.reply
+        );
+    }
+    assert!(took < Duration::from_secs(45), "{took:?}");
+}

@@ -52,6 +52,9 @@ impl Spool for GatedSpool {
     fn release(&self, copy_id: i64) {
         self.inner.release(copy_id);
     }
+    fn has_expired(&self, job_created: jiff::Timestamp, now: jiff::Timestamp) -> bool {
+        self.inner.has_expired(job_created, now)
+    }
     fn release_until(&self, copy_id: i64, not_before: jiff::Timestamp) {
         self.inner.release_until(copy_id, not_before);
     }

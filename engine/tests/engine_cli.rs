@@ -569,3 +569,97 @@ fn an_unreachable_host_with_lifetime_zero_fails_every_recipient_and_until_empty_
     }
     assert!(took < Duration::from_secs(45), "{took:?}");
 }
+
+/// What the relay got with EHLO (or HELO), one per session.
+fn ehlo_names(relay: &scripted::TcpScripted) -> Vec<String> {
+    relay
+        .rec
+        .lock()
+        .unwrap()
+        .commands()
+        .iter()
+        .filter_map(|c| {
+            c.strip_prefix("EHLO ")
+                .or_else(|| c.strip_prefix("HELO "))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The relay is greeted with NODE from SITE.CFG, or with `--helo-name` when given; never with
+/// `localhost`.
+#[test]
+fn relays_are_greeted_with_node_or_the_helo_name_override() {
+    for (extra, want) in [
+        (None, "LISTSERV.EXAMPLE.ORG"),
+        (Some("relay-client.example.com"), "relay-client.example.com"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = scripted::TcpScripted::start(scripted::Mta::pipelining());
+        // NODE=LISTSERV.EXAMPLE.ORG, two workers.
+        let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+        let spool = dir.path().join("spool");
+        let ledger = dir.path().join("ledger.jsonl");
+        let log = dir.path().join("run.log");
+        submit_cli(dir.path(), &spool, &recipients(100));
+        let mut cmd = run_cmd(&cfg, &spool, &ledger, false, &log);
+        if let Some(name) = extra {
+            cmd.args(["--helo-name", name]);
+        }
+        let mut kid = Kid::spawn(cmd, "run");
+        let end = Instant::now() + Duration::from_secs(30);
+        while scripted::delivered_counts(&relay.rec).len() < 100 {
+            assert!(Instant::now() < end, "not delivered:\n{}", stderr_of(&log));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        kid.term();
+        let st = kid.wait_for(Duration::from_secs(10)).expect("stops");
+        assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+        let names = ehlo_names(&relay);
+        assert!(!names.is_empty());
+        assert!(
+            names.iter().all(|n| n == want),
+            "EHLO {names:?}, expected {want}"
+        );
+        assert!(
+            stderr_of(&log).contains(&format!("greeting relays with EHLO {want}")),
+            "{}",
+            stderr_of(&log)
+        );
+    }
+}
+
+/// An unusable `--helo-name` is refused before anything starts.
+#[test]
+fn an_invalid_helo_name_is_refused_at_start() {
+    for (bad, why) in [
+        ("bad name", "character ' ' at position 4 is not allowed"),
+        (
+            "lists.example.org\r\nRSET",
+            "character '\\r' at position 18",
+        ),
+        ("-x.example", "starts or ends with a hyphen"),
+        ("[300.1.1.1]", "not an address literal"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = scripted::TcpScripted::start(scripted::Mta::pipelining());
+        let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+        let spool = dir.path().join("spool");
+        let out = smtpw()
+            .args(["run", "--until-empty", "--config"])
+            .arg(&cfg)
+            .arg("--spool")
+            .arg(&spool)
+            .arg(format!("--helo-name={bad}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(
+            err.contains("--helo-name") && err.contains(why),
+            "{bad:?}: {err}"
+        );
+        assert!(!spool.exists(), "nothing started");
+        assert!(ehlo_names(&relay).is_empty());
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod data;
+pub mod helo;
 pub mod reply;
 
 use std::time::Duration;
@@ -120,7 +121,9 @@ impl TxnDeadline {
 /// How the client talks to a relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The name sent with EHLO / HELO.
+    /// The name sent with EHLO / HELO: a domain or an address literal ([`helo::validate`]).
+    /// `smtpw run` uses [`helo::choose`]: `--helo-name`, else NODE, else the host's fully
+    /// qualified name. The default here, `localhost`, is for tests; many relays refuse it.
     pub helo_name: String,
     pub timeouts: Timeouts,
     /// The overall deadline of each transaction, on top of the per-command time-outs.

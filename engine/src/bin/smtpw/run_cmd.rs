@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use smtpw::clock::SystemClock;
 use smtpw::engine::{Engine, EngineOptions};
 use smtpw::net::TcpConnector;
-use smtpw::smtp::TxnDeadline;
+use smtpw::smtp::{helo, TxnDeadline};
 use smtpw::spool::{SpoolError, SpoolOptions, SqliteSpool};
 
 #[derive(Args, Debug)]
@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Deferred recipients fail after this many hours (default 5 days).
     #[arg(long, default_value_t = 120)]
     pub lifetime_hours: u64,
+    /// The name to greet relays with (EHLO): a domain or an address literal such as
+    /// [192.0.2.1]. Default: NODE from SITE.CFG, else this host's fully qualified name.
+    #[arg(long, value_name = "NAME", value_parser = smtpw::smtp::helo::parse_helo_name)]
+    pub helo_name: Option<String>,
     /// Seconds a stop (SIGTERM, Ctrl-C) waits for the transactions in flight; then they are cut
     /// off and their copies go back to the queue (the next run sends them).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
@@ -80,6 +84,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let helo = match helo::choose(
+        args.helo_name.as_deref(),
+        config.node.as_deref(),
+        &helo::HostNames::from_system(),
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            // (clap's parser has checked it already; kept for the library's own check.)
+            eprintln!("smtpw: error: --helo-name: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for w in &helo.warnings {
+        warn!("{w}");
+    }
+    info!(name = %helo.name, from = %helo.source, "greeting relays with EHLO {}", helo.name);
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
         // Take over SIGTERM/Ctrl-C first: a signal during start-up (opening a large spool takes
@@ -116,6 +136,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..EngineOptions::default()
         };
         eopts.client.pipelining = !args.no_pipelining;
+        eopts.client.helo_name = helo.name;
         eopts.drain_timeout = Duration::from_secs(args.drain_timeout);
         eopts.client.txn_deadline = TxnDeadline {
             base: Duration::from_secs(args.transaction_base),

@@ -119,9 +119,10 @@ impl<S: Spool> Engine<S> {
         );
         RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now()).log_report();
         // Fires `drain_timeout` after a stop is requested: the workers then cut off what they
-        // are still sending.
+        // are still sending. (In a JoinSet: aborted when `run` ends or is dropped.)
         let cutoff = CancellationToken::new();
-        let drain_deadline = tokio::spawn({
+        let mut drain_deadline = tokio::task::JoinSet::new();
+        drain_deadline.spawn({
             let (shutdown, cutoff, drain) = (
                 self.shutdown.clone(),
                 cutoff.clone(),
@@ -241,7 +242,7 @@ impl<S: Spool> Engine<S> {
         };
         ingest.await;
         while tasks.join_next().await.is_some() {}
-        drain_deadline.abort();
+        drain_deadline.abort_all();
         if cutoff.is_cancelled() {
             let n = self.stats.returned_at_stop.load(Ordering::Relaxed);
             warn!(

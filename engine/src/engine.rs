@@ -34,8 +34,15 @@ pub struct EngineOptions {
     pub rate_depth: Duration,
     /// LISTSERV's per-worker split of the rate limits instead of one shared limiter (SPEC 4.6).
     pub per_worker_rate_split: bool,
+    /// How long a stop waits for the transactions in flight. Then they are cut off and their
+    /// copies go back to the queue untouched (the next run sends them again); outcomes already
+    /// being recorded are still awaited, so nothing the relay decided is lost.
+    pub drain_timeout: Duration,
     pub client: ClientConfig,
 }
+
+/// How long a stop waits for the transactions in flight by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -46,6 +53,7 @@ impl Default for EngineOptions {
             idle_poll: Duration::from_secs(1),
             rate_depth: DEFAULT_DEPTH,
             per_worker_rate_split: false,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             client: ClientConfig::default(),
         }
     }
@@ -62,6 +70,8 @@ pub struct RunSummary {
     pub too_many_recoveries: u64,
     pub connections: u64,
     pub connect_failures: u64,
+    /// Copies whose transaction the drain deadline cut off: they went back to the queue.
+    pub returned_at_stop: u64,
     pub per_host: std::collections::BTreeMap<String, worker::HostStats>,
     /// With `until_empty`: the entries of `incoming/` it stopped without, because they can be
     /// neither read nor moved to quarantine (mail that was never sent).
@@ -113,6 +123,22 @@ impl<S: Spool> Engine<S> {
             RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth).with_meter(meter.clone()),
         );
         RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now()).log_report();
+        // Fires `drain_timeout` after a stop is requested: the workers then cut off what they
+        // are still sending. (In a JoinSet: aborted when `run` ends or is dropped.)
+        let cutoff = CancellationToken::new();
+        let mut drain_deadline = tokio::task::JoinSet::new();
+        drain_deadline.spawn({
+            let (shutdown, cutoff, drain) = (
+                self.shutdown.clone(),
+                cutoff.clone(),
+                self.opts.drain_timeout,
+            );
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(drain).await;
+                cutoff.cancel();
+            }
+        });
         let ctx_for = |limiter: Arc<RateLimiter>| {
             Arc::new(WorkerContext {
                 spool: self.spool.clone(),
@@ -122,6 +148,7 @@ impl<S: Spool> Engine<S> {
                 client: self.opts.client.clone(),
                 max_bsmtp: cfg.max_bsmtp as usize,
                 shutdown: self.shutdown.clone(),
+                cutoff: cutoff.clone(),
                 stats: self.stats.clone(),
                 reachability: reach.clone(),
                 relay_limits: relay_limits.clone(),
@@ -237,6 +264,15 @@ impl<S: Spool> Engine<S> {
         };
         let left_in_incoming = ingest.await;
         while tasks.join_next().await.is_some() {}
+        drain_deadline.abort_all();
+        if cutoff.is_cancelled() {
+            let n = self.stats.returned_at_stop.load(Ordering::Relaxed);
+            warn!(
+                copies = n,
+                drain_timeout = ?self.opts.drain_timeout,
+                "drain deadline reached: {n} copies in flight went back to the queue"
+            );
+        }
         RunSummary {
             left_in_incoming,
             ..self.summary()
@@ -254,6 +290,7 @@ impl<S: Spool> Engine<S> {
             too_many_recoveries: s.too_many_recoveries.load(Ordering::Relaxed),
             connections: s.connections.load(Ordering::Relaxed),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
+            returned_at_stop: s.returned_at_stop.load(Ordering::Relaxed),
             per_host: s.per_host(),
             left_in_incoming: Vec::new(),
         }

@@ -14,7 +14,7 @@ use crate::config::{HostPort, Pool, PoolSet, TimeOfDay, WorkerSpec};
 use crate::net::{BoxFuture, Connector};
 use crate::ratelimit::RateLimiter;
 use crate::route::{route, Via};
-use crate::smtp::{Client, ClientConfig, DataGate, RcptResult};
+use crate::smtp::{Client, ClientConfig, ConnectError, DataGate, RcptResult, Reply};
 use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
 
 /// Back-off for an unreachable host with no failover (SPEC §11 A5): 30 s doubling to 15 min.
@@ -43,6 +43,8 @@ pub struct DeliveryStats {
     pub too_many_recoveries: AtomicU64,
     pub connections: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Copies whose transaction the drain deadline cut off (given back to the queue).
+    pub returned_at_stop: AtomicU64,
     per_host: Mutex<BTreeMap<String, HostStats>>,
 }
 
@@ -180,7 +182,11 @@ pub struct WorkerContext<S: Spool> {
     pub limiter: Arc<RateLimiter>,
     pub client: ClientConfig,
     pub max_bsmtp: usize,
+    /// A stop was requested: finish the transaction under way, start no other.
     pub shutdown: CancellationToken,
+    /// The stop's drain deadline has passed: cut off the transaction under way too (its copy
+    /// goes back to the queue).
+    pub cutoff: CancellationToken,
     pub stats: Arc<DeliveryStats>,
     pub reachability: Arc<Reachability>,
     pub relay_limits: Arc<RelayLimits>,
@@ -248,13 +254,13 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             if pools.is_empty() {
                 // Nothing to do until some pool is stranded: look again soon (the grace period
                 // of a stranded pool ends without any notification).
-                close(&mut open).await;
+                close(&ctx, &mut open).await;
                 idle(&ctx, notified, None, ctx.idle_poll).await;
                 continue;
             }
         }
         if targets.is_empty() || pools.is_empty() {
-            close(&mut open).await;
+            close(&ctx, &mut open).await;
             // Inactive (outside every window with no failover): look again at the next minute.
             let now = ctx.clock.local_time();
             let to_next_minute = Duration::from_secs(60 - u64::from(now.second().unsigned_abs()))
@@ -279,7 +285,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             !targets.contains(&o.target)
                 || (targets.first() != Some(&o.target) && o.opened.elapsed() >= FAILOVER_RECHECK)
         }) {
-            close(&mut open).await;
+            close(&ctx, &mut open).await;
         }
         let copy = match ctx.spool.claim(pools).await {
             Ok(Some(c)) => c,
@@ -295,8 +301,17 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                     // (the sync path may have taken it all): look for the hosts anyway, on the
                     // same back-off schedule, so that the pool stops counting as stranded as
                     // soon as a host is back (SPEC D4), not only when new work arrives.
-                    match connect_or_back_off(&ctx, &role, &name, &targets, None, &mut backoff)
-                        .await
+                    match connect_or_back_off(
+                        &ctx,
+                        &role,
+                        &name,
+                        &targets,
+                        pools,
+                        None,
+                        &mut pending,
+                        &mut backoff,
+                    )
+                    .await
                     {
                         Attempt::Stopped => break,
                         Attempt::Unreachable => {}
@@ -329,7 +344,9 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                 &role,
                 &name,
                 &targets,
-                Some(copy.copy_id),
+                pools,
+                Some(&copy),
+                &mut pending,
                 &mut backoff,
             )
             .await
@@ -346,17 +363,35 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             }
         }
         let Some(o) = open.as_mut() else { continue };
-        if let Some((copy_id, result)) = deliver(&ctx, &name, o, copy, limited).await {
-            pending.push(&ctx, &name, copy_id, result).await;
+        let copy_id = copy.copy_id;
+        let done = tokio::select! {
+            biased;
+            d = deliver(&ctx, &name, o, copy, limited) => Some(d),
+            () = ctx.cutoff.cancelled() => None,
+        };
+        match done {
+            Some(Some((copy_id, result))) => pending.push(&ctx, &name, copy_id, result).await,
+            // Given back while waiting for the rate limit.
+            Some(None) => {}
+            None => {
+                // The drain deadline cut the transaction off: nothing of it is recorded, the
+                // copy goes back untouched and the connection (mid-transaction) is dropped.
+                ctx.spool.release(copy_id);
+                ctx.stats.returned_at_stop.fetch_add(1, Ordering::Relaxed);
+                warn!(worker = %name, copy = copy_id, "drain deadline: transaction cut off, the copy goes back to the queue");
+                open = None;
+                break;
+            }
         }
-        if !o.client.is_usable() {
+        if open.as_ref().is_some_and(|o| !o.client.is_usable()) {
             open = None;
         }
     }
-    // Every transaction's outcome is durable before the worker stops.
+    // Every transaction's outcome is durable before the worker stops (the drain deadline does
+    // not cut these: the relay has decided, and a lost outcome would repeat the copy).
     pending.drain(&name).await;
     // At a stop, QUIT is a courtesy: a relay slow to answer it does not hold the stop up.
-    let _ = tokio::time::timeout(QUIT_AT_STOP, close(&mut open)).await;
+    let _ = tokio::time::timeout(QUIT_AT_STOP, close(&ctx, &mut open)).await;
     debug!(worker = %name, "stopped");
 }
 
@@ -416,50 +451,64 @@ fn plan<S: Spool>(role: &Role, ctx: &WorkerContext<S>) -> (Vec<HostPort>, PoolSe
 /// How an attempt to reach a worker's hosts ended.
 enum Attempt {
     Connected(Box<Open>),
-    /// No host answered; the back-off has been waited out.
+    /// No host answered; the claimed copy was given back (or, its job expired, failed) and the
+    /// back-off has been waited out.
     Unreachable,
     /// A stop arrived (any claimed copy went back to the queue).
     Stopped,
 }
 
 /// Try the route's hosts in order. Setting up a connection is not a transaction, so a stop
-/// cancels it. The result is recorded for SPEC D4's grace period. When no host answers, the
-/// claimed copy (if any) goes back to the queue, untouched, for other workers to take, and the
-/// worker waits out its back-off (30 s doubling to 15 min, SPEC A5) before the next try.
+/// cancels it. The result is recorded for the synchronous path's grace period. When no host
+/// answers, the claimed copy (if any) goes back to the queue, untouched, for other workers to
+/// take, unless its job has outlived the lifetime: a host that cannot be reached is a failure
+/// like any other, so then the copy is completed with every recipient deferred by the reason
+/// (which the spool's lifetime rule turns into failed), and so is every further expired copy
+/// waiting for these pools. Then the worker waits out its back-off (30 s doubling to 15 min)
+/// before the next try.
+#[allow(clippy::too_many_arguments)]
 async fn connect_or_back_off<S: Spool>(
     ctx: &WorkerContext<S>,
     role: &Role,
     name: &str,
     targets: &[HostPort],
-    copy: Option<i64>,
+    pools: PoolSet,
+    copy: Option<&ClaimedCopy>,
+    pending: &mut Completions,
     backoff: &mut Duration,
 ) -> Attempt {
-    let give_back = |ctx: &WorkerContext<S>| {
-        if let Some(id) = copy {
-            ctx.spool.release(id);
-        }
-    };
     let connected = tokio::select! {
         biased;
         _ = ctx.shutdown.cancelled() => None,
         c = connect(ctx, name, targets) => Some(c),
     };
     let Some(connected) = connected else {
-        give_back(ctx);
+        if let Some(c) = copy {
+            ctx.spool.release(c.copy_id);
+        }
         return Attempt::Stopped;
     };
     if let Role::Worker(w) = role {
-        ctx.reachability.set(w.id, connected.is_none());
+        ctx.reachability.set(w.id, connected.is_err());
     }
-    if let Some(o) = connected {
-        *backoff = UNREACHABLE_BACKOFF_MIN;
-        return Attempt::Connected(Box::new(o));
-    }
-    give_back(ctx);
-    if copy.is_some() {
-        warn!(worker = %name, retry_in = ?*backoff, "no host reachable; the copy goes back to the queue");
-    } else {
-        warn!(worker = %name, retry_in = ?*backoff, "still no host reachable");
+    let reason = match connected {
+        Ok(o) => {
+            *backoff = UNREACHABLE_BACKOFF_MIN;
+            return Attempt::Connected(Box::new(o));
+        }
+        Err(reason) => reason,
+    };
+    match copy {
+        Some(c) if ctx.spool.has_expired(c.job_created, ctx.clock.now()) => {
+            let copies = expire_unreachable(ctx, name, pools, c, &reason, pending).await;
+            warn!(worker = %name, copies, reason = %reason,
+                "no host reachable and the job outlived its lifetime: the copy's recipients fail");
+        }
+        Some(c) => {
+            ctx.spool.release(c.copy_id);
+            warn!(worker = %name, retry_in = ?*backoff, "no host reachable; the copy goes back to the queue");
+        }
+        None => warn!(worker = %name, retry_in = ?*backoff, "still no host reachable"),
     }
     let stopped = tokio::select! {
         _ = ctx.shutdown.cancelled() => true,
@@ -473,38 +522,89 @@ async fn connect_or_back_off<S: Spool>(
     }
 }
 
+/// Complete `first`, then every further claimable copy of `pools` whose job has expired too
+/// (oldest first, until one that has not, which goes back untouched), each with every recipient
+/// deferred by `reason`: the spool fails them as expired. Without this sweep a backlog behind an
+/// unreachable host would expire one copy per back-off. Returns the copies completed.
+async fn expire_unreachable<S: Spool>(
+    ctx: &WorkerContext<S>,
+    name: &str,
+    pools: PoolSet,
+    first: &ClaimedCopy,
+    reason: &Reply,
+    pending: &mut Completions,
+) -> u64 {
+    let complete = |c: &ClaimedCopy| {
+        ctx.stats.copies.fetch_add(1, Ordering::Relaxed);
+        ctx.stats
+            .deferred
+            .fetch_add(c.rcpts.len() as u64, Ordering::Relaxed);
+        let reply = reason.to_string();
+        let rcpts = c
+            .rcpts
+            .iter()
+            .map(|_| RcptOutcome {
+                outcome: Outcome::Deferred,
+                reply: reply.clone(),
+            })
+            .collect();
+        (c.copy_id, CopyResult { relay: None, rcpts })
+    };
+    let (id, result) = complete(first);
+    pending.push(ctx, name, id, result).await;
+    let mut n = 1;
+    while !ctx.shutdown.is_cancelled() {
+        match ctx.spool.claim(pools).await {
+            Ok(Some(c)) if ctx.spool.has_expired(c.job_created, ctx.clock.now()) => {
+                let (id, result) = complete(&c);
+                pending.push(ctx, name, id, result).await;
+                n += 1;
+            }
+            Ok(Some(c)) => {
+                ctx.spool.release(c.copy_id);
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                warn!(worker = %name, error = %e, "claim failed");
+                break;
+            }
+        }
+    }
+    n
+}
+
+/// The first of `targets` that answers, or why none did (one part per host).
 async fn connect<S: Spool>(
     ctx: &WorkerContext<S>,
     name: &str,
     targets: &[HostPort],
-) -> Option<Open> {
+) -> Result<Open, Reply> {
+    let mut failures: Vec<(&HostPort, String)> = Vec::with_capacity(targets.len());
     for target in targets {
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-        match ctx.connector.connect(target).await {
+        let error = match ctx.connector.connect(target).await {
             Ok(stream) => match Client::handshake(stream, &ctx.client).await {
                 Ok(mut client) => {
                     if let Some(l) = ctx.relay_limits.get(target) {
                         client.set_learned_rcpt_limit(l);
                     }
                     debug!(worker = %name, host = %target, "connected");
-                    return Some(Open {
+                    return Ok(Open {
                         client,
                         target: target.clone(),
                         opened: tokio::time::Instant::now(),
                     });
                 }
-                Err(e) => {
-                    ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(worker = %name, host = %target, error = %e, "host unreachable");
-                }
+                Err(e) => e.to_string(),
             },
-            Err(e) => {
-                ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                warn!(worker = %name, host = %target, error = %e, "host unreachable");
-            }
-        }
+            Err(e) => ConnectError::Io(e).to_string(),
+        };
+        ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        warn!(worker = %name, host = %target, error = %error, "host unreachable");
+        failures.push((target, error));
     }
-    None
+    Err(Reply::host_unreachable(failures))
 }
 
 /// Outcomes being made durable for one worker, oldest first.
@@ -635,9 +735,13 @@ async fn deliver<S: Spool>(
     ))
 }
 
-async fn close(open: &mut Option<Open>) {
+/// QUIT and close; cut short by the drain deadline.
+async fn close<S: Spool>(ctx: &WorkerContext<S>, open: &mut Option<Open>) {
     if let Some(o) = open.take() {
-        o.client.quit().await;
+        tokio::select! {
+            () = o.client.quit() => {}
+            () = ctx.cutoff.cancelled() => {}
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
 mod proc_support;
+mod scripted;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -446,4 +447,219 @@ fn queue_works_while_a_starting_daemon_creates_the_database() {
         (0, 0, 1),
         "{q}"
     );
+}
+
+/// A relay that takes the message and then never answers the final dot: SIGTERM waits for the
+/// transactions in flight only until `--drain-timeout`, then their copies go back to the queue
+/// and the process exits 0. A restart delivers every recipient exactly once.
+#[test]
+fn sigterm_with_a_relay_silent_after_the_dot_exits_at_the_drain_timeout() {
+    const N: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = scripted::TcpScripted::start(scripted::Mta {
+        hang_at_end_of_data: true,
+        ..scripted::Mta::pipelining()
+    });
+    let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    let all = recipients(N);
+    submit_cli(dir.path(), &spool, &all);
+    let mut cmd = run_cmd(&cfg, &spool, &ledger, false, &log);
+    cmd.args(["--drain-timeout", "1"]);
+    let mut kid = Kid::spawn(cmd, "run");
+    // Both workers have sent their copy and wait for the reply to the dot (10 min by default).
+    let end = Instant::now() + Duration::from_secs(30);
+    while relay.rec.lock().unwrap().hung_dots < 2 {
+        assert!(Instant::now() < end, "no transaction:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    kid.term();
+    let st = kid.wait_for(Duration::from_secs(3)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run still drains 3 s after SIGTERM with --drain-timeout 1:\n{}",
+            stderr_of(&log)
+        )
+    });
+    let took = t.elapsed();
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    let text = stderr_of(&log);
+    assert!(
+        text.contains("2 copies in flight went back to the queue"),
+        "{text}"
+    );
+    // Nothing recorded, nothing lost: both copies queued again.
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (N as u64, 0, 0),
+        "{q}"
+    );
+    *relay.mta.lock().unwrap() = scripted::Mta::pipelining();
+    // (Not --until-empty: its emptiness check has a race of its own, issue 10 defect 2.)
+    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "restart");
+    let end = Instant::now() + Duration::from_secs(60);
+    while num(&queue_json(&spool), "delivered") < N as u64 {
+        assert!(Instant::now() < end, "restart:\n{}", stderr_of(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kid.term();
+    let st = kid
+        .wait_for(Duration::from_secs(10))
+        .expect("the restart stops");
+    assert!(st.success(), "{}", stderr_of(&log));
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered")),
+        (0, N as u64),
+        "{q}"
+    );
+    let got = scripted::delivered_counts(&relay.rec);
+    assert_eq!(got.len(), N);
+    assert!(got.values().all(|&n| n == 1), "repeated: {got:?}");
+}
+
+/// Host-level failures count toward the lifetime: with `--lifetime-hours 0` and a relay port
+/// nobody listens on, every recipient fails (expired) with the connection failure as its reason,
+/// and `--until-empty` ends.
+#[test]
+fn an_unreachable_host_with_lifetime_zero_fails_every_recipient_and_until_empty_ends() {
+    const N: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cfg = write_site_cfg(dir.path(), port, 2, 50);
+    let spool = dir.path().join("spool");
+    let ledger = dir.path().join("ledger.jsonl");
+    let log = dir.path().join("run.log");
+    submit_cli(dir.path(), &spool, &recipients(N));
+    let mut cmd = run_cmd(&cfg, &spool, &ledger, true, &log);
+    cmd.args(["--lifetime-hours", "0"]);
+    let t = Instant::now();
+    let mut kid = Kid::spawn(cmd, "run");
+    let st = kid.wait_for(Duration::from_secs(60)).unwrap_or_else(|| {
+        panic!(
+            "--until-empty still runs after 60 s with every copy expired:\n{}",
+            stderr_of(&log)
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+    let took = t.elapsed();
+    let q = queue_json(&spool);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (0, 0, N as u64),
+        "{q}"
+    );
+    let lines: Vec<_> = smtpw::ledger::read_ledger(&ledger).unwrap().collect();
+    assert_eq!(lines.len(), N, "one line per recipient");
+    let want = format!("451 4.4.1 127.0.0.1:{port} unreachable: ");
+    for l in &lines {
+        assert_eq!(l.outcome, smtpw::ledger::LedgerOutcome::Failed, "{l:?}");
+        assert!(l.expired, "{l:?}");
+        assert!(
+            l.reply.starts_with(&want) && l.reply.to_lowercase().contains("refused"),
+            "{}",
+            l.reply
+        );
+    }
+    assert!(took < Duration::from_secs(45), "{took:?}");
+}
+
+/// What the relay got with EHLO (or HELO), one per session.
+fn ehlo_names(relay: &scripted::TcpScripted) -> Vec<String> {
+    relay
+        .rec
+        .lock()
+        .unwrap()
+        .commands()
+        .iter()
+        .filter_map(|c| {
+            c.strip_prefix("EHLO ")
+                .or_else(|| c.strip_prefix("HELO "))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The relay is greeted with NODE from SITE.CFG, or with `--helo-name` when given; never with
+/// `localhost`.
+#[test]
+fn relays_are_greeted_with_node_or_the_helo_name_override() {
+    for (extra, want) in [
+        (None, "LISTSERV.EXAMPLE.ORG"),
+        (Some("relay-client.example.com"), "relay-client.example.com"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = scripted::TcpScripted::start(scripted::Mta::pipelining());
+        // NODE=LISTSERV.EXAMPLE.ORG, two workers.
+        let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+        let spool = dir.path().join("spool");
+        let ledger = dir.path().join("ledger.jsonl");
+        let log = dir.path().join("run.log");
+        submit_cli(dir.path(), &spool, &recipients(100));
+        let mut cmd = run_cmd(&cfg, &spool, &ledger, false, &log);
+        if let Some(name) = extra {
+            cmd.args(["--helo-name", name]);
+        }
+        let mut kid = Kid::spawn(cmd, "run");
+        let end = Instant::now() + Duration::from_secs(30);
+        while scripted::delivered_counts(&relay.rec).len() < 100 {
+            assert!(Instant::now() < end, "not delivered:\n{}", stderr_of(&log));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        kid.term();
+        let st = kid.wait_for(Duration::from_secs(10)).expect("stops");
+        assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
+        let names = ehlo_names(&relay);
+        assert!(!names.is_empty());
+        assert!(
+            names.iter().all(|n| n == want),
+            "EHLO {names:?}, expected {want}"
+        );
+        assert!(
+            stderr_of(&log).contains(&format!("greeting relays with EHLO {want}")),
+            "{}",
+            stderr_of(&log)
+        );
+    }
+}
+
+/// An unusable `--helo-name` is refused before anything starts.
+#[test]
+fn an_invalid_helo_name_is_refused_at_start() {
+    for (bad, why) in [
+        ("bad name", "character ' ' at position 4 is not allowed"),
+        (
+            "lists.example.org\r\nRSET",
+            "character '\\r' at position 18",
+        ),
+        ("-x.example", "starts or ends with a hyphen"),
+        ("[300.1.1.1]", "not an address literal"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = scripted::TcpScripted::start(scripted::Mta::pipelining());
+        let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+        let spool = dir.path().join("spool");
+        let out = smtpw()
+            .args(["run", "--until-empty", "--config"])
+            .arg(&cfg)
+            .arg("--spool")
+            .arg(&spool)
+            .arg(format!("--helo-name={bad}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(
+            err.contains("--helo-name") && err.contains(why),
+            "{bad:?}: {err}"
+        );
+        assert!(!spool.exists(), "nothing started");
+        assert!(ehlo_names(&relay).is_empty());
+    }
 }

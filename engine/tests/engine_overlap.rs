@@ -3,6 +3,7 @@
 //! before its completion returns, and a stop waits for every outstanding completion.
 
 mod common;
+mod scripted;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +13,8 @@ use std::time::Duration;
 use common::{fast_options, wait_for, Harness};
 use jiff::civil::date;
 use mock_mta::MockConfig;
-use smtpw::config::PoolSet;
-use smtpw::engine::Engine;
+use smtpw::config::{HostPort, PoolSet};
+use smtpw::engine::{Engine, EngineOptions};
 use smtpw::ledger::LedgerOutcome;
 use smtpw::spool::{
     ClaimedCopy, CopyResult, IngestReport, QueueStats, Spool, SpoolError, SqliteSpool,
@@ -50,6 +51,9 @@ impl Spool for GatedSpool {
     }
     fn release(&self, copy_id: i64) {
         self.inner.release(copy_id);
+    }
+    fn has_expired(&self, job_created: jiff::Timestamp, now: jiff::Timestamp) -> bool {
+        self.inner.has_expired(job_created, now)
     }
     fn release_until(&self, copy_id: i64, not_before: jiff::Timestamp) {
         self.inner.release_until(copy_id, not_before);
@@ -160,4 +164,97 @@ async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() 
     let c = h.delivered_counts();
     assert_eq!(c.len(), 5);
     assert!(c.values().all(|n| *n == 1));
+}
+
+/// The drain deadline cuts off transactions, never completions: copy 1 was accepted by the relay
+/// and is being recorded (held up here) when the stop comes; copy 2's transaction hangs at the
+/// final dot. At the deadline copy 2 goes back to the queue, and the stop still waits for copy
+/// 1's outcome to be durable.
+#[tokio::test(start_paused = true)]
+async fn the_drain_deadline_cuts_transactions_but_waits_for_completions_under_way() {
+    let h = Harness::new(
+        "SMTP_FORWARD_1=1*RELAY.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        date(2026, 11, 22).at(12, 0, 0, 0),
+        &[],
+    );
+    let (_, rec) = scripted::route(
+        &h.connector,
+        HostPort::new("RELAY.EXAMPLE.ORG", 25),
+        scripted::Mta {
+            hang_from_message: Some(2),
+            ..scripted::Mta::pipelining()
+        },
+    );
+    for i in 0..2 {
+        h.submit(None, std::iter::once(format!("user{i}@example.com")), 1000);
+    }
+    let spool = Arc::new(GatedSpool {
+        inner: h.spool.clone(),
+        gate: Semaphore::new(0),
+        started: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+    });
+    let drain = Duration::from_secs(1);
+    let engine = Arc::new(Engine::new(
+        h.config.clone(),
+        spool.clone(),
+        h.spool_dir(),
+        h.connector.clone(),
+        h.clock.clone(),
+        EngineOptions {
+            drain_timeout: drain,
+            ..fast_options()
+        },
+    ));
+    let e = engine.clone();
+    let mut run = tokio::spawn(async move { e.run().await });
+    wait_for(
+        "copy 2 held at its final dot",
+        Duration::from_secs(60),
+        || rec.lock().expect("rec").hung_dots == 1,
+    )
+    .await;
+    assert_eq!(
+        spool.started.load(Ordering::SeqCst),
+        1,
+        "copy 1 is being recorded"
+    );
+    engine.shutdown.cancel();
+    // Well past the deadline, the stop still waits for copy 1's completion...
+    assert!(
+        tokio::time::timeout(drain * 10, &mut run).await.is_err(),
+        "run() returned before copy 1's outcome was recorded"
+    );
+    // ... copy 2 is already back in the queue, ready, while copy 1 is still in flight ...
+    let mut states: Vec<_> = h
+        .spool
+        .stats()
+        .await
+        .expect("stats")
+        .pools
+        .iter()
+        .map(|p| (p.state, p.copies))
+        .collect();
+    states.sort();
+    use smtpw::spool::CopyState::{InFlight, Ready};
+    assert_eq!(states, vec![(Ready, 1), (InFlight, 1)]);
+    spool.gate.add_permits(10);
+    let s = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("run() returns")
+        .expect("engine");
+    assert_eq!(s.returned_at_stop, 1);
+    assert_eq!(spool.done.load(Ordering::SeqCst), 1);
+    // ... and copy 1's outcome is durable: delivered in the ledger, copy 2 queued, ready.
+    let ledger = h.ledger();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0].rcpt, "user0@example.com");
+    assert_eq!(ledger[0].outcome, LedgerOutcome::Delivered);
+    let st = h.spool.stats().await.expect("stats");
+    assert_eq!((st.delivered, st.queued), (1, 1));
+    assert_eq!(h.spool.queued_copies(), 1);
+    assert!(st
+        .pools
+        .iter()
+        .all(|p| p.state == smtpw::spool::CopyState::Ready));
 }

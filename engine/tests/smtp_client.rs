@@ -1,400 +1,22 @@
-//! The SMTP transaction driver against a small scripted SMTP server over `tokio::io::duplex`
-//! (paused time) and over loopback TCP (real time).
-//!
-//! The scripted server records every command line, grouped by what arrived before it had to
-//! answer (a lock-step client sends groups of one command; a pipelining client sends
-//! `RSET? MAIL RCPT... DATA` as one group), and every message with its recipients and its raw
-//! (stuffed) and unstuffed data.
+//! The SMTP transaction driver against the small scripted SMTP server of `scripted/` over
+//! `tokio::io::duplex` (paused time) and over loopback TCP (real time).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use smtpw::config::HostPort;
-use smtpw::net::{BoxFuture, BoxStream, Connector, MemoryConnector, TcpConnector};
-use smtpw::smtp::data::dot_unstuff;
+use smtpw::net::{BoxFuture, Connector, MemoryConnector, TcpConnector};
 use smtpw::smtp::{
     Capabilities, Client, ClientConfig, ConnectError, DataGate, NoGate, RcptResult, Reply, Timeouts,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-// ---------------------------------------------------------------------------------------------
-// The scripted server
-// ---------------------------------------------------------------------------------------------
+mod scripted;
 
-const IIS_EHLO: &[&str] = &[
-    "TURN",
-    "SIZE 2097152",
-    "ETRN",
-    "PIPELINING",
-    "DSN",
-    "ENHANCEDSTATUSCODES",
-    "8bitmime",
-    "BINARYMIME",
-    "CHUNKING",
-    "VRFY",
-];
-const PLAIN_EHLO: &[&str] = &["SIZE", "8BITMIME"];
-
-#[derive(Clone, Debug)]
-struct Mta {
-    /// `None`: never greet (and never answer).
-    greeting: Option<String>,
-    /// EHLO keyword lines; `None`: EHLO gets 502 (HELO fallback).
-    ehlo: Option<Vec<String>>,
-    helo_reply: String,
-    mail_reply: String,
-    /// Accepted recipients per transaction; the next ones get `too_many`.
-    limit: Option<usize>,
-    too_many: String,
-    /// Replies for particular addresses (instead of `250 2.1.5 <addr>`).
-    rcpt_replies: HashMap<String, String>,
-    data_reply: String,
-    /// DATA reply when no recipient was accepted (RFC 2920: 554).
-    data_no_rcpt: String,
-    /// Replies to the final dot, in order; then `250 2.6.0 ...`.
-    final_replies: VecDeque<String>,
-    /// Close without reply when command number n (1-based, EHLO included) arrives.
-    close_at: Option<usize>,
-    /// Answer command number n with 421 and close.
-    reply_421_at: Option<usize>,
-    /// Stop answering from command number n on (keep the connection open).
-    silent_from: Option<usize>,
-    /// Close once this many bytes of message data have arrived.
-    close_in_data_after: Option<usize>,
-    /// Send this reply as soon as message data arrives, then close (IIS's 552 4.3.1).
-    reply_in_data: Option<String>,
-    /// Never answer the final dot.
-    hang_at_end_of_data: bool,
-}
-
-impl Mta {
-    fn new(ehlo: &[&str]) -> Self {
-        Self {
-            greeting: Some("220 mx.example.org Microsoft ESMTP MAIL Service ready".into()),
-            ehlo: Some(ehlo.iter().map(|s| s.to_string()).collect()),
-            helo_reply: "250 mx.example.org Hello".into(),
-            mail_reply: "250 2.1.0 Sender OK".into(),
-            limit: None,
-            too_many: "552 5.5.3 Too many recipients".into(),
-            rcpt_replies: HashMap::new(),
-            data_reply: "354 Start mail input; end with <CRLF>.<CRLF>".into(),
-            data_no_rcpt: "554 5.5.1 No valid recipients".into(),
-            final_replies: VecDeque::new(),
-            close_at: None,
-            reply_421_at: None,
-            silent_from: None,
-            close_in_data_after: None,
-            reply_in_data: None,
-            hang_at_end_of_data: false,
-        }
-    }
-    fn pipelining() -> Self {
-        Self::new(IIS_EHLO)
-    }
-    fn lockstep() -> Self {
-        Self::new(PLAIN_EHLO)
-    }
-    fn rcpt(mut self, addr: &str, reply: &str) -> Self {
-        self.rcpt_replies
-            .insert(addr.to_string(), reply.to_string());
-        self
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Message {
-    mail: String,
-    rcpts: Vec<String>,
-    raw: Vec<u8>,
-    data: Vec<u8>,
-    reply: String,
-}
-
-#[derive(Debug, Default)]
-struct Record {
-    groups: Vec<Vec<String>>,
-    messages: Vec<Message>,
-    /// RCPT commands per address.
-    rcpt_count: HashMap<String, usize>,
-    /// RCPT commands per transaction (MAIL .. end).
-    rcpts_per_txn: Vec<usize>,
-    /// RCPTs accepted (2yz) per address.
-    accepted_count: HashMap<String, usize>,
-    closed: bool,
-}
-
-impl Record {
-    fn commands(&self) -> Vec<String> {
-        self.groups.iter().flatten().cloned().collect()
-    }
-    fn verbs(&self) -> Vec<Vec<String>> {
-        self.groups
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|c| c.split([' ', ':']).next().unwrap_or("").to_string())
-                    .collect()
-            })
-            .collect()
-    }
-}
-
-type Rec = Arc<Mutex<Record>>;
-
-#[derive(Default)]
-struct State {
-    n_cmds: usize,
-    in_txn: bool,
-    mail: String,
-    rcpts: Vec<String>,
-    data: Option<Vec<u8>>,
-}
-
-enum Finish {
-    Close,
-    Hang,
-}
-
-fn addr_of(arg: &str) -> String {
-    let s = arg.find('<').map_or(arg, |i| &arg[i + 1..]);
-    s.split('>').next().unwrap_or("").to_string()
-}
-
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mut mta: Mta, rec: Rec) {
-    let Some(greeting) = mta.greeting.clone() else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    if s.write_all(format!("{greeting}\r\n").as_bytes())
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let mut st = State::default();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut tmp = vec![0u8; 256 * 1024];
-    loop {
-        let n = match s.read(&mut tmp).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&tmp[..n]);
-        let mut out = String::new();
-        let mut group = Vec::new();
-        let mut finish = None;
-        loop {
-            if st.data.is_some() {
-                if let Some(r) = mta.reply_in_data.take() {
-                    out.push_str(&r);
-                    out.push_str("\r\n");
-                    finish = Some(Finish::Close);
-                    break;
-                }
-                let got = st.data.as_ref().map_or(0, Vec::len) + buf.len();
-                if mta.close_in_data_after.is_some_and(|k| got >= k) {
-                    finish = Some(Finish::Close);
-                    break;
-                }
-                let Some(nl) = memchr::memchr(b'\n', &buf) else {
-                    break;
-                };
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                let data = st.data.as_mut().unwrap();
-                data.extend_from_slice(&line);
-                if line == b".\r\n" {
-                    let raw = st.data.take().unwrap();
-                    if mta.hang_at_end_of_data {
-                        finish = Some(Finish::Hang);
-                        break;
-                    }
-                    let reply = mta.final_replies.pop_front().unwrap_or_else(|| {
-                        "250 2.6.0 <id@mx.example.org> Queued mail for delivery".into()
-                    });
-                    let data = dot_unstuff(&raw).expect("terminated");
-                    rec.lock().unwrap().messages.push(Message {
-                        mail: st.mail.clone(),
-                        rcpts: std::mem::take(&mut st.rcpts),
-                        raw,
-                        data,
-                        reply: reply.clone(),
-                    });
-                    st.in_txn = false;
-                    out.push_str(&reply);
-                    out.push_str("\r\n");
-                }
-                continue;
-            }
-            let Some(nl) = memchr::memchr(b'\n', &buf) else {
-                break;
-            };
-            let line = String::from_utf8_lossy(&buf[..nl])
-                .trim_end_matches('\r')
-                .to_string();
-            buf.drain(..=nl);
-            group.push(line.clone());
-            st.n_cmds += 1;
-            if mta.silent_from.is_some_and(|k| st.n_cmds >= k) {
-                finish = Some(Finish::Hang);
-                break;
-            }
-            if mta.close_at == Some(st.n_cmds) {
-                finish = Some(Finish::Close);
-                break;
-            }
-            if mta.reply_421_at == Some(st.n_cmds) {
-                out.push_str("421 4.3.2 Service not available, closing transmission channel\r\n");
-                finish = Some(Finish::Close);
-                break;
-            }
-            let verb = line
-                .split([' ', ':'])
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase();
-            let arg = line.get(verb.len()..).unwrap_or("").trim();
-            let reply: String = match verb.as_str() {
-                "EHLO" => match &mta.ehlo {
-                    Some(lines) => {
-                        let mut r = String::from("250-mx.example.org Hello [127.0.0.1]");
-                        for l in lines {
-                            r.push_str("\r\n250-");
-                            r.push_str(l);
-                        }
-                        r.push_str("\r\n250 OK");
-                        r
-                    }
-                    None => "502 5.5.2 Command not recognized".into(),
-                },
-                "HELO" => mta.helo_reply.clone(),
-                "MAIL" => {
-                    if st.in_txn {
-                        "503 5.5.1 Sender already specified".into()
-                    } else {
-                        rec.lock().unwrap().rcpts_per_txn.push(0);
-                        st.mail = addr_of(arg);
-                        st.rcpts.clear();
-                        st.in_txn = mta.mail_reply.starts_with('2');
-                        mta.mail_reply.clone()
-                    }
-                }
-                "RCPT" => {
-                    let a = addr_of(arg);
-                    let mut r = rec.lock().unwrap();
-                    *r.rcpt_count.entry(a.clone()).or_insert(0) += 1;
-                    if !st.in_txn {
-                        "503 5.5.1 Need MAIL before RCPT".into()
-                    } else {
-                        if let Some(last) = r.rcpts_per_txn.last_mut() {
-                            *last += 1;
-                        }
-                        if mta.limit.is_some_and(|l| st.rcpts.len() >= l) {
-                            mta.too_many.clone()
-                        } else {
-                            let reply = mta
-                                .rcpt_replies
-                                .get(&a)
-                                .cloned()
-                                .unwrap_or_else(|| format!("250 2.1.5 <{a}>"));
-                            if reply.starts_with('2') {
-                                *r.accepted_count.entry(a.clone()).or_insert(0) += 1;
-                                st.rcpts.push(a);
-                            }
-                            reply
-                        }
-                    }
-                }
-                "DATA" => {
-                    if !st.in_txn {
-                        "503 5.5.1 Need MAIL command".into()
-                    } else if st.rcpts.is_empty() {
-                        if mta.data_no_rcpt.starts_with("354") {
-                            st.data = Some(Vec::new());
-                        }
-                        mta.data_no_rcpt.clone()
-                    } else {
-                        if mta.data_reply.starts_with("354") {
-                            st.data = Some(Vec::new());
-                        }
-                        mta.data_reply.clone()
-                    }
-                }
-                "RSET" => {
-                    st.in_txn = false;
-                    st.rcpts.clear();
-                    "250 2.0.0 Resetting".into()
-                }
-                "QUIT" => {
-                    finish = Some(Finish::Close);
-                    "221 2.0.0 mx.example.org Service closing transmission channel".into()
-                }
-                _ => "500 5.3.3 Unrecognized command".into(),
-            };
-            out.push_str(&reply);
-            out.push_str("\r\n");
-            if finish.is_some() {
-                break;
-            }
-        }
-        if !group.is_empty() {
-            rec.lock().unwrap().groups.push(group);
-        }
-        if !out.is_empty() && s.write_all(out.as_bytes()).await.is_err() {
-            break;
-        }
-        match finish {
-            Some(Finish::Close) => break,
-            Some(Finish::Hang) => std::future::pending::<()>().await,
-            None => {}
-        }
-    }
-    rec.lock().unwrap().closed = true;
-}
-
-fn start(mta: Mta) -> (BoxStream, Rec) {
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    let rec = Rec::default();
-    tokio::spawn(serve(server, mta, rec.clone()));
-    (Box::new(client), rec)
-}
-
-fn cfg() -> ClientConfig {
-    ClientConfig {
-        helo_name: "lists.example.org".into(),
-        ..ClientConfig::default()
-    }
-}
-
-async fn connect(mta: Mta) -> (Client, Rec) {
-    let (s, rec) = start(mta);
-    let c = Client::handshake(s, &cfg()).await.expect("handshake");
-    (c, rec)
-}
-
-fn rcpts(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("u{i}@example.net")).collect()
-}
-
-const MSG: &[u8] =
-    b"From: list@example.org\r\nTo: members@example.org\r\nSubject: hi\r\n\r\nHello.\r\n";
-
-fn delivered_reply() -> Reply {
-    Reply::new(
-        250,
-        Some((2, 6, 0)),
-        "<id@mx.example.org> Queued mail for delivery",
-    )
-}
-
-/// Bound every test so none can hang.
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(24 * 3600), f)
-        .await
-        .expect("test timed out")
-}
+use scripted::*;
 
 // ---------------------------------------------------------------------------------------------
 // Tests
@@ -1084,6 +706,78 @@ async fn final_dot_timeout_default_ten_minutes() {
         assert_eq!(t0.elapsed(), Duration::from_secs(600));
         assert!(d.results[0].is_deferred());
         assert!(d.results[0].reply().text.contains("end of data"));
+    })
+    .await;
+}
+
+/// A relay that drips its replies one byte a second never trips a per-command time-out (each
+/// reply takes well under 5 minutes), so only the transaction deadline ends the transaction: at
+/// `base + size / min_rate` exactly, every recipient deferred as a lost connection.
+#[tokio::test(start_paused = true)]
+async fn a_relay_dripping_its_replies_is_cut_at_the_transaction_deadline() {
+    bounded(async {
+        for mta in [Mta::pipelining(), Mta::lockstep()] {
+            let mta = Mta {
+                drip: Some(Duration::from_secs(1)),
+                ..mta
+            };
+            let (s, rec) = start(mta);
+            let cfg = cfg();
+            let mut c = Client::handshake(s, &cfg).await.unwrap();
+            let t0 = tokio::time::Instant::now();
+            // 100 RCPT replies of ~28 bytes: ~2,900 s of dripping without a deadline.
+            let d = c.deliver("l@x.org", &rcpts(100), MSG, 100, &NoGate).await;
+            let limit = cfg.txn_deadline.for_message(MSG.len() as u64);
+            assert_eq!(
+                limit,
+                Duration::from_secs(900)
+                    + Duration::from_nanos(MSG.len() as u64 * 1_000_000_000 / 1024)
+            );
+            // (Paused time fires timers on whole milliseconds.)
+            let took = t0.elapsed();
+            assert!(
+                took >= limit && took <= limit + Duration::from_millis(1),
+                "the transaction ends at its deadline {limit:?}, not after {took:?}"
+            );
+            assert_eq!(d.deferred(), 100, "{:?}", d.results[0]);
+            let lost = d.connection_lost.expect("lost");
+            assert!(lost.is_transient(), "{lost}");
+            assert!(
+                lost.text.contains("transaction") && lost.text.contains("900"),
+                "{lost}"
+            );
+            assert!(!c.is_usable());
+            assert!(rec.lock().unwrap().messages.is_empty());
+        }
+    })
+    .await;
+}
+
+/// The deadline covers each transaction of a delivery, not the delivery: 30 recipients at most
+/// 10 per transaction are three transactions, each inside its own 0.5 s deadline (a dripping
+/// relay takes ~0.35 s per transaction) though together they last more than twice that.
+#[tokio::test(start_paused = true)]
+async fn each_transaction_has_its_own_deadline() {
+    bounded(async {
+        let mta = Mta {
+            drip: Some(Duration::from_millis(1)),
+            ..Mta::pipelining()
+        };
+        let (s, rec) = start(mta);
+        let cfg = ClientConfig {
+            txn_deadline: smtpw::smtp::TxnDeadline {
+                base: Duration::from_millis(500),
+                min_rate: 1024 * 1024,
+            },
+            ..cfg()
+        };
+        let mut c = Client::handshake(s, &cfg).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let d = c.deliver("l@x.org", &rcpts(30), MSG, 10, &NoGate).await;
+        assert_eq!(d.delivered(), 30, "{:?}", d.connection_lost);
+        assert_eq!(d.transactions, 3);
+        assert!(t0.elapsed() > Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert_eq!(rec.lock().unwrap().messages.len(), 3);
     })
     .await;
 }

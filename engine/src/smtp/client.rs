@@ -92,6 +92,8 @@ enum Lost {
     Io(io::Error),
     Eof(&'static str),
     Timeout(&'static str),
+    /// The transaction reached its overall deadline (of this length).
+    Deadline(Duration),
     Protocol(String),
 }
 
@@ -105,6 +107,10 @@ impl Lost {
             )),
             Lost::Timeout(what) => Reply::connection_lost_because(format_args!(
                 "time-out waiting for the {what} reply"
+            )),
+            Lost::Deadline(d) => Reply::connection_lost_because(format_args!(
+                "the transaction took longer than its {:.1} s deadline",
+                d.as_secs_f64()
             )),
             Lost::Protocol(why) => {
                 Reply::connection_lost_because(format_args!("protocol error: {why}"))
@@ -121,6 +127,7 @@ impl Lost {
                 format!("connection closed while waiting for the {what} reply"),
             )),
             Lost::Timeout(what) => ConnectError::Timeout(what),
+            Lost::Deadline(_) => ConnectError::Timeout("transaction"),
             Lost::Protocol(why) => ConnectError::Protocol(why),
         }
     }
@@ -171,6 +178,10 @@ pub struct Client {
     write_error: Option<io::Error>,
     /// Why the connection is gone (reported by later `deliver` calls).
     lost: Option<Reply>,
+    /// The transaction under way must be over by then (its [`TxnDeadline`] from its start).
+    ///
+    /// [`TxnDeadline`]: super::TxnDeadline
+    txn_deadline: Option<(Instant, Duration)>,
 }
 
 impl std::fmt::Debug for Client {
@@ -212,6 +223,7 @@ impl Client {
             usable: true,
             write_error: None,
             lost: None,
+            txn_deadline: None,
         }
     }
 
@@ -451,6 +463,9 @@ impl Client {
             let batch: Vec<usize> = pending.drain(..take).collect();
             gate.acquire(message.len() as u64).await;
             d.transactions += 1;
+            // The deadline runs from the first command of the transaction (after the rate gate).
+            let limit = self.cfg.txn_deadline.for_message(message.len() as u64);
+            self.txn_deadline = Instant::now().checked_add(limit).map(|at| (at, limit));
             let outcome = if self.pipelining() {
                 self.txn_pipelined(&from, rcpts, &batch, message, results)
                     .await
@@ -458,6 +473,7 @@ impl Client {
                 self.txn_lockstep(&from, rcpts, &batch, message, results)
                     .await
             };
+            self.txn_deadline = None;
             match outcome {
                 Ok(end) => {
                     if !end.retry.is_empty() {
@@ -803,8 +819,11 @@ impl Client {
             if self.write_error.is_some() {
                 return Ok(false);
             }
-            let deadline = Instant::now() + t.data_block;
-            if self.write_reading(deadline, "message data", true).await? == Written::Interrupted {
+            if self
+                .write_reading(t.data_block, "message data", true)
+                .await?
+                == Written::Interrupted
+            {
                 return Ok(true);
             }
         }
@@ -816,16 +835,29 @@ impl Client {
         if self.write_error.is_some() {
             return Ok(());
         }
-        let deadline = Instant::now() + timeout;
-        self.write_reading(deadline, what, false).await.map(|_| ())
+        self.write_reading(timeout, what, false).await.map(|_| ())
+    }
+
+    /// When a wait of `timeout` starting now must end: at its own time-out, or at the
+    /// transaction's deadline when that comes first (then also the deadline's length, to report).
+    fn wait_until(&self, timeout: Duration) -> (Instant, Option<Duration>) {
+        let own = Instant::now().checked_add(timeout);
+        match (own, self.txn_deadline) {
+            (Some(own), Some((txn, limit))) if txn < own => (txn, Some(limit)),
+            (None, Some((txn, limit))) => (txn, Some(limit)),
+            (Some(own), _) => (own, None),
+            // A time-out too large to represent: in effect none.
+            (None, None) => (far_future(), None),
+        }
     }
 
     async fn write_reading(
         &mut self,
-        deadline: Instant,
+        timeout: Duration,
         what: &'static str,
         stop_on_reply: bool,
     ) -> Result<Written, Lost> {
+        let (deadline, txn) = self.wait_until(timeout);
         let data = std::mem::take(&mut self.wbuf);
         let stream = &mut self.stream;
         let rbuf = &mut self.rbuf;
@@ -867,7 +899,7 @@ impl Client {
         self.wbuf = data;
         self.wbuf.clear();
         match res {
-            Err(_) => Err(Lost::Timeout(what)),
+            Err(_) => Err(txn.map_or(Lost::Timeout(what), Lost::Deadline)),
             Ok(Err(Lost::Io(e))) => {
                 // Keep reading: the server may have said why (e.g. 552 then close).
                 tracing::debug!(error = %e, what, "write failed");
@@ -889,7 +921,7 @@ impl Client {
 
     /// Next reply from the buffer, reading more under the time-out as needed (cancel-safe).
     async fn read_raw(&mut self, timeout: Duration, what: &'static str) -> Result<Reply, Lost> {
-        let deadline = Instant::now() + timeout;
+        let (deadline, txn) = self.wait_until(timeout);
         loop {
             match parse_reply(&self.rbuf) {
                 Ok(Some((reply, used))) => {
@@ -902,11 +934,18 @@ impl Client {
             }
             self.rbuf.reserve(4096);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
-                Err(_) => return Err(Lost::Timeout(what)),
+                Err(_) => return Err(txn.map_or(Lost::Timeout(what), Lost::Deadline)),
                 Ok(Ok(0)) => return Err(Lost::Eof(what)),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(Lost::Io(e)),
             }
         }
     }
+}
+
+/// An instant no wait reaches (about 30 years ahead).
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(86400 * 365 * 30))
+        .unwrap_or(now)
 }

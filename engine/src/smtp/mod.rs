@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod data;
+pub mod helo;
 pub mod reply;
 
 use std::time::Duration;
@@ -17,7 +18,8 @@ pub use reply::{classify_rcpt, parse_reply, Capabilities, RcptVerdict, Reply, Re
 
 pub use crate::net::BoxFuture;
 
-/// Per-command time-outs. Defaults: RFC 5321 §4.5.3.2 client minimums (SPEC §7.4).
+/// Per-command time-outs. Defaults: the client minimums of RFC 5321 (section 4.5.3.2). Each one
+/// bounds a single wait; [`TxnDeadline`] bounds a whole transaction on top of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Waiting for the 220 greeting.
@@ -70,12 +72,62 @@ impl Timeouts {
     }
 }
 
+/// The overall deadline of one transaction (from the MAIL command, or the RSET before it, to the
+/// reply to the final dot): `base + message bytes / min_rate`.
+///
+/// The per-command time-outs alone do not bound a transaction: each reply restarts them, so a
+/// relay that drips its replies (one byte a second) keeps a copy for as long as its replies are
+/// long, and a transaction of 100 recipients may legally wait 5 minutes for each RCPT reply. The
+/// deadline is derived from the same RFC 5321 minimums, allowing ONE slow step of each kind a
+/// working relay has: the default base is 15 minutes, the 10 minutes a client must allow for the
+/// reply to the final dot (IIS answers it only once the message is queued, minutes when its
+/// event sinks or a virus scanner are slow) plus 5 minutes, the wait allowed for one MAIL or RCPT
+/// reply; every other step of a working relay takes milliseconds. The message itself gets its
+/// size at `min_rate` (default 1 KiB/s, 8 kbit/s: slower than any link a forwarding MTA sits on;
+/// a 2 MB message, IIS's default size limit, gets 34 minutes more).
+///
+/// A transaction that reaches its deadline ends as a lost connection: its undecided recipients
+/// are deferred (retried later), those the relay had already refused keep their outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnDeadline {
+    /// The allowance of every transaction, whatever the message size.
+    pub base: Duration,
+    /// The slowest acceptable transfer of the message, in bytes per second (at least 1).
+    pub min_rate: u64,
+}
+
+impl Default for TxnDeadline {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(15 * 60),
+            min_rate: 1024,
+        }
+    }
+}
+
+impl TxnDeadline {
+    /// The deadline of a transaction carrying a message of `bytes` (unstuffed) bytes:
+    /// `base + bytes / min_rate`, saturating.
+    pub fn for_message(&self, bytes: u64) -> Duration {
+        let rate = self.min_rate.max(1);
+        let nanos = u128::from(bytes) * 1_000_000_000 / u128::from(rate);
+        let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+        // `nanos % 1e9` is below 1e9, so it fits.
+        let sub = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
+        self.base.saturating_add(Duration::new(secs, sub))
+    }
+}
+
 /// How the client talks to a relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The name sent with EHLO / HELO.
+    /// The name sent with EHLO / HELO: a domain or an address literal ([`helo::validate`]).
+    /// `smtpw run` uses [`helo::choose`]: `--helo-name`, else NODE, else the host's fully
+    /// qualified name. The default here, `localhost`, is for tests; many relays refuse it.
     pub helo_name: String,
     pub timeouts: Timeouts,
+    /// The overall deadline of each transaction, on top of the per-command time-outs.
+    pub txn_deadline: TxnDeadline,
     /// Use PIPELINING when the relay advertises it (SPEC D5). Default true.
     pub pipelining: bool,
     /// Send `SIZE=<octets>` on MAIL when the relay advertises SIZE. Default true.
@@ -87,6 +139,7 @@ impl Default for ClientConfig {
         Self {
             helo_name: "localhost".to_owned(),
             timeouts: Timeouts::default(),
+            txn_deadline: TxnDeadline::default(),
             pipelining: true,
             use_size: true,
         }
@@ -124,5 +177,55 @@ pub struct NoGate;
 impl DataGate for NoGate {
     fn acquire(&self, _bytes: u64) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_default_deadline_is_fifteen_minutes_plus_the_message_at_one_kib_per_second() {
+        let d = TxnDeadline::default();
+        assert_eq!(d.for_message(0), Duration::from_secs(900));
+        assert_eq!(d.for_message(1024 * 60), Duration::from_secs(960));
+        // IIS's default size limit (2,048 KB): 34 minutes 8 seconds more.
+        assert_eq!(d.for_message(2048 * 1024), Duration::from_secs(900 + 2048));
+        assert_eq!(d.for_message(512), Duration::from_millis(900_500));
+    }
+
+    #[test]
+    fn extremes_saturate_instead_of_overflowing() {
+        let d = TxnDeadline {
+            base: Duration::MAX,
+            min_rate: 0,
+        };
+        assert_eq!(d.for_message(u64::MAX), Duration::MAX);
+        let d = TxnDeadline {
+            base: Duration::ZERO,
+            min_rate: 1,
+        };
+        assert_eq!(d.for_message(u64::MAX), Duration::from_secs(u64::MAX));
+    }
+
+    proptest! {
+        #[test]
+        fn deadline_is_base_plus_size_over_rate_and_grows_with_size(
+            base_ms in 0u64..10_000_000,
+            rate in 1u64..100_000_000,
+            a in 0u64..10_000_000_000,
+            b in 0u64..10_000_000_000,
+        ) {
+            let d = TxnDeadline { base: Duration::from_millis(base_ms), min_rate: rate };
+            let (small, large) = (a.min(b), a.max(b));
+            prop_assert!(d.for_message(small) <= d.for_message(large));
+            prop_assert!(d.for_message(small) >= d.base);
+            // Sending `large` bytes at exactly `rate` fits in the size term (to the nanosecond).
+            let term = d.for_message(large) - d.base;
+            let at_rate = term.as_nanos() * u128::from(rate);
+            let want = u128::from(large) * 1_000_000_000;
+            prop_assert!(at_rate <= want && want - at_rate < u128::from(rate));
+        }
     }
 }

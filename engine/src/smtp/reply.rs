@@ -41,6 +41,25 @@ impl Reply {
         Self::new(451, Some((4, 4, 2)), format!("Connection lost ({why})"))
     }
 
+    /// `451 4.4.1 <host:port> unreachable: <why>[; <host:port> unreachable: <why>]`: the reply
+    /// every recipient of a copy gets when no host could take it (refused, time-out, a refusing
+    /// greeting, a refused EHLO), one part per host tried. Control characters in a reason
+    /// become spaces, so the reply stays one line.
+    pub fn host_unreachable<H: fmt::Display, W: fmt::Display>(
+        failures: impl IntoIterator<Item = (H, W)>,
+    ) -> Self {
+        let mut text = String::new();
+        for (host, why) in failures {
+            if !text.is_empty() {
+                text.push_str("; ");
+            }
+            let why = why.to_string();
+            text.push_str(&format!("{host} unreachable: "));
+            text.extend(why.chars().map(|c| if c.is_control() { ' ' } else { c }));
+        }
+        Self::new(451, Some((4, 4, 1)), text)
+    }
+
     /// First digit of the code.
     pub fn class(&self) -> u16 {
         self.code / 100
@@ -490,6 +509,17 @@ mod tests {
         assert_eq!(
             Reply::connection_lost().to_string(),
             "451 4.4.2 Connection lost"
+        );
+        let r = Reply::host_unreachable([("mx.example.org:25", "refused\r\n(os error 111)")]);
+        assert!(r.is_transient());
+        assert_eq!(
+            r.to_string(),
+            "451 4.4.1 mx.example.org:25 unreachable: refused  (os error 111)"
+        );
+        let r = Reply::host_unreachable([("a:25", "refused"), ("b:26", "time-out")]);
+        assert_eq!(
+            r.to_string(),
+            "451 4.4.1 a:25 unreachable: refused; b:26 unreachable: time-out"
         );
         let r = Reply::connection_lost_because("time-out waiting for the RCPT reply");
         assert!(r.is_transient());

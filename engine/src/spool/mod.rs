@@ -67,7 +67,8 @@ pub struct SpoolOptions {
     pub retry_base: Duration,
     /// Back-off cap.
     pub retry_max: Duration,
-    /// A deferred recipient of a job older than this fails with its last reply.
+    /// A deferred recipient of a job older than this fails with its last reply (see
+    /// [`SpoolOptions::expired`]).
     pub lifetime: Duration,
     /// Default `SPOOL/ledger.jsonl`.
     pub ledger_path: Option<PathBuf>,
@@ -91,6 +92,15 @@ impl Default for SpoolOptions {
 }
 
 impl SpoolOptions {
+    /// Whether a job created at `job_created` has outlived the lifetime at `now`: then whatever
+    /// kept a recipient from being delivered (a 4yz reply, a lost connection, a host that could
+    /// not be reached) fails it instead of deferring it. The one place this rule lives.
+    pub fn expired(&self, job_created: jiff::Timestamp, now: jiff::Timestamp) -> bool {
+        let lifetime =
+            jiff::SignedDuration::try_from(self.lifetime).unwrap_or(jiff::SignedDuration::MAX);
+        now.duration_since(job_created) > lifetime
+    }
+
     /// The back-off before attempt `attempts + 1`, after `attempts` earlier deferrals of a copy:
     /// `retry_base * 2^attempts`, capped at `retry_max`.
     pub fn backoff(&self, attempts: u32) -> Duration {
@@ -374,6 +384,10 @@ pub trait Spool: Send + Sync + 'static {
     /// Give a claimed copy back untouched; it is claimable again at once. A copy whose
     /// outcomes were handed to [`Spool::complete`] was sent: it is not given back.
     fn release(&self, copy_id: i64);
+    /// Whether a job created at `job_created` has outlived the spool's lifetime at `now`
+    /// ([`SpoolOptions::expired`]): a claimed copy of it that cannot be delivered is then
+    /// completed (its recipients fail) instead of given back.
+    fn has_expired(&self, job_created: jiff::Timestamp, now: jiff::Timestamp) -> bool;
     /// Give a claimed copy back untouched, claimable again from `not_before` (memory only: a
     /// restart makes it ready at once).
     fn release_until(&self, copy_id: i64, not_before: jiff::Timestamp);

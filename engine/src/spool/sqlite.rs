@@ -522,6 +522,10 @@ impl Spool for SqliteSpool {
         self.release_inner(copy_id, None);
     }
 
+    fn has_expired(&self, job_created: Timestamp, now: Timestamp) -> bool {
+        self.shared().opts.expired(job_created, now)
+    }
+
     fn release_until(&self, copy_id: i64, not_before: Timestamp) {
         self.release_inner(copy_id, Some(not_before));
     }
@@ -914,13 +918,11 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             }
         }
     }
-    let lifetime =
-        jiff::SignedDuration::try_from(sh.opts.lifetime).unwrap_or(jiff::SignedDuration::MAX);
     for (req, job_id, pool, rcpts, prev_attempts, job_created) in work {
         let time = req.now.to_string();
         let pool_name = pool.to_string();
         let attempts = prev_attempts.saturating_add(1);
-        let expired = req.now.duration_since(job_created) > lifetime;
+        let expired = sh.opts.expired(job_created, req.now);
         let not_before = req
             .now
             .checked_add(sh.opts.backoff(prev_attempts))

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use smtpw::clock::SystemClock;
 use smtpw::engine::{Engine, EngineOptions};
 use smtpw::net::TcpConnector;
+use smtpw::smtp::{helo, TxnDeadline};
 use smtpw::spool::{SpoolError, SpoolOptions, SqliteSpool};
 
 #[derive(Args, Debug)]
@@ -44,6 +45,24 @@ pub struct RunArgs {
     /// Deferred recipients fail after this many hours (default 5 days).
     #[arg(long, default_value_t = 120)]
     pub lifetime_hours: u64,
+    /// The name to greet relays with (EHLO): a domain or an address literal such as
+    /// [192.0.2.1]. Default: NODE from SITE.CFG, else this host's fully qualified name.
+    #[arg(long, value_name = "NAME", value_parser = smtpw::smtp::helo::parse_helo_name)]
+    pub helo_name: Option<String>,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for the transactions in flight; then they are cut
+    /// off and their copies go back to the queue (the next run sends them).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub drain_timeout: u64,
+    /// Every transaction must end within this many seconds plus the message's transfer at
+    /// --transaction-min-rate (default 15 min: the 10 min RFC 5321 allows for the reply to the
+    /// final dot, plus 5 min for one slow command); a transaction cut off ends as a lost
+    /// connection and its recipients are retried later.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    pub transaction_base: u64,
+    /// The slowest acceptable transfer of a message, in bytes per second (default 1 KiB/s).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub transaction_min_rate: u64,
 }
 
 /// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
@@ -54,7 +73,8 @@ const EXIT_FORCED: i32 = 130;
 const EXIT_LEFT_IN_INCOMING: u8 = 3;
 
 /// `smtpw run`. Exit status: 0 after a normal stop (`--until-empty` found the queue empty, or
-/// SIGTERM/Ctrl-C drained the transactions in flight); 2 when it cannot start (SITE.CFG errors,
+/// SIGTERM/Ctrl-C drained the transactions in flight, or cut them off at `--drain-timeout` and
+/// put their copies back in the queue); 2 when it cannot start (SITE.CFG errors,
 /// printed as `FILE:LINE:COLUMN: error: ...`; a spool another process owns; an unusable spool);
 /// 3 when `--until-empty` stopped with files left in `incoming/` that can be neither read nor
 /// moved to quarantine (named on stderr); 130 when a second signal stopped it before the drain
@@ -70,6 +90,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let helo = match helo::choose(
+        args.helo_name.as_deref(),
+        config.node.as_deref(),
+        &helo::HostNames::from_system(),
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            // (clap's parser has checked it already; kept for the library's own check.)
+            eprintln!("smtpw: error: --helo-name: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for w in &helo.warnings {
+        warn!("{w}");
+    }
+    info!(name = %helo.name, from = %helo.source, "greeting relays with EHLO {}", helo.name);
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
         // Take over SIGTERM/Ctrl-C first: a signal during start-up (opening a large spool takes
@@ -106,6 +142,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..EngineOptions::default()
         };
         eopts.client.pipelining = !args.no_pipelining;
+        eopts.client.helo_name = helo.name;
+        eopts.drain_timeout = Duration::from_secs(args.drain_timeout);
+        eopts.client.txn_deadline = TxnDeadline {
+            base: Duration::from_secs(args.transaction_base),
+            min_rate: args.transaction_min_rate,
+        };
         let connector = Arc::new(TcpConnector {
             connect_timeout: Duration::from_secs(args.connect_timeout),
         });
@@ -118,9 +160,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eopts,
         ));
         let stopper = engine.shutdown.clone();
+        let drain_timeout = engine.opts.drain_timeout;
         tokio::spawn(async move {
             signals.recv().await;
-            info!("signal received: finishing transactions in flight, then stopping (signal again to stop at once)");
+            info!(
+                drain_timeout = ?drain_timeout,
+                "signal received: finishing transactions in flight (for at most the drain timeout; \
+                 then they go back to the queue), then stopping (signal again to stop at once)"
+            );
             stopper.cancel();
             // A second signal stops at once: nothing is lost (SPEC §12 D3), the transactions
             // still in flight are simply repeated by the next run.

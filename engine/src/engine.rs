@@ -72,6 +72,9 @@ pub struct RunSummary {
     pub connect_failures: u64,
     /// Copies whose transaction the drain deadline cut off: they went back to the queue.
     pub returned_at_stop: u64,
+    /// Copies delivered whose outcomes could not be recorded before the drain deadline (the
+    /// spool could not write, e.g. a full disk): the next run repeats them.
+    pub unrecorded_at_stop: u64,
     pub per_host: std::collections::BTreeMap<String, worker::HostStats>,
     /// With `until_empty`: the entries of `incoming/` it stopped without, because they can be
     /// neither read nor moved to quarantine (mail that was never sent).
@@ -291,6 +294,7 @@ impl<S: Spool> Engine<S> {
             connections: s.connections.load(Ordering::Relaxed),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
             returned_at_stop: s.returned_at_stop.load(Ordering::Relaxed),
+            unrecorded_at_stop: s.unrecorded_at_stop.load(Ordering::Relaxed),
             per_host: s.per_host(),
             left_in_incoming: Vec::new(),
         }

@@ -45,6 +45,9 @@ pub struct DeliveryStats {
     pub connect_failures: AtomicU64,
     /// Copies whose transaction the drain deadline cut off (given back to the queue).
     pub returned_at_stop: AtomicU64,
+    /// Copies delivered whose outcomes the spool could not record before the drain deadline
+    /// (a full disk): the next run repeats them.
+    pub unrecorded_at_stop: AtomicU64,
     per_host: Mutex<BTreeMap<String, HostStats>>,
 }
 
@@ -293,7 +296,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                 if !pending.is_empty() {
                     // Nothing to claim: let the outstanding completions finish first (one may
                     // defer a copy, whose due time the idle wait needs), then look again.
-                    pending.drain(&name).await;
+                    pending.drain(&ctx, &name).await;
                     continue;
                 }
                 if stranded && open.is_none() {
@@ -388,8 +391,10 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         }
     }
     // Every transaction's outcome is durable before the worker stops (the drain deadline does
-    // not cut these: the relay has decided, and a lost outcome would repeat the copy).
-    pending.drain(&name).await;
+    // not cut these: the relay has decided, and a lost outcome would repeat the copy), unless
+    // the spool cannot record at all (a full disk): then the drain deadline ends the wait, and
+    // the next run repeats those copies (they are still in flight in the database).
+    pending.drain(&ctx, &name).await;
     // At a stop, QUIT is a courtesy: a relay slow to answer it does not hold the stop up.
     let _ = tokio::time::timeout(QUIT_AT_STOP, close(&ctx, &mut open)).await;
     debug!(worker = %name, "stopped");
@@ -628,7 +633,7 @@ impl Completions {
         result: CopyResult,
     ) {
         while self.tasks.len() >= COMPLETIONS_OUTSTANDING {
-            self.wait_oldest(name).await;
+            self.wait_oldest(ctx, name).await;
         }
         let spool = ctx.spool.clone();
         let worker = name.to_string();
@@ -642,18 +647,47 @@ impl Completions {
         }));
     }
 
-    async fn wait_oldest(&mut self, name: &str) {
-        if let Some(t) = self.tasks.pop_front() {
-            if let Err(e) = t.await {
-                error!(worker = %name, error = %e, "recording the outcome failed");
+    /// Wait for the oldest outstanding completion. Once the drain deadline has passed and the
+    /// spool cannot record at all (a full disk), give up every outstanding completion instead:
+    /// they are counted in [`DeliveryStats::unrecorded_at_stop`], and the next run repeats
+    /// those copies (the database still has them queued). So no wait on the spool outlasts a
+    /// stop's drain deadline.
+    async fn wait_oldest<S: Spool>(&mut self, ctx: &WorkerContext<S>, name: &str) {
+        loop {
+            if ctx.cutoff.is_cancelled() {
+                if let Some(why) = ctx.spool.recording_error() {
+                    let n = self.tasks.len() as u64;
+                    ctx.stats.unrecorded_at_stop.fetch_add(n, Ordering::Relaxed);
+                    error!(worker = %name, copies = n, error = %why,
+                        "drain deadline: outcomes the spool cannot record are given up; the next run repeats these copies");
+                    self.tasks.clear();
+                    return;
+                }
+            }
+            let Some(oldest) = self.tasks.front_mut() else {
+                return;
+            };
+            tokio::select! {
+                done = oldest => {
+                    self.tasks.pop_front();
+                    if let Err(e) = done {
+                        error!(worker = %name, error = %e, "recording the outcome failed");
+                    }
+                    return;
+                }
+                () = ctx.cutoff.cancelled(), if !ctx.cutoff.is_cancelled() => {}
+                // Past the deadline with a spool that records: its completion is moments away;
+                // look again now and then in case the spool stops recording meanwhile.
+                () = tokio::time::sleep(Duration::from_millis(200)), if ctx.cutoff.is_cancelled() => {}
             }
         }
     }
 
-    /// Wait for every outstanding completion.
-    async fn drain(&mut self, name: &str) {
+    /// Wait for every outstanding completion (see [`Completions::wait_oldest`] for the one
+    /// exception at a stop).
+    async fn drain<S: Spool>(&mut self, ctx: &WorkerContext<S>, name: &str) {
         while !self.tasks.is_empty() {
-            self.wait_oldest(name).await;
+            self.wait_oldest(ctx, name).await;
         }
     }
 }

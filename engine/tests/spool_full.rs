@@ -387,6 +387,115 @@ fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once(
     );
 }
 
+/// A stop while the spool cannot record: the drain deadline ends the wait for the unrecorded
+/// outcomes (the process does not hang on a full disk), the exit status says so, and the next run
+/// delivers those copies again, within the in-flight bound, losing nothing.
+#[test]
+fn a_stop_on_a_full_disk_ends_at_the_drain_deadline_and_the_next_run_repeats_only_the_unrecorded() {
+    use proc_support::{num, queue_json, recipients, run_cmd, submit_cli, write_site_cfg, Kid};
+    use smtpw::clock::SystemClock;
+    use smtpw::spool::{SpoolOptions, SqliteSpool};
+
+    const RCPTS: usize = 3000;
+    const W: u32 = 3;
+    const BSMTP: u32 = 20;
+    let Some(disk) = Tmpfs::mount("a stop on a full disk", "8m") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let mock = proc_support::LoopbackMock::start(MockConfig::iis());
+    let cfg = write_site_cfg(work.path(), mock.port, W, BSMTP);
+    let spool = disk.path.join("spool");
+    let ledger = spool.join("ledger.jsonl");
+    let log = work.path().join("smtpw.log");
+    submit_cli(work.path(), &spool, &recipients(RCPTS));
+    let opts = SpoolOptions {
+        max_bsmtp: BSMTP,
+        ..SpoolOptions::default()
+    };
+    let s = SqliteSpool::open(&spool, opts, SystemClock::shared()).unwrap();
+    assert_eq!(s.ingest_blocking().unwrap().recipients, RCPTS as u64);
+    drop(s);
+    let filler = disk.fill("filler");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() - 96 * 1024).unwrap();
+    drop(f);
+
+    let mut cmd = run_cmd(&cfg, &spool, &ledger, false, &log);
+    cmd.args(["--drain-timeout", "1"]);
+    let mut kid = Kid::spawn(cmd, "smtpw run");
+    let relay = || mock.mta.journal().delivered_recipients().len();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("delivery is paused")
+    {
+        assert!(
+            kid.child.try_wait().unwrap().is_none() && Instant::now() < end,
+            "no 'delivery is paused' within 30 s; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stalled_at = settle(Duration::from_secs(30), Duration::from_millis(1500), relay);
+    let stop = Instant::now();
+    kid.term();
+    let status = kid.wait_for(Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "smtpw run did not stop within 20 s of SIGTERM on a full disk (drain deadline 1 s); log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let took = stop.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "exit status 4: outcomes given up; log:\n{text}"
+    );
+    assert!(
+        text.contains("not recorded"),
+        "the reason is printed; log:\n{text}"
+    );
+    let recorded = num(&queue_json(&spool), "delivered") as usize;
+    eprintln!(
+        "a stop on a full disk: the relay had {stalled_at} of {RCPTS}, the spool recorded {recorded}; \
+         stopped in {took:.2?} with --drain-timeout 1"
+    );
+
+    // Space returns; the next run delivers the rest, repeating only what was not recorded.
+    std::fs::remove_file(&filler).unwrap();
+    let mut kid = Kid::spawn(
+        run_cmd(&cfg, &spool, &ledger, true, &log),
+        "smtpw run (again)",
+    );
+    let status = kid
+        .wait_for(Duration::from_secs(90))
+        .expect("the second run ends");
+    assert!(status.success(), "{status}");
+    let mut at_relay: BTreeMap<String, u32> = BTreeMap::new();
+    for r in mock.mta.journal().delivered_recipients() {
+        *at_relay.entry(r).or_default() += 1;
+    }
+    let repeats: u32 = at_relay.values().map(|n| n - 1).sum();
+    let bound = in_flight_bound(W as usize, BSMTP as usize);
+    eprintln!("a stop on a full disk: after the second run {} recipients at the relay, {repeats} repeated (bound {bound})", at_relay.len());
+    assert_eq!(at_relay.len(), RCPTS, "nothing lost");
+    assert!(
+        repeats as usize <= stalled_at - recorded.min(stalled_at),
+        "only what was delivered but not recorded is repeated: {repeats} repeats, {stalled_at} delivered, {recorded} recorded"
+    );
+    assert!(
+        repeats as usize <= bound,
+        "{repeats} repeats, in-flight bound {bound}"
+    );
+    let q = queue_json(&spool);
+    assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, RCPTS as u64));
+}
+
 #[test]
 fn a_failed_ledger_append_leaves_no_torn_line_and_its_retry_writes_each_line_once() {
     use smtpw::ledger::{Ledger, LedgerLineRef};

@@ -13,7 +13,7 @@ use smtpw::clock::SystemClock;
 use smtpw::engine::{Engine, EngineOptions};
 use smtpw::net::TcpConnector;
 use smtpw::smtp::{helo, TxnDeadline};
-use smtpw::spool::{SpoolError, SpoolOptions, SqliteSpool};
+use smtpw::spool::{Spool, SpoolError, SpoolOptions, SqliteSpool};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -67,6 +67,8 @@ pub struct RunArgs {
 
 /// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
 const EXIT_FORCED: i32 = 130;
+/// Exit status when a stop gave up outcomes the spool could not record (a full disk).
+const EXIT_UNRECORDED: u8 = 4;
 
 /// Exit status of `--until-empty` when nothing else is queued but files in `incoming/` can be
 /// neither read nor moved to quarantine: their mail was never sent.
@@ -183,6 +185,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             copies = summary.copies,
             "stopped"
         );
+        if summary.unrecorded_at_stop > 0 {
+            eprintln!(
+                "smtpw: stopped with the outcomes of {} cop{} delivered but not recorded (the                  spool could not write: {}); the next run delivers {} again",
+                summary.unrecorded_at_stop,
+                if summary.unrecorded_at_stop == 1 { "y" } else { "ies" },
+                engine
+                    .spool
+                    .recording_error()
+                    .unwrap_or_else(|| "see the log".to_owned()),
+                if summary.unrecorded_at_stop == 1 { "it" } else { "them" },
+            );
+            return Ok(ExitCode::from(EXIT_UNRECORDED));
+        }
         let left = &summary.left_in_incoming;
         if !left.is_empty() {
             use smtpw::text::escape_controls;

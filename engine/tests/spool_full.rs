@@ -666,6 +666,7 @@ fn a_spool_closed_while_outcomes_wait_gives_them_up_and_keeps_their_copies() {
     );
     assert_eq!(std::fs::metadata(&ledger).unwrap().len(), 0, "no torn line");
     // Both copies are still queued for the next run.
-    let spool = SqliteSpool::open(dir.path(), opts, SystemClock::shared()).unwrap();
+    let spool = SqliteSpool::open(dir.path(), opts, SystemClock::shared())
+        .unwrap_or_else(|e| panic!("reopening after a close with an outcome unrecorded: {e}"));
     assert_eq!(spool.queued_copies(), 2);
 }

@@ -18,14 +18,39 @@ use clap::Args;
 
 use crate::{cargo, target_dir, workspace_root};
 
-/// The targets (`fuzz/Cargo.toml`'s `[[bin]]`s) and the longest input each is given: long
-/// enough to cross the limits the code enforces (an envelope line of 4096 bytes, a reply of
-/// 64 KiB, a command line of 4096 bytes).
-const TARGETS: &[(&str, usize)] = &[
-    ("site_cfg", 4096),
-    ("job_reader", 10_000),
-    ("smtp_reply", 70_000),
-    ("mock_session", 20_000),
+/// A target (`fuzz/Cargo.toml`'s `[[bin]]`) and how it is run.
+struct Target {
+    name: &'static str,
+    /// The longest input: long enough to cross the limit the code enforces (an envelope line of
+    /// 4096 bytes, a reply of 64 KiB, a command line of 4096 bytes).
+    max_len: usize,
+    /// Try long inputs from the start (libFuzzer's `-len_control=0`) instead of growing them
+    /// slowly: the limits above are where the bugs of line handling live, and a short run would
+    /// never reach them.
+    long_at_once: bool,
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        name: "site_cfg",
+        max_len: 4096,
+        long_at_once: false,
+    },
+    Target {
+        name: "job_reader",
+        max_len: 10_000,
+        long_at_once: true,
+    },
+    Target {
+        name: "smtp_reply",
+        max_len: 70_000,
+        long_at_once: false,
+    },
+    Target {
+        name: "mock_session",
+        max_len: 20_000,
+        long_at_once: true,
+    },
 ];
 
 /// An input that runs longer than this (seconds) counts as a hang, and fails the run.
@@ -60,15 +85,14 @@ struct Figures {
 
 pub fn fuzz(a: FuzzArgs) -> anyhow::Result<ExitCode> {
     for t in &a.targets {
-        if !TARGETS.iter().any(|(n, _)| n == t) {
-            let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
+        if !TARGETS.iter().any(|x| x.name == t) {
+            let names: Vec<&str> = TARGETS.iter().map(|x| x.name).collect();
             bail!("no fuzz target {t:?}; the targets are {}", names.join(", "));
         }
     }
-    let chosen: Vec<(&str, usize)> = TARGETS
+    let chosen: Vec<&Target> = TARGETS
         .iter()
-        .copied()
-        .filter(|(n, _)| a.targets.is_empty() || a.targets.iter().any(|t| t == n))
+        .filter(|x| a.targets.is_empty() || a.targets.iter().any(|t| t == x.name))
         .collect();
     let out = target_dir()?.join("fuzz");
     if !a.no_build {
@@ -77,9 +101,10 @@ pub fn fuzz(a: FuzzArgs) -> anyhow::Result<ExitCode> {
     let bin_dir = out.join(host_triple()?).join("release");
     let mut failed = Vec::new();
     let mut rows = Vec::new();
-    for (name, max_len) in chosen {
+    for target in chosen {
+        let name = target.name;
         eprintln!("== fuzz {name}: {} s", a.seconds);
-        let f = run_target(&bin_dir, &out, name, max_len, a.seconds)?;
+        let f = run_target(&bin_dir, &out, target, a.seconds)?;
         if let Some(why) = &f.failure {
             failed.push(format!(
                 "{name}: {why}{}",
@@ -151,10 +176,10 @@ fn host_triple() -> anyhow::Result<String> {
 fn run_target(
     bin_dir: &Path,
     out: &Path,
-    name: &str,
-    max_len: usize,
+    target: &Target,
     seconds: u64,
 ) -> anyhow::Result<Figures> {
+    let name = target.name;
     let exe = bin_dir.join(name);
     if !exe.is_file() {
         bail!("{} is missing: build the targets first", exe.display());
@@ -173,7 +198,8 @@ fn run_target(
     prefix.push("/");
     let mut c = Command::new(&exe);
     c.arg(format!("-max_total_time={seconds}"))
-        .arg(format!("-max_len={max_len}"))
+        .arg(format!("-max_len={}", target.max_len))
+        .args(target.long_at_once.then_some("-len_control=0"))
         .arg(format!("-timeout={INPUT_TIMEOUT_SECS}"))
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
         .arg("-print_final_stats=1")

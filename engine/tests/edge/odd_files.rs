@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use mock_mta::MockConfig;
+use smtpw::job::JobWriter;
 
 use super::accounting::Tally;
 use super::site::{is_root, name_of, serial, verdict, EdgeSite};
@@ -26,13 +27,17 @@ const WITHOUT_DAC: &[&str] = &[
     "--",
 ];
 
-fn job_text(rcpts: &[String]) -> String {
-    let mut t = String::from("MAIL FROM:<owner@lists.example>\r\n");
-    for r in rcpts {
-        t.push_str(&format!("RCPT TO:<{r}>\r\n"));
-    }
-    t.push_str("DATA\r\nSubject: odd files\r\n\r\nHello.\r\n.\r\n");
-    t
+/// A `.MAIL` job to `rcpts`.
+fn job_text(rcpts: &[String]) -> Vec<u8> {
+    let mut w = JobWriter::new(Vec::new());
+    w.job(
+        "owner@lists.example",
+        None,
+        rcpts,
+        &b"Subject: odd files\r\n\r\nHello.\r\n"[..],
+    )
+    .unwrap();
+    w.finish().unwrap()
 }
 
 fn rcpts(tag: &str, n: usize) -> Vec<String> {

@@ -35,7 +35,7 @@ impl Chunked<'_> {
 
 impl Read for Chunked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.next() % 7 == 0 {
+        if self.next().is_multiple_of(7) {
             return Err(io::ErrorKind::Interrupted.into());
         }
         let n = (1 + self.next() as usize % 23)

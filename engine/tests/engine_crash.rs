@@ -11,36 +11,13 @@
 
 mod proc_support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use mock_mta::{Faults, MockConfig};
 use proc_support::{
-    num, queue_json, recipients, run_cmd, submit_cli, write_site_cfg, Kid, Lcg, LoopbackMock,
-    SilentRelay,
+    in_flight_copies, ledgered, num, queue_json, received, recipients, repeat_bound_per_crash,
+    run_cmd, submit_cli, write_site_cfg, Kid, Lcg, LoopbackMock, SilentRelay,
 };
-use smtpw::ledger::{read_ledger, LedgerOutcome};
-use smtpw::worker::COMPLETIONS_OUTSTANDING;
-
-/// How many times each address was accepted in an accepted transaction at the mock.
-fn received(mock: &LoopbackMock) -> HashMap<String, u32> {
-    let mut m: HashMap<String, u32> = HashMap::new();
-    for a in mock.mta.journal().delivered_recipients() {
-        *m.entry(a).or_default() += 1;
-    }
-    m
-}
-
-/// Per recipient, the ledger's `delivered` lines; panics on any other outcome.
-fn ledgered(path: &std::path::Path) -> HashMap<String, u32> {
-    let mut m: HashMap<String, u32> = HashMap::new();
-    for l in read_ledger(path).unwrap() {
-        assert_eq!(l.outcome, LedgerOutcome::Delivered, "{l:?}");
-        assert!(l.reply.starts_with("250"), "{l:?}");
-        *m.entry(l.rcpt).or_default() += 1;
-    }
-    m
-}
 
 const N: usize = 40_000;
 const WORKERS: u32 = 4;
@@ -72,8 +49,8 @@ fn sigkill_at_random_points_loses_no_recipient() {
     let mut runs: Vec<(u64, u64, u64)> = Vec::new();
     // In flight per worker: the copy being delivered plus those whose outcomes are being made
     // durable (a worker claims its next copy while the previous completions sync).
-    let in_flight = u64::from(WORKERS) * (COMPLETIONS_OUTSTANDING as u64 + 1);
-    let per_kill = in_flight * u64::from(MAX_BSMTP);
+    let in_flight = in_flight_copies(WORKERS);
+    let per_kill = repeat_bound_per_crash(WORKERS, MAX_BSMTP);
     // A run killed before it delivered anything (a slow start on a loaded machine) makes the
     // next one a little longer, so the kills still fall during delivery.
     let mut stalled = 0u64;

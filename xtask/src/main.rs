@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 mod postfix;
 
 #[derive(Parser)]
@@ -24,6 +25,9 @@ enum Task {
     /// Run the end-to-end benchmarks (smtpw vs smtp-source/smtp-sink) and write
     /// target/bench/report.md and chart.svg.
     Bench(bench::BenchArgs),
+    /// Build the libFuzzer targets in fuzz/ (cargo-fuzz, stable toolchain) and run each for
+    /// --seconds; prints executions, exec/s and coverage per target, fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Args)]
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Conformance(a) => conformance(a),
         Task::Bench(a) => bench::bench(a),
+        Task::Fuzz(a) => fuzz::fuzz(a),
     };
     match result {
         Ok(code) => code,

@@ -3,7 +3,7 @@
 //!
 //! Everything here is pure and never panics on any input (property-tested).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// The largest reply we accept (all lines together). RFC 5321 §4.5.3.1.5 gives 512 octets per
 /// reply line; EHLO replies have many lines. Anything longer is a protocol error.
@@ -13,7 +13,8 @@ pub const MAX_REPLY_LEN: usize = 64 * 1024;
 ///
 /// `text` holds the text of every line without the code and without the enhanced status code
 /// (when a line repeats it), the lines joined with `'\n'`. `Display` gives one line:
-/// `552 5.5.3 Too many recipients`, continuation lines joined with `" / "`.
+/// `552 5.5.3 Too many recipients`, continuation lines joined with `" / "`, control characters
+/// escaped (`\r`, `\u{1b}`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reply {
     pub code: u16,
@@ -104,7 +105,15 @@ impl fmt::Display for Reply {
                 continue;
             }
             f.write_str(if first { " " } else { " / " })?;
-            f.write_str(line)?;
+            // The relay's text is untrusted: a control character (a bare CR, an escape
+            // sequence) is shown escaped, never handed raw to a log or a terminal.
+            for c in line.chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_debug())?;
+                } else {
+                    f.write_char(c)?;
+                }
+            }
             first = false;
         }
         Ok(())
@@ -527,6 +536,23 @@ mod tests {
             r.to_string(),
             "451 4.4.2 Connection lost (time-out waiting for the RCPT reply)"
         );
+    }
+
+    /// Found by the `smtp_reply` fuzz target: a relay's bare CR (or any control character) in
+    /// a reply's text came out raw in the one-line form that goes to the logs, the ledger and
+    /// `smtpw queue`'s failure table, where a terminal acts on it.
+    #[test]
+    fn one_line_form_escapes_control_characters_from_the_relay() {
+        let (r, _) = parse_reply(b"452 4.5.3 Too many recipients\rESMTG ready\r\n")
+            .unwrap()
+            .unwrap();
+        let shown = r.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "452 4.5.3 Too many recipients\\rESMTG ready");
+        let (r, _) = parse_reply(b"550-5.1.1 \x1b[2Jgone\r\n550 5.1.1 tab\there\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.to_string(), "550 5.1.1 \\u{1b}[2Jgone / tab\\there");
     }
 
     fn reply_strategy() -> impl Strategy<Value = (u16, Option<(u8, u16, u16)>, Vec<String>)> {

@@ -5,12 +5,15 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use mock_mta::{MockConfig, MockMta, MockServer};
+use smtpw::ledger::{read_ledger, LedgerOutcome};
+use smtpw::worker::COMPLETIONS_OUTSTANDING;
 
 pub fn smtpw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_smtpw"))
@@ -226,6 +229,39 @@ impl Drop for LoopbackMock {
             });
         }
     }
+}
+
+/// How many times each address was accepted in an accepted transaction at the mock.
+pub fn received(mock: &LoopbackMock) -> HashMap<String, u32> {
+    let mut m: HashMap<String, u32> = HashMap::new();
+    for a in mock.mta.journal().delivered_recipients() {
+        *m.entry(a).or_default() += 1;
+    }
+    m
+}
+
+/// Per recipient, the ledger's `delivered` lines; panics on any other outcome.
+pub fn ledgered(path: &Path) -> HashMap<String, u32> {
+    let mut m: HashMap<String, u32> = HashMap::new();
+    for l in read_ledger(path).unwrap() {
+        assert_eq!(l.outcome, LedgerOutcome::Delivered, "{l:?}");
+        assert!(l.reply.starts_with("250"), "{l:?}");
+        *m.entry(l.rcpt).or_default() += 1;
+    }
+    m
+}
+
+/// Copies in flight at any moment, the most a crash (or a lost outcome) can repeat: per worker,
+/// the copy being delivered plus those whose outcomes are being made durable (a worker claims
+/// its next copy while the previous completions sync).
+pub fn in_flight_copies(workers: u32) -> u64 {
+    u64::from(workers) * (COMPLETIONS_OUTSTANDING as u64 + 1)
+}
+
+/// Recipients one crash can repeat at the relay: the copies in flight, each of at most
+/// MAXBSMTP recipients.
+pub fn repeat_bound_per_crash(workers: u32, max_bsmtp: u32) -> u64 {
+    in_flight_copies(workers) * u64::from(max_bsmtp)
 }
 
 /// A deterministic pseudo-random sequence (PCG-style LCG), for kill delays.

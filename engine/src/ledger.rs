@@ -64,6 +64,25 @@ pub struct LedgerLineRef<'a> {
     pub expired: bool,
 }
 
+/// The length of the longest prefix of the file (of `len` bytes) that ends with a line feed:
+/// read backwards from the end in blocks.
+fn whole_lines_len(path: &Path, len: u64) -> io::Result<u64> {
+    let mut r = File::open(path)?;
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let n = usize::try_from(end - start).map_err(io::Error::other)?;
+        r.seek(SeekFrom::Start(start))?;
+        r.read_exact(&mut block[..n])?;
+        if let Some(i) = memchr::memrchr(b'\n', &block[..n]) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// An append-only ledger file.
 #[derive(Debug)]
 pub struct Ledger {
@@ -84,16 +103,15 @@ impl Ledger {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        // A crash mid-append can leave a torn last line; end it here, or the next line written
-        // would be glued to it and both would be unreadable.
+        // A crash mid-append can leave a torn last line. Its outcome was never committed to the
+        // spool (the ledger is made durable first), so the copy is delivered again and gets a
+        // whole line then: cut the fragment off, so that every line of the file stays valid
+        // JSON and the next line is not glued to it.
         let len = file.metadata()?.len();
         if len > 0 {
-            let mut r = File::open(path)?;
-            r.seek(SeekFrom::Start(len - 1))?;
-            let mut last = [0u8; 1];
-            r.read_exact(&mut last)?;
-            if last[0] != b'\n' {
-                (&file).write_all(b"\n")?;
+            let keep = whole_lines_len(path, len)?;
+            if keep < len {
+                file.set_len(keep)?;
                 file.sync_data()?;
             }
         }
@@ -244,6 +262,28 @@ mod tests {
         l.append(&[line("c@d")]).unwrap();
         let back: Vec<_> = read_ledger(&p).unwrap().map(|l| l.rcpt).collect();
         assert_eq!(back, vec!["a@b".to_string(), "c@d".to_string()]);
+        // The fragment is gone, not kept as a line of its own: a strict JSON-lines reader reads
+        // every line.
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        for l in text.lines() {
+            serde_json::from_str::<LedgerLine>(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_ledger_of_only_a_torn_line_is_emptied_and_a_long_fragment_is_cut_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.jsonl");
+        std::fs::write(&p, b"{\"time\":\"2026").unwrap();
+        drop(Ledger::open(&p).unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        // A fragment longer than the block read backwards.
+        let mut body = b"{\"a\":1}\n".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 200_000));
+        std::fs::write(&p, &body).unwrap();
+        drop(Ledger::open(&p).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n");
     }
 
     #[test]

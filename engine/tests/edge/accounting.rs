@@ -71,20 +71,9 @@ pub struct Tally {
 
 impl Tally {
     /// Count `site` against `relay` (address -> accepted deliveries at the relays). A torn
-    /// ledger line is a violation, except where SIGKILLs cut writes short on purpose
-    /// ([`Tally::count_after_kills`]).
+    /// ledger line is a violation everywhere, after SIGKILLs too: a kill can cut a ledger write
+    /// short, but the next run cuts the fragment off when it opens the ledger.
     pub fn count(site: &EdgeSite, relay: &HashMap<String, u32>) -> Tally {
-        Tally::count_with(site, relay, false)
-    }
-
-    /// As [`Tally::count`], after SIGKILLs: a kill can cut a ledger write short, and the reader
-    /// skips such a line (its outcomes were never committed, so the copy is delivered again and
-    /// gets whole lines); torn lines are counted, not held against the case.
-    pub fn count_after_kills(site: &EdgeSite, relay: &HashMap<String, u32>) -> Tally {
-        Tally::count_with(site, relay, true)
-    }
-
-    fn count_with(site: &EdgeSite, relay: &HashMap<String, u32>, kills: bool) -> Tally {
         let q = site.queue();
         let mut t = Tally {
             submitted: site.submitted.len() as u64,
@@ -98,7 +87,7 @@ impl Tally {
         let submitted: HashSet<&str> = site.submitted.iter().map(String::as_str).collect();
         let scan = scan_ledger(&site.ledger);
         t.torn = scan.torn.len() as u64;
-        for (at, l) in scan.torn.iter().filter(|_| !kills) {
+        for (at, l) in &scan.torn {
             t.violations.push(format!(
                 "torn ledger line {at}: {l:?} (every line must be whole)"
             ));

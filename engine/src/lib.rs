@@ -14,6 +14,7 @@ pub mod engine;
 pub mod job;
 pub mod ledger;
 pub mod net;
+pub mod outcome;
 pub mod ratelimit;
 pub mod route;
 pub mod smtp;

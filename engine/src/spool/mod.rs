@@ -128,13 +128,7 @@ pub struct ClaimedCopy {
     pub job_created: jiff::Timestamp,
 }
 
-/// The fate of one recipient in one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Delivered,
-    Failed,
-    Deferred,
-}
+pub use crate::outcome::Outcome;
 
 /// A recipient's outcome with the reply that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]

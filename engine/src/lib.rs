@@ -17,6 +17,7 @@ pub mod net;
 pub mod outcome;
 pub mod ratelimit;
 pub mod route;
+pub mod settings;
 pub mod smtp;
 pub mod spool;
 pub mod text;

@@ -70,6 +70,28 @@ fn finish(r: (Option<SiteConfig>, Vec<Diagnostic>)) -> Result<SiteConfig, Config
     }
 }
 
+/// Parses a rate-limit value in SMTP_RATE_LIMIT's syntax (`12Mbps AB:1.5Mbps`) found elsewhere
+/// (the settings file's `[cluster] rate_limit`): `file`, `line` and `column` say where it starts,
+/// for the diagnostics.
+pub fn parse_rate_limit_value(
+    text: &str,
+    file: &str,
+    line: usize,
+    column: usize,
+) -> Result<RateLimits, Vec<Diagnostic>> {
+    let mut d = span::Diags::default();
+    let s = span::Span {
+        text,
+        file,
+        line,
+        col: column,
+    };
+    match rate::parse_rate_limits(&s, &mut d) {
+        Some(r) if !d.has_errors() => Ok(r),
+        _ => Err(d.items),
+    }
+}
+
 /// Parses the text of a SITE.CFG (either form); `file_name` is used in diagnostics.
 pub fn parse_str(text: &str, file_name: &str) -> Result<SiteConfig, ConfigError> {
     finish(parse_sources(&[Source {

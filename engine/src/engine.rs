@@ -30,6 +30,9 @@ pub struct EngineOptions {
     pub ingest_interval: Duration,
     /// How long an idle worker waits before looking again (new copies wake it at once).
     pub idle_poll: Duration,
+    /// How often `SPOOL/rate-status.json` (what `smtpw queue` shows of the rates) is rewritten.
+    /// A simulated day in paused time would otherwise write it 86,400 times.
+    pub status_interval: Duration,
     /// Rate-limit bucket depth (how much idle time saves up).
     pub rate_depth: Duration,
     /// LISTSERV's per-worker split of the rate limits instead of one shared limiter (SPEC 4.6).
@@ -51,6 +54,7 @@ impl Default for EngineOptions {
             sync_grace: Duration::from_secs(15 * 60),
             ingest_interval: Duration::from_millis(200),
             idle_poll: Duration::from_secs(1),
+            status_interval: Duration::from_secs(1),
             rate_depth: DEFAULT_DEPTH,
             per_worker_rate_split: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -165,7 +169,7 @@ impl<S: Spool> Engine<S> {
             meter.clone(),
             self.clock.clone(),
             self.spool_dir.clone(),
-            Duration::from_secs(1),
+            self.opts.status_interval,
             self.shutdown.clone(),
         ));
         let mut serving = [0usize; Pool::COUNT];

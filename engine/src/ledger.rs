@@ -208,6 +208,68 @@ pub fn read_ledger(path: &Path) -> io::Result<impl Iterator<Item = LedgerLine>> 
 mod tests {
     use super::*;
 
+    /// The exact bytes of ledger lines, as written since the first release: a reader of the
+    /// ledger (a script, `jq`) sees the same text whatever type the engine holds times in.
+    #[test]
+    fn a_line_is_pinned_byte_for_byte() {
+        let now: jiff::Timestamp = "2026-11-22T07:30:00.123Z".parse().unwrap();
+        let retry: jiff::Timestamp = "2026-11-22T07:30:30.123Z".parse().unwrap();
+        let delivered = LedgerLineRef {
+            time: &now.to_string(),
+            job: 1,
+            copy: 3,
+            pool: "-",
+            rcpt: "a@b.c",
+            outcome: LedgerOutcome::Delivered,
+            relay: Some("mx1:25"),
+            reply: "250 2.6.0 Queued mail for delivery",
+            attempts: 1,
+            retry_at: None,
+            expired: false,
+        };
+        let retry_text = retry.to_string();
+        let deferred = LedgerLineRef {
+            rcpt: "d@e.f",
+            outcome: LedgerOutcome::Deferred,
+            reply: "451 4.3.0 later",
+            attempts: 2,
+            retry_at: Some(&retry_text),
+            ..delivered
+        };
+        let expired = LedgerLineRef {
+            rcpt: "g@h.i",
+            outcome: LedgerOutcome::Failed,
+            relay: None,
+            reply: "451 4.3.0 later",
+            attempts: 7,
+            expired: true,
+            ..delivered
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.jsonl");
+        let mut l = Ledger::open(&p).unwrap();
+        l.begin();
+        for line in [&delivered, &deferred, &expired] {
+            l.push(line).unwrap();
+        }
+        l.commit().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            concat!(
+                r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"a@b.c","outcome":"delivered","relay":"mx1:25","reply":"250 2.6.0 Queued mail for delivery","attempts":1}"#,
+                "\n",
+                r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"d@e.f","outcome":"deferred","relay":"mx1:25","reply":"451 4.3.0 later","attempts":2,"retry_at":"2026-11-22T07:30:30.123Z"}"#,
+                "\n",
+                r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"g@h.i","outcome":"failed","relay":null,"reply":"451 4.3.0 later","attempts":7,"expired":true}"#,
+                "\n",
+            )
+        );
+        // Read back, the lines are what was written.
+        let back: Vec<LedgerLine> = read_ledger(&p).unwrap().collect();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[1].retry_at.as_deref(), Some(retry_text.as_str()));
+    }
+
     #[test]
     fn append_and_read_back() {
         let dir = tempfile::tempdir().unwrap();

@@ -1081,3 +1081,91 @@ fn write_plans(db: &mut Connection, plans: &[Plan]) -> Result<Vec<i64>, rusqlite
     tx.commit()?;
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::spool::RcptOutcome;
+
+    /// A wall clock that reads what the test sets.
+    #[derive(Debug)]
+    struct Fixed(Mutex<Timestamp>);
+
+    impl Clock for Fixed {
+        fn now(&self) -> Timestamp {
+            *lock(&self.0)
+        }
+        fn time_zone(&self) -> jiff::tz::TimeZone {
+            jiff::tz::TimeZone::UTC
+        }
+    }
+
+    fn rcpt(outcome: Outcome, reply: &str) -> RcptOutcome {
+        RcptOutcome {
+            outcome,
+            reply: reply.to_string(),
+        }
+    }
+
+    /// What the writer appends for one batch, byte for byte: the ledger's text is what readers
+    /// of it (scripts, `jq`) depend on, whatever types the engine holds its fields in.
+    #[tokio::test]
+    async fn the_writer_appends_these_exact_ledger_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let start: Timestamp = "2026-11-22T07:30:00.123Z".parse().unwrap();
+        let clock = Arc::new(Fixed(Mutex::new(start)));
+        let opts = SpoolOptions {
+            lifetime: std::time::Duration::from_secs(3600),
+            ..SpoolOptions::default()
+        };
+        let spool = SqliteSpool::open(dir.path(), opts, clock.clone()).unwrap();
+        let rcpts = ["a@x.example", "b@x.example", "c@x.example"];
+        super::super::submit(
+            dir.path(),
+            "list@x.example",
+            None,
+            rcpts.iter().map(|r| r.to_string()),
+            &b"Subject: t\r\n\r\nbody\r\n"[..],
+        )
+        .unwrap();
+        spool.ingest_blocking().unwrap();
+        let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
+        spool
+            .complete(
+                c.copy_id,
+                CopyResult {
+                    relay: Some("mx1:25".into()),
+                    rcpts: vec![
+                        rcpt(Outcome::Delivered, "250 2.6.0 Queued mail for delivery"),
+                        rcpt(Outcome::Deferred, "451 4.3.0 \"later\""),
+                        rcpt(Outcome::Failed, "550 5.1.1 unknown"),
+                    ],
+                },
+            )
+            .await
+            .unwrap();
+        // Past the lifetime: the deferred recipient fails, expired.
+        *lock(&clock.0) = "2026-11-22T09:00:00Z".parse().unwrap();
+        let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
+        assert_eq!(c.rcpts, vec!["b@x.example".to_string()]);
+        spool
+            .complete(
+                c.copy_id,
+                CopyResult {
+                    relay: None,
+                    rcpts: vec![rcpt(Outcome::Deferred, "421 4.4.0 unreachable")],
+                },
+            )
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LEDGER_FILE)).unwrap();
+        let want = [
+            r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":1,"pool":"-","rcpt":"a@x.example","outcome":"delivered","relay":"mx1:25","reply":"250 2.6.0 Queued mail for delivery","attempts":1}"#,
+            r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":1,"pool":"-","rcpt":"b@x.example","outcome":"deferred","relay":"mx1:25","reply":"451 4.3.0 \"later\"","attempts":1,"retry_at":"2026-11-22T07:30:30.123Z"}"#,
+            r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":1,"pool":"-","rcpt":"c@x.example","outcome":"failed","relay":"mx1:25","reply":"550 5.1.1 unknown","attempts":1}"#,
+            r#"{"time":"2026-11-22T09:00:00Z","job":1,"copy":1,"pool":"-","rcpt":"b@x.example","outcome":"failed","relay":null,"reply":"421 4.4.0 unreachable","attempts":2,"expired":true}"#,
+        ];
+        assert_eq!(text, want.map(|l| format!("{l}\n")).concat());
+    }
+}

@@ -37,7 +37,7 @@ use super::{
 };
 use crate::clock::SharedClock;
 use crate::config::{Pool, PoolSet};
-use crate::ledger::{Ledger, LedgerLineRef, LedgerOutcome};
+use crate::ledger::{Ledger, LedgerLineRef};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs(
@@ -919,7 +919,6 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
         }
     }
     for (req, job_id, pool, rcpts, prev_attempts, job_created) in work {
-        let time = req.now.to_string();
         let pool_name = pool.to_string();
         let attempts = prev_attempts.saturating_add(1);
         let expired = sh.opts.expired(job_created, req.now);
@@ -927,7 +926,6 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             .now
             .checked_add(sh.opts.backoff(prev_attempts))
             .unwrap_or(req.now);
-        let retry_at = not_before.to_string();
         let mut plan = Plan {
             copy_id: req.copy_id,
             job_id,
@@ -944,24 +942,24 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             let (outcome, exp) = match o.outcome {
                 Outcome::Delivered => {
                     plan.delivered += 1;
-                    (LedgerOutcome::Delivered, false)
+                    (Outcome::Delivered, false)
                 }
                 Outcome::Failed => {
                     plan.failed.push((rcpt.to_owned(), o.reply.clone(), false));
-                    (LedgerOutcome::Failed, false)
+                    (Outcome::Failed, false)
                 }
                 Outcome::Deferred if expired => {
                     plan.failed.push((rcpt.to_owned(), o.reply.clone(), true));
-                    (LedgerOutcome::Failed, true)
+                    (Outcome::Failed, true)
                 }
                 Outcome::Deferred => {
                     plan.deferred.push((rcpt.to_owned(), o.reply.clone()));
-                    (LedgerOutcome::Deferred, false)
+                    (Outcome::Deferred, false)
                 }
             };
             plan.rcpts += 1;
             let line = LedgerLineRef {
-                time: &time,
+                time: req.now,
                 job: job_id,
                 copy: req.copy_id,
                 pool: &pool_name,
@@ -970,7 +968,7 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
                 relay: req.result.relay.as_deref(),
                 reply: &o.reply,
                 attempts,
-                retry_at: (outcome == LedgerOutcome::Deferred).then_some(retry_at.as_str()),
+                retry_at: (outcome == Outcome::Deferred).then_some(not_before),
                 expired: exp,
             };
             if let Err(e) = ledger.push(&line) {

@@ -31,9 +31,10 @@ use tokio::sync::{oneshot, Notify};
 
 use super::check;
 use super::index::{InFlight, Index, JobInfo};
+use super::policy::{self, Attempt, Fate};
 use super::{
-    ClaimedCopy, CopyResult, CopyState, IngestReport, Outcome, PoolStats, QueueStats, Spool,
-    SpoolError, SpoolOptions, DB_FILE, INCOMING, LEDGER_FILE, LOCK_FILE, QUARANTINE,
+    ClaimedCopy, CopyResult, CopyState, IngestReport, PoolStats, QueueStats, Spool, SpoolError,
+    SpoolOptions, DB_FILE, INCOMING, LEDGER_FILE, LOCK_FILE, QUARANTINE,
 };
 use crate::clock::SharedClock;
 use crate::config::{Pool, PoolSet};
@@ -779,15 +780,19 @@ fn open_checked(
     Ok(Some(conn))
 }
 
-/// What the writer decided for one completion.
+/// What the writer records for one completion, as the completion policy decided it
+/// ([`policy::decide`]).
 struct Plan {
     copy_id: i64,
     job_id: i64,
     /// Recipients of the copy (all of them have a ledger line).
     rcpts: usize,
     delivered: i64,
+    /// Recipient, reply, expired.
     failed: Vec<(String, String, bool)>,
+    /// Recipient, reply: they stay in the copy.
     deferred: Vec<(String, String)>,
+    /// When the deferred recipients are tried again (ms), if there are any.
     not_before: i64,
     now: i64,
     reply: oneshot::Sender<Result<(), SpoolError>>,
@@ -887,8 +892,9 @@ fn record(sh: &Shared, ledger: &mut Ledger, rx: &mpsc::Receiver<Request>, mut pl
     }
 }
 
-/// Decide each completion's fate and push its ledger lines (not yet written). Completions of
-/// copies not in flight, or already in `plans`, are answered at once with `NotClaimed`.
+/// Plan each completion as the completion policy decides it and push its ledger lines (not yet
+/// written). Completions of copies not in flight, or already in `plans`, are answered at once
+/// with `NotClaimed`.
 fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut Vec<Plan>) {
     if batch.is_empty() {
         return;
@@ -918,14 +924,17 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             }
         }
     }
-    for (req, job_id, pool, rcpts, prev_attempts, job_created) in work {
+    for (req, job_id, pool, rcpts, previous_attempts, job_created) in work {
+        let decision = policy::decide(
+            &sh.opts,
+            Attempt {
+                outcomes: &req.result.rcpts,
+                previous_attempts,
+                job_created,
+                now: req.now,
+            },
+        );
         let pool_name = pool.to_string();
-        let attempts = prev_attempts.saturating_add(1);
-        let expired = sh.opts.expired(job_created, req.now);
-        let not_before = req
-            .now
-            .checked_add(sh.opts.backoff(prev_attempts))
-            .unwrap_or(req.now);
         let mut plan = Plan {
             copy_id: req.copy_id,
             job_id,
@@ -933,43 +942,38 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             delivered: 0,
             failed: Vec::new(),
             deferred: Vec::new(),
-            not_before: ms(not_before),
+            not_before: 0,
             now: ms(req.now),
             reply: req.reply,
         };
         let mut line_error = None;
-        for (rcpt, o) in rcpts.split('\n').zip(&req.result.rcpts) {
-            let (outcome, exp) = match o.outcome {
-                Outcome::Delivered => {
-                    plan.delivered += 1;
-                    (Outcome::Delivered, false)
+        for (rcpt, r) in rcpts.split('\n').zip(decision.recipients()) {
+            match r.fate {
+                Fate::Delivered => plan.delivered += 1,
+                Fate::Failed => plan
+                    .failed
+                    .push((rcpt.to_owned(), r.reply.to_owned(), false)),
+                Fate::Expired => plan
+                    .failed
+                    .push((rcpt.to_owned(), r.reply.to_owned(), true)),
+                Fate::Deferred { retry_at } => {
+                    plan.deferred.push((rcpt.to_owned(), r.reply.to_owned()));
+                    plan.not_before = ms(retry_at);
                 }
-                Outcome::Failed => {
-                    plan.failed.push((rcpt.to_owned(), o.reply.clone(), false));
-                    (Outcome::Failed, false)
-                }
-                Outcome::Deferred if expired => {
-                    plan.failed.push((rcpt.to_owned(), o.reply.clone(), true));
-                    (Outcome::Failed, true)
-                }
-                Outcome::Deferred => {
-                    plan.deferred.push((rcpt.to_owned(), o.reply.clone()));
-                    (Outcome::Deferred, false)
-                }
-            };
+            }
             plan.rcpts += 1;
             let line = LedgerLineRef {
-                time: req.now,
+                time: decision.time,
                 job: job_id,
                 copy: req.copy_id,
                 pool: &pool_name,
                 rcpt,
-                outcome,
+                outcome: r.fate.outcome(),
                 relay: req.result.relay.as_deref(),
-                reply: &o.reply,
-                attempts,
-                retry_at: (outcome == Outcome::Deferred).then_some(not_before),
-                expired: exp,
+                reply: r.reply,
+                attempts: decision.attempts,
+                retry_at: r.fate.retry_at(),
+                expired: r.fate.is_expired(),
             };
             if let Err(e) = ledger.push(&line) {
                 line_error = Some(e);
@@ -1084,7 +1088,7 @@ fn write_plans(db: &mut Connection, plans: &[Plan]) -> Result<Vec<i64>, rusqlite
 mod tests {
     use super::*;
     use crate::clock::Clock;
-    use crate::spool::RcptOutcome;
+    use crate::spool::{Outcome, RcptOutcome};
 
     /// A wall clock that reads what the test sets.
     #[derive(Debug)]

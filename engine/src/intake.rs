@@ -2,14 +2,14 @@
 //! stops.
 //!
 //! Two modules share the word "ingest":
-//! - this one is the loop the engine runs: an ingest pass every `interval` ([`Spool::ingest_incoming`]),
-//!   each fact of a pass logged once (a quarantined or set-aside entry, folded lines), a failing
-//!   pass logged once per condition ([`ConditionLog`]), and with `until_empty` the decision to
-//!   stop;
+//! - this one is the loop the engine runs: an ingest pass every `interval`
+//!   ([`Spool::ingest_incoming`]); each fact of a pass logged once (a quarantined or set-aside
+//!   entry (JOB-3), folded lines); a failing pass logged once per condition ([`ConditionLog`]);
+//!   and with `until_empty`, the decision to stop;
 //! - `spool::ingest` is one pass of the SQLite spool: it reads the files of `SPOOL/incoming`,
 //!   commits their jobs and copies, and quarantines or sets aside what it cannot take.
 //!
-//! Until-empty: the run stops once no copy is queued and `incoming/` holds no work
+//! Until-empty (QUEUE-8): the run stops once no copy is queued and `incoming/` holds no work
 //! ([`list_incoming`] decides what counts), or only entries the last pass could neither read
 //! nor move to quarantine: those end the run, listed, since they will not go by themselves.
 

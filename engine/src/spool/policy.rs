@@ -2,7 +2,7 @@
 //! spool's writer thread asks [`decide`], then records what it says (ledger lines, SQL), and
 //! decides nothing itself.
 //!
-//! The rule, per recipient, from the outcome the transaction reported:
+//! The rule (QUEUE-4), per recipient, from the outcome the transaction reported:
 //! - delivered: done;
 //! - failed (a 5yz): done, failed;
 //! - deferred (a 4yz, a lost connection, an unreachable relay): tried again after the back-off

@@ -1,4 +1,5 @@
-//! Assembling and running everything: ingest, the workers, the synchronous fallback, shutdown.
+//! Assembling and running everything: the intake loop ([`crate::intake`]), the workers, the
+//! synchronous fallback, the drain deadline and shutdown.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -6,16 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::clock::SharedClock;
-use crate::condition::{ConditionLog, Notice, REPEAT_EVERY};
 use crate::config::{Pool, PoolSet, SiteConfig};
+use crate::intake::Intake;
 use crate::net::Connector;
 use crate::ratelimit::{keep_status, RateLimiter, RateMeter, RateStatus, DEFAULT_DEPTH};
 use crate::smtp::ClientConfig;
-use crate::spool::{list_incoming, IngestReport, SetAside, Spool, ASIDE_FIRST, ASIDE_MAX};
-use crate::text::escape_controls;
+use crate::spool::{SetAside, Spool};
 use crate::worker::{self, DeliveryStats, Reachability, RelayLimits, Role, WorkerContext};
 
 /// How the engine runs, beyond SITE.CFG.
@@ -217,59 +217,16 @@ impl<S: Spool> Engine<S> {
             }
             None => {}
         }
-        // Ingest loop, and the until-empty watch.
-        let spool = self.spool.clone();
-        let shutdown = self.shutdown.clone();
-        let interval = self.opts.ingest_interval;
-        let until_empty = self.opts.until_empty;
-        let incoming = self.spool_dir.join(crate::spool::INCOMING);
-        let ingest = async move {
-            let mut failures = ConditionLog::default();
-            loop {
-                let stuck = match spool.ingest_incoming().await {
-                    Ok(r) => {
-                        if let Some(n) = failures.succeeded(tokio::time::Instant::now()) {
-                            log_ingest_notice(&n, interval);
-                        }
-                        log_ingest_report(&r);
-                        Some(r.stuck)
-                    }
-                    Err(e) => {
-                        let n = failures.failed(e.to_string(), tokio::time::Instant::now());
-                        if let Some(n) = n {
-                            log_ingest_notice(&n, interval);
-                        }
-                        None
-                    }
-                };
-                if until_empty && spool.queued_copies() == 0 {
-                    match incoming_left(&incoming, stuck.as_deref()) {
-                        Left::Nothing => {
-                            info!("queue empty; stopping");
-                            shutdown.cancel();
-                            break Vec::new();
-                        }
-                        Left::OnlyStuck(left) => {
-                            for s in &left {
-                                error!(
-                                    file = %escape_controls(&s.name),
-                                    reason = %escape_controls(&s.reason),
-                                    "--until-empty: nothing else is queued, and this file can be neither read nor moved to quarantine; stopping without it"
-                                );
-                            }
-                            shutdown.cancel();
-                            break left;
-                        }
-                        Left::Work => {}
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break Vec::new(),
-                    _ = tokio::time::sleep(interval) => {}
-                }
-            }
-        };
-        let left_in_incoming = ingest.await;
+        // The intake loop, and the until-empty watch: it ends the run.
+        let left_in_incoming = Intake {
+            spool: self.spool.clone(),
+            incoming: self.spool_dir.join(crate::spool::INCOMING),
+            interval: self.opts.ingest_interval,
+            until_empty: self.opts.until_empty,
+            shutdown: self.shutdown.clone(),
+        }
+        .run()
+        .await;
         while tasks.join_next().await.is_some() {}
         drain_deadline.abort_all();
         if cutoff.is_cancelled() {
@@ -302,112 +259,5 @@ impl<S: Spool> Engine<S> {
             per_host: s.per_host(),
             left_in_incoming: Vec::new(),
         }
-    }
-}
-
-/// What `--until-empty` finds in `incoming/` once nothing is queued.
-#[derive(Debug)]
-enum Left {
-    /// No incoming work: done.
-    Nothing,
-    /// Only entries the last ingest pass could neither read nor move: they will not go.
-    OnlyStuck(Vec<SetAside>),
-    /// Work ingest has yet to do (a new file, or the last pass failed).
-    Work,
-}
-
-/// The incoming work (as [`list_incoming`] decides it, the same as for ingest and `smtpw
-/// queue`) against what the last pass left stuck (`None`: the pass failed).
-fn incoming_left(dir: &std::path::Path, stuck: Option<&[SetAside]>) -> Left {
-    let work = match list_incoming(dir) {
-        Ok(w) => w,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(_) => return Left::Work,
-    };
-    if work.is_empty() {
-        return Left::Nothing;
-    }
-    let Some(stuck) = stuck else {
-        return Left::Work;
-    };
-    let only_stuck = work.iter().all(|w| stuck.iter().any(|s| s.name == w.name));
-    if only_stuck {
-        Left::OnlyStuck(
-            stuck
-                .iter()
-                .filter(|s| work.iter().any(|w| w.name == s.name))
-                .cloned()
-                .collect(),
-        )
-    } else {
-        Left::Work
-    }
-}
-
-/// Log one notice of the ingest pass's failure condition.
-fn log_ingest_notice(n: &Notice, interval: Duration) {
-    match n {
-        Notice::Began { message } => error!(
-            error = %escape_controls(message),
-            "ingest failed; new jobs are not read until it works again (tried every {} ms, logged again every {} min while it lasts)",
-            interval.as_millis(),
-            REPEAT_EVERY.as_secs() / 60
-        ),
-        Notice::Lasts {
-            message,
-            lasted,
-            times,
-        } => error!(
-            error = %escape_controls(message),
-            failing_for_secs = lasted.as_secs(),
-            attempts = times,
-            "ingest still failing"
-        ),
-        Notice::Ended { lasted, times } => info!(
-            failed_for_secs = lasted.as_secs(),
-            attempts = times,
-            "ingest works again"
-        ),
-    }
-}
-
-/// Log what an ingest pass did: each fact once (a quarantined or set-aside entry is reported
-/// by the pass only the first time).
-fn log_ingest_report(r: &IngestReport) {
-    if r.jobs > 0 {
-        info!(
-            jobs = r.jobs,
-            copies = r.copies,
-            recipients = r.recipients,
-            "ingested"
-        );
-    }
-    for q in &r.quarantined {
-        warn!(
-            file = %escape_controls(&q.file.display().to_string()),
-            reason = %escape_controls(&q.reason),
-            "job quarantined"
-        );
-    }
-    for s in &r.set_aside {
-        warn!(
-            file = %escape_controls(&s.name),
-            reason = %escape_controls(&s.reason),
-            "left in incoming: it can be neither read nor moved to quarantine; looked at again in {} min, then less and less often (up to every {} min); fix it or remove it",
-            ASIDE_FIRST.as_secs() / 60,
-            ASIDE_MAX.as_secs() / 60
-        );
-    }
-    for name in &r.resumed {
-        info!(file = %escape_controls(name), "an entry set aside earlier was taken at last");
-    }
-    for f in &r.folded {
-        warn!(
-            file = %escape_controls(&f.file),
-            job_line = f.line,
-            folded_lines = f.lines,
-            "message lines longer than {} bytes were folded (CRLF and a space inserted): RFC 5321 allows 1000 with the CRLF",
-            crate::job::MAX_TEXT_LINE
-        );
     }
 }

@@ -11,57 +11,93 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// What became of one recipient in one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LedgerOutcome {
-    Delivered,
-    Failed,
-    Deferred,
-}
+pub use crate::outcome::Outcome;
 
 /// One ledger line.
+///
+/// Times are [`Timestamp`]s, written as jiff writes them (RFC 3339 in UTC, `Z`, with as many
+/// fractional digits as needed: `2026-11-22T07:30:00.123Z`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerLine {
-    /// RFC 3339, from the injected clock.
-    pub time: String,
+    /// When the outcome was decided, from the injected clock.
+    pub time: Timestamp,
     pub job: i64,
     pub copy: i64,
     pub pool: String,
     pub rcpt: String,
-    pub outcome: LedgerOutcome,
+    pub outcome: Outcome,
     /// `host:port` of the relay that answered, if any.
     pub relay: Option<String>,
     pub reply: String,
     /// Attempts of this copy so far, this one included.
     pub attempts: u32,
-    /// For `deferred`: when it will be tried again (RFC 3339).
+    /// For `deferred`: when it will be tried again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at: Option<String>,
+    pub retry_at: Option<Timestamp>,
     /// For `failed`: true when it failed because the job outlived its lifetime.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expired: bool,
 }
 
-/// A ledger line borrowing its texts: what the spool's writer serializes (the same JSON as
-/// [`LedgerLine`], field for field), so a batch costs no allocation per recipient.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// A ledger line borrowing its texts: what the spool's writer pushes ([`Ledger::push`] writes the
+/// same JSON as [`LedgerLine`], field for field), so a batch costs no allocation per recipient.
+#[derive(Debug, Clone, Copy)]
 pub struct LedgerLineRef<'a> {
-    pub time: &'a str,
+    pub time: Timestamp,
     pub job: i64,
     pub copy: i64,
     pub pool: &'a str,
     pub rcpt: &'a str,
-    pub outcome: LedgerOutcome,
+    pub outcome: Outcome,
     pub relay: Option<&'a str>,
     pub reply: &'a str,
     pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_at: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry_at: Option<Timestamp>,
     pub expired: bool,
+}
+
+/// A line as it is written: [`LedgerLine`]'s fields with the times as text.
+#[derive(Serialize)]
+struct WireLine<'a> {
+    time: &'a str,
+    job: i64,
+    copy: i64,
+    pool: &'a str,
+    rcpt: &'a str,
+    outcome: Outcome,
+    relay: Option<&'a str>,
+    reply: &'a str,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    expired: bool,
+}
+
+/// The text of the last time written in one field, as [`Timestamp`]'s `Display` (and so its
+/// serde form) writes it. The lines of one copy share their times: each is formatted once per
+/// copy, not once per recipient.
+#[derive(Debug, Default)]
+struct TimeText {
+    at: Option<Timestamp>,
+    text: String,
+}
+
+impl TimeText {
+    fn of(&mut self, t: Timestamp) -> io::Result<&str> {
+        if self.at != Some(t) {
+            use std::fmt::Write as _;
+            self.at = None;
+            self.text.clear();
+            write!(self.text, "{t}")
+                .map_err(|_| io::Error::other(format!("cannot format the time {t:?}")))?;
+            self.at = Some(t);
+        }
+        Ok(&self.text)
+    }
 }
 
 /// The length of the longest prefix of the file (of `len` bytes) that ends with a line feed:
@@ -92,6 +128,9 @@ pub struct Ledger {
     buf: Vec<u8>,
     /// The file's length before a failed write whose bytes could not be cut off yet.
     cut_back_to: Option<u64>,
+    /// The last `time` and `retry_at` pushed, as text.
+    time: TimeText,
+    retry_at: TimeText,
 }
 
 impl Ledger {
@@ -120,6 +159,8 @@ impl Ledger {
             path: path.to_path_buf(),
             buf: Vec::with_capacity(64 * 1024),
             cut_back_to: None,
+            time: TimeText::default(),
+            retry_at: TimeText::default(),
         })
     }
 
@@ -144,8 +185,25 @@ impl Ledger {
 
     /// Add a line to the batch (in memory until [`Ledger::commit`]); on error nothing is added.
     pub fn push(&mut self, line: &LedgerLineRef<'_>) -> io::Result<()> {
+        let retry_at = match line.retry_at {
+            Some(t) => Some(self.retry_at.of(t)?),
+            None => None,
+        };
+        let wire = WireLine {
+            time: self.time.of(line.time)?,
+            job: line.job,
+            copy: line.copy,
+            pool: line.pool,
+            rcpt: line.rcpt,
+            outcome: line.outcome,
+            relay: line.relay,
+            reply: line.reply,
+            attempts: line.attempts,
+            retry_at,
+            expired: line.expired,
+        };
         let mark = self.buf.len();
-        if let Err(e) = serde_json::to_writer(&mut self.buf, line) {
+        if let Err(e) = serde_json::to_writer(&mut self.buf, &wire) {
             self.buf.truncate(mark);
             return Err(io::Error::other(e));
         }
@@ -207,6 +265,128 @@ pub fn read_ledger(path: &Path) -> io::Result<impl Iterator<Item = LedgerLine>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// The exact bytes of ledger lines, as written since the first release: a reader of the
+    /// ledger (a script, `jq`) sees the same text whatever type the engine holds times in.
+    #[test]
+    fn a_line_is_pinned_byte_for_byte() {
+        let now = t("2026-11-22T07:30:00.123Z");
+        let retry = t("2026-11-22T07:30:30.123Z");
+        let delivered = LedgerLineRef {
+            time: now,
+            job: 1,
+            copy: 3,
+            pool: "-",
+            rcpt: "a@b.c",
+            outcome: Outcome::Delivered,
+            relay: Some("mx1:25"),
+            reply: "250 2.6.0 Queued mail for delivery",
+            attempts: 1,
+            retry_at: None,
+            expired: false,
+        };
+        let deferred = LedgerLineRef {
+            rcpt: "d@e.f",
+            outcome: Outcome::Deferred,
+            reply: "451 4.3.0 later",
+            attempts: 2,
+            retry_at: Some(retry),
+            ..delivered
+        };
+        let expired = LedgerLineRef {
+            rcpt: "g@h.i",
+            outcome: Outcome::Failed,
+            relay: None,
+            reply: "451 4.3.0 later",
+            attempts: 7,
+            expired: true,
+            ..delivered
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.jsonl");
+        let mut l = Ledger::open(&p).unwrap();
+        l.begin();
+        for line in [&delivered, &deferred, &expired] {
+            l.push(line).unwrap();
+        }
+        l.commit().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            concat!(
+                r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"a@b.c","outcome":"delivered","relay":"mx1:25","reply":"250 2.6.0 Queued mail for delivery","attempts":1}"#,
+                "\n",
+                r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"d@e.f","outcome":"deferred","relay":"mx1:25","reply":"451 4.3.0 later","attempts":2,"retry_at":"2026-11-22T07:30:30.123Z"}"#,
+                "\n",
+                r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"g@h.i","outcome":"failed","relay":null,"reply":"451 4.3.0 later","attempts":7,"expired":true}"#,
+                "\n",
+            )
+        );
+        // Read back, the lines are what was written.
+        let back: Vec<LedgerLine> = read_ledger(&p).unwrap().collect();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[1].retry_at, Some(retry));
+        assert_eq!(back[2].time, now);
+    }
+
+    fn timestamp() -> impl Strategy<Value = Timestamp> {
+        (
+            0i64..4_102_444_800,
+            prop_oneof![
+                Just(0i32),
+                (0i32..1000).prop_map(|ms| ms * 1_000_000),
+                0i32..1_000_000_000,
+            ],
+        )
+            .prop_map(|(s, n)| Timestamp::new(s, n).unwrap())
+    }
+
+    proptest! {
+        /// A time in a line is exactly the text `Timestamp::to_string` gives (what the ledger
+        /// held before its times were typed), whether the line is pushed by the spool's writer
+        /// (which formats a time once for the lines that share it) or serialized owned, and
+        /// reads back as the same instant.
+        #[test]
+        fn times_are_written_as_to_string_writes_them(
+            times in proptest::collection::vec((timestamp(), proptest::option::of(timestamp())), 1..8),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut l = Ledger::open(&dir.path().join("l.jsonl")).unwrap();
+            l.begin();
+            for (i, (time, retry_at)) in times.iter().enumerate() {
+                let line = LedgerLine {
+                    time: *time,
+                    job: 1,
+                    copy: i64::try_from(i).unwrap(),
+                    pool: "-".into(),
+                    rcpt: "a@b".into(),
+                    outcome: if retry_at.is_some() { Outcome::Deferred } else { Outcome::Delivered },
+                    relay: None,
+                    reply: "250 ok".into(),
+                    attempts: 1,
+                    retry_at: *retry_at,
+                    expired: false,
+                };
+                let mark = l.buf.len();
+                l.push(&borrowed(&line)).unwrap();
+                let pushed = std::str::from_utf8(&l.buf[mark..]).unwrap();
+                let owned = serde_json::to_string(&line).unwrap() + "\n";
+                prop_assert_eq!(pushed, owned.as_str());
+                let time_field = format!("{{\"time\":\"{time}\",");
+                prop_assert!(pushed.starts_with(&time_field), "{}", pushed);
+                if let Some(r) = retry_at {
+                    let retry_field = format!(",\"retry_at\":\"{r}\"}}\n");
+                    prop_assert!(pushed.ends_with(&retry_field), "{}", pushed);
+                }
+                let back: LedgerLine = serde_json::from_str(pushed).unwrap();
+                prop_assert_eq!(back, line);
+            }
+        }
+    }
 
     #[test]
     fn append_and_read_back() {
@@ -214,12 +394,12 @@ mod tests {
         let p = dir.path().join("l.jsonl");
         let mut l = Ledger::open(&p).unwrap();
         let line = LedgerLine {
-            time: "2026-01-01T00:00:00Z".into(),
+            time: t("2026-01-01T00:00:00Z"),
             job: 1,
             copy: 2,
             pool: "-".into(),
             rcpt: "a@b".into(),
-            outcome: LedgerOutcome::Failed,
+            outcome: Outcome::Failed,
             relay: Some("h:25".into()),
             reply: "550 no".into(),
             attempts: 1,
@@ -239,12 +419,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l.jsonl");
         let line = |rcpt: &str| LedgerLine {
-            time: "2026-01-01T00:00:00Z".into(),
+            time: t("2026-01-01T00:00:00Z"),
             job: 1,
             copy: 2,
             pool: "-".into(),
             rcpt: rcpt.into(),
-            outcome: LedgerOutcome::Delivered,
+            outcome: Outcome::Delivered,
             relay: Some("h:25".into()),
             reply: "250 ok".into(),
             attempts: 1,
@@ -286,64 +466,69 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n");
     }
 
+    /// The borrowed line a batch pushes and the owned line a reader gets.
+    fn borrowed(o: &LedgerLine) -> LedgerLineRef<'_> {
+        LedgerLineRef {
+            time: o.time,
+            job: o.job,
+            copy: o.copy,
+            pool: &o.pool,
+            rcpt: &o.rcpt,
+            outcome: o.outcome,
+            relay: o.relay.as_deref(),
+            reply: &o.reply,
+            attempts: o.attempts,
+            retry_at: o.retry_at,
+            expired: o.expired,
+        }
+    }
+
     #[test]
     fn borrowed_lines_serialize_as_owned_ones() {
-        let owned = |retry: Option<&str>, expired| LedgerLine {
-            time: "2026-01-01T00:00:00Z".into(),
+        let owned = |time: &str, retry: Option<&str>, expired| LedgerLine {
+            time: t(time),
             job: 1,
             copy: 2,
             pool: "A".into(),
             rcpt: "a@b".into(),
-            outcome: LedgerOutcome::Deferred,
+            outcome: Outcome::Deferred,
             relay: None,
             reply: "451 later".into(),
             attempts: 3,
-            retry_at: retry.map(str::to_string),
+            retry_at: retry.map(t),
             expired,
         };
-        for (retry, expired) in [
-            (None, false),
-            (Some("2026-01-01T00:01:00Z"), false),
-            (None, true),
-        ] {
-            let o = owned(retry, expired);
-            let r = LedgerLineRef {
-                time: &o.time,
-                job: o.job,
-                copy: o.copy,
-                pool: &o.pool,
-                rcpt: &o.rcpt,
-                outcome: o.outcome,
-                relay: o.relay.as_deref(),
-                reply: &o.reply,
-                attempts: o.attempts,
-                retry_at: o.retry_at.as_deref(),
-                expired: o.expired,
-            };
-            assert_eq!(
-                serde_json::to_string(&r).unwrap(),
-                serde_json::to_string(&o).unwrap()
-            );
-        }
+        // Times repeat and change from line to line, as in a batch of several copies.
+        let lines = [
+            owned("2026-01-01T00:00:00Z", None, false),
+            owned("2026-01-01T00:00:00Z", Some("2026-01-01T00:01:00Z"), false),
+            owned("2026-01-01T00:00:00Z", Some("2026-01-01T00:01:00Z"), false),
+            owned(
+                "2026-01-01T00:00:00.5Z",
+                Some("2026-01-01T00:02:00.5Z"),
+                false,
+            ),
+            owned("2026-01-01T00:00:00Z", Some("2026-01-01T00:01:00Z"), false),
+            owned("2026-01-01T00:00:00Z", None, true),
+        ];
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l.jsonl");
         let mut l = Ledger::open(&p).unwrap();
-        let o = owned(None, false);
         l.begin();
-        l.push(&LedgerLineRef {
-            time: &o.time,
-            job: 1,
-            copy: 2,
-            pool: "A",
-            rcpt: "a@b",
-            outcome: LedgerOutcome::Deferred,
-            relay: None,
-            reply: "451 later",
-            attempts: 3,
-            retry_at: None,
-            expired: false,
-        })
-        .unwrap();
+        for o in &lines {
+            l.push(&borrowed(o)).unwrap();
+        }
+        l.commit().unwrap();
+        let want: String = lines
+            .iter()
+            .map(|o| serde_json::to_string(o).unwrap() + "\n")
+            .collect();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), want);
+
+        let p = dir.path().join("l2.jsonl");
+        let mut l = Ledger::open(&p).unwrap();
+        l.begin();
+        l.push(&borrowed(&lines[0])).unwrap();
         l.begin(); // a batch abandoned before commit leaves nothing behind
         l.commit().unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "");

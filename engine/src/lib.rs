@@ -11,6 +11,7 @@ pub mod chunk;
 pub mod condition;
 pub mod config;
 pub mod engine;
+pub mod intake;
 pub mod job;
 pub mod ledger;
 pub mod net;

@@ -559,7 +559,7 @@ fn an_unreachable_host_with_lifetime_zero_fails_every_recipient_and_until_empty_
     assert_eq!(lines.len(), N, "one line per recipient");
     let want = format!("451 4.4.1 127.0.0.1:{port} unreachable: ");
     for l in &lines {
-        assert_eq!(l.outcome, smtpw::ledger::LedgerOutcome::Failed, "{l:?}");
+        assert_eq!(l.outcome, smtpw::ledger::Outcome::Failed, "{l:?}");
         assert!(l.expired, "{l:?}");
         assert!(
             l.reply.starts_with(&want) && l.reply.to_lowercase().contains("refused"),

@@ -12,7 +12,7 @@ use jiff::civil::date;
 use mock_mta::MockConfig;
 use smtpw::clock::SystemClock;
 use smtpw::engine::{Engine, EngineOptions};
-use smtpw::ledger::LedgerOutcome;
+use smtpw::ledger::Outcome;
 use smtpw::net::TcpConnector;
 use smtpw::smtp::{ClientConfig, Timeouts};
 use smtpw::spool::{Spool, SpoolOptions, SqliteSpool};
@@ -78,7 +78,7 @@ async fn iis_session_size_limit_is_not_a_permanent_failure() {
     let deferred: Vec<_> = h
         .ledger()
         .into_iter()
-        .filter(|l| l.outcome == LedgerOutcome::Deferred)
+        .filter(|l| l.outcome == Outcome::Deferred)
         .collect();
     assert_eq!(deferred.len(), 100, "the one crossing message, retried");
     assert!(deferred.iter().all(|l| l.reply.starts_with("451 4.3.0 ")
@@ -212,9 +212,7 @@ async fn graceful_shutdown_finishes_what_is_in_flight_and_a_restart_delivers_the
     assert!(c.values().all(|n| *n == 1));
     let finals = h.final_outcomes();
     assert_eq!(finals.len(), 400);
-    assert!(finals
-        .values()
-        .all(|l| l.outcome == LedgerOutcome::Delivered));
+    assert!(finals.values().all(|l| l.outcome == Outcome::Delivered));
 }
 
 /// Shutdown while a worker is still setting up its connection (a relay slow to greet): no

@@ -15,7 +15,7 @@ use jiff::civil::date;
 use mock_mta::MockConfig;
 use smtpw::config::{HostPort, PoolSet};
 use smtpw::engine::{Engine, EngineOptions};
-use smtpw::ledger::LedgerOutcome;
+use smtpw::ledger::Outcome;
 use smtpw::spool::{
     ClaimedCopy, CopyResult, IngestReport, QueueStats, Spool, SpoolError, SqliteSpool,
 };
@@ -140,7 +140,7 @@ async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() 
     assert_eq!(s.delivered, 3);
     let ledger = h.ledger();
     assert_eq!(ledger.len(), 3);
-    assert!(ledger.iter().all(|l| l.outcome == LedgerOutcome::Delivered));
+    assert!(ledger.iter().all(|l| l.outcome == Outcome::Delivered));
     let mut rcpts: Vec<String> = ledger.iter().map(|l| l.rcpt.clone()).collect();
     rcpts.sort();
     rcpts.dedup();
@@ -249,7 +249,7 @@ async fn the_drain_deadline_cuts_transactions_but_waits_for_completions_under_wa
     let ledger = h.ledger();
     assert_eq!(ledger.len(), 1, "{ledger:?}");
     assert_eq!(ledger[0].rcpt, "user0@example.com");
-    assert_eq!(ledger[0].outcome, LedgerOutcome::Delivered);
+    assert_eq!(ledger[0].outcome, Outcome::Delivered);
     let st = h.spool.stats().await.expect("stats");
     assert_eq!((st.delivered, st.queued), (1, 1));
     assert_eq!(h.spool.queued_copies(), 1);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{fast_options, wait_for, Harness};
 use jiff::civil::date;
 use mock_mta::{Faults, MockConfig, RcptRule};
-use smtpw::ledger::LedgerOutcome;
+use smtpw::ledger::Outcome;
 use smtpw::spool::Spool;
 
 const A: &str = "A.EXAMPLE.ORG:25";
@@ -95,7 +95,7 @@ async fn too_many_case(code: u16) {
     assert!(h
         .ledger()
         .iter()
-        .all(|l| l.outcome == LedgerOutcome::Delivered && l.attempts == 1));
+        .all(|l| l.outcome == Outcome::Delivered && l.attempts == 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,11 +177,11 @@ async fn permanent_550_fails_with_the_exact_reply_and_the_rest_arrive() {
     assert_eq!(finals.len(), 200);
     for (rcpt, l) in &finals {
         if rcpt.ends_with("@bad.example") {
-            assert_eq!(l.outcome, LedgerOutcome::Failed, "{rcpt}");
+            assert_eq!(l.outcome, Outcome::Failed, "{rcpt}");
             assert_eq!(l.reply, "550 5.1.1 User unknown");
             assert_eq!(&l.reply, &mock_replies[rcpt], "the mock's exact reply");
         } else {
-            assert_eq!(l.outcome, LedgerOutcome::Delivered, "{rcpt}");
+            assert_eq!(l.outcome, Outcome::Delivered, "{rcpt}");
             assert!(l.reply.starts_with("250 2.6.0 <"), "{}", l.reply);
         }
     }
@@ -245,14 +245,14 @@ async fn transient_451_is_retried_after_the_backoff_and_delivered_once_lifted() 
         .filter(|l| l.rcpt == "s0@slow.example")
         .collect();
     assert_eq!(slow_lines.len(), 3);
-    assert_eq!(slow_lines[0].outcome, LedgerOutcome::Deferred);
+    assert_eq!(slow_lines[0].outcome, Outcome::Deferred);
     assert_eq!(
         slow_lines[0].reply,
         "451 4.2.0 Temporary failure, try again later"
     );
     assert!(slow_lines[0].retry_at.is_some());
-    assert_eq!(slow_lines[1].outcome, LedgerOutcome::Deferred);
-    assert_eq!(slow_lines[2].outcome, LedgerOutcome::Delivered);
+    assert_eq!(slow_lines[1].outcome, Outcome::Deferred);
+    assert_eq!(slow_lines[2].outcome, Outcome::Delivered);
     assert_eq!(
         slow_lines.iter().map(|l| l.attempts).collect::<Vec<_>>(),
         vec![1, 2, 3]
@@ -295,7 +295,7 @@ async fn a_recipient_never_accepted_fails_at_the_lifetime_with_its_last_reply() 
     let finals = h.final_outcomes();
     for i in 0..2 {
         let l = &finals[&format!("s{i}@slow.example")];
-        assert_eq!(l.outcome, LedgerOutcome::Failed);
+        assert_eq!(l.outcome, Outcome::Failed);
         assert!(l.expired);
         assert_eq!(l.attempts, 4);
         assert_eq!(l.reply, format!("451 4.2.0 still busy s{i}@slow.example"));
@@ -311,11 +311,11 @@ async fn assert_accounted(h: &Harness, submitted: u64) {
     let finals = h.final_outcomes();
     let delivered = finals
         .values()
-        .filter(|l| l.outcome == LedgerOutcome::Delivered)
+        .filter(|l| l.outcome == Outcome::Delivered)
         .count() as u64;
     let failed = finals
         .values()
-        .filter(|l| l.outcome == LedgerOutcome::Failed)
+        .filter(|l| l.outcome == Outcome::Failed)
         .count() as u64;
     assert_eq!((delivered, failed), (st.delivered, st.failed));
     // What the relay accepted is exactly what the ledger says was delivered.
@@ -401,13 +401,11 @@ async fn dropped_connections_mid_data_and_after_the_dot_lose_nothing() {
     // The mock never accepts a dropped message, so the bound on repeats is exact: none.
     assert_each_once(&h, 150);
     let finals = h.final_outcomes();
-    assert!(finals
-        .values()
-        .all(|l| l.outcome == LedgerOutcome::Delivered));
+    assert!(finals.values().all(|l| l.outcome == Outcome::Delivered));
     let deferred_with_drop = h
         .ledger()
         .iter()
-        .filter(|l| l.outcome == LedgerOutcome::Deferred && l.reply.starts_with("451"))
+        .filter(|l| l.outcome == Outcome::Deferred && l.reply.starts_with("451"))
         .count();
     assert!(deferred_with_drop > 0);
 }
@@ -437,7 +435,7 @@ async fn end_of_data_451_is_retried_and_554_fails_with_the_reply() {
     let ledger = h.ledger();
     let deferred: Vec<_> = ledger
         .iter()
-        .filter(|l| l.outcome == LedgerOutcome::Deferred)
+        .filter(|l| l.outcome == Outcome::Deferred)
         .collect();
     assert_eq!(deferred.len(), 60);
     assert!(deferred
@@ -459,7 +457,7 @@ async fn end_of_data_451_is_retried_and_554_fails_with_the_reply() {
     assert_eq!(finals.len(), 30);
     assert!(finals
         .values()
-        .all(|l| l.outcome == LedgerOutcome::Failed && l.reply == "554 5.6.0 Message rejected"));
+        .all(|l| l.outcome == Outcome::Failed && l.reply == "554 5.6.0 Message rejected"));
 }
 
 /// A relay that closes with 421 in the middle of the RCPTs (after n recipients per connection):
@@ -497,5 +495,5 @@ async fn relay_closing_with_421_between_recipients_loses_nothing() {
     assert!(h
         .ledger()
         .iter()
-        .any(|l| l.outcome == LedgerOutcome::Deferred && l.reply.starts_with("421 ")));
+        .any(|l| l.outcome == Outcome::Deferred && l.reply.starts_with("421 ")));
 }

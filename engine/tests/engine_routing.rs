@@ -11,7 +11,7 @@ use jiff::civil::date;
 use mock_mta::{Faults, MockConfig};
 use smtpw::config::HostPort;
 use smtpw::engine::EngineOptions;
-use smtpw::ledger::LedgerOutcome;
+use smtpw::ledger::Outcome;
 use smtpw::spool::Spool;
 
 const P: &str = "P.EXAMPLE.ORG:25";
@@ -139,7 +139,7 @@ async fn worker_outside_its_window_without_failover_waits_then_delivers() {
     assert_eq!(ledger.len(), 30);
     assert!(ledger
         .iter()
-        .all(|l| l.outcome == LedgerOutcome::Delivered && l.attempts == 1));
+        .all(|l| l.outcome == Outcome::Delivered && l.attempts == 1));
 }
 
 /// Primary unreachable in the way `fault` makes it: everything goes to the failover; once the
@@ -166,10 +166,12 @@ async fn failover_case(fault: Faults) {
     let s = engine.summary();
     assert!(s.connect_failures >= 2, "{s:?}");
     let ledger = h.ledger();
-    assert!(ledger
-        .iter()
-        .all(|l| l.relay.as_deref() == Some("F.EXAMPLE.ORG:25")
-            && l.outcome == LedgerOutcome::Delivered));
+    assert!(
+        ledger
+            .iter()
+            .all(|l| l.relay.as_deref() == Some("F.EXAMPLE.ORG:25")
+                && l.outcome == Outcome::Delivered)
+    );
     // The primary comes back; the failover's idle connections end; new work goes to P.
     h.mock(P).set_faults(Faults::default());
     tokio::time::sleep(Duration::from_secs(10)).await;

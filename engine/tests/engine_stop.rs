@@ -16,7 +16,7 @@ use jiff::civil::date;
 use scripted::{delivered_counts, route, Mta, Rec};
 use smtpw::config::HostPort;
 use smtpw::engine::EngineOptions;
-use smtpw::ledger::LedgerOutcome;
+use smtpw::ledger::Outcome;
 use smtpw::spool::{CopyState, Spool};
 
 const SITE: &str = "NODE=LISTS.EXAMPLE.ORG\nSMTP_FORWARD_1=1*RELAY.EXAMPLE.ORG\nMAXBSMTP=10\n";
@@ -88,8 +88,6 @@ async fn a_stop_ends_at_the_drain_deadline_and_the_silent_relays_copy_is_queued_
     assert!(got.values().all(|&n| n == 1), "{got:?}");
     let outcomes = h.final_outcomes();
     assert_eq!(outcomes.len(), 5);
-    assert!(outcomes
-        .values()
-        .all(|l| l.outcome == LedgerOutcome::Delivered));
+    assert!(outcomes.values().all(|l| l.outcome == Outcome::Delivered));
     assert_eq!(h.ledger().len(), 5, "one ledger line per recipient");
 }

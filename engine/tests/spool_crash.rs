@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use smtpw::clock::SystemClock;
 use smtpw::config::PoolSet;
-use smtpw::ledger::{read_ledger, LedgerOutcome};
+use smtpw::ledger::read_ledger;
 use smtpw::spool::{
     read_stats, submit, CopyResult, Outcome, RcptOutcome, Spool, SpoolError, SpoolOptions,
     SqliteSpool,
@@ -176,7 +176,7 @@ fn crash_at_random_points_loses_nothing() {
     // The ledger: every recipient has a "delivered" line.
     let mut ledgered: HashMap<String, u32> = HashMap::new();
     for l in read_ledger(&dir.path().join("ledger.jsonl")).unwrap() {
-        assert_eq!(l.outcome, LedgerOutcome::Delivered);
+        assert_eq!(l.outcome, Outcome::Delivered);
         *ledgered.entry(l.rcpt).or_default() += 1;
     }
     let missing_in_ledger = all.iter().filter(|r| !ledgered.contains_key(*r)).count();

@@ -21,7 +21,7 @@ use mock_mta::MockConfig;
 use proc_support::{recipients, run_cmd, submit_cli, write_site_cfg, Kid, LoopbackMock};
 use smtpw::clock::SystemClock;
 use smtpw::config::PoolSet;
-use smtpw::ledger::{read_ledger, LedgerOutcome};
+use smtpw::ledger::{read_ledger, Outcome};
 use smtpw::spool::{submit, Spool, SpoolOptions, SqliteSpool};
 
 #[test]
@@ -102,7 +102,7 @@ fn until_empty_delivers_a_fresh_job_every_time() {
         assert!(status.success(), "run {run}: {status}");
         let delivered = mock.mta.journal().delivered_recipients().len() - before;
         let ledgered = read_ledger(&ledger)
-            .map(|l| l.filter(|l| l.outcome == LedgerOutcome::Delivered).count())
+            .map(|l| l.filter(|l| l.outcome == Outcome::Delivered).count())
             .unwrap_or(0);
         per_run.push((delivered, ledgered));
     }

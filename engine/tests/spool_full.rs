@@ -27,7 +27,7 @@ use common::{fast_options, Harness};
 use jiff::civil::date;
 use mock_mta::MockConfig;
 use smtpw::engine::EngineOptions;
-use smtpw::ledger::{read_ledger, LedgerOutcome};
+use smtpw::ledger::{read_ledger, Outcome};
 use smtpw::spool::Spool;
 use smtpw::worker::COMPLETIONS_OUTSTANDING;
 use tmpfs_support::Tmpfs;
@@ -111,7 +111,7 @@ fn ledger_lines(path: &Path) -> (usize, BTreeMap<String, u32>) {
     let mut parsed = 0;
     for l in read_ledger(path).unwrap() {
         parsed += 1;
-        assert_eq!(l.outcome, LedgerOutcome::Delivered, "{l:?}");
+        assert_eq!(l.outcome, Outcome::Delivered, "{l:?}");
         *per.entry(l.rcpt).or_default() += 1;
     }
     assert_eq!(parsed, raw, "every ledger line is whole JSON");
@@ -510,12 +510,12 @@ fn a_failed_ledger_append_leaves_no_torn_line_and_its_retry_writes_each_line_onc
             let rcpt = format!("recipient{i}@example.org");
             ledger
                 .push(&LedgerLineRef {
-                    time: "2026-11-22T12:00:00Z",
+                    time: "2026-11-22T12:00:00Z".parse().unwrap(),
                     job: 1,
                     copy: i as i64,
                     pool: "-",
                     rcpt: &rcpt,
-                    outcome: LedgerOutcome::Delivered,
+                    outcome: Outcome::Delivered,
                     relay: Some("mx:25"),
                     reply: &reply,
                     attempts: 1,

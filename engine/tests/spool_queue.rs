@@ -10,7 +10,7 @@ use jiff::civil::date;
 use jiff::{SignedDuration, Timestamp};
 use smtpw::clock::{SharedClock, VirtualClock};
 use smtpw::config::{Pool, PoolSet};
-use smtpw::ledger::{read_ledger, LedgerOutcome};
+use smtpw::ledger::read_ledger;
 use smtpw::spool::{
     read_stats, submit, CopyResult, CopyState, Outcome, RcptOutcome, Spool, SpoolError,
     SpoolOptions, SqliteSpool,
@@ -194,18 +194,10 @@ async fn complete_records_outcomes_in_the_ledger_and_the_stats() {
     assert_eq!(
         got,
         vec![
-            ("a@x.example", LedgerOutcome::Delivered, "250 2.1.5 a"),
-            (
-                "b@x.example",
-                LedgerOutcome::Failed,
-                "550 5.1.1 no such user"
-            ),
-            (
-                "c@y.example",
-                LedgerOutcome::Deferred,
-                "451 4.3.0 try later"
-            ),
-            ("d@y.example", LedgerOutcome::Delivered, "250 2.1.5 d"),
+            ("a@x.example", Outcome::Delivered, "250 2.1.5 a"),
+            ("b@x.example", Outcome::Failed, "550 5.1.1 no such user"),
+            ("c@y.example", Outcome::Deferred, "451 4.3.0 try later"),
+            ("d@y.example", Outcome::Delivered, "250 2.1.5 d"),
         ]
     );
     for l in &lines {
@@ -213,9 +205,9 @@ async fn complete_records_outcomes_in_the_ledger_and_the_stats() {
         assert_eq!(l.copy, c.copy_id);
         assert_eq!(l.pool, "C");
         assert_eq!(l.relay.as_deref(), Some("mx1.example:25"));
-        assert_eq!(l.time.parse::<Timestamp>().unwrap(), before);
+        assert_eq!(l.time, before);
     }
-    let retry: Timestamp = lines[2].retry_at.as_deref().unwrap().parse().unwrap();
+    let retry: Timestamp = lines[2].retry_at.unwrap();
     assert_eq!(retry, before + SignedDuration::from_secs(30));
 
     let st = spool.stats().await.unwrap();
@@ -303,7 +295,7 @@ async fn deferrals_back_off_and_expire_after_the_lifetime() {
         .collect();
     let deferred = lines
         .iter()
-        .filter(|l| l.outcome == LedgerOutcome::Deferred)
+        .filter(|l| l.outcome == Outcome::Deferred)
         .count();
     assert_eq!(deferred, 2 * 5);
     let last: Vec<_> = lines[lines.len() - 2..]
@@ -313,8 +305,8 @@ async fn deferrals_back_off_and_expire_after_the_lifetime() {
     assert_eq!(
         last,
         vec![
-            (LedgerOutcome::Failed, "451 still later", true, 6),
-            (LedgerOutcome::Delivered, "250 ok", false, 6)
+            (Outcome::Failed, "451 still later", true, 6),
+            (Outcome::Delivered, "250 ok", false, 6)
         ]
     );
     let st = spool.stats().await.unwrap();

@@ -160,7 +160,7 @@ fn failures_in_ledger(t: &Topology) -> Result<String, Failure> {
     let l = t.ledger()?;
     let failed: Vec<_> = l
         .iter()
-        .filter(|x| x.outcome == smtpw::ledger::LedgerOutcome::Failed)
+        .filter(|x| x.outcome == smtpw::ledger::Outcome::Failed)
         .collect();
     if let Some(f) = failed.first() {
         return Err(Failure::new(
@@ -299,7 +299,7 @@ async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
     let delivered = site
         .ledger()?
         .iter()
-        .filter(|l| l.outcome == smtpw::ledger::LedgerOutcome::Delivered)
+        .filter(|l| l.outcome == smtpw::ledger::Outcome::Delivered)
         .count();
     if delivered != want.len() {
         return Err(Failure::new(

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use jiff::civil::date;
 use mock_mta::{Faults, MockConfig, RcptRule};
-use smtpw::ledger::LedgerOutcome;
+use smtpw::ledger::Outcome as LedgerOutcome;
 
 use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};

@@ -2,6 +2,9 @@
 //! committed (synchronous=FULL) before the file is removed. Recipients are streamed: in job order
 //! they go straight into copies; when SORT_RECIPIENTS asks for an order they go through a
 //! temporary staging table that SQLite sorts on disk, so memory stays flat for a million.
+//!
+//! This is one pass over `incoming/`; the loop that runs passes (how often, what is logged,
+//! when `--until-empty` stops) is [`crate::intake`].
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

@@ -31,13 +31,14 @@ use tokio::sync::{oneshot, Notify};
 
 use super::check;
 use super::index::{InFlight, Index, JobInfo};
+use super::policy::{self, Attempt, Fate};
 use super::{
-    ClaimedCopy, CopyResult, CopyState, IngestReport, Outcome, PoolStats, QueueStats, Spool,
-    SpoolError, SpoolOptions, DB_FILE, INCOMING, LEDGER_FILE, LOCK_FILE, QUARANTINE,
+    ClaimedCopy, CopyResult, CopyState, IngestReport, PoolStats, QueueStats, Spool, SpoolError,
+    SpoolOptions, DB_FILE, INCOMING, LEDGER_FILE, LOCK_FILE, QUARANTINE,
 };
 use crate::clock::SharedClock;
 use crate::config::{Pool, PoolSet};
-use crate::ledger::{Ledger, LedgerLineRef, LedgerOutcome};
+use crate::ledger::{Ledger, LedgerLineRef};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs(
@@ -779,15 +780,19 @@ fn open_checked(
     Ok(Some(conn))
 }
 
-/// What the writer decided for one completion.
+/// What the writer records for one completion, as the completion policy decided it
+/// ([`policy::decide`]).
 struct Plan {
     copy_id: i64,
     job_id: i64,
     /// Recipients of the copy (all of them have a ledger line).
     rcpts: usize,
     delivered: i64,
+    /// Recipient, reply, expired.
     failed: Vec<(String, String, bool)>,
+    /// Recipient, reply: they stay in the copy.
     deferred: Vec<(String, String)>,
+    /// When the deferred recipients are tried again (ms), if there are any.
     not_before: i64,
     now: i64,
     reply: oneshot::Sender<Result<(), SpoolError>>,
@@ -887,8 +892,9 @@ fn record(sh: &Shared, ledger: &mut Ledger, rx: &mpsc::Receiver<Request>, mut pl
     }
 }
 
-/// Decide each completion's fate and push its ledger lines (not yet written). Completions of
-/// copies not in flight, or already in `plans`, are answered at once with `NotClaimed`.
+/// Plan each completion as the completion policy decides it and push its ledger lines (not yet
+/// written). Completions of copies not in flight, or already in `plans`, are answered at once
+/// with `NotClaimed`.
 fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut Vec<Plan>) {
     if batch.is_empty() {
         return;
@@ -918,16 +924,17 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             }
         }
     }
-    for (req, job_id, pool, rcpts, prev_attempts, job_created) in work {
-        let time = req.now.to_string();
+    for (req, job_id, pool, rcpts, previous_attempts, job_created) in work {
+        let decision = policy::decide(
+            &sh.opts,
+            Attempt {
+                outcomes: &req.result.rcpts,
+                previous_attempts,
+                job_created,
+                now: req.now,
+            },
+        );
         let pool_name = pool.to_string();
-        let attempts = prev_attempts.saturating_add(1);
-        let expired = sh.opts.expired(job_created, req.now);
-        let not_before = req
-            .now
-            .checked_add(sh.opts.backoff(prev_attempts))
-            .unwrap_or(req.now);
-        let retry_at = not_before.to_string();
         let mut plan = Plan {
             copy_id: req.copy_id,
             job_id,
@@ -935,43 +942,38 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             delivered: 0,
             failed: Vec::new(),
             deferred: Vec::new(),
-            not_before: ms(not_before),
+            not_before: 0,
             now: ms(req.now),
             reply: req.reply,
         };
         let mut line_error = None;
-        for (rcpt, o) in rcpts.split('\n').zip(&req.result.rcpts) {
-            let (outcome, exp) = match o.outcome {
-                Outcome::Delivered => {
-                    plan.delivered += 1;
-                    (LedgerOutcome::Delivered, false)
+        for (rcpt, r) in rcpts.split('\n').zip(decision.recipients()) {
+            match r.fate {
+                Fate::Delivered => plan.delivered += 1,
+                Fate::Failed => plan
+                    .failed
+                    .push((rcpt.to_owned(), r.reply.to_owned(), false)),
+                Fate::Expired => plan
+                    .failed
+                    .push((rcpt.to_owned(), r.reply.to_owned(), true)),
+                Fate::Deferred { retry_at } => {
+                    plan.deferred.push((rcpt.to_owned(), r.reply.to_owned()));
+                    plan.not_before = ms(retry_at);
                 }
-                Outcome::Failed => {
-                    plan.failed.push((rcpt.to_owned(), o.reply.clone(), false));
-                    (LedgerOutcome::Failed, false)
-                }
-                Outcome::Deferred if expired => {
-                    plan.failed.push((rcpt.to_owned(), o.reply.clone(), true));
-                    (LedgerOutcome::Failed, true)
-                }
-                Outcome::Deferred => {
-                    plan.deferred.push((rcpt.to_owned(), o.reply.clone()));
-                    (LedgerOutcome::Deferred, false)
-                }
-            };
+            }
             plan.rcpts += 1;
             let line = LedgerLineRef {
-                time: &time,
+                time: decision.time,
                 job: job_id,
                 copy: req.copy_id,
                 pool: &pool_name,
                 rcpt,
-                outcome,
+                outcome: r.fate.outcome(),
                 relay: req.result.relay.as_deref(),
-                reply: &o.reply,
-                attempts,
-                retry_at: (outcome == LedgerOutcome::Deferred).then_some(retry_at.as_str()),
-                expired: exp,
+                reply: r.reply,
+                attempts: decision.attempts,
+                retry_at: r.fate.retry_at(),
+                expired: r.fate.is_expired(),
             };
             if let Err(e) = ledger.push(&line) {
                 line_error = Some(e);
@@ -1080,4 +1082,92 @@ fn write_plans(db: &mut Connection, plans: &[Plan]) -> Result<Vec<i64>, rusqlite
     }
     tx.commit()?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::spool::{Outcome, RcptOutcome};
+
+    /// A wall clock that reads what the test sets.
+    #[derive(Debug)]
+    struct Fixed(Mutex<Timestamp>);
+
+    impl Clock for Fixed {
+        fn now(&self) -> Timestamp {
+            *lock(&self.0)
+        }
+        fn time_zone(&self) -> jiff::tz::TimeZone {
+            jiff::tz::TimeZone::UTC
+        }
+    }
+
+    fn rcpt(outcome: Outcome, reply: &str) -> RcptOutcome {
+        RcptOutcome {
+            outcome,
+            reply: reply.to_string(),
+        }
+    }
+
+    /// What the writer appends for one batch, byte for byte: the ledger's text is what readers
+    /// of it (scripts, `jq`) depend on, whatever types the engine holds its fields in.
+    #[tokio::test]
+    async fn the_writer_appends_these_exact_ledger_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let start: Timestamp = "2026-11-22T07:30:00.123Z".parse().unwrap();
+        let clock = Arc::new(Fixed(Mutex::new(start)));
+        let opts = SpoolOptions {
+            lifetime: std::time::Duration::from_secs(3600),
+            ..SpoolOptions::default()
+        };
+        let spool = SqliteSpool::open(dir.path(), opts, clock.clone()).unwrap();
+        let rcpts = ["a@x.example", "b@x.example", "c@x.example"];
+        super::super::submit(
+            dir.path(),
+            "list@x.example",
+            None,
+            rcpts.iter().map(|r| r.to_string()),
+            &b"Subject: t\r\n\r\nbody\r\n"[..],
+        )
+        .unwrap();
+        spool.ingest_blocking().unwrap();
+        let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
+        spool
+            .complete(
+                c.copy_id,
+                CopyResult {
+                    relay: Some("mx1:25".into()),
+                    rcpts: vec![
+                        rcpt(Outcome::Delivered, "250 2.6.0 Queued mail for delivery"),
+                        rcpt(Outcome::Deferred, "451 4.3.0 \"later\""),
+                        rcpt(Outcome::Failed, "550 5.1.1 unknown"),
+                    ],
+                },
+            )
+            .await
+            .unwrap();
+        // Past the lifetime: the deferred recipient fails, expired.
+        *lock(&clock.0) = "2026-11-22T09:00:00Z".parse().unwrap();
+        let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
+        assert_eq!(c.rcpts, vec!["b@x.example".to_string()]);
+        spool
+            .complete(
+                c.copy_id,
+                CopyResult {
+                    relay: None,
+                    rcpts: vec![rcpt(Outcome::Deferred, "421 4.4.0 unreachable")],
+                },
+            )
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LEDGER_FILE)).unwrap();
+        let want = [
+            r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":1,"pool":"-","rcpt":"a@x.example","outcome":"delivered","relay":"mx1:25","reply":"250 2.6.0 Queued mail for delivery","attempts":1}"#,
+            r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":1,"pool":"-","rcpt":"b@x.example","outcome":"deferred","relay":"mx1:25","reply":"451 4.3.0 \"later\"","attempts":1,"retry_at":"2026-11-22T07:30:30.123Z"}"#,
+            r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":1,"pool":"-","rcpt":"c@x.example","outcome":"failed","relay":"mx1:25","reply":"550 5.1.1 unknown","attempts":1}"#,
+            r#"{"time":"2026-11-22T09:00:00Z","job":1,"copy":1,"pool":"-","rcpt":"b@x.example","outcome":"failed","relay":null,"reply":"421 4.4.0 unreachable","attempts":2,"expired":true}"#,
+        ];
+        assert_eq!(text, want.map(|l| format!("{l}\n")).concat());
+    }
 }

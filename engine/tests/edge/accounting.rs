@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use smtpw::ledger::{LedgerLine, LedgerOutcome};
+use smtpw::ledger::{LedgerLine, Outcome};
 
 use super::site::EdgeSite;
 use crate::proc_support::num;
@@ -101,13 +101,11 @@ impl Tally {
             }
             let e = finals.entry(l.rcpt.as_str()).or_default();
             match l.outcome {
-                LedgerOutcome::Delivered => e.0 += 1,
-                LedgerOutcome::Failed => e.1 += 1,
-                LedgerOutcome::Deferred => {}
+                Outcome::Delivered => e.0 += 1,
+                Outcome::Failed => e.1 += 1,
+                Outcome::Deferred => {}
             }
-            if l.outcome == LedgerOutcome::Delivered
-                && relay.get(&l.rcpt).copied().unwrap_or(0) == 0
-            {
+            if l.outcome == Outcome::Delivered && relay.get(&l.rcpt).copied().unwrap_or(0) == 0 {
                 t.violations.push(format!(
                     "{} is delivered in the ledger but no relay accepted it: {l:?}",
                     l.rcpt

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use mock_mta::{MockConfig, MockMta, MockServer};
-use smtpw::ledger::{read_ledger, LedgerOutcome};
+use smtpw::ledger::{read_ledger, Outcome};
 use smtpw::worker::COMPLETIONS_OUTSTANDING;
 
 pub fn smtpw() -> Command {
@@ -244,7 +244,7 @@ pub fn received(mock: &LoopbackMock) -> HashMap<String, u32> {
 pub fn ledgered(path: &Path) -> HashMap<String, u32> {
     let mut m: HashMap<String, u32> = HashMap::new();
     for l in read_ledger(path).unwrap() {
-        assert_eq!(l.outcome, LedgerOutcome::Delivered, "{l:?}");
+        assert_eq!(l.outcome, Outcome::Delivered, "{l:?}");
         assert!(l.reply.starts_with("250"), "{l:?}");
         *m.entry(l.rcpt).or_default() += 1;
     }

@@ -21,7 +21,7 @@ use mock_mta::{MockConfig, MockMta, RcptRule};
 
 use smtpw::clock::SystemClock;
 use smtpw::engine::{Engine, EngineOptions};
-use smtpw::ledger::{read_ledger, LedgerOutcome};
+use smtpw::ledger::{read_ledger, Outcome};
 use smtpw::net::TcpConnector;
 use smtpw::spool::{Spool, SpoolOptions, SqliteSpool};
 
@@ -205,7 +205,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let queued = spool.stats().await.map(|s| s.queued).unwrap_or(0);
     let mut failure_reasons = BTreeMap::new();
     for line in read_ledger(&ledger_path).context("reading the ledger")? {
-        if line.outcome == LedgerOutcome::Failed {
+        if line.outcome == Outcome::Failed {
             *failure_reasons.entry(line.reply.clone()).or_insert(0u64) += 1;
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use smtpw::config::HostPort;
 use smtpw::net::{BoxFuture, Connector, MemoryConnector, TcpConnector};
+use smtpw::outcome::Outcome;
 use smtpw::smtp::{
     Capabilities, Client, ClientConfig, ConnectError, DataGate, NoGate, RcptResult, Reply, Timeouts,
 };
@@ -38,7 +39,7 @@ async fn pipelined_transactions_are_one_write_group_each() {
         );
         let to = rcpts(3);
         let d = c.deliver("list@example.org", &to, MSG, 100, &NoGate).await;
-        assert_eq!(d.results, vec![RcptResult::Delivered(delivered_reply()); 3]);
+        assert_eq!(d.results, vec![RcptResult::delivered(delivered_reply()); 3]);
         assert_eq!((d.transactions, d.too_many_recoveries), (1, 0));
         assert!(d.connection_lost.is_none());
         let d2 = c
@@ -145,7 +146,7 @@ async fn too_many_552_553_recovers_in_session_and_limit_is_reused() {
         let (mut c, rec) = connect(mta).await;
         let to = rcpts(8);
         let d = c.deliver("list@example.org", &to, MSG, 100, &NoGate).await;
-        assert_eq!(d.results, vec![RcptResult::Delivered(delivered_reply()); 8]);
+        assert_eq!(d.results, vec![RcptResult::delivered(delivered_reply()); 8]);
         assert_eq!(d.transactions, 3);
         // Only the first transaction carried recipients over; the others used the limit.
         assert_eq!(d.too_many_recoveries, 1);
@@ -216,7 +217,7 @@ async fn too_many_at_first_rcpt_is_a_deferral_not_a_limit() {
         let (mut c, rec) = connect(mta).await;
         let d = c.deliver("l@x.org", &rcpts(3), MSG, 2, &NoGate).await;
         let want = Reply::new(452, None, "Insufficient system storage");
-        assert_eq!(d.results, vec![RcptResult::Deferred(want); 3]);
+        assert_eq!(d.results, vec![RcptResult::deferred(want); 3]);
         assert_eq!(d.transactions, 1);
         assert_eq!(c.learned_rcpt_limit(), None);
         assert!(c.is_usable());
@@ -251,15 +252,15 @@ async fn per_recipient_550_450_and_others_delivered() {
                 .rcpt("u4@example.net", "553 5.1.3 Bad address");
             let (mut c, rec) = connect(mta).await;
             let d = c.deliver("l@x.org", &rcpts(6), MSG, 100, &NoGate).await;
-            let ok = RcptResult::Delivered(delivered_reply());
+            let ok = RcptResult::delivered(delivered_reply());
             assert_eq!(
                 d.results,
                 vec![
                     ok.clone(),
-                    RcptResult::Failed(Reply::new(550, Some((5, 1, 1)), "User unknown")),
+                    RcptResult::failed(Reply::new(550, Some((5, 1, 1)), "User unknown")),
                     ok.clone(),
-                    RcptResult::Deferred(Reply::new(450, Some((4, 2, 1)), "Mailbox busy")),
-                    RcptResult::Failed(Reply::new(553, Some((5, 1, 3)), "Bad address")),
+                    RcptResult::deferred(Reply::new(450, Some((4, 2, 1)), "Mailbox busy")),
+                    RcptResult::failed(Reply::new(553, Some((5, 1, 3)), "Bad address")),
                     ok,
                 ]
             );
@@ -329,7 +330,7 @@ async fn data_354_with_no_accepted_rcpt_gets_just_the_dot() {
         let d = c.deliver("l@x.org", &rcpts(1), MSG, 100, &NoGate).await;
         assert_eq!(
             d.results,
-            vec![RcptResult::Failed(Reply::new(
+            vec![RcptResult::failed(Reply::new(
                 550,
                 Some((5, 1, 1)),
                 "User unknown"
@@ -433,10 +434,10 @@ async fn reply_421_mid_session_defers_everything_undecided() {
         assert_eq!(
             d.results,
             vec![
-                RcptResult::Deferred(r421.clone()),
-                RcptResult::Failed(Reply::new(550, Some((5, 1, 1)), "User unknown")),
-                RcptResult::Deferred(r421.clone()),
-                RcptResult::Deferred(r421.clone()),
+                RcptResult::deferred(r421.clone()),
+                RcptResult::failed(Reply::new(550, Some((5, 1, 1)), "User unknown")),
+                RcptResult::deferred(r421.clone()),
+                RcptResult::deferred(r421.clone()),
             ]
         );
         assert_eq!(d.connection_lost, Some(r421.clone()));
@@ -444,7 +445,7 @@ async fn reply_421_mid_session_defers_everything_undecided() {
         // A later call does nothing on the wire and defers everything with the same reply.
         let d = c.deliver("l@x.org", &to, MSG, 100, &NoGate).await;
         assert_eq!(d.transactions, 0);
-        assert_eq!(d.results, vec![RcptResult::Deferred(r421.clone()); 4]);
+        assert_eq!(d.results, vec![RcptResult::deferred(r421.clone()); 4]);
         assert_eq!(d.connection_lost, Some(r421));
         assert!(rec.lock().unwrap().messages.is_empty());
     })
@@ -1236,8 +1237,8 @@ mod prop {
         }
         for ((addr, res), kind) in to.iter().zip(&d.results).zip(&s.kinds) {
             let r = res.reply();
-            match res {
-                RcptResult::Delivered(_) => {
+            match res.outcome {
+                Outcome::Delivered => {
                     prop_assert!(r.is_positive());
                     prop_assert!(matches!(kind, Kind::Ok));
                     let t = taken.get(addr.as_str());
@@ -1248,7 +1249,7 @@ mod prop {
                     );
                     prop_assert_eq!(r.to_string(), t.copied().unwrap_or(""));
                 }
-                RcptResult::Failed(_) => {
+                Outcome::Failed => {
                     prop_assert!(r.is_permanent(), "{}", r);
                     prop_assert!(!taken.contains_key(addr.as_str()));
                     if r.code == 550 && r.enhanced == Some((5, 1, 1)) {
@@ -1256,7 +1257,7 @@ mod prop {
                     }
                     prop_assert!(matches!(r.code, 550 | 552 | 554), "{}", r);
                 }
-                RcptResult::Deferred(_) => {
+                Outcome::Deferred => {
                     prop_assert!(r.is_transient(), "{}", r);
                     prop_assert!(!taken.contains_key(addr.as_str()));
                     if d.connection_lost.is_none() {

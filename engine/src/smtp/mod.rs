@@ -2,19 +2,27 @@
 //!
 //! - [`reply`]: reply parsing, reply classes, EHLO capabilities, RCPT reply classification (pure).
 //! - [`data`]: streaming dot-stuffing for the DATA phase (pure).
-//! - [`client`]: the transaction driver over any [`crate::net::BoxStream`]: greeting, EHLO/HELO,
-//!   pipelined or lock-step transactions, per-command time-outs, 452/552 too-many-recipients
-//!   recovery inside the session, one reply kept per recipient.
+//! - [`command`]: typed commands that format themselves and know their reply's time-out (pure).
+//! - `session` and `txn`: the sans-I/O client core. A session (greeting, EHLO/HELO, QUIT, the
+//!   queue of replies owed, what the relay taught us) and a message's transactions (pipelined or
+//!   lock-step by how commands are grouped, 452/552 too-many-recipients recovery inside the
+//!   session, one outcome per recipient) take replies and say what to send next (pure).
+//! - `driver`: [`Client`], which moves the bytes over any [`crate::net::BoxStream`] with the
+//!   per-command time-outs and the transaction deadline.
 
-pub mod client;
+pub mod command;
 pub mod data;
+mod driver;
 pub mod helo;
 pub mod reply;
+mod session;
+mod txn;
 
 use std::time::Duration;
 
-pub use client::{Client, Delivery, RcptResult};
+pub use driver::Client;
 pub use reply::{classify_rcpt, parse_reply, Capabilities, RcptVerdict, Reply, ReplyError};
+pub use txn::{Delivery, RcptResult};
 
 pub use crate::net::BoxFuture;
 

@@ -951,6 +951,72 @@ async fn long_pipelined_group_over_a_tiny_pipe_does_not_deadlock() {
     .await;
 }
 
+/// A stream whose flush does not complete at once, as a TLS stream's does not (it writes its
+/// buffered records on flush): the relay may answer the final dot before the flush is over.
+struct SlowFlush<S> {
+    inner: S,
+    unflushed: bool,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlowFlush<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SlowFlush<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.unflushed = true;
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if std::mem::take(&mut self.unflushed) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The reply to the final dot that comes while the last block is being flushed is the end of
+/// data's reply, not a reply before the end of the message: the recipients are delivered, not
+/// deferred (which would send the message again).
+#[tokio::test(start_paused = true)]
+async fn the_reply_to_the_final_dot_during_the_flush_is_not_a_desync() {
+    bounded(async {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let rec = Rec::default();
+        tokio::spawn(serve(server, Mta::pipelining(), rec.clone()));
+        let stream = SlowFlush {
+            inner: client,
+            unflushed: false,
+        };
+        let mut c = Client::handshake(Box::new(stream), &cfg()).await.unwrap();
+        let d = c.deliver("l@x.org", &rcpts(2), MSG, 100, &NoGate).await;
+        assert_eq!(d.results, vec![RcptResult::delivered(delivered_reply()); 2]);
+        assert!(c.is_usable());
+        assert_eq!(rec.lock().unwrap().messages.len(), 1);
+    })
+    .await;
+}
+
 /// Throughput over in-memory streams: `cargo test -p smtpw --test smtp_client -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "measurement, not a check"]

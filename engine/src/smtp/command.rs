@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn each_verb_knows_its_time_out_and_name() {
         let t = Timeouts::default();
-        let min = |m| Duration::from_secs(60 * m);
+        let min = |m: u64| Duration::from_secs(60 * m);
         let table = [
             (Verb::Greeting, "greeting", min(5)),
             (Verb::Ehlo, "EHLO", min(5)),

@@ -216,7 +216,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     }
 
     /// Write `data` under `timeout`, reading meanwhile. With `until_reply`, stop once a complete
-    /// reply (or bytes that cannot be one) came in while bytes were still to be written.
+    /// reply (or bytes that cannot be one) came in while bytes were still to be written; a reply
+    /// that comes while the written bytes are being flushed answers them.
     async fn write_reading(
         &mut self,
         data: &[u8],
@@ -238,7 +239,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut *rbuf) {
                     Poll::Ready(Ok(0)) => read_open = false,
                     Poll::Ready(Ok(_)) => {
-                        if until_reply && matches!(parse_reply(rbuf), Ok(Some(_)) | Err(_)) {
+                        // Once every byte is out (the flush may still be under way), a reply is
+                        // the answer to what was written, not an interruption.
+                        if until_reply
+                            && off < data.len()
+                            && matches!(parse_reply(rbuf), Ok(Some(_)) | Err(_))
+                        {
                             return Poll::Ready(Ok(Written::Interrupted));
                         }
                     }

@@ -14,6 +14,8 @@ pub mod command;
 pub mod data;
 mod driver;
 pub mod helo;
+#[cfg(test)]
+mod model_relay;
 pub mod reply;
 mod session;
 mod txn;

@@ -450,7 +450,8 @@ fn a_552_after_the_dot_on_a_used_connection_defers_and_ends_the_session() {
 
 #[test]
 fn replies_of_the_wrong_class_are_a_desync() {
-    let cases: [(&str, fn(&mut Relay)); 3] = [
+    type Script = fn(&mut Relay);
+    let cases: [(&str, Script); 3] = [
         ("unexpected MAIL reply: 354 what", |r| {
             r.mail = "354 what".into()
         }),
@@ -1274,43 +1275,74 @@ fn session_run(s: &Scenario) -> (Vec<Delivery>, Session, Relay) {
     (out, session, relay)
 }
 
+/// The accounting property for one scenario: one or two deliveries on one session.
+fn accounted(s: &Scenario) -> Result<(), TestCaseError> {
+    let to = rcpts(s.kinds.len());
+    let mut relay = start(relay_for(s, &to));
+    let mut session = Session::new(&cfg());
+    run(&mut session, &mut relay);
+    if session.handshake_result().is_err() {
+        // The drop point hit the handshake: nothing to deliver.
+        return Ok(());
+    }
+    let msg = prop_message();
+    let d = deliver(&mut session, &mut relay, "l@x.org", &to, &msg, s.max_rcpts);
+    check_accounted(s, &to, &d, &session, &relay)?;
+    check_end_of_data_verdicts(&to, &d, &relay, 0, 0)?;
+    for m in &relay.messages {
+        if !m.rcpts.is_empty() {
+            prop_assert_eq!(&m.data, &msg);
+        }
+    }
+    if s.second_call && session.is_usable() {
+        // The same session stays in step for another message.
+        let to2: Vec<String> = (0..3).map(|i| format!("second{i}@example.net")).collect();
+        let before = relay.messages.len();
+        let delivered_before = relay
+            .messages
+            .iter()
+            .filter(|m| m.reply.starts_with('2') && !m.rcpts.is_empty())
+            .count();
+        let d2 = deliver(&mut session, &mut relay, "l@x.org", &to2, &msg, s.max_rcpts);
+        prop_assert_eq!(d2.results.len(), 3);
+        let got: usize = relay.messages[before..]
+            .iter()
+            .filter(|m| m.reply.starts_with('2'))
+            .map(|m| m.rcpts.len())
+            .sum();
+        prop_assert_eq!(got, d2.delivered());
+        check_end_of_data_verdicts(&to2, &d2, &relay, before, delivered_before)?;
+    }
+    Ok(())
+}
+
+/// The cases the stream version of the accounting property once shrank to (lock-step with a
+/// relay limit of 1).
+#[test]
+fn the_accounting_property_holds_for_the_old_regressions() {
+    for (max_rcpts, finals) in [(2, vec![]), (1, vec![0, 3])] {
+        let s = Scenario {
+            kinds: vec![Kind::Ok; 6],
+            limit: Some(1),
+            too_many_452: false,
+            pipelining: false,
+            max_rcpts,
+            mail: 0,
+            finals,
+            data_no_rcpt_354: false,
+            drop: Drop::None,
+            second_call: false,
+        };
+        accounted(&s).unwrap();
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn every_recipient_is_accounted_for_once(s in scenario()) {
-        let to = rcpts(s.kinds.len());
-        let mut relay = start(relay_for(&s, &to));
-        let mut session = Session::new(&cfg());
-        run(&mut session, &mut relay);
-        if session.handshake_result().is_err() {
-            // The drop point hit the handshake: nothing to deliver.
-            return Ok(());
-        }
-        let msg = prop_message();
-        let d = deliver(&mut session, &mut relay, "l@x.org", &to, &msg, s.max_rcpts);
-        check_accounted(&s, &to, &d, &session, &relay)?;
-        check_end_of_data_verdicts(&to, &d, &relay, 0, 0)?;
-        for m in &relay.messages {
-            if !m.rcpts.is_empty() {
-                prop_assert_eq!(&m.data, &msg);
-            }
-        }
-        if s.second_call && session.is_usable() {
-            // The same session stays in step for another message.
-            let to2: Vec<String> = (0..3).map(|i| format!("second{i}@example.net")).collect();
-            let before = relay.messages.len();
-            let delivered_before = relay.messages.iter().filter(|m| m.reply.starts_with('2') && !m.rcpts.is_empty()).count();
-            let d2 = deliver(&mut session, &mut relay, "l@x.org", &to2, &msg, s.max_rcpts);
-            prop_assert_eq!(d2.results.len(), 3);
-            let got: usize = relay.messages[before..]
-                .iter()
-                .filter(|m| m.reply.starts_with('2'))
-                .map(|m| m.rcpts.len())
-                .sum();
-            prop_assert_eq!(got, d2.delivered());
-            check_end_of_data_verdicts(&to2, &d2, &relay, before, delivered_before)?;
-        }
+        accounted(&s)?;
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::time::Duration;
 
 use crate::smtp::data::dot_unstuff;
 use crate::smtp::reply::{parse_reply, Reply};
@@ -154,6 +155,25 @@ impl Relay {
                 g.iter()
                     .map(|c| c.split([' ', ':']).next().unwrap_or("").to_string())
                     .collect()
+            })
+            .collect()
+    }
+
+    /// How many blocks of message data the machine wrote.
+    pub(crate) fn data_writes(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Write { what, .. } if *what == "message data"))
+            .count()
+    }
+
+    /// Every wait for a reply: its time-out and what it waited for.
+    pub(crate) fn reads(&self) -> Vec<(Duration, &'static str)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Read { timeout, what } => Some((*timeout, *what)),
+                _ => None,
             })
             .collect()
     }

@@ -15,7 +15,7 @@
 //!   every recipient still undecided once the transaction is over. Each RCPT reply is classified
 //!   ([`classify_rcpt`]); too-many-recipients (TXN-3) ends the transaction's RCPTs: the ones not
 //!   sent yet, and those refused so, go to the front of the next transaction on this connection,
-//!   and the relay's limit is learned from the count accepted before it (at the first RCPT it is
+//!   and the relay's limit is learned from the number of RCPTs before it (at the first RCPT it is
 //!   a transient refusal of every recipient instead). A 4yz/5yz to DATA, or to the final dot,
 //!   decides every accepted recipient; 2yz after the dot delivers them, except that a 552 for a
 //!   message within the advertised SIZE on a connection that already carried messages means the
@@ -308,7 +308,11 @@ impl<'s, 'm> Deliver<'s, 'm> {
                     (Command::Rset, 0)
                 }
                 Next::Mail => {
-                    txn.next = Next::Rcpt(0);
+                    txn.next = if txn.batch.is_empty() {
+                        Next::Data
+                    } else {
+                        Next::Rcpt(0)
+                    };
                     self.s.need_rset = true;
                     let params = self.s.mail_params(self.message.len());
                     let from = self.from;

@@ -600,20 +600,7 @@ fn a_reply_during_the_data_is_the_final_reply_and_ends_the_session() {
     );
     assert!(!s.is_usable());
     // The data stopped at the first block.
-    let data_writes = relay
-        .steps
-        .iter()
-        .filter(|s| {
-            matches!(
-                s,
-                Step::Write {
-                    what: "message data",
-                    ..
-                }
-            )
-        })
-        .count();
-    assert_eq!(data_writes, 1);
+    assert_eq!(relay.data_writes(), 1);
 }
 
 /// The transaction up to the first block of message data, reported step by step.
@@ -778,17 +765,9 @@ fn each_wait_has_the_time_out_of_what_it_waits_for() {
             "451 4.4.2 Connection lost (time-out waiting for the RCPT reply)"
         );
         assert!(!s.is_usable());
-        let last_read = relay
-            .steps
-            .iter()
-            .rev()
-            .find(|s| matches!(s, Step::Read { .. }));
         assert_eq!(
-            last_read,
-            Some(&Step::Read {
-                timeout: Duration::from_secs(7),
-                what: "RCPT"
-            })
+            relay.reads().last(),
+            Some(&(Duration::from_secs(7), "RCPT"))
         );
     }
 
@@ -801,14 +780,7 @@ fn each_wait_has_the_time_out_of_what_it_waits_for() {
     let d = deliver(&mut s, &mut relay, "l@x.org", &rcpts(1), MSG, 100);
     assert!(d.results[0].is_deferred());
     assert!(d.results[0].reply().text.contains("end of data"));
-    let waits: Vec<(Duration, &str)> = relay
-        .steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Read { timeout, what } => Some((*timeout, *what)),
-            _ => None,
-        })
-        .collect();
+    let waits = relay.reads();
     let min = |m: u64| Duration::from_secs(60 * m);
     assert_eq!(
         waits,
@@ -890,19 +862,7 @@ fn a_large_message_goes_in_bounded_blocks_intact() {
     assert_eq!(d.delivered(), 2);
     assert_eq!(relay.messages[0].data, msg);
     assert_eq!(relay.messages[0].raw, dot_stuff(&msg));
-    let blocks = relay
-        .steps
-        .iter()
-        .filter(|s| {
-            matches!(
-                s,
-                Step::Write {
-                    what: "message data",
-                    ..
-                }
-            )
-        })
-        .count();
+    let blocks = relay.data_writes();
     assert!(blocks >= msg.len() / (DATA_CHUNK + 8), "{blocks} blocks");
 }
 

@@ -74,6 +74,22 @@ fn helo_when_ehlo_is_refused_with_a_5yz() {
         ["EHLO lists.example.org", "HELO lists.example.org"]
     );
     assert!(s.ends_group(Verb::Mail), "no pipelining after HELO");
+    // Then mail goes lock-step, without SIZE.
+    let (mut s, mut relay) = connect(Relay {
+        ehlo: None,
+        ..Relay::pipelining()
+    });
+    let d = deliver(&mut s, &mut relay, "l@x.org", &rcpts(2), MSG, 100);
+    assert_eq!(d.delivered(), 2);
+    assert_eq!(
+        relay.commands()[..3],
+        [
+            "EHLO lists.example.org",
+            "HELO lists.example.org",
+            "MAIL FROM:<l@x.org>"
+        ]
+    );
+    assert!(relay.groups.iter().all(|g| g.len() == 1));
 
     // HELO refused too, or EHLO refused with 4yz (421 included): no session.
     let (_, _, r) = handshake(Relay {

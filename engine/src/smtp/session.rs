@@ -13,11 +13,12 @@
 //! was cut short by a reply, or failed, or a lost connection ([`Lost`]: an I/O error, the end of
 //! the stream, a time-out, the transaction deadline, bytes that are no reply).
 //!
-//! The handshake is a chain of phases (`Greeting` -> `Ehlo` [-> `Helo`] -> `Ready`). STARTTLS
-//! fits as two more (`StartTls`: the command sent, its 220 awaited; `Upgrade`: a new `Step` asks
-//! the driver to wrap the stream in TLS, with nothing left in its read buffer, then `Ehlo` again
-//! with the capabilities forgotten), and AUTH as one more (`Auth`: each 334 challenge answered by
-//! a continuation line, 235 -> `Ready`, 535/534/454 -> a connect error of its own).
+//! The handshake is a chain of phases: `Greeting`, `Ehlo`, `Helo` when EHLO is refused, `Ready`.
+//! STARTTLS fits as two more (`StartTls`: the command sent, its 220 awaited; `Upgrade`: a new
+//! `Step` asks the driver to wrap the stream in TLS, with nothing left in its read buffer, then
+//! `Ehlo` again with the capabilities forgotten), and AUTH as one more (`Auth`: each 334 challenge
+//! answered by a continuation line; 235 leads to `Ready`, 535/534/454 to a connect error of its
+//! own).
 
 use std::collections::VecDeque;
 use std::io;

@@ -14,7 +14,7 @@ use crate::config::{HostPort, Pool, PoolSet, TimeOfDay, WorkerSpec};
 use crate::net::{BoxFuture, Connector};
 use crate::ratelimit::RateLimiter;
 use crate::route::{route, Via};
-use crate::smtp::{Client, ClientConfig, ConnectError, DataGate, RcptResult, Reply};
+use crate::smtp::{Client, ClientConfig, ConnectError, DataGate, Reply};
 use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
 
 /// Back-off for an unreachable host with no failover (SPEC §11 A5): 30 s doubling to 15 min.
@@ -733,19 +733,9 @@ async fn deliver<S: Spool>(
     let rcpts: Vec<RcptOutcome> = d
         .results
         .into_iter()
-        .map(|r| match r {
-            RcptResult::Delivered(rep) => RcptOutcome {
-                outcome: Outcome::Delivered,
-                reply: rep.to_string(),
-            },
-            RcptResult::Failed(rep) => RcptOutcome {
-                outcome: Outcome::Failed,
-                reply: rep.to_string(),
-            },
-            RcptResult::Deferred(rep) => RcptOutcome {
-                outcome: Outcome::Deferred,
-                reply: rep.to_string(),
-            },
+        .map(|r| RcptOutcome {
+            outcome: r.outcome,
+            reply: r.reply.to_string(),
         })
         .collect();
     let host = o.target.to_string();

@@ -1,20 +1,31 @@
-//! The SMTP client side of delivery (SPEC §7.4, §7.5, §9, §11 A5/A6, §12 D2/D5; issue 4 item 4).
+//! The SMTP client side of delivery: a transaction with a relay (docs/behaviour.md TXN-1 to TXN-8)
+//! on connections the workers open and reuse (WRK-6 to WRK-8).
 //!
 //! - [`reply`]: reply parsing, reply classes, EHLO capabilities, RCPT reply classification (pure).
 //! - [`data`]: streaming dot-stuffing for the DATA phase (pure).
-//! - [`client`]: the transaction driver over any [`crate::net::BoxStream`]: greeting, EHLO/HELO,
-//!   pipelined or lock-step transactions, per-command time-outs, 452/552 too-many-recipients
-//!   recovery inside the session, one reply kept per recipient.
+//! - [`command`]: typed commands that format themselves and know their reply's time-out (pure).
+//! - `session` and `txn`: the sans-I/O client core. A session (greeting, EHLO/HELO, QUIT, the
+//!   queue of replies owed, what the relay taught us) and a message's transactions (pipelined or
+//!   lock-step by how commands are grouped, 452/552 too-many-recipients recovery inside the
+//!   session, one outcome per recipient) take replies and say what to send next (pure).
+//! - `driver`: [`Client`], which moves the bytes over any [`crate::net::BoxStream`] with the
+//!   per-command time-outs and the transaction deadline.
 
-pub mod client;
+pub mod command;
 pub mod data;
+mod driver;
 pub mod helo;
+#[cfg(test)]
+mod model_relay;
 pub mod reply;
+mod session;
+mod txn;
 
 use std::time::Duration;
 
-pub use client::{Client, Delivery, RcptResult};
+pub use driver::Client;
 pub use reply::{classify_rcpt, parse_reply, Capabilities, RcptVerdict, Reply, ReplyError};
+pub use txn::{Delivery, RcptResult};
 
 pub use crate::net::BoxFuture;
 
@@ -128,7 +139,7 @@ pub struct ClientConfig {
     pub timeouts: Timeouts,
     /// The overall deadline of each transaction, on top of the per-command time-outs.
     pub txn_deadline: TxnDeadline,
-    /// Use PIPELINING when the relay advertises it (SPEC D5). Default true.
+    /// Use PIPELINING when the relay advertises it (TXN-1). Default true.
     pub pipelining: bool,
     /// Send `SIZE=<octets>` on MAIL when the relay advertises SIZE. Default true.
     pub use_size: bool,
@@ -146,7 +157,7 @@ impl Default for ClientConfig {
     }
 }
 
-/// Why a connection could not be set up. Every variant means "unreachable" (SPEC §11 A5).
+/// Why a connection could not be set up. Every variant means "unreachable" (WRK-6).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connection failed: {0}")]
@@ -165,7 +176,7 @@ pub enum ConnectError {
 }
 
 /// Where the rate limiter plugs in: awaited before each transaction with the message size in
-/// bytes (headers + body with CRLFs, envelope not counted; SPEC D1).
+/// bytes (headers + body with CRLFs, envelope not counted; RATE-2).
 pub trait DataGate: Send + Sync {
     fn acquire(&self, bytes: u64) -> BoxFuture<'_, ()>;
 }

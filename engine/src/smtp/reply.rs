@@ -1,5 +1,5 @@
 //! SMTP replies: parsing (RFC 5321 §4.2, multi-line; RFC 3463 enhanced status codes), reply
-//! classes, EHLO capabilities and the classification of RCPT replies (SPEC §9.2, §12 D2).
+//! classes, EHLO capabilities and the classification of RCPT replies (TXN-2, TXN-3).
 //!
 //! Everything here is pure and never panics on any input (property-tested).
 
@@ -323,7 +323,7 @@ impl Capabilities {
 pub enum RcptVerdict {
     /// 2yz: in the transaction.
     Accepted,
-    /// Too many recipients in this transaction: send the rest in the next one (SPEC §9.2, D2).
+    /// Too many recipients in this transaction: send the rest in the next one (TXN-3).
     TooMany,
     /// Other 4yz: retry later.
     TempFail,
@@ -331,7 +331,7 @@ pub enum RcptVerdict {
     PermFail,
 }
 
-/// Classify a RCPT reply (SPEC §9.2, §12 D2).
+/// Classify a RCPT reply (TXN-3).
 ///
 /// TooMany: a 452 or 552 whose enhanced code is X.5.3 or whose text says "too many recipients";
 /// a 452 without an enhanced code; and any other 4yz/5yz reply that carries X.5.3. A 452 with a

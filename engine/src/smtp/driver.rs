@@ -1,0 +1,326 @@
+//! The driver: moves bytes between a sans-I/O [`Machine`] and a stream, with deadlines.
+//!
+//! One [`Client`] owns one connection: the stream, its read buffer and a [`Session`]. It runs a
+//! machine step by step: it waits for the rate gate and arms the transaction's deadline
+//! ([`Step::Begin`]), writes what the machine formatted ([`Step::Write`]), reads the next reply
+//! ([`Step::Read`]), and reports each result back. It decides nothing about SMTP.
+//!
+//! - Replies are read from the client's own buffer (never `read_line` under a time-out), so every
+//!   time-out is cancel-safe.
+//! - While a command group or a block of message data is written, whatever the server sends is
+//!   read into that buffer too, so a server that answers while it reads can never dead-lock
+//!   against a long pipelined group; a write that must stop at a reply (the message data) stops
+//!   as soon as a complete reply is in.
+//! - Every wait ends at its own time-out or at the transaction's deadline
+//!   ([`TxnDeadline`](super::TxnDeadline)), whichever comes first.
+//! - The server may not buffer more than [`MAX_BUFFERED`] bytes of unread output.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::reply::{parse_reply, Capabilities, Reply};
+use super::session::{Lost, Machine, Session, Step, Written};
+use super::txn::{Deliver, Delivery};
+use super::{ClientConfig, ConnectError, DataGate, NoGate};
+use crate::net::BoxStream;
+
+/// Bytes of unread server output we are willing to hold (a pipelined group of a few thousand
+/// RCPTs has replies of a few hundred KiB at most).
+const MAX_BUFFERED: usize = 16 * 1024 * 1024;
+
+/// One SMTP connection, after the greeting and EHLO.
+pub struct Client {
+    io: Io<BoxStream>,
+    session: Session,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("caps", self.session.capabilities())
+            .field("learned_limit", &self.session.learned_rcpt_limit())
+            .field("usable", &self.session.is_usable())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Read the greeting (220 required), then EHLO; HELO when EHLO gets a 5yz.
+    pub async fn handshake(stream: BoxStream, cfg: &ClientConfig) -> Result<Client, ConnectError> {
+        let mut c = Client {
+            io: Io::new(stream),
+            session: Session::new(cfg),
+        };
+        c.io.drive(&mut c.session, &NoGate).await;
+        c.session.handshake_result()?;
+        tracing::debug!(caps = ?c.session.capabilities(), "SMTP session ready");
+        Ok(c)
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        self.session.capabilities()
+    }
+
+    /// The server's 220 greeting.
+    pub fn greeting(&self) -> &Reply {
+        self.session.greeting()
+    }
+
+    /// The recipients-per-transaction limit learned from a too-many-recipients reply.
+    pub fn learned_rcpt_limit(&self) -> Option<usize> {
+        self.session.learned_rcpt_limit()
+    }
+
+    /// Seed the limit (e.g. learned for this relay on an earlier connection). Only lowers it.
+    pub fn set_learned_rcpt_limit(&mut self, limit: usize) {
+        self.session.set_learned_rcpt_limit(limit);
+    }
+
+    /// False after a 421, an I/O error, EOF, a time-out or a protocol desync.
+    pub fn is_usable(&self) -> bool {
+        self.session.is_usable()
+    }
+
+    /// Whether an idle connection is still there, without waiting: false when the server has
+    /// closed it or sent something unasked (typically a 421 on its idle time-out). Call before
+    /// reusing a connection that sat idle, to reconnect instead of deferring recipients (WRK-7).
+    pub async fn check_alive(&mut self) -> bool {
+        if !self.is_usable() {
+            return false;
+        }
+        let lost = if self.io.rbuf.is_empty() {
+            match self.io.poll_idle().await {
+                Idle::Quiet => return true,
+                Idle::Eof => Lost::Eof("next command"),
+                Idle::Error(e) => Lost::Io(e),
+                Idle::Unsolicited => match parse_reply(&self.io.rbuf) {
+                    Ok(Some((r, _))) if r.is_closing() => Lost::Closing(r),
+                    _ => Lost::Protocol("unsolicited data from the server".into()),
+                },
+            }
+        } else {
+            // Left over from an earlier exchange.
+            Lost::Protocol("unsolicited data from the server".into())
+        };
+        self.session.mark_lost(&lost);
+        false
+    }
+
+    /// Send QUIT and wait for its reply within the QUIT time-out; errors ignored.
+    pub async fn quit(mut self) {
+        let t = self.session.timeouts().quit;
+        if self.session.start_quit() {
+            self.io.drive(&mut self.session, &NoGate).await;
+        }
+        let _ = tokio::time::timeout(t, self.io.stream.shutdown()).await;
+    }
+
+    /// Deliver one message to `rcpts` in as many transactions as needed on this connection.
+    ///
+    /// `message` is the unstuffed message (headers + body, CRLF line ends); it is dot-stuffed while
+    /// written. Transactions carry at most `min(max_rcpts, learned limit)` recipients. Before each
+    /// transaction, `gate.acquire(message.len())` is awaited. The result has exactly one outcome
+    /// per recipient, in order.
+    pub async fn deliver(
+        &mut self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        max_rcpts: usize,
+        gate: &dyn DataGate,
+    ) -> Delivery {
+        let mut job = Deliver::new(&mut self.session, mail_from, rcpts, message, max_rcpts);
+        self.io.drive(&mut job, gate).await;
+        job.finish()
+    }
+}
+
+/// What an idle connection had to say.
+#[derive(Debug)]
+enum Idle {
+    /// Nothing.
+    Quiet,
+    Eof,
+    Error(std::io::Error),
+    /// Bytes nobody asked for (now in the read buffer).
+    Unsolicited,
+}
+
+/// The byte-moving half of a client: a stream, its read buffer and the running deadline.
+struct Io<S> {
+    stream: S,
+    rbuf: BytesMut,
+    /// The transaction under way must be over by then (the deadline's length, to report).
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    fn new(stream: S) -> Self {
+        Self {
+            stream,
+            rbuf: BytesMut::with_capacity(4096),
+            deadline: None,
+        }
+    }
+
+    /// Run `m` until it is done.
+    async fn drive<M: Machine>(&mut self, m: &mut M, gate: &dyn DataGate) {
+        loop {
+            match m.next() {
+                Step::Begin { bytes, deadline } => {
+                    gate.acquire(bytes).await;
+                    // The deadline runs from the first command of the transaction (after the
+                    // rate gate).
+                    self.deadline = Instant::now()
+                        .checked_add(deadline)
+                        .map(|at| (at, deadline));
+                }
+                Step::Write {
+                    timeout,
+                    what,
+                    until_reply,
+                } => match self
+                    .write_reading(m.output(), timeout, what, until_reply)
+                    .await
+                {
+                    Ok(w) => m.on_written(w),
+                    Err(lost) => m.on_lost(lost),
+                },
+                Step::Read { timeout, what } => match self.read_reply(timeout, what).await {
+                    Ok(r) => m.on_reply(r),
+                    Err(lost) => m.on_lost(lost),
+                },
+                Step::Done => break,
+            }
+        }
+        self.deadline = None;
+    }
+
+    /// When a wait of `timeout` starting now must end: at its own time-out, or at the
+    /// transaction's deadline when that comes first (then also the deadline's length, to report).
+    fn wait_until(&self, timeout: Duration) -> (Instant, Option<Duration>) {
+        let own = Instant::now().checked_add(timeout);
+        match (own, self.deadline) {
+            (Some(own), Some((txn, limit))) if txn < own => (txn, Some(limit)),
+            (None, Some((txn, limit))) => (txn, Some(limit)),
+            (Some(own), _) => (own, None),
+            // A time-out too large to represent: in effect none.
+            (None, None) => (far_future(), None),
+        }
+    }
+
+    /// Write `data` under `timeout`, reading meanwhile. With `until_reply`, stop once a complete
+    /// reply (or bytes that cannot be one) came in while bytes were still to be written; a reply
+    /// that comes while the written bytes are being flushed answers them.
+    async fn write_reading(
+        &mut self,
+        data: &[u8],
+        timeout: Duration,
+        what: &'static str,
+        until_reply: bool,
+    ) -> Result<Written, Lost> {
+        let (deadline, txn) = self.wait_until(timeout);
+        let stream = &mut self.stream;
+        let rbuf = &mut self.rbuf;
+        let mut off = 0usize;
+        let mut read_open = true;
+        let fut = poll_fn(|cx| -> Poll<Result<Written, Lost>> {
+            while read_open {
+                if rbuf.len() > MAX_BUFFERED {
+                    return Poll::Ready(Err(Lost::Protocol("server output overflow".into())));
+                }
+                rbuf.reserve(4096);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut *rbuf) {
+                    Poll::Ready(Ok(0)) => read_open = false,
+                    Poll::Ready(Ok(_)) => {
+                        // Once every byte is out (the flush may still be under way), a reply is
+                        // the answer to what was written, not an interruption.
+                        if until_reply
+                            && off < data.len()
+                            && matches!(parse_reply(rbuf), Ok(Some(_)) | Err(_))
+                        {
+                            return Poll::Ready(Ok(Written::Interrupted));
+                        }
+                    }
+                    // Errors on the read side show up again on the next read.
+                    Poll::Ready(Err(_)) => read_open = false,
+                    Poll::Pending => break,
+                }
+            }
+            while off < data.len() {
+                match Pin::new(&mut *stream).poll_write(cx, &data[off..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Ok(Written::Failed(
+                            std::io::ErrorKind::WriteZero.into(),
+                        )))
+                    }
+                    Poll::Ready(Ok(n)) => off += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Ok(Written::Failed(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Pin::new(&mut *stream).poll_flush(cx).map(|r| match r {
+                Ok(()) => Ok(Written::All),
+                Err(e) => Ok(Written::Failed(e)),
+            })
+        });
+        match tokio::time::timeout_at(deadline, fut).await {
+            Err(_) => Err(txn.map_or(Lost::Timeout(what), Lost::Deadline)),
+            Ok(res) => res,
+        }
+    }
+
+    /// Next reply from the buffer, reading more under the time-out as needed (cancel-safe).
+    async fn read_reply(&mut self, timeout: Duration, what: &'static str) -> Result<Reply, Lost> {
+        let (deadline, txn) = self.wait_until(timeout);
+        loop {
+            match parse_reply(&self.rbuf) {
+                Ok(Some((reply, used))) => {
+                    self.rbuf.advance(used);
+                    tracing::trace!(what, %reply, "reply");
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Lost::Protocol(e.to_string())),
+            }
+            self.rbuf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
+                Err(_) => return Err(txn.map_or(Lost::Timeout(what), Lost::Deadline)),
+                Ok(Ok(0)) => return Err(Lost::Eof(what)),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Lost::Io(e)),
+            }
+        }
+    }
+
+    /// Look at an idle connection without waiting.
+    async fn poll_idle(&mut self) -> Idle {
+        self.rbuf.reserve(512);
+        let stream = &mut self.stream;
+        let rbuf = &mut self.rbuf;
+        poll_fn(|cx| {
+            Poll::Ready(
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut *rbuf) {
+                    Poll::Pending => Idle::Quiet,
+                    Poll::Ready(Ok(0)) => Idle::Eof,
+                    Poll::Ready(Ok(_)) => Idle::Unsolicited,
+                    Poll::Ready(Err(e)) => Idle::Error(e),
+                },
+            )
+        })
+        .await
+    }
+}
+
+/// An instant no wait reaches (about 30 years ahead).
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(86400 * 365 * 30))
+        .unwrap_or(now)
+}

@@ -1,0 +1,511 @@
+//! The connection half of the sans-I/O client core: what one SMTP session knows and owes.
+//!
+//! A [`Session`] holds what outlives a transaction (the greeting, the relay's capabilities, the
+//! recipient limit learned from it, the messages it accepted, whether the next transaction needs
+//! RSET, why the connection is gone) and the two things every exchange goes through: the output
+//! buffer the next command group is formatted into, and the queue of replies the server owes,
+//! oldest first, each tagged with the transaction and the command it answers ([`Owed`]). The
+//! server answers in order (RFC 2920 §3.1), so each reply is matched with the head of the queue.
+//!
+//! No I/O and no clock here. A [`Machine`] (the session itself for the greeting, EHLO/HELO and
+//! QUIT; a [`Deliver`](super::txn::Deliver) for a message's transactions) says what to do next as
+//! a [`Step`]; the driver does it and reports back what happened: a reply, a write that completed,
+//! was cut short by a reply, or failed, or a lost connection ([`Lost`]: an I/O error, the end of
+//! the stream, a time-out, the transaction deadline, bytes that are no reply).
+//!
+//! The handshake is a chain of phases: `Greeting`, `Ehlo`, `Helo` when EHLO is refused, `Ready`.
+//! STARTTLS fits as two more (`StartTls`: the command sent, its 220 awaited; `Upgrade`: a new
+//! `Step` asks the driver to wrap the stream in TLS, with nothing left in its read buffer, then
+//! `Ehlo` again with the capabilities forgotten), and AUTH as one more (`Auth`: each 334 challenge
+//! answered by a continuation line; 235 leads to `Ready`, 535/534/454 to a connect error of its
+//! own).
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::Duration;
+
+use super::command::{Command, MailParams, Verb};
+use super::reply::{Capabilities, Reply};
+use super::{ClientConfig, ConnectError, Timeouts};
+
+/// What the driver does next for a [`Machine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A transaction starts: wait for the rate gate with `bytes` of message, then start the
+    /// transaction's overall deadline of length `deadline`.
+    Begin { bytes: u64, deadline: Duration },
+    /// Write [`Machine::output`] within `timeout` (`what` names it in messages), reading what the
+    /// server says meanwhile; with `until_reply`, stop as soon as a complete reply has arrived.
+    Write {
+        timeout: Duration,
+        what: &'static str,
+        until_reply: bool,
+    },
+    /// Read the next reply within `timeout`.
+    Read {
+        timeout: Duration,
+        what: &'static str,
+    },
+    /// Nothing more to do.
+    Done,
+}
+
+/// How a [`Step::Write`] went.
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Everything was written.
+    All,
+    /// A complete reply arrived before everything was written (only with `until_reply`).
+    Interrupted,
+    /// The write failed; what the server said before is still in the read buffer.
+    Failed(io::Error),
+}
+
+/// Why a session cannot go on.
+#[derive(Debug)]
+pub(crate) enum Lost {
+    /// 421: the server closes the connection.
+    Closing(Reply),
+    Io(io::Error),
+    /// The stream ended while this reply was awaited.
+    Eof(&'static str),
+    /// No reply (or no progress writing) within the step's time-out.
+    Timeout(&'static str),
+    /// The transaction reached its overall deadline (of this length).
+    Deadline(Duration),
+    /// Something that is not the reply the session is waiting for.
+    Protocol(String),
+}
+
+impl Lost {
+    /// The reply every undecided recipient gets: the 421 itself, else a `451 4.4.2 Connection
+    /// lost (why)`.
+    pub(crate) fn reply(&self) -> Reply {
+        match self {
+            Lost::Closing(r) => r.clone(),
+            Lost::Io(e) => Reply::connection_lost_because(format_args!("I/O error: {e}")),
+            Lost::Eof(what) => Reply::connection_lost_because(format_args!(
+                "closed by the server while waiting for the {what} reply"
+            )),
+            Lost::Timeout(what) => Reply::connection_lost_because(format_args!(
+                "time-out waiting for the {what} reply"
+            )),
+            Lost::Deadline(d) => Reply::connection_lost_because(format_args!(
+                "the transaction took longer than its {:.1} s deadline",
+                d.as_secs_f64()
+            )),
+            Lost::Protocol(why) => {
+                Reply::connection_lost_because(format_args!("protocol error: {why}"))
+            }
+        }
+    }
+
+    pub(crate) fn into_connect_error(self) -> ConnectError {
+        match self {
+            Lost::Closing(r) => ConnectError::Helo(r),
+            Lost::Io(e) => ConnectError::Io(e),
+            Lost::Eof(what) => ConnectError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed while waiting for the {what} reply"),
+            )),
+            Lost::Timeout(what) => ConnectError::Timeout(what),
+            Lost::Deadline(_) => ConnectError::Timeout("transaction"),
+            Lost::Protocol(why) => ConnectError::Protocol(why),
+        }
+    }
+}
+
+/// A sans-I/O exchange: it says what to do next and takes what happened.
+pub(crate) trait Machine {
+    /// The next thing to do. Called again after each report.
+    fn next(&mut self) -> Step;
+    /// The bytes a [`Step::Write`] writes.
+    fn output(&self) -> &[u8];
+    /// The write of [`Machine::output`] is over.
+    fn on_written(&mut self, written: Written);
+    /// The reply a [`Step::Read`] waited for.
+    fn on_reply(&mut self, reply: Reply);
+    /// The connection is gone (or useless).
+    fn on_lost(&mut self, lost: Lost);
+}
+
+/// A reply the server owes: what it answers, in which transaction, and (for RCPT) the place of
+/// the recipient in that transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owed {
+    pub(crate) verb: Verb,
+    /// 0 outside transactions.
+    pub(crate) txn: u32,
+    pub(crate) pos: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the 220.
+    Greeting,
+    Ehlo,
+    /// EHLO got a 5yz: HELO sent.
+    Helo,
+    /// The greeting was not 220: QUIT is written (best effort) and the handshake fails.
+    Refused,
+    /// Between transactions (or in them: a [`Deliver`](super::txn::Deliver) drives those).
+    Ready,
+    /// QUIT sent.
+    Quit,
+    /// The handshake failed, or QUIT is over.
+    Closed,
+}
+
+/// How the output buffer is to be written.
+#[derive(Debug, Clone, Copy)]
+struct WriteSpec {
+    timeout: Duration,
+    what: &'static str,
+    until_reply: bool,
+}
+
+/// One SMTP session's state (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct Session {
+    cfg: ClientConfig,
+    phase: Phase,
+    caps: Capabilities,
+    greeting: Reply,
+    learned_limit: Option<usize>,
+    /// Messages the relay accepted on this connection.
+    pub(super) messages: u32,
+    /// A MAIL has been sent on this connection: the next transaction starts with RSET.
+    pub(super) need_rset: bool,
+    /// Replies the server owes, oldest first.
+    owed: VecDeque<Owed>,
+    /// The next write: a command group or a block of message data.
+    out: Vec<u8>,
+    spec: WriteSpec,
+    /// False once the session must not be used again (lost, or the relay's allowance is used up).
+    pub(super) usable: bool,
+    /// A write failed: nothing more is written; the replies owed are still read.
+    pub(super) write_error: Option<io::Error>,
+    /// Why the connection is gone (what later deliveries report).
+    pub(super) lost: Option<Reply>,
+    /// Why the handshake failed.
+    failure: Option<ConnectError>,
+    /// Transactions started (their tags in [`Owed`]).
+    txns: u32,
+}
+
+impl Session {
+    /// A session that waits for the server's greeting.
+    pub(crate) fn new(cfg: &ClientConfig) -> Self {
+        let mut s = Self {
+            cfg: cfg.clone(),
+            phase: Phase::Greeting,
+            caps: Capabilities::default(),
+            greeting: Reply::new(220, None, ""),
+            learned_limit: None,
+            messages: 0,
+            need_rset: false,
+            owed: VecDeque::new(),
+            out: Vec::with_capacity(4096),
+            spec: WriteSpec {
+                timeout: Duration::ZERO,
+                what: "",
+                until_reply: false,
+            },
+            usable: true,
+            write_error: None,
+            lost: None,
+            failure: None,
+            txns: 0,
+        };
+        s.expect(Verb::Greeting, 0, 0);
+        s
+    }
+
+    pub(crate) fn timeouts(&self) -> &Timeouts {
+        &self.cfg.timeouts
+    }
+
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub(crate) fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    /// The recipients-per-transaction limit learned from a too-many-recipients reply.
+    pub(crate) fn learned_rcpt_limit(&self) -> Option<usize> {
+        self.learned_limit
+    }
+
+    /// Seed or learn the limit. Only lowers it; at least 1.
+    pub(crate) fn set_learned_rcpt_limit(&mut self, limit: usize) {
+        let limit = limit.max(1);
+        self.learned_limit = Some(self.learned_limit.map_or(limit, |l| l.min(limit)));
+    }
+
+    /// Recipients the next transaction may carry: `max_rcpts`, or the learned limit when lower.
+    pub(super) fn rcpt_limit(&self, max_rcpts: usize) -> usize {
+        let max = max_rcpts.max(1);
+        self.learned_limit.map_or(max, |l| l.min(max)).max(1)
+    }
+
+    /// False after a 421, an I/O error, the end of the stream, a time-out, a desync, or the
+    /// relay's allowance for this connection used up.
+    pub(crate) fn is_usable(&self) -> bool {
+        self.usable && self.write_error.is_none()
+    }
+
+    /// The session cannot go on; the first reason is the one kept.
+    pub(crate) fn mark_lost(&mut self, lost: &Lost) {
+        self.usable = false;
+        if self.lost.is_none() {
+            self.lost = Some(lost.reply());
+        }
+        self.owed.clear();
+        self.out.clear();
+    }
+
+    /// Pipelining is used when wanted and offered (TXN-1): then a command group runs until a
+    /// command that must end one; without it every command is a group of its own.
+    pub(super) fn ends_group(&self, verb: Verb) -> bool {
+        !(self.cfg.pipelining && self.caps.pipelining) || verb.ends_group()
+    }
+
+    /// MAIL's parameters for a message of `bytes` (TXN-8: SIZE when the relay advertises it).
+    pub(super) fn mail_params(&self, bytes: usize) -> MailParams {
+        MailParams {
+            size: (self.cfg.use_size && self.caps.size.is_some()).then_some(bytes as u64),
+        }
+    }
+
+    /// A new transaction's tag.
+    pub(super) fn next_txn_id(&mut self) -> u32 {
+        self.txns = self.txns.wrapping_add(1).max(1);
+        self.txns
+    }
+
+    /// Add `cmd` to the group being written, and owe its reply.
+    pub(super) fn send(&mut self, cmd: Command<'_>, txn: u32, pos: usize) {
+        let verb = cmd.verb();
+        self.queue(cmd);
+        self.expect(verb, txn, pos);
+    }
+
+    /// Add `cmd` to the group being written without waiting for its reply. Writing a group is
+    /// bounded by the longest time-out of its commands and named after its first.
+    fn queue(&mut self, cmd: Command<'_>) {
+        let verb = cmd.verb();
+        let timeout = verb.timeout(&self.cfg.timeouts);
+        if self.out.is_empty() {
+            self.spec = WriteSpec {
+                timeout,
+                what: verb.name(),
+                until_reply: false,
+            };
+        } else {
+            self.spec.timeout = self.spec.timeout.max(timeout);
+        }
+        cmd.write_to(&mut self.out);
+    }
+
+    /// A reply is owed for something written outside [`Session::send`] (the message data).
+    pub(super) fn expect(&mut self, verb: Verb, txn: u32, pos: usize) {
+        self.owed.push_back(Owed { verb, txn, pos });
+    }
+
+    pub(super) fn nothing_owed(&self) -> bool {
+        self.owed.is_empty()
+    }
+
+    /// The reply at hand answers the head of the queue.
+    pub(super) fn pop_owed(&mut self) -> Option<Owed> {
+        self.owed.pop_front()
+    }
+
+    /// Put raw message bytes to write: `fill` appends them to the (empty) output buffer and says
+    /// whether it did. With `until_reply`, a reply arriving meanwhile cuts the write short.
+    pub(super) fn put_data(
+        &mut self,
+        what: &'static str,
+        until_reply: bool,
+        fill: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> bool {
+        debug_assert!(self.out.is_empty());
+        self.spec = WriteSpec {
+            timeout: self.cfg.timeouts.data_block,
+            what,
+            until_reply,
+        };
+        fill(&mut self.out) && !self.out.is_empty()
+    }
+
+    /// The write step for whatever is in the output buffer.
+    pub(super) fn pending_write(&self) -> Option<Step> {
+        (!self.out.is_empty()).then_some(Step::Write {
+            timeout: self.spec.timeout,
+            what: self.spec.what,
+            until_reply: self.spec.until_reply,
+        })
+    }
+
+    /// The read step for the reply at the head of the queue.
+    pub(super) fn pending_read(&self) -> Option<Step> {
+        self.owed.front().map(|o| Step::Read {
+            timeout: o.verb.timeout(&self.cfg.timeouts),
+            what: o.verb.name(),
+        })
+    }
+
+    pub(super) fn output_buf(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub(super) fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    /// QUIT, when the session is still usable; false when there is nothing to say.
+    pub(crate) fn start_quit(&mut self) -> bool {
+        if !self.is_usable() || self.phase != Phase::Ready {
+            return false;
+        }
+        self.send(Command::Quit, 0, 0);
+        self.phase = Phase::Quit;
+        true
+    }
+
+    /// After the handshake has run: the session is ready, or why not.
+    pub(crate) fn handshake_result(&mut self) -> Result<(), ConnectError> {
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
+        if self.phase == Phase::Ready {
+            return Ok(());
+        }
+        Err(ConnectError::Protocol(format!(
+            "the handshake ended in phase {:?}",
+            self.phase
+        )))
+    }
+
+    fn fail(&mut self, e: ConnectError) {
+        self.failure.get_or_insert(e);
+        self.owed.clear();
+        self.phase = Phase::Closed;
+    }
+
+    fn on_greeting(&mut self, greeting: Reply) {
+        if greeting.code != 220 {
+            // 554 (and 421) greetings accept only QUIT (RFC 5321 §3.1): say it, do not wait.
+            tracing::debug!(%greeting, "greeting refused");
+            self.queue(Command::Quit);
+            self.failure = Some(ConnectError::Greeting(greeting));
+            self.phase = Phase::Refused;
+            return;
+        }
+        self.greeting = greeting;
+        let name = self.cfg.helo_name.clone();
+        self.send(Command::Ehlo(&name), 0, 0);
+        self.phase = Phase::Ehlo;
+    }
+
+    fn on_ehlo(&mut self, ehlo: Reply) {
+        if ehlo.is_positive() {
+            self.caps = Capabilities::from_ehlo(&ehlo);
+            self.phase = Phase::Ready;
+        } else if ehlo.is_permanent() {
+            // WRK-8: HELO when EHLO is refused with 5yz.
+            let name = self.cfg.helo_name.clone();
+            self.send(Command::Helo(&name), 0, 0);
+            self.phase = Phase::Helo;
+        } else {
+            self.fail(ConnectError::Helo(ehlo));
+        }
+    }
+
+    fn on_helo(&mut self, helo: Reply) {
+        if helo.is_positive() {
+            self.caps = Capabilities::default();
+            self.phase = Phase::Ready;
+        } else {
+            self.fail(ConnectError::Helo(helo));
+        }
+    }
+}
+
+/// The session's own exchanges: the handshake (greeting, EHLO, HELO) and QUIT.
+impl Machine for Session {
+    fn next(&mut self) -> Step {
+        if let Some(w) = self.pending_write() {
+            return w;
+        }
+        match self.phase {
+            Phase::Greeting | Phase::Ehlo | Phase::Helo | Phase::Quit => {
+                self.pending_read().unwrap_or(Step::Done)
+            }
+            Phase::Refused | Phase::Ready | Phase::Closed => Step::Done,
+        }
+    }
+
+    fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    fn on_written(&mut self, written: Written) {
+        self.out.clear();
+        let Written::Failed(e) = written else {
+            return;
+        };
+        match self.phase {
+            // QUIT after a refusing greeting is a courtesy.
+            Phase::Refused => {}
+            // QUIT did not go out: no reply to wait for.
+            Phase::Quit => {
+                self.owed.clear();
+                self.phase = Phase::Closed;
+            }
+            _ => {
+                // Keep reading: the server may still answer. The session is not usable after.
+                tracing::debug!(error = %e, "write failed");
+                self.write_error = Some(e);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let Some(owed) = self.owed.pop_front() else {
+            return;
+        };
+        match (self.phase, owed.verb) {
+            (Phase::Greeting, Verb::Greeting) => self.on_greeting(reply),
+            (Phase::Ehlo, Verb::Ehlo) => self.on_ehlo(reply),
+            (Phase::Helo, Verb::Helo) => self.on_helo(reply),
+            (Phase::Quit, Verb::Quit) => self.phase = Phase::Closed,
+            (phase, verb) => self.fail(ConnectError::Protocol(format!(
+                "a {} reply in phase {phase:?}: {reply}",
+                verb.name()
+            ))),
+        }
+    }
+
+    fn on_lost(&mut self, lost: Lost) {
+        self.out.clear();
+        self.owed.clear();
+        match self.phase {
+            Phase::Refused => {}
+            Phase::Quit | Phase::Closed => self.phase = Phase::Closed,
+            _ => {
+                self.mark_lost(&lost);
+                self.fail(lost.into_connect_error());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,642 @@
+//! The transaction half of the sans-I/O client core: one message to a list of recipients, in as
+//! many SMTP transactions as the relay needs, with exactly one outcome per recipient.
+//!
+//! [`Deliver`] is a [`Machine`]: it takes replies and events and says what to send next. Each
+//! transaction is `[RSET] MAIL RCPT... DATA`, then the message, then the reply to the final dot:
+//!
+//! - **One path, two groupings.** The commands of a transaction come from one cursor (`Next`);
+//!   the session decides where a command group ends. With PIPELINING the whole transaction is one
+//!   group (TXN-1); without it every command is a group of its own. A command is put in a group
+//!   only when everything before it is either in the same group or answered, so what lock-step
+//!   learns from a reply before the next command (MAIL refused, too many recipients, nobody
+//!   accepted) simply cuts the cursor short, and a pipelined transaction, which sent everything
+//!   at once, reads and sorts the same replies in the same order.
+//! - **Replies** (TXN-2, TXN-4): a 421 anywhere ends the session (TXN-6). MAIL 4yz/5yz decides
+//!   every recipient still undecided once the transaction is over. Each RCPT reply is classified
+//!   ([`classify_rcpt`]); too-many-recipients (TXN-3) ends the transaction's RCPTs: the ones not
+//!   sent yet, and those refused so, go to the front of the next transaction on this connection,
+//!   and the relay's limit is learned from the number of RCPTs before it (at the first RCPT it is
+//!   a transient refusal of every recipient instead). A 4yz/5yz to DATA, or to the final dot,
+//!   decides every accepted recipient; 2yz after the dot delivers them, except that a 552 for a
+//!   message within the advertised SIZE on a connection that already carried messages means the
+//!   relay's allowance per connection is used up (TXN-5).
+//! - **Desync.** A reply before the message data was all written (the driver reports it), a reply
+//!   of the wrong class for where the session is, or garbage, ends the session; so do the events
+//!   the driver reports (lost connection, time-out, the transaction deadline). Every recipient not
+//!   decided by then is deferred with the reason, never lost (TXN-6).
+//!
+//! Issue 12's additions are new states of this machine, not new paths. BDAT (RFC 3030) is another
+//! body: `BDAT n LAST` and the raw message go in the same group as MAIL and the RCPTs, and the
+//! BDAT reply takes the place of the reply to the final dot (same verdict code below).
+//! Cross-message pipelining is more than one transaction in flight: every owed reply already
+//! carries its transaction's tag, so the next transaction's group may be formed while replies are
+//! still owed (a window, instead of "nothing owed"), each reply goes to the transaction it
+//! answers, and a loss defers the undecided recipients of every transaction in flight.
+
+use std::collections::VecDeque;
+
+use super::command::{path_ok, Command, Verb};
+use super::data::{DotStuffer, DATA_CHUNK};
+use super::reply::{classify_rcpt, RcptVerdict, Reply};
+use super::session::{Lost, Machine, Session, Step, Written};
+use crate::outcome::Outcome;
+
+/// The outcome for one recipient, with the reply that decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptResult {
+    pub outcome: Outcome,
+    /// Delivered: the 2yz after the final dot. Failed: the 5yz (to RCPT, MAIL, DATA or the final
+    /// dot). Deferred: the 4yz, the 421, or a synthetic `451 4.4.2 Connection lost (...)` when the
+    /// connection dropped or timed out before the recipient was decided.
+    pub reply: Reply,
+}
+
+impl RcptResult {
+    pub fn new(outcome: Outcome, reply: Reply) -> Self {
+        Self { outcome, reply }
+    }
+    pub fn delivered(reply: Reply) -> Self {
+        Self::new(Outcome::Delivered, reply)
+    }
+    pub fn failed(reply: Reply) -> Self {
+        Self::new(Outcome::Failed, reply)
+    }
+    pub fn deferred(reply: Reply) -> Self {
+        Self::new(Outcome::Deferred, reply)
+    }
+    pub fn reply(&self) -> &Reply {
+        &self.reply
+    }
+    pub fn is_delivered(&self) -> bool {
+        self.outcome == Outcome::Delivered
+    }
+    pub fn is_failed(&self) -> bool {
+        self.outcome == Outcome::Failed
+    }
+    pub fn is_deferred(&self) -> bool {
+        self.outcome == Outcome::Deferred
+    }
+}
+
+/// What delivering one message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// One per recipient, same order as the recipients given, always.
+    pub results: Vec<RcptResult>,
+    /// MAIL commands sent.
+    pub transactions: u32,
+    /// Transactions that ended with recipients carried to the next one (452 / 552 5.5.3).
+    pub too_many_recoveries: u32,
+    /// Set when the connection was lost (421, I/O error, EOF, time-out, protocol error): the 421
+    /// or the synthetic 451 every undecided recipient got. The session is then not usable.
+    pub connection_lost: Option<Reply>,
+}
+
+impl Delivery {
+    pub fn delivered(&self) -> usize {
+        self.results.iter().filter(|r| r.is_delivered()).count()
+    }
+    pub fn failed(&self) -> usize {
+        self.results.iter().filter(|r| r.is_failed()).count()
+    }
+    pub fn deferred(&self) -> usize {
+        self.results.iter().filter(|r| r.is_deferred()).count()
+    }
+}
+
+/// The outcome a reply gives by its class (TXN-2): 2yz delivered, 4yz deferred, 5yz failed.
+fn outcome_of(r: &Reply) -> Option<Outcome> {
+    match r.class() {
+        2 => Some(Outcome::Delivered),
+        4 => Some(Outcome::Deferred),
+        5 => Some(Outcome::Failed),
+        _ => None,
+    }
+}
+
+/// TXN-5: a 552 after the final dot for a message within the advertised size, on a connection
+/// that already carried messages, is the relay's allowance per connection used up (IIS's session
+/// size, which it answers with 552 and a close), not a verdict on this message.
+pub(crate) fn allowance_used_up(
+    end_of_data: &Reply,
+    messages_before: u32,
+    size_limit: Option<u64>,
+    message_bytes: usize,
+) -> bool {
+    end_of_data.code == 552
+        && messages_before > 0
+        && size_limit.is_none_or(|l| l == 0 || message_bytes as u64 <= l)
+}
+
+/// The next command of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Rset,
+    Mail,
+    /// The RCPT of the recipient at this place of the batch.
+    Rcpt(usize),
+    Data,
+    /// Every command is out (or will not be sent).
+    Nothing,
+}
+
+/// The message body of a transaction.
+#[derive(Debug)]
+enum Body<'m> {
+    /// No 354 yet.
+    Waiting,
+    /// Being written, block by block.
+    Streaming(DotStuffer<'m>),
+    /// Written, cut short by a reply or a failed write, or never to be written.
+    Over,
+}
+
+/// One SMTP transaction (MAIL to the reply to the final dot).
+#[derive(Debug)]
+struct Txn<'m> {
+    id: u32,
+    /// Indexes of the recipients it carries, in order.
+    batch: Vec<usize>,
+    next: Next,
+    /// MAIL was refused: RCPT replies are read and ignored.
+    mail_refused: bool,
+    /// What every recipient still undecided gets when the transaction is over (MAIL refused, or
+    /// too many recipients at the first RCPT).
+    stop: Option<RcptResult>,
+    /// Recipients accepted by RCPT, waiting for the end of data.
+    accepted: Vec<usize>,
+    /// Recipients for the next transaction (too many recipients).
+    retry: Vec<usize>,
+    /// Place of the first too-many-recipients reply.
+    first_too_many: Option<usize>,
+    body: Body<'m>,
+    /// The server replied before the message data was all written.
+    interrupted: bool,
+}
+
+impl Txn<'_> {
+    fn new(id: u32, batch: Vec<usize>, rset: bool) -> Self {
+        Self {
+            id,
+            accepted: Vec::with_capacity(batch.len()),
+            batch,
+            next: if rset { Next::Rset } else { Next::Mail },
+            mail_refused: false,
+            stop: None,
+            retry: Vec::new(),
+            first_too_many: None,
+            body: Body::Waiting,
+            interrupted: false,
+        }
+    }
+}
+
+/// Deliver one message to its recipients on one session: a [`Machine`] the driver runs, then
+/// [`Deliver::finish`] for the [`Delivery`].
+#[derive(Debug)]
+pub(crate) struct Deliver<'s, 'm> {
+    s: &'s mut Session,
+    from: &'m str,
+    rcpts: &'m [String],
+    message: &'m [u8],
+    max_rcpts: usize,
+    results: Vec<Option<RcptResult>>,
+    /// Recipients not yet in a transaction, in order.
+    pending: VecDeque<usize>,
+    txn: Option<Txn<'m>>,
+    transactions: u32,
+    too_many_recoveries: u32,
+    connection_lost: Option<Reply>,
+    done: bool,
+}
+
+impl<'s, 'm> Deliver<'s, 'm> {
+    /// Deliver `message` (unstuffed: headers and body with CRLF line ends; dot-stuffed as it is
+    /// written) from `mail_from` to `rcpts`, at most `min(max_rcpts, learned limit)` recipients
+    /// per transaction.
+    pub(crate) fn new(
+        s: &'s mut Session,
+        mail_from: &'m str,
+        rcpts: &'m [String],
+        message: &'m [u8],
+        max_rcpts: usize,
+    ) -> Self {
+        let mut d = Self {
+            s,
+            from: mail_from,
+            rcpts,
+            message,
+            max_rcpts,
+            results: vec![None; rcpts.len()],
+            pending: VecDeque::new(),
+            txn: None,
+            transactions: 0,
+            too_many_recoveries: 0,
+            connection_lost: None,
+            done: false,
+        };
+        if !d.s.is_usable() {
+            d.connection_lost = Some(d.s.lost.clone().unwrap_or_else(Reply::connection_lost));
+            d.done = true;
+        } else if !path_ok(mail_from) {
+            let r = Reply::new(501, Some((5, 1, 7)), "Bad sender address syntax (not sent)");
+            d.results.fill(Some(RcptResult::failed(r)));
+            d.done = true;
+        } else {
+            let bad = Reply::new(
+                501,
+                Some((5, 1, 3)),
+                "Bad recipient address syntax (not sent)",
+            );
+            for (i, rcpt) in rcpts.iter().enumerate() {
+                if path_ok(rcpt) {
+                    d.pending.push_back(i);
+                } else {
+                    d.results[i] = Some(RcptResult::failed(bad.clone()));
+                }
+            }
+        }
+        d
+    }
+
+    /// The outcome of every recipient (those never decided get the reason the connection was
+    /// lost).
+    pub(crate) fn finish(self) -> Delivery {
+        let lost = self.connection_lost;
+        let results = self
+            .results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    RcptResult::deferred(lost.clone().unwrap_or_else(Reply::connection_lost))
+                })
+            })
+            .collect();
+        Delivery {
+            results,
+            transactions: self.transactions,
+            too_many_recoveries: self.too_many_recoveries,
+            connection_lost: lost,
+        }
+    }
+
+    /// Start the next transaction with as many pending recipients as it may carry.
+    fn begin(&mut self) -> Step {
+        let take = self.s.rcpt_limit(self.max_rcpts).min(self.pending.len());
+        let batch: Vec<usize> = self.pending.drain(..take).collect();
+        self.transactions += 1;
+        let id = self.s.next_txn_id();
+        self.txn = Some(Txn::new(id, batch, self.s.need_rset));
+        let bytes = self.message.len() as u64;
+        Step::Begin {
+            bytes,
+            deadline: self.s.config().txn_deadline.for_message(bytes),
+        }
+    }
+
+    /// Put the transaction's next commands in a group, up to where the session says a group
+    /// ends. DATA is left out when it would start a group and no recipient was accepted.
+    fn form_group(&mut self) {
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        loop {
+            let (cmd, pos) = match txn.next {
+                Next::Nothing => return,
+                Next::Rset => {
+                    txn.next = Next::Mail;
+                    (Command::Rset, 0)
+                }
+                Next::Mail => {
+                    txn.next = if txn.batch.is_empty() {
+                        Next::Data
+                    } else {
+                        Next::Rcpt(0)
+                    };
+                    self.s.need_rset = true;
+                    let params = self.s.mail_params(self.message.len());
+                    let from = self.from;
+                    (Command::Mail { from, params }, 0)
+                }
+                Next::Rcpt(p) => {
+                    txn.next = if p + 1 < txn.batch.len() {
+                        Next::Rcpt(p + 1)
+                    } else {
+                        Next::Data
+                    };
+                    (
+                        Command::Rcpt {
+                            to: &self.rcpts[txn.batch[p]],
+                        },
+                        p,
+                    )
+                }
+                Next::Data => {
+                    txn.next = Next::Nothing;
+                    if self.s.nothing_owed() && txn.accepted.is_empty() {
+                        return;
+                    }
+                    (Command::Data, 0)
+                }
+            };
+            let verb = cmd.verb();
+            self.s.send(cmd, txn.id, pos);
+            if self.s.ends_group(verb) {
+                return;
+            }
+        }
+    }
+
+    /// The session cannot go on: every recipient still undecided is deferred with the reason.
+    fn lose(&mut self, lost: Lost) {
+        // A connection closed after a write failed: the write error says more.
+        let lost = match (lost, self.s.write_error.take()) {
+            (Lost::Eof(_), Some(e)) => Lost::Io(e),
+            (l, _) => l,
+        };
+        tracing::debug!(?lost, "SMTP connection lost");
+        self.s.mark_lost(&lost);
+        self.connection_lost = self.s.lost.clone();
+        self.txn = None;
+        self.done = true;
+    }
+
+    /// Every recipient still undecided gets `r`.
+    fn decide_rest(&mut self, r: &RcptResult) {
+        for slot in self.results.iter_mut().filter(|s| s.is_none()) {
+            *slot = Some(r.clone());
+        }
+    }
+
+    /// The transaction is over with the connection in step.
+    fn end_txn(&mut self) {
+        let Some(txn) = self.txn.take() else {
+            return;
+        };
+        if !txn.retry.is_empty() {
+            self.too_many_recoveries += 1;
+            for &i in txn.retry.iter().rev() {
+                self.pending.push_front(i);
+            }
+        }
+        let stopped = txn.stop.is_some();
+        if let Some(stop) = &txn.stop {
+            self.decide_rest(stop);
+        }
+        if let Some(e) = self.s.write_error.take() {
+            // The server answered everything it got, then the connection broke.
+            self.lose(Lost::Io(e));
+        } else if !self.s.usable {
+            // A reply before the end of the data, or the relay's allowance used up.
+            self.lose(Lost::Protocol("reply before end of data".into()));
+        } else if stopped {
+            self.done = true;
+        }
+    }
+
+    fn on_mail(&mut self, r: Reply) {
+        let stop = match outcome_of(&r) {
+            Some(Outcome::Delivered) => return,
+            Some(outcome) => RcptResult::new(outcome, r),
+            None => return self.lose(Lost::Protocol(format!("unexpected MAIL reply: {r}"))),
+        };
+        if let Some(txn) = self.txn.as_mut() {
+            txn.stop = Some(stop);
+            txn.mail_refused = true;
+            txn.next = Next::Nothing;
+        }
+    }
+
+    fn on_rcpt(&mut self, pos: usize, r: Reply) {
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        if txn.mail_refused {
+            return;
+        }
+        let Some(&i) = txn.batch.get(pos) else {
+            return self.lose(Lost::Protocol(format!("no recipient {pos} for {r}")));
+        };
+        match classify_rcpt(&r) {
+            RcptVerdict::Accepted => txn.accepted.push(i),
+            RcptVerdict::TempFail => self.results[i] = Some(RcptResult::deferred(r)),
+            RcptVerdict::PermFail => self.results[i] = Some(RcptResult::failed(r)),
+            RcptVerdict::TooMany => {
+                let first = txn.first_too_many.is_none();
+                if first {
+                    txn.first_too_many = Some(pos);
+                    if pos == 0 {
+                        // Not a count limit (nothing was in the transaction): a transient
+                        // refusal for everything still undecided.
+                        txn.stop = Some(RcptResult::deferred(r.clone()));
+                    } else {
+                        self.s.set_learned_rcpt_limit(pos);
+                        tracing::debug!(limit = pos, reply = %r, "relay recipient limit learned");
+                    }
+                }
+                if txn.first_too_many == Some(0) {
+                    self.results[i] = Some(RcptResult::deferred(r));
+                } else {
+                    txn.retry.push(i);
+                }
+                if first {
+                    // Stop adding: the RCPTs not sent yet wait for the next transaction (or,
+                    // after a refusal at the first, share its deferral).
+                    if let Next::Rcpt(p) = txn.next {
+                        if pos > 0 {
+                            txn.retry.extend_from_slice(&txn.batch[p..]);
+                        }
+                        txn.next = Next::Data;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_data(&mut self, r: Reply) {
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        if r.code != 354 {
+            match outcome_of(&r) {
+                Some(outcome @ (Outcome::Deferred | Outcome::Failed)) => {
+                    for &i in &txn.accepted {
+                        self.results[i] = Some(RcptResult::new(outcome, r.clone()));
+                    }
+                    txn.accepted.clear();
+                    txn.body = Body::Over;
+                }
+                _ => self.lose(Lost::Protocol(format!("unexpected DATA reply: {r}"))),
+            }
+            return;
+        }
+        self.s.expect(Verb::EndOfData, txn.id, 0);
+        if txn.accepted.is_empty() {
+            // Nothing to deliver: end the data at once (RFC 2920 §3.1 says the server should
+            // have refused DATA; recipients keep their RCPT outcomes).
+            txn.body = Body::Over;
+            if self.s.write_error.is_none() {
+                self.s.put_data("DATA", false, |out| {
+                    out.extend_from_slice(b".\r\n");
+                    true
+                });
+            }
+        } else {
+            txn.body = Body::Streaming(DotStuffer::new(self.message));
+        }
+    }
+
+    fn on_end_of_data(&mut self, fin: Reply) {
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        let accepted = std::mem::take(&mut txn.accepted);
+        if txn.interrupted {
+            // The server spoke before our final dot: it and we no longer agree on the state.
+            self.s.usable = false;
+            if fin.is_positive() {
+                return self.lose(Lost::Protocol(format!(
+                    "reply before the end of the message: {fin}"
+                )));
+            }
+            self.s
+                .lost
+                .get_or_insert_with(|| Reply::connection_lost_because("reply before end of data"));
+        }
+        let Some(outcome) = outcome_of(&fin) else {
+            return self.lose(Lost::Protocol(format!(
+                "unexpected end-of-data reply: {fin}"
+            )));
+        };
+        if accepted.is_empty() {
+            return;
+        }
+        if allowance_used_up(
+            &fin,
+            self.s.messages,
+            self.s.capabilities().size,
+            self.message.len(),
+        ) {
+            // Deferred, and the connection is not used again. The 552 is kept in the text of a
+            // transient reply (deferred replies are 4yz).
+            tracing::debug!(reply = %fin, messages = self.s.messages, "session allowance used up");
+            let r = Reply::new(
+                451,
+                Some((4, 3, 0)),
+                format!("Session allowance used up; try a new connection ({fin})"),
+            );
+            for &i in &accepted {
+                self.results[i] = Some(RcptResult::deferred(r.clone()));
+            }
+            self.s.lost.get_or_insert(r);
+            self.s.usable = false;
+            return;
+        }
+        if outcome == Outcome::Delivered {
+            self.s.messages = self.s.messages.saturating_add(1);
+        }
+        tracing::trace!(rcpts = accepted.len(), reply = %fin, "message sent");
+        for &i in &accepted {
+            self.results[i] = Some(RcptResult::new(outcome, fin.clone()));
+        }
+    }
+}
+
+impl Machine for Deliver<'_, '_> {
+    fn next(&mut self) -> Step {
+        loop {
+            if let Some(w) = self.s.pending_write() {
+                return w;
+            }
+            if self.done {
+                return Step::Done;
+            }
+            let Some(txn) = self.txn.as_mut() else {
+                if self.pending.is_empty() {
+                    self.done = true;
+                    continue;
+                }
+                return self.begin();
+            };
+            if let Body::Streaming(stuffer) = &mut txn.body {
+                // Large writes, bounded memory; a failed write stops the data, and the reply to
+                // what was sent is still read (a relay that refuses a message mid-way says so).
+                if self.s.write_error.is_none()
+                    && self
+                        .s
+                        .put_data("message data", true, |out| stuffer.fill(out, DATA_CHUNK))
+                {
+                    continue;
+                }
+                txn.body = Body::Over;
+            }
+            if let Some(read) = self.s.pending_read() {
+                return read;
+            }
+            if txn.next == Next::Nothing {
+                self.end_txn();
+                continue;
+            }
+            if let Some(e) = self.s.write_error.take() {
+                // Nothing more can be sent, so no reply can come.
+                self.lose(Lost::Io(e));
+                continue;
+            }
+            self.form_group();
+        }
+    }
+
+    fn output(&self) -> &[u8] {
+        self.s.output_buf()
+    }
+
+    fn on_written(&mut self, written: Written) {
+        self.s.clear_output();
+        match written {
+            Written::All => {}
+            Written::Interrupted => {
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.interrupted = true;
+                    txn.body = Body::Over;
+                }
+            }
+            Written::Failed(e) => {
+                // Keep reading: the server may have said why (e.g. 552 then close).
+                tracing::debug!(error = %e, "write failed");
+                self.s.write_error = Some(e);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, r: Reply) {
+        let owed = self.s.pop_owed();
+        let Some(owed) = owed.filter(|o| self.txn.as_ref().is_some_and(|t| t.id == o.txn)) else {
+            return self.lose(Lost::Protocol(format!("a reply nobody waited for: {r}")));
+        };
+        if r.is_closing() {
+            return self.lose(Lost::Closing(r));
+        }
+        match owed.verb {
+            Verb::Rset => {
+                if !r.is_positive() {
+                    tracing::warn!(reply = %r, "RSET refused");
+                }
+            }
+            Verb::Mail => self.on_mail(r),
+            Verb::Rcpt => self.on_rcpt(owed.pos, r),
+            Verb::Data => self.on_data(r),
+            Verb::EndOfData => self.on_end_of_data(r),
+            other => self.lose(Lost::Protocol(format!(
+                "a {} reply in a transaction: {r}",
+                other.name()
+            ))),
+        }
+    }
+
+    fn on_lost(&mut self, lost: Lost) {
+        self.lose(lost);
+    }
+}
+
+#[cfg(test)]
+mod tests;

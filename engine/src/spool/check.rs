@@ -41,7 +41,9 @@ pub(super) fn signs_of_use(dir: &Path, ledger: Option<&Path>) -> Vec<String> {
     }
     let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let wal = wal_path(dir);
-    if len(&wal) > 0 {
+    // A log of its header alone holds no change: SQLite writes it when a new spool's database
+    // is first opened, before any table exists (a kill right then leaves exactly that).
+    if len(&wal) > WAL_HEADER as u64 {
         signs.push(format!("{} holds {} bytes", wal.display(), len(&wal)));
     }
     let quarantined = std::fs::read_dir(dir.join(QUARANTINE))
@@ -241,6 +243,22 @@ pub(super) fn check_wal(path: &Path) -> io::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a kill during a spool's creation leaves (a database without tables and a log of
+    /// its header alone) is no sign of use; a log with a frame is.
+    #[test]
+    fn a_log_of_its_header_alone_is_no_sign_of_use() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![0u8; 4096]).unwrap();
+        std::fs::write(wal_path(dir.path()), vec![0u8; WAL_HEADER]).unwrap();
+        assert_eq!(signs_of_use(dir.path(), None), Vec::<String>::new());
+        std::fs::write(
+            wal_path(dir.path()),
+            vec![0u8; WAL_HEADER + FRAME_HEADER + 4096],
+        )
+        .unwrap();
+        assert_eq!(signs_of_use(dir.path(), None).len(), 1);
+    }
 
     /// A log written by SQLite itself verifies; each kind of damage is named.
     #[test]

@@ -6,13 +6,11 @@
 //! Each case runs twice: over a real loopback socket with a plain blocking `std::net` client
 //! (the bytes arrive in whatever pieces TCP makes), and over the in-memory stream.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{mock, ready};
+use crate::common::{mock, ready};
 use mock_mta::MockConfig;
 
 const T: Duration = Duration::from_secs(30);

@@ -1,8 +1,6 @@
 //! Inputs the `mock_session` fuzz target (`cargo xtask fuzz`) found, kept as tests: what the mock
 //! says must not depend on how a client's bytes arrive, and a line gets one reply.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
-
 use std::net::SocketAddr;
 
 use mock_mta::{MockConfig, MockMta};

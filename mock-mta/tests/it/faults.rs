@@ -1,11 +1,9 @@
 //! Deterministic faults and the movable clock, over in-memory streams (paused time where the
 //! clock matters).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use jiff::civil::{date, time};
 use mock_mta::{Faults, MockConfig, MockMta, RandomFaults, RcptRule};
 use tokio::time::Instant;

@@ -1,10 +1,8 @@
 //! IIS limits by real counters, over in-memory streams, with the exact replies.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mock_mta::{MockConfig, OverCap, OversizeData};
 use sha2::{Digest, Sha256};
 

@@ -1,14 +1,13 @@
 //! The IIS W3C log (headers, fields, escaping, time-taken from the injected clock, a new file at
 //! the date change) and the `mock-mta` binary (options, journal file, summary on SIGTERM).
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use jiff::civil::date;
+use mock_mta::journal::{Journal, TransactionRecord};
 use mock_mta::{MockConfig, MockMta, W3cConfig, W3cFieldSet};
 
 #[tokio::test(start_paused = true)]
@@ -215,21 +214,15 @@ fn binary_runs_with_options_config_journal_and_summary() {
         serde_json::json!({"d@dst.example": 452, "x@bad.example": 550})
     );
     // The journal is flushed as it goes: readable while the server runs.
-    let text = std::fs::read_to_string(&journal).expect("journal");
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
-    let txs: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|l| l["kind"] == "transaction")
-        .collect();
+    let j = Journal::read_file(&journal).expect("journal");
+    let txs: Vec<&TransactionRecord> = j.transactions().collect();
     assert_eq!(txs.len(), 2);
-    assert_eq!(txs[0]["accepted"], true);
-    assert_eq!(txs[0]["rcpts"][2]["reply"], "452 4.5.3 Too many recipients");
-    assert_eq!(txs[1]["rcpts"][1]["reply"], "550 5.1.1 User unknown");
-    assert!(txs[0]["data_reply"]
-        .as_str()
+    assert!(txs[0].accepted);
+    assert_eq!(txs[0].rcpts[2].reply, "452 4.5.3 Too many recipients");
+    assert_eq!(txs[1].rcpts[1].reply, "550 5.1.1 User unknown");
+    assert!(txs[0]
+        .data_reply
+        .as_deref()
         .expect("reply")
         .contains("@relay.example.net>"));
     let summary = stop(child);

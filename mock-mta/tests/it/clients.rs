@@ -1,7 +1,5 @@
 //! Independent clients over loopback TCP: lettre (Rust) and Python's standard smtplib.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 

@@ -1,12 +1,10 @@
 //! Bounded load over loopback: 32 concurrent clients, a few thousand messages; nothing is lost
 //! from the journal, and a connection cap of 10 holds exactly.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mock_mta::{MockConfig, MockMta};
 use smtpw_clock::SystemClock;
 use tokio::net::TcpStream;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use smtpw::config::{self, ConfigError, SiteConfig, TimeOfDay};
-use smtpw::route;
+use smtpw_engine::config::{self, ConfigError, SiteConfig, TimeOfDay};
+use smtpw_engine::route;
 
 /// Exit status for a configuration that cannot be used.
 const BAD_FILE: u8 = 2;
@@ -77,7 +77,7 @@ fn load(
             let _ = writeln!(
                 err,
                 "{}: {n} error{}; the configuration was not used",
-                smtpw::text::escape_controls(&file.display().to_string()),
+                smtpw_engine::text::escape_controls(&file.display().to_string()),
                 if n == 1 { "" } else { "s" }
             );
             Err(ExitCode::from(BAD_FILE))

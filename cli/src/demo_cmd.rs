@@ -19,11 +19,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mock_mta::{MockConfig, MockMta, RcptRule};
 
-use smtpw::clock::SystemClock;
-use smtpw::engine::{Engine, EngineOptions};
-use smtpw::ledger::{read_ledger, LedgerOutcome};
-use smtpw::net::TcpConnector;
-use smtpw::spool::{Spool, SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::ledger::{read_ledger, LedgerOutcome};
+use smtpw_engine::net::TcpConnector;
+use smtpw_engine::spool::{Spool, SpoolOptions, SqliteSpool};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -109,7 +109,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let cfg_path = dir.join("SITE.CFG");
     std::fs::write(&cfg_path, &site_cfg)
         .with_context(|| format!("writing {}", cfg_path.display()))?;
-    let config = match smtpw::config::load(&cfg_path) {
+    let config = match smtpw_engine::config::load(&cfg_path) {
         Ok(c) => c,
         Err(e) => bail!("the demo's own SITE.CFG was refused:\n{e}"),
     };
@@ -120,11 +120,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         SqliteSpool::open(
             &spool_dir,
             SpoolOptions {
-                max_bsmtp: config.max_bsmtp,
-                sort_recipients: config.sort_recipients,
-                default_pool: config.default_list_pool.postings,
                 ledger_path: Some(ledger_path.clone()),
-                ..SpoolOptions::default()
+                ..SpoolOptions::from_site(&config)
             },
             clock.clone(),
         )
@@ -141,7 +138,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     });
     let message = sample_message();
-    smtpw::spool::submit(
+    smtpw_engine::spool::submit(
         &spool_dir,
         "owner-demo-l@demo.example.org",
         None,

@@ -85,7 +85,8 @@ fn main() -> ExitCode {
         Err(e) => {
             use std::io::Write as _;
             // Errors quote files and input: never raw control characters on the terminal.
-            let text = smtpw::text::escape_controls_keep_lines(&format!("{e:#}")).into_owned();
+            let text =
+                smtpw_engine::text::escape_controls_keep_lines(&format!("{e:#}")).into_owned();
             let _ = writeln!(std::io::stderr(), "smtpw: error: {text}");
             ExitCode::from(2)
         }

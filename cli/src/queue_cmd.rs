@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use smtpw::clock::{Clock, SystemClock};
-use smtpw::ratelimit::{RateLine, RateStatus};
-use smtpw::spool::{engine_state, read_stats, CopyState, EngineState, QueueStats};
+use smtpw_engine::clock::{Clock, SystemClock};
+use smtpw_engine::ratelimit::{RateLine, RateStatus};
+use smtpw_engine::spool::{engine_state, read_stats, CopyState, EngineState, QueueStats};
 
 /// A status older than this is not current (a running engine rewrites it every second).
 pub const STALE_AFTER_SECS: u64 = 10;
@@ -55,7 +55,9 @@ pub fn rates(
     let from_engine = RateStatus::read(spool).with_context(|| {
         format!(
             "reading {}",
-            spool.join(smtpw::ratelimit::RATE_STATUS_FILE).display()
+            spool
+                .join(smtpw_engine::ratelimit::RATE_STATUS_FILE)
+                .display()
         )
     })?;
     if let Some(st) = from_engine {
@@ -76,7 +78,7 @@ pub fn rates(
         }
     }
     let Some(path) = config else { return Ok(None) };
-    let cfg = smtpw::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = smtpw_engine::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Some(Rates {
         source: "config",
         age_secs: None,
@@ -221,7 +223,7 @@ fn engine_line(
     if engine != EngineState::Running {
         return None;
     }
-    let file = smtpw::ratelimit::RATE_STATUS_FILE;
+    let file = smtpw_engine::ratelimit::RATE_STATUS_FILE;
     let written = RateStatus::read(spool).ok().flatten().map(|st| {
         st.written_at
             .parse::<jiff::Timestamp>()

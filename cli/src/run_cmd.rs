@@ -9,11 +9,11 @@ use anyhow::Context;
 use clap::Args;
 use tracing::{info, warn};
 
-use smtpw::clock::SystemClock;
-use smtpw::engine::{Engine, EngineOptions};
-use smtpw::net::TcpConnector;
-use smtpw::smtp::{helo, TxnDeadline};
-use smtpw::spool::{Spool, SpoolError, SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::net::TcpConnector;
+use smtpw_engine::smtp::{helo, TxnDeadline};
+use smtpw_engine::spool::{Spool, SpoolError, SpoolOptions, SqliteSpool};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -47,7 +47,7 @@ pub struct RunArgs {
     pub lifetime_hours: u64,
     /// The name to greet relays with (EHLO): a domain or an address literal such as
     /// [192.0.2.1]. Default: NODE from SITE.CFG, else this host's fully qualified name.
-    #[arg(long, value_name = "NAME", value_parser = smtpw::smtp::helo::parse_helo_name)]
+    #[arg(long, value_name = "NAME", value_parser = smtpw_engine::smtp::helo::parse_helo_name)]
     pub helo_name: Option<String>,
     /// Seconds a stop (SIGTERM, Ctrl-C) waits for the transactions in flight; then they are cut
     /// off and their copies go back to the queue (the next run sends them).
@@ -82,7 +82,7 @@ const EXIT_LEFT_IN_INCOMING: u8 = 3;
 /// moved to quarantine (named on stderr); 130 when a second signal stopped it before the drain
 /// ended.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = match smtpw::config::load(&args.config) {
+    let config = match smtpw_engine::config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -115,12 +115,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut signals = Signals::install();
         let clock = SystemClock::shared();
         let opts = SpoolOptions {
-            max_bsmtp: config.max_bsmtp,
-            sort_recipients: config.sort_recipients,
-            default_pool: config.default_list_pool.postings,
             ledger_path: args.ledger.clone(),
             lifetime: Duration::from_secs(args.lifetime_hours * 3600),
-            ..SpoolOptions::default()
+            ..SpoolOptions::from_site(&config)
         };
         let spool = match SqliteSpool::open(&args.spool, opts, clock.clone()) {
             Ok(s) => Arc::new(s),
@@ -200,7 +197,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let left = &summary.left_in_incoming;
         if !left.is_empty() {
-            use smtpw::text::escape_controls;
+            use smtpw_engine::text::escape_controls;
             let list: Vec<String> = left
                 .iter()
                 .map(|s| format!("{} ({})", escape_controls(&s.name), escape_controls(&s.reason)))

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use smtpw::config::Pool;
-use smtpw::spool::SubmitError;
+use smtpw_engine::config::Pool;
+use smtpw_engine::spool::SubmitError;
 
 /// Arguments of `smtpw submit`.
 #[derive(clap::Args, Debug)]
@@ -120,8 +120,8 @@ impl<R: BufRead> Iterator for Addresses<R> {
                 .strip_prefix('<')
                 .and_then(|x| x.strip_suffix('>'))
                 .unwrap_or(a);
-            if !smtpw::job::valid_address(a) {
-                let shown = smtpw::text::quoted_prefix_in(a, 80, '"');
+            if !smtpw_engine::job::valid_address(a) {
+                let shown = smtpw_engine::text::quoted_prefix_in(a, 80, '"');
                 return Some(Err(
                     self.bad_line(format!("invalid address {shown}"), ONE_PER_LINE)
                 ));
@@ -149,15 +149,21 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         count: 0,
     };
     let message = open(&args.message)?;
-    let path =
-        match smtpw::spool::try_submit(&args.spool, &args.from, args.pool, &mut rcpts, message) {
-            Ok(p) => p,
-            Err(SubmitError::Input(e)) => return Err(e),
-            Err(SubmitError::Spool(e)) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("submitting to {}", args.spool.display())))
-            }
-        };
+    let path = match smtpw_engine::spool::try_submit(
+        &args.spool,
+        &args.from,
+        args.pool,
+        &mut rcpts,
+        message,
+    ) {
+        Ok(p) => p,
+        Err(SubmitError::Input(e)) => return Err(e),
+        Err(SubmitError::Spool(e)) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("submitting to {}", args.spool.display()))
+            )
+        }
+    };
     let pool = args
         .pool
         .map_or_else(|| "the default pool".to_string(), |p| format!("pool {p}"));

@@ -1,4 +1,4 @@
-//! Fixture: a scripted hostile SMTP relay on 127.0.0.1. It speaks enough SMTP to bring a client
+//! A scripted hostile SMTP relay on 127.0.0.1. It speaks enough SMTP to bring a client
 //! to one point of a transaction and then misbehaves there (goes silent, drips, sends garbage or
 //! replies that never end, answers DATA wrongly, closes after the final dot). Bounded: every
 //! thread stops when the relay is dropped or after [`LIFETIME`], and an endless reply stops at
@@ -111,7 +111,7 @@ impl HostileRelay {
 
     /// Wait at most `limit` for the misbehaviour to begin.
     pub fn wait_trapped(&self, limit: Duration) -> bool {
-        super::site::wait_until(limit, || lock(&self.log).trapped_at.is_some())
+        crate::proc::wait_until(limit, || lock(&self.log).trapped_at.is_some())
     }
 }
 

@@ -1,8 +1,6 @@
 //! Measuring achieved rates at the mocks: per-transaction (start, bytes) points taken from a mock
 //! journal, and the extremes of the rate over sliding windows.
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use mock_mta::journal::Journal;
@@ -116,21 +114,6 @@ pub fn mean_bps(p: &[Point], from_ns: i128, to_ns: i128) -> f64 {
     bytes as f64 * 8.0 / ((to_ns - from_ns) as f64 / 1e9)
 }
 
-/// A deterministic spread of message sizes in `[lo, hi]` (a small LCG; no randomness in tests).
-pub fn sizes(n: usize, lo: usize, hi: usize, seed: u64) -> Vec<usize> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            lo + ((x >> 33) as usize) % (hi - lo + 1)
-        })
-        .collect()
-}
-
-/// `12Mbps`-style units: k, M, G are powers of two (SPEC 4.2).
+/// `12Mbps`-style units: k, M, G are powers of two (RATE-1).
 pub const KBPS: u64 = 1 << 10;
 pub const MBPS: u64 = 1 << 20;

@@ -5,17 +5,14 @@
 //! client sends groups of one command; a pipelining client sends `RSET? MAIL RCPT... DATA` as one
 //! group), and every message with its recipients and its raw (stuffed) and unstuffed data.
 
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smtpw::config::HostPort;
-use smtpw::net::{BoxStream, MemoryConnector};
-use smtpw::smtp::data::dot_unstuff;
-use smtpw::smtp::{Client, ClientConfig, Reply};
+use smtpw_engine::config::HostPort;
+use smtpw_engine::net::{BoxStream, MemoryConnector};
+use smtpw_engine::smtp::data::dot_unstuff;
+use smtpw_engine::smtp::{Client, ClientConfig, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
@@ -409,6 +406,11 @@ async fn write_out<S: AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// For the SMTP client's own tests (engine/tests/smtp_client.rs): the server on an in-memory
+// stream, and a client that has greeted it.
+// ---------------------------------------------------------------------------------------------
 
 pub fn start(mta: Mta) -> (BoxStream, Rec) {
     let (client, server) = tokio::io::duplex(64 * 1024);

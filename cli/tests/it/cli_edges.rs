@@ -1,18 +1,15 @@
 //! The commands at their edges: a closed standard output, bad recipient files, a full disk, and
 //! what `smtpw queue` can honestly say about the engine.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use smtpw::clock::SystemClock;
-use smtpw::ratelimit::{RateStatus, RATE_STATUS_FILE};
-use smtpw::spool::{SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::ratelimit::{RateStatus, RATE_STATUS_FILE};
+use smtpw_engine::spool::{SpoolOptions, SqliteSpool};
+use smtpw_testkit::tmpfs::Tmpfs;
 
-fn smtpw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_smtpw"))
-}
+use crate::SMTPW;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -34,7 +31,7 @@ fn spool_with_jobs(dir: &Path) -> PathBuf {
     drop(SqliteSpool::open(&spool, SpoolOptions::default(), SystemClock::shared()).unwrap());
     for i in 0..3 {
         let rcpts = (0..5).map(|r| format!("r{r}@x{i}.example"));
-        smtpw::spool::submit(
+        smtpw_engine::spool::submit(
             &spool,
             "o@l.example",
             None,
@@ -78,7 +75,7 @@ fn a_closed_stdout_ends_every_printing_command_quietly() {
     ];
     let mut wrong = Vec::new();
     for args in &runs {
-        let out = with_closed_stdout(smtpw().args(args));
+        let out = with_closed_stdout(SMTPW.command().args(args));
         if out.status.code() != Some(0) || !out.stderr.is_empty() {
             wrong.push(format!(
                 "{args:?}: exit {:?}, stderr {:?}",
@@ -96,12 +93,8 @@ fn a_closed_stdout_ends_every_printing_command_quietly() {
 fn submit(spool: &Path, rcpts: &Path) -> Output {
     let msg = spool.parent().unwrap().join("m.eml");
     std::fs::write(&msg, "Subject: x\n\nx\n").unwrap();
-    smtpw()
-        .args(["submit", "--from", "o@l.example", "--spool"])
-        .arg(spool)
-        .arg("--rcpts")
-        .arg(rcpts)
-        .arg(&msg)
+    SMTPW
+        .submit_cmd(spool, "o@l.example", rcpts, None, &msg)
         .output()
         .unwrap()
 }
@@ -180,33 +173,12 @@ fn submit_says_which_line_is_not_utf8() {
     nothing_left_in_incoming(&spool);
 }
 
-/// A tmpfs of `size` mounted at `at` for the test's life (root only).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Self> {
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn submit_on_a_full_disk_says_so_and_leaves_no_job() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let Some(_fs) = Tmpfs::mount(&mnt, "256k") else {
+    let Ok(_fs) = Tmpfs::mount_on(&mnt, "256k") else {
         eprintln!(
             "NOTICE: skipped: mounting a tmpfs needs root (this checks submit on a full disk)"
         );
@@ -223,12 +195,8 @@ fn submit_on_a_full_disk_says_so_and_leaves_no_job() {
     std::fs::write(&msg, &body).unwrap();
     let rcpts = dir.path().join("r.txt");
     std::fs::write(&rcpts, "a@x.example\n").unwrap();
-    let out = smtpw()
-        .args(["submit", "--from", "o@l.example", "--spool"])
-        .arg(&spool)
-        .arg("--rcpts")
-        .arg(&rcpts)
-        .arg(&msg)
+    let out = SMTPW
+        .submit_cmd(&spool, "o@l.example", &rcpts, None, &msg)
         .output()
         .unwrap();
     let err = text(&out.stderr);
@@ -243,7 +211,8 @@ fn submit_on_a_full_disk_says_so_and_leaves_no_job() {
 }
 
 fn queue(spool: &Path) -> String {
-    let out = smtpw()
+    let out = SMTPW
+        .command()
         .args(["queue", "--spool"])
         .arg(spool)
         .output()
@@ -256,7 +225,7 @@ fn queue(spool: &Path) -> String {
 fn queue_tells_a_status_it_could_not_write_from_an_engine_that_is_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let site = smtpw::config::parse_str(CFG, "SITE.CFG").unwrap();
+    let site = smtpw_engine::config::parse_str(CFG, "SITE.CFG").unwrap();
     drop(SqliteSpool::open(&spool, SpoolOptions::default(), SystemClock::shared()).unwrap());
 
     // An engine owns the spool (this process holds its lock) but never wrote its status.
@@ -277,11 +246,7 @@ fn queue_tells_a_status_it_could_not_write_from_an_engine_that_is_not_running() 
         out.contains("an engine is running (it holds spool.lock) but its status is from 1h00m ago"),
         "{out}"
     );
-    let json = smtpw()
-        .args(["queue", "--json", "--spool"])
-        .arg(&spool)
-        .output()
-        .unwrap();
+    let json = SMTPW.queue_cmd(&spool).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["rates"]["stale"], true);
     assert_eq!(v["rates"]["engine"], "running");

@@ -1,16 +1,8 @@
 //! The `smtpw config check` / `smtpw config explain` commands, run as a user would.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (common rules)
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn smtpw(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smtpw"))
-        .args(args)
-        .output()
-        .expect("run smtpw")
-}
+use crate::SMTPW;
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,7 +36,7 @@ fn check_prints_a_table_for_both_examples() {
             "   6  SMTP_FORWARD_3  NIGHT.EXAMPLE.COM:25",
         ),
     ] {
-        let out = smtpw(&["config", "check", &example(name)]);
+        let out = SMTPW.output(&["config", "check", &example(name)]);
         let so = text(&out.stdout);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         assert!(so.contains(workers), "{so}");
@@ -59,7 +51,7 @@ fn check_prints_a_table_for_both_examples() {
 
 #[test]
 fn check_json_has_the_documented_keys() {
-    let out = smtpw(&["config", "check", "--json", &example("SITE.CFG")]);
+    let out = SMTPW.output(&["config", "check", "--json", &example("SITE.CFG")]);
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for k in [
@@ -99,7 +91,7 @@ fn a_bad_file_exits_2_with_every_error_on_stderr() {
         vec!["config", "check", "--json", f.as_str()],
         vec!["config", "explain", f.as_str(), "--at", "12:00"],
     ] {
-        let out = smtpw(&args);
+        let out = SMTPW.output(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
         let se = text(&out.stderr);
@@ -127,7 +119,7 @@ fn a_bad_file_exits_2_with_every_error_on_stderr() {
             "{se}"
         );
     }
-    let out = smtpw(&["config", "check", "/nonexistent/SITE.CFG"]);
+    let out = SMTPW.output(&["config", "check", "/nonexistent/SITE.CFG"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read /nonexistent/SITE.CFG"));
 }
@@ -145,7 +137,7 @@ fn explain_gives_each_workers_host_at_a_time() {
     );
     let f = p.display().to_string();
     let at = |t: &str| -> serde_json::Value {
-        let out = smtpw(&["config", "explain", &f, "--at", t, "--json"]);
+        let out = SMTPW.output(&["config", "explain", &f, "--at", t, "--json"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
@@ -184,7 +176,7 @@ fn explain_gives_each_workers_host_at_a_time() {
             "4 primary \"ALL.EXAMPLE.ORG\" 2525"
         ]
     );
-    let out = smtpw(&["config", "explain", &f, "--at", "7:05"]);
+    let out = SMTPW.output(&["config", "explain", &f, "--at", "7:05"]);
     let so = text(&out.stdout);
     assert!(so.contains("At 07:05 (local time):"), "{so}");
     assert!(so.contains("failover  SMTP.BAZ.NET:25"), "{so}");
@@ -193,7 +185,7 @@ fn explain_gives_each_workers_host_at_a_time() {
         "{so}"
     );
     // a bad --at is a usage error
-    let out = smtpw(&["config", "explain", &f, "--at", "25:00"]);
+    let out = SMTPW.output(&["config", "explain", &f, "--at", "25:00"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("'25:00' is not a time of day"));
 }
@@ -207,7 +199,7 @@ fn check_with_an_override_file() {
         "SMTP_FORWARD=S.EXAMPLE.ORG\nMAXBSMTP=100\n",
     );
     let o = write(dir.path(), "SITECFG.FILE", "MAXBSMTP=250\n");
-    let out = smtpw(&[
+    let out = SMTPW.output(&[
         "config",
         "check",
         "--json",

@@ -1,12 +1,11 @@
 //! SITE.CFG at its edges: a file that can deliver nothing, too many workers, a huge value, and
 //! hostile bytes. Each is refused (or shown) with a short, printable message.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (common rules)
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use smtpw::config::{parse_str, ConfigError, MAX_WORKERS};
+use smtpw_engine::config::{parse_str, ConfigError, MAX_WORKERS};
+
+use crate::SMTPW;
 
 const F: &str = "SITE.CFG";
 
@@ -20,13 +19,6 @@ fn errors_of(text: &str) -> Vec<String> {
         Err(e @ ConfigError::Invalid { .. }) => e.errors().map(ToString::to_string).collect(),
         Err(e) => panic!("unexpected {e}"),
     }
-}
-
-fn smtpw(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smtpw"))
-        .args(args)
-        .output()
-        .expect("run smtpw")
 }
 
 fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
@@ -60,7 +52,7 @@ fn a_file_that_can_deliver_nothing_is_an_error() {
     // The command says so and exits 2.
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "SITE.CFG", b"");
-    let out = smtpw(&["config", "check", p.to_str().unwrap()]);
+    let out = SMTPW.output(&["config", "check", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -133,7 +125,7 @@ fn control_characters_are_escaped_in_every_message() {
         "bad.cfg",
         format!("SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=H{esc}.EXAMPLE.ORG\nMAXBSMTP=1{esc}\nDEFAULT_LIST_POOL={esc}\nSMTP_FORWARD_2=H.EXAMPLE.ORG;POOL=A{esc}\nJUNK{esc}\n").as_bytes(),
     );
-    let out = smtpw(&["config", "check", bad.to_str().unwrap()]);
+    let out = SMTPW.output(&["config", "check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.lines().count() >= 5, "{err}");
@@ -151,7 +143,7 @@ fn control_characters_are_escaped_in_every_message() {
     for args in [&["config", "check"][..], &["config", "check", "--json"][..]] {
         let mut a = args.to_vec();
         a.push(good.to_str().unwrap());
-        let out = smtpw(&a);
+        let out = SMTPW.output(&a);
         let so = String::from_utf8_lossy(&out.stdout);
         assert!(
             !out.stdout.iter().any(|b| *b == 0x1b || *b == 0x07)
@@ -174,7 +166,7 @@ fn control_characters_are_escaped_in_every_message() {
         "odd\u{1b}name.cfg",
         b"SMTP_FORWARD=S.EXAMPLE.ORG\n",
     );
-    let out = smtpw(&["config", "check", odd.to_str().unwrap()]);
+    let out = SMTPW.output(&["config", "check", odd.to_str().unwrap()]);
     assert!(out.status.success());
     assert!(
         !out.stdout.contains(&0x1b),

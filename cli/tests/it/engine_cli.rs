@@ -2,20 +2,16 @@
 //! owned by another process, `--until-empty` on an empty spool, and a second signal that cuts
 //! the drain short without losing a recipient.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
-
-mod proc_support;
-mod scripted;
-
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use mock_mta::{Faults, MockConfig};
-use proc_support::{
-    num, queue_json, recipients, run_cmd, smtpw, submit_cli, write_site_cfg, Kid, LoopbackMock,
-    SilentRelay,
-};
+use smtpw_testkit::proc::{num, write_site_cfg, Kid, LoopbackMock, SilentRelay};
+use smtpw_testkit::scripted;
+use smtpw_testkit::workload::recipients;
+
+use crate::SMTPW;
 
 fn stderr_of(log: &std::path::Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
@@ -36,7 +32,8 @@ fn a_bad_site_cfg_exits_2_with_located_errors_and_starts_nothing() {
     .unwrap();
     let spool = dir.path().join("spool");
     let t = Instant::now();
-    let out = smtpw()
+    let out = SMTPW
+        .command()
         .arg("run")
         .arg("--config")
         .arg(&cfg)
@@ -82,7 +79,8 @@ fn a_bad_site_cfg_exits_2_with_located_errors_and_starts_nothing() {
     );
 
     // A missing SITE.CFG: also 2, with the file named.
-    let out = smtpw()
+    let out = SMTPW
+        .command()
         .arg("run")
         .arg("--config")
         .arg(dir.path().join("NOPE.CFG"))
@@ -104,7 +102,10 @@ fn a_spool_owned_by_another_run_is_refused_clearly() {
     let spool = dir.path().join("spool");
     let ledger = dir.path().join("ledger.jsonl");
     let log1 = dir.path().join("first.log");
-    let mut first = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log1), "first run");
+    let mut first = Kid::spawn(
+        SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log1),
+        "first run",
+    );
     // Wait until the first run owns the spool (its database exists and its log says so).
     let end = Instant::now() + Duration::from_secs(20);
     while !stderr_of(&log1).contains("synchronous path") {
@@ -121,7 +122,8 @@ fn a_spool_owned_by_another_run_is_refused_clearly() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let t = Instant::now();
-    let out = smtpw()
+    let out = SMTPW
+        .command()
         .arg("run")
         .arg("--config")
         .arg(&cfg)
@@ -140,7 +142,7 @@ fn a_spool_owned_by_another_run_is_refused_clearly() {
     // The owner is unaffected and still works: a job submitted now is delivered.
     assert!(first.child.try_wait().unwrap().is_none());
     let all = recipients(120);
-    submit_cli(dir.path(), &spool, &all);
+    SMTPW.submit(dir.path(), &spool, &all);
     let end = Instant::now() + Duration::from_secs(30);
     while mock.mta.stats().recipients_accepted < 120 {
         assert!(Instant::now() < end, "not delivered:\n{}", stderr_of(&log1));
@@ -151,7 +153,7 @@ fn a_spool_owned_by_another_run_is_refused_clearly() {
         .wait_for(Duration::from_secs(10))
         .expect("stops on SIGTERM");
     assert_eq!(st.code(), Some(0));
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 120), "{q}");
 }
 
@@ -163,7 +165,7 @@ fn until_empty_on_an_empty_spool_exits_0_at_once() {
     let spool = dir.path().join("spool");
     let log = dir.path().join("run.log");
     let mut kid = Kid::spawn(
-        run_cmd(&cfg, &spool, &dir.path().join("l.jsonl"), true, &log),
+        SMTPW.run_cmd(&cfg, &spool, &dir.path().join("l.jsonl"), true, &log),
         "run",
     );
     let st = kid
@@ -176,7 +178,7 @@ fn until_empty_on_an_empty_spool_exits_0_at_once() {
         "{}",
         stderr_of(&log)
     );
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 0), "{q}");
 }
 
@@ -193,8 +195,8 @@ fn a_second_signal_stops_at_once_and_the_restart_loses_nothing() {
     let ledger = dir.path().join("ledger.jsonl");
     let log = dir.path().join("run.log");
     let all = recipients(N);
-    submit_cli(dir.path(), &spool, &all);
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    SMTPW.submit(dir.path(), &spool, &all);
+    let mut kid = Kid::spawn(SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log), "run");
     // Wait until both workers are connected, then give them time to send their first dot.
     let end = Instant::now() + Duration::from_secs(20);
     while mock.mta.stats().current_connections < 2 {
@@ -222,15 +224,15 @@ fn a_second_signal_stops_at_once_and_the_restart_loses_nothing() {
         stderr_of(&log)
     );
     // Nothing was recorded as delivered; a restart against a quick relay delivers everyone.
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(num(&q, "queued"), N as u64, "{q}");
     mock.mta.set_faults(Faults::default());
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "restart");
+    let mut kid = Kid::spawn(SMTPW.run_cmd(&cfg, &spool, &ledger, true, &log), "restart");
     let st = kid
         .wait_for(Duration::from_secs(60))
         .expect("the restart finishes");
     assert!(st.success(), "{}", stderr_of(&log));
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(
         (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
         (0, N as u64, 0),
@@ -252,8 +254,8 @@ fn sigterm_does_not_wait_for_a_relay_that_never_greets() {
     let ledger = dir.path().join("ledger.jsonl");
     let log = dir.path().join("run.log");
     let all = recipients(60);
-    submit_cli(dir.path(), &spool, &all);
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    SMTPW.submit(dir.path(), &spool, &all);
+    let mut kid = Kid::spawn(SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log), "run");
     // Both workers are connected and waiting for a greeting (5 minutes by default).
     let end = Instant::now() + Duration::from_secs(20);
     while relay.accepted.load(std::sync::atomic::Ordering::SeqCst) < 2 {
@@ -272,7 +274,7 @@ fn sigterm_does_not_wait_for_a_relay_that_never_greets() {
     assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
     assert!(t.elapsed() < Duration::from_secs(5));
     // Nothing was sent, nothing is lost: every recipient is still queued.
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(
         (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
         (60, 0, 0),
@@ -291,9 +293,9 @@ fn a_relay_slow_to_answer_quit_does_not_hold_up_the_stop() {
     let ledger = dir.path().join("ledger.jsonl");
     let log = dir.path().join("run.log");
     let all = recipients(200);
-    submit_cli(dir.path(), &spool, &all);
+    SMTPW.submit(dir.path(), &spool, &all);
     let t = Instant::now();
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "run");
+    let mut kid = Kid::spawn(SMTPW.run_cmd(&cfg, &spool, &ledger, true, &log), "run");
     let st = kid.wait_for(Duration::from_secs(20)).unwrap_or_else(|| {
         panic!(
             "smtpw run --until-empty still waits for 221 after 20 s:\n{}",
@@ -302,7 +304,7 @@ fn a_relay_slow_to_answer_quit_does_not_hold_up_the_stop() {
     });
     assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, 200), "{q}");
 }
 
@@ -314,7 +316,7 @@ fn logs_to_a_file_carry_no_terminal_colours() {
     let spool = dir.path().join("spool");
     let log = dir.path().join("run.log");
     let mut kid = Kid::spawn(
-        run_cmd(&cfg, &spool, &dir.path().join("l.jsonl"), true, &log),
+        SMTPW.run_cmd(&cfg, &spool, &dir.path().join("l.jsonl"), true, &log),
         "run",
     );
     let st = kid.wait_for(Duration::from_secs(20)).expect("exits");
@@ -350,7 +352,7 @@ fn sigterm_does_not_wait_for_the_rate_limit_before_a_transaction() {
             "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n",
         );
     }
-    smtpw::spool::submit(
+    smtpw_engine::spool::submit(
         &spool,
         "owner@lists.example",
         None,
@@ -358,7 +360,7 @@ fn sigterm_does_not_wait_for_the_rate_limit_before_a_transaction() {
         body.as_bytes(),
     )
     .unwrap();
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    let mut kid = Kid::spawn(SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log), "run");
     let end = Instant::now() + Duration::from_secs(20);
     while mock.mta.stats().current_connections < 2 {
         assert!(Instant::now() < end, "no sessions:\n{}", stderr_of(&log));
@@ -387,7 +389,7 @@ fn sigterm_does_not_wait_for_the_rate_limit_before_a_transaction() {
         .sessions
         .iter()
         .all(|s| s.end_reason.as_deref() == Some("quit")));
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     let delivered = mock.mta.stats().recipients_accepted;
     assert_eq!(
         (num(&q, "queued"), num(&q, "delivered")),
@@ -407,8 +409,8 @@ fn ctrl_c_drains_like_sigterm() {
     let spool = dir.path().join("spool");
     let ledger = dir.path().join("ledger.jsonl");
     let log = dir.path().join("run.log");
-    submit_cli(dir.path(), &spool, &recipients(1000));
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "run");
+    SMTPW.submit(dir.path(), &spool, &recipients(1000));
+    let mut kid = Kid::spawn(SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log), "run");
     let end = Instant::now() + Duration::from_secs(20);
     while mock.mta.stats().messages < 2 {
         assert!(Instant::now() < end, "no delivery:\n{}", stderr_of(&log));
@@ -423,7 +425,7 @@ fn ctrl_c_drains_like_sigterm() {
     assert!(mock.wait_idle(Duration::from_secs(5)));
     let j = mock.mta.journal();
     assert!(j.transactions().all(|t| t.accepted), "no transaction cut");
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     let delivered = mock.mta.stats().recipients_accepted;
     assert_eq!(num(&q, "delivered"), delivered, "{q}");
     assert_eq!(num(&q, "queued"), 1000 - delivered, "{q}");
@@ -433,11 +435,11 @@ fn ctrl_c_drains_like_sigterm() {
 fn queue_works_while_a_starting_daemon_creates_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    submit_cli(dir.path(), &spool, &recipients(10));
+    SMTPW.submit(dir.path(), &spool, &recipients(10));
     // What `smtpw queue` can meet while `smtpw run` starts (or after it was killed then): the
     // database file exists, its tables do not yet.
     std::fs::write(spool.join("spool.db"), b"").unwrap();
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(
         (
             num(&q, "queued"),
@@ -465,8 +467,8 @@ fn sigterm_with_a_relay_silent_after_the_dot_exits_at_the_drain_timeout() {
     let ledger = dir.path().join("ledger.jsonl");
     let log = dir.path().join("run.log");
     let all = recipients(N);
-    submit_cli(dir.path(), &spool, &all);
-    let mut cmd = run_cmd(&cfg, &spool, &ledger, false, &log);
+    SMTPW.submit(dir.path(), &spool, &all);
+    let mut cmd = SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log);
     cmd.args(["--drain-timeout", "1"]);
     let mut kid = Kid::spawn(cmd, "run");
     // Both workers have sent their copy and wait for the reply to the dot (10 min by default).
@@ -492,7 +494,7 @@ fn sigterm_with_a_relay_silent_after_the_dot_exits_at_the_drain_timeout() {
         "{text}"
     );
     // Nothing recorded, nothing lost: both copies queued again.
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(
         (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
         (N as u64, 0, 0),
@@ -500,9 +502,9 @@ fn sigterm_with_a_relay_silent_after_the_dot_exits_at_the_drain_timeout() {
     );
     *relay.mta.lock().unwrap() = scripted::Mta::pipelining();
     // (Not --until-empty: its emptiness check has a race of its own, issue 10 defect 2.)
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "restart");
+    let mut kid = Kid::spawn(SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log), "restart");
     let end = Instant::now() + Duration::from_secs(60);
-    while num(&queue_json(&spool), "delivered") < N as u64 {
+    while num(&SMTPW.queue_json(&spool), "delivered") < N as u64 {
         assert!(Instant::now() < end, "restart:\n{}", stderr_of(&log));
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -511,7 +513,7 @@ fn sigterm_with_a_relay_silent_after_the_dot_exits_at_the_drain_timeout() {
         .wait_for(Duration::from_secs(10))
         .expect("the restart stops");
     assert!(st.success(), "{}", stderr_of(&log));
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(
         (num(&q, "queued"), num(&q, "delivered")),
         (0, N as u64),
@@ -536,8 +538,8 @@ fn an_unreachable_host_with_lifetime_zero_fails_every_recipient_and_until_empty_
     let spool = dir.path().join("spool");
     let ledger = dir.path().join("ledger.jsonl");
     let log = dir.path().join("run.log");
-    submit_cli(dir.path(), &spool, &recipients(N));
-    let mut cmd = run_cmd(&cfg, &spool, &ledger, true, &log);
+    SMTPW.submit(dir.path(), &spool, &recipients(N));
+    let mut cmd = SMTPW.run_cmd(&cfg, &spool, &ledger, true, &log);
     cmd.args(["--lifetime-hours", "0"]);
     let t = Instant::now();
     let mut kid = Kid::spawn(cmd, "run");
@@ -549,17 +551,23 @@ fn an_unreachable_host_with_lifetime_zero_fails_every_recipient_and_until_empty_
     });
     assert_eq!(st.code(), Some(0), "{}", stderr_of(&log));
     let took = t.elapsed();
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(
         (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
         (0, 0, N as u64),
         "{q}"
     );
-    let lines: Vec<_> = smtpw::ledger::read_ledger(&ledger).unwrap().collect();
+    let lines: Vec<_> = smtpw_engine::ledger::read_ledger(&ledger)
+        .unwrap()
+        .collect();
     assert_eq!(lines.len(), N, "one line per recipient");
     let want = format!("451 4.4.1 127.0.0.1:{port} unreachable: ");
     for l in &lines {
-        assert_eq!(l.outcome, smtpw::ledger::LedgerOutcome::Failed, "{l:?}");
+        assert_eq!(
+            l.outcome,
+            smtpw_engine::ledger::LedgerOutcome::Failed,
+            "{l:?}"
+        );
         assert!(l.expired, "{l:?}");
         assert!(
             l.reply.starts_with(&want) && l.reply.to_lowercase().contains("refused"),
@@ -601,8 +609,8 @@ fn relays_are_greeted_with_node_or_the_helo_name_override() {
         let spool = dir.path().join("spool");
         let ledger = dir.path().join("ledger.jsonl");
         let log = dir.path().join("run.log");
-        submit_cli(dir.path(), &spool, &recipients(100));
-        let mut cmd = run_cmd(&cfg, &spool, &ledger, false, &log);
+        SMTPW.submit(dir.path(), &spool, &recipients(100));
+        let mut cmd = SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log);
         if let Some(name) = extra {
             cmd.args(["--helo-name", name]);
         }
@@ -645,7 +653,8 @@ fn an_invalid_helo_name_is_refused_at_start() {
         let relay = scripted::TcpScripted::start(scripted::Mta::pipelining());
         let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
         let spool = dir.path().join("spool");
-        let out = smtpw()
+        let out = SMTPW
+            .command()
             .args(["run", "--until-empty", "--config"])
             .arg(&cfg)
             .arg("--spool")

@@ -5,19 +5,19 @@
 //! the transactions in flight at each kill. SIGTERM instead drains the transactions in flight and
 //! exits 0; a restart delivers the rest, with no recipient lost or repeated.
 //!
-//! `cargo test -p smtpw --test engine_crash -- --nocapture` prints the figures.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
-
-mod proc_support;
+//! `cargo test -p smtpw --test it engine_crash:: -- --nocapture` prints the figures.
 
 use std::time::{Duration, Instant};
 
 use mock_mta::{Faults, MockConfig};
-use proc_support::{
-    in_flight_copies, ledgered, num, queue_json, received, recipients, repeat_bound_per_crash,
-    run_cmd, submit_cli, write_site_cfg, Kid, Lcg, LoopbackMock, SilentRelay,
+use smtpw_testkit::ledger::ledgered;
+use smtpw_testkit::proc::{
+    in_flight_copies, num, received, repeat_bound_per_crash, write_site_cfg, Kid, LoopbackMock,
+    SilentRelay,
 };
+use smtpw_testkit::workload::{recipients, Lcg};
+
+use crate::SMTPW;
 
 const N: usize = 40_000;
 const WORKERS: u32 = 4;
@@ -41,7 +41,7 @@ fn sigkill_at_random_points_loses_no_recipient() {
     let ledger = dir.path().join("ledger.jsonl");
     let log = dir.path().join("smtpw.log");
     let all = recipients(N);
-    submit_cli(dir.path(), &spool, &all);
+    SMTPW.submit(dir.path(), &spool, &all);
 
     let mut rng = Lcg(0x5eed_c0de);
     let mut killed = 0usize;
@@ -57,11 +57,14 @@ fn sigkill_at_random_points_loses_no_recipient() {
     for i in 0..KILLS {
         let delay = rng.between(50, 400) + 150 * stalled;
         let killed_before = killed as u64;
-        let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "smtpw run");
+        let mut kid = Kid::spawn(
+            SMTPW.run_cmd(&cfg, &spool, &ledger, true, &log),
+            "smtpw run",
+        );
         if kid.wait_for(Duration::from_millis(delay)).is_none() && kid.kill() {
             killed += 1;
         }
-        let q = queue_json(&spool);
+        let q = SMTPW.queue_json(&spool);
         let stats = mock.mta.stats();
         if runs.last().map_or(0, |r| r.2) == stats.recipients_accepted {
             stalled += 1;
@@ -83,7 +86,10 @@ fn sigkill_at_random_points_loses_no_recipient() {
     }
     // The last run, to completion.
     let t_last = Instant::now();
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "smtpw run");
+    let mut kid = Kid::spawn(
+        SMTPW.run_cmd(&cfg, &spool, &ledger, true, &log),
+        "smtpw run",
+    );
     let status = kid.wait_for(Duration::from_secs(90)).unwrap_or_else(|| {
         panic!(
             "the last run did not finish in 90 s; log:\n{}",
@@ -102,7 +108,7 @@ fn sigkill_at_random_points_loses_no_recipient() {
     );
 
     // The database: every recipient delivered, counted once.
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(
         (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
         (0, N as u64, 0),
@@ -179,9 +185,12 @@ fn sigterm_drains_in_flight_transactions_and_a_restart_finishes() {
     let ledger = dir.path().join("ledger.jsonl");
     let log = dir.path().join("smtpw.log");
     let all = recipients(N);
-    submit_cli(dir.path(), &spool, &all);
+    SMTPW.submit(dir.path(), &spool, &all);
 
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "smtpw run");
+    let mut kid = Kid::spawn(
+        SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log),
+        "smtpw run",
+    );
     let end = Instant::now() + Duration::from_secs(30);
     while mock.mta.stats().messages < 4 {
         assert!(Instant::now() < end, "no delivery within 30 s");
@@ -229,7 +238,7 @@ fn sigterm_drains_in_flight_transactions_and_a_restart_finishes() {
         after.messages
     );
     // The database knows exactly what the relay accepted.
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     let delivered_first = num(&q, "delivered");
     assert_eq!(delivered_first, after.recipients_accepted, "{q}");
     assert_eq!(num(&q, "queued"), N as u64 - delivered_first, "{q}");
@@ -242,12 +251,15 @@ fn sigterm_drains_in_flight_transactions_and_a_restart_finishes() {
 
     // A restart (no latency now) delivers the rest.
     mock.mta.set_faults(Faults::default());
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "smtpw run");
+    let mut kid = Kid::spawn(
+        SMTPW.run_cmd(&cfg, &spool, &ledger, true, &log),
+        "smtpw run",
+    );
     let status = kid
         .wait_for(Duration::from_secs(60))
         .expect("the restart finishes within 60 s");
     assert!(status.success(), "{status}");
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(&spool);
     assert_eq!(
         (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
         (0, N as u64, 0),
@@ -288,7 +300,7 @@ fn sigkill_during_ingest_neither_loses_nor_doubles_a_job() {
         let rcpts: Vec<String> = (0..PER_JOB)
             .map(|i| format!("j{j}r{i}@d{}.example", i % 89))
             .collect();
-        submit_cli(dir.path(), &spool, &rcpts);
+        SMTPW.submit(dir.path(), &spool, &rcpts);
     }
     let total = (JOBS * PER_JOB) as u64;
     let mut rng = Lcg(0x1e57_1a11);
@@ -298,7 +310,10 @@ fn sigkill_during_ingest_neither_loses_nor_doubles_a_job() {
     // machine still gets past each batch commit.
     let mut stalled = 0u64;
     for k in 0..20 {
-        let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "smtpw run");
+        let mut kid = Kid::spawn(
+            SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log),
+            "smtpw run",
+        );
         let delay = if k % 2 == 1 {
             // At a pseudo-random moment (every other run)...
             let delay = rng.between(30, 600) + 200 * stalled;
@@ -313,7 +328,7 @@ fn sigkill_during_ingest_neither_loses_nor_doubles_a_job() {
             // the commit and the removal of its files.
             let t = Instant::now();
             let before = kills.last().map_or(0, |k| k.1);
-            while num(&queue_json(&spool), "queued") == before
+            while num(&SMTPW.queue_json(&spool), "queued") == before
                 && t.elapsed() < Duration::from_secs(10)
             {
                 assert!(kid.child.try_wait().unwrap().is_none(), "smtpw run exited");
@@ -321,7 +336,7 @@ fn sigkill_during_ingest_neither_loses_nor_doubles_a_job() {
             t.elapsed().as_millis() as u64
         };
         kid.kill();
-        let q = queue_json(&spool);
+        let q = SMTPW.queue_json(&spool);
         let (queued, files) = (num(&q, "queued"), num(&q, "incoming_files"));
         if kills
             .last()
@@ -347,10 +362,13 @@ fn sigkill_during_ingest_neither_loses_nor_doubles_a_job() {
     // A last run ingests whatever is left; then everything is queued exactly once.
     let started = |text: &str| text.matches("synchronous path").count();
     let before = started(&std::fs::read_to_string(&log).unwrap_or_default());
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, false, &log), "smtpw run");
+    let mut kid = Kid::spawn(
+        SMTPW.run_cmd(&cfg, &spool, &ledger, false, &log),
+        "smtpw run",
+    );
     let end = Instant::now() + Duration::from_secs(60);
     let q = loop {
-        let q = queue_json(&spool);
+        let q = SMTPW.queue_json(&spool);
         let up = started(&std::fs::read_to_string(&log).unwrap_or_default()) > before;
         if up && num(&q, "incoming_files") == 0 && num(&q, "queued") == total {
             break q;
@@ -367,7 +385,7 @@ fn sigkill_during_ingest_neither_loses_nor_doubles_a_job() {
         kid.wait_for(Duration::from_secs(10)).and_then(|s| s.code()),
         Some(0)
     );
-    let q2 = queue_json(&spool);
+    let q2 = SMTPW.queue_json(&spool);
     assert_eq!(num(&q2, "queued"), total, "{q2}");
     assert_eq!(num(&q2, "jobs"), JOBS as u64, "{q2}");
     assert_eq!(num(&q2, "delivered") + num(&q2, "failed"), 0, "{q2}");

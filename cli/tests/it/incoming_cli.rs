@@ -7,65 +7,15 @@
 //! a daemon running under its own account would be, while it still owns (and may write) the
 //! spool it created. Without `setpriv`, as root, the tests are skipped with a notice.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
-mod proc_support;
-
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use mock_mta::MockConfig;
-use proc_support::{recipients, run_cmd, submit_cli, write_site_cfg, Kid, LoopbackMock};
+use smtpw_testkit::proc::{log_to, without_dac_override, write_site_cfg, Kid, LoopbackMock};
+use smtpw_testkit::workload::recipients;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    })
-}
-
-/// The `smtpw run` command, as a process that file modes bind; `None` when that cannot be had.
-fn unprivileged(cmd: Command) -> Option<Command> {
-    if !is_root() {
-        return Some(cmd);
-    }
-    let ok = Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("NOTICE: skipped: running as root without setpriv, a file cannot be made unreadable to the daemon");
-        return None;
-    }
-    let mut c = Command::new("setpriv");
-    let drop = "-dac_override,-dac_read_search";
-    c.arg(format!("--inh-caps={drop}"))
-        .arg(format!("--bounding-set={drop}"))
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    Some(c)
-}
-
-/// Redirects like `run_cmd` (stderr to the log).
-fn with_log(mut c: Command, log: &Path) -> Command {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    c.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(f);
-    c
-}
+use crate::SMTPW;
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -100,8 +50,8 @@ fn setup(mock: &LoopbackMock) -> Setup {
         .unwrap();
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o000)).unwrap();
     let rc = recipients(10);
-    submit_cli(&root, &spool, &rc[..6]);
-    submit_cli(&root, &spool, &rc[6..]);
+    SMTPW.submit(&root, &spool, &rc[..6]);
+    SMTPW.submit(&root, &spool, &rc[6..]);
     let cfg = write_site_cfg(&root, mock.port, 2, 100);
     Setup {
         _dir: dir,
@@ -116,8 +66,12 @@ fn setup(mock: &LoopbackMock) -> Setup {
 /// Run `smtpw run --until-empty` (unprivileged) for at most `limit`: its exit code (`None`
 /// when the test is skipped). Still running at `limit` fails the test (the process is killed).
 fn run_until_empty(s: &Setup, limit: Duration) -> Option<Option<i32>> {
-    let cmd = run_cmd(&s.cfg, &s.spool, &s.ledger, true, &s.log);
-    let cmd = with_log(unprivileged(cmd)?, &s.log);
+    let cmd = SMTPW.run_cmd(&s.cfg, &s.spool, &s.ledger, true, &s.log);
+    let Some(mut cmd) = without_dac_override(&cmd) else {
+        eprintln!("NOTICE: skipped: running as root without setpriv, a file cannot be made unreadable to the daemon");
+        return None;
+    };
+    log_to(&mut cmd, &s.log);
     let mut kid = Kid::spawn(cmd, "smtpw run");
     let Some(st) = kid.wait_for(limit) else {
         kid.kill();

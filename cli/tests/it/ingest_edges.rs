@@ -20,12 +20,7 @@ fn queue_counts_what_ingest_and_until_empty_count() {
     );
     let work = smtpw_engine::spool::list_incoming(&spool_dir.join("incoming")).unwrap();
     assert_eq!(work.len(), 2 + ODD.len(), "{work:?}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtpw"))
-        .args(["queue", "--json", "--spool"])
-        .arg(&spool_dir)
-        .output()
-        .unwrap();
+    let out = SMTPW.queue_cmd(&spool_dir).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["incoming_files"], work.len() as u64);
 }
-

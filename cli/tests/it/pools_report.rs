@@ -3,47 +3,22 @@
 //! `smtpw queue` text and JSON), and the achieved rate over the last minute that a running
 //! engine keeps in the spool for `smtpw queue`, which runs in another process.
 
-mod common;
-
-use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{fast_options, Harness};
 use mock_mta::MockConfig;
-use smtpw::ratelimit::{RateStatus, RATE_STATUS_FILE};
-use smtpw::spool::Spool;
+use smtpw_engine::ratelimit::{RateStatus, RATE_STATUS_FILE};
+use smtpw_engine::spool::Spool;
+use smtpw_testkit::logs::LogCapture;
+use smtpw_testkit::topology::{fast_options, site, Topology};
+
+use crate::SMTPW;
 
 const CFG: &str = "NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD=SYNC.EXAMPLE.ORG\n\
     SMTP_FORWARD_1=2*MX.EXAMPLE.ORG;POOL=A\nSMTP_FORWARD_2=MX.EXAMPLE.ORG;POOL=C-\n\
     SMTP_RATE_LIMIT=2Mbps A:1Mbps\nMAXBSMTP=1\n";
 
-/// A `MakeWriter` that keeps everything logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 fn smtpw(args: &[&str]) -> (String, bool) {
-    let out = Command::new(env!("CARGO_BIN_EXE_smtpw"))
-        .args(args)
-        .output()
-        .expect("run smtpw");
+    let out = SMTPW.output(args);
     (
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
         out.status.success(),
@@ -52,19 +27,15 @@ fn smtpw(args: &[&str]) -> (String, bool) {
 
 #[tokio::test(start_paused = true)]
 async fn report_at_start_status_file_and_smtpw_queue() {
-    let log = Captured::default();
-    let sub = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let log = LogCapture::default();
+    let _guard = log.install();
 
     // The virtual clock starts at the real time, so `smtpw queue` (system clock) sees the status
     // as current.
     let start = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .datetime();
-    let h = Harness::new(
+    let h = Topology::new(
         CFG,
         start,
         &[
@@ -86,7 +57,7 @@ async fn report_at_start_status_file_and_smtpw_queue() {
     tokio::time::sleep(Duration::from_secs(20)).await;
 
     // 1. The start-up report.
-    let text = String::from_utf8(log.0.lock().expect("log").clone()).expect("utf8");
+    let text = log.text();
     for want in [
         "rate limit overall: 2097152 bit/s (262144 bytes/s), 3 worker(s), shared by all workers",
         "rate limit pool A: 1048576 bit/s (131072 bytes/s), 2 worker(s), shared by all workers",
@@ -181,10 +152,10 @@ fn queue_without_an_engine_uses_the_config_and_flags_a_stale_status() {
     std::fs::create_dir_all(&spool).expect("spool");
     // An empty spool database, as `smtpw queue` expects one.
     drop(
-        smtpw::spool::SqliteSpool::open(
+        smtpw_engine::spool::SqliteSpool::open(
             &spool,
-            smtpw::spool::SpoolOptions::default(),
-            smtpw::clock::SystemClock::shared(),
+            smtpw_engine::spool::SpoolOptions::default(),
+            smtpw_engine::clock::SystemClock::shared(),
         )
         .expect("open"),
     );
@@ -203,7 +174,7 @@ fn queue_without_an_engine_uses_the_config_and_flags_a_stale_status() {
     );
 
     // A status written an hour ago: the engine is not running.
-    let site = common::site(CFG);
+    let site = site(CFG);
     let old = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
     RateStatus::new(&site, false, None, old)
         .write(&spool)
@@ -222,13 +193,9 @@ fn queue_without_an_engine_uses_the_config_and_flags_a_stale_status() {
 
 #[tokio::test(start_paused = true)]
 async fn without_smtp_forward_unserved_pools_are_warned_about_at_start_and_hourly() {
-    let log = Captured::default();
-    let sub = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
-    let h = Harness::new(
+    let log = LogCapture::default();
+    let _guard = log.install();
+    let h = Topology::new(
         "NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD_1=MX.EXAMPLE.ORG;POOL=AB\n",
         jiff::civil::date(2026, 11, 22).at(12, 0, 0, 0),
         &[("MX.EXAMPLE.ORG:25", MockConfig::iis())],
@@ -243,7 +210,7 @@ async fn without_smtp_forward_unserved_pools_are_warned_about_at_start_and_hourl
         .await
         .expect("stops")
         .expect("task");
-    let text = String::from_utf8(log.0.lock().expect("log").clone()).expect("utf8");
+    let text = log.text();
     let line = "pools served by no worker: CDEFGHIJKLMNOPQRSTUVWXYZ- (SMTP_FORWARD is not set: their mail stays queued)";
     assert_eq!(
         text.matches(line).count(),

@@ -1,32 +1,14 @@
 //! `smtpw submit` and `smtpw queue` as a user runs them, including `queue` while a process owns
 //! the spool.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use smtpw::clock::SystemClock;
-use smtpw::config::PoolSet;
-use smtpw::spool::{CopyResult, Outcome, RcptOutcome, Spool, SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::config::PoolSet;
+use smtpw_engine::spool::{CopyResult, Outcome, RcptOutcome, Spool, SpoolOptions, SqliteSpool};
 
-fn smtpw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_smtpw"))
-}
-
-fn queue_json(dir: &std::path::Path) -> serde_json::Value {
-    let out = smtpw()
-        .args(["queue", "--json", "--spool"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use crate::SMTPW;
 
 #[test]
 fn submit_then_queue_while_the_spool_is_owned() {
@@ -36,7 +18,8 @@ fn submit_then_queue_while_the_spool_is_owned() {
     std::fs::write(&msg, "Subject: cli\n\n.leading dot\nbody\n").unwrap();
 
     // Recipients from standard input, with the forms a user may write.
-    let mut child = smtpw()
+    let mut child = SMTPW
+        .command()
         .args([
             "submit",
             "--from",
@@ -67,7 +50,7 @@ fn submit_then_queue_while_the_spool_is_owned() {
         "{said}"
     );
 
-    let v = queue_json(&spool_dir);
+    let v = SMTPW.queue_json(&spool_dir);
     assert_eq!(v["incoming_files"], 1);
     assert_eq!(v["queued"], 0);
 
@@ -108,7 +91,7 @@ fn submit_then_queue_while_the_spool_is_owned() {
         };
         spool.complete(c.copy_id, res).await.unwrap();
     });
-    let v = queue_json(&spool_dir);
+    let v = SMTPW.queue_json(&spool_dir);
     assert_eq!(
         (
             v["queued"].as_u64(),
@@ -121,7 +104,8 @@ fn submit_then_queue_while_the_spool_is_owned() {
     assert_eq!(v["pools"][0]["state"], "ready");
     assert_eq!(v["incoming_files"], 0);
 
-    let out = smtpw()
+    let out = SMTPW
+        .command()
         .args(["queue", "--spool"])
         .arg(&spool_dir)
         .output()
@@ -147,7 +131,7 @@ fn submit_then_queue_while_the_spool_is_owned() {
     drop(spool);
     drop(rt);
     assert!(!spool_dir.join("spool.db-wal").exists());
-    let v = queue_json(&spool_dir);
+    let v = SMTPW.queue_json(&spool_dir);
     assert_eq!(
         (v["queued"].as_u64(), v["delivered"].as_u64()),
         (Some(1), Some(1))
@@ -161,12 +145,8 @@ fn submit_rejects_bad_input_and_leaves_nothing_behind() {
     std::fs::write(&msg, "Subject: x\n\nx\n").unwrap();
     let rcpts = dir.path().join("r.txt");
     std::fs::write(&rcpts, "ok@x.example\nnot an address\n").unwrap();
-    let out = smtpw()
-        .args(["submit", "--from", "o@l", "--spool"])
-        .arg(dir.path().join("sp"))
-        .arg("--rcpts")
-        .arg(&rcpts)
-        .arg(&msg)
+    let out = SMTPW
+        .submit_cmd(&dir.path().join("sp"), "o@l", &rcpts, None, &msg)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -180,7 +160,8 @@ fn submit_rejects_bad_input_and_leaves_nothing_behind() {
         "no job and no temporary file is left: {left:?}"
     );
 
-    let out = smtpw()
+    let out = SMTPW
+        .command()
         .args([
             "submit", "--from", "o@l", "--pool", "AB", "--rcpts", "-", "--spool",
         ])

@@ -8,20 +8,16 @@
 //! empty); a damaged index page that only `PRAGMA quick_check` notices. Controls: a fresh
 //! directory opens, and a spool killed with SIGKILL (log intact) reopens with everything queued.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
-
-mod proc_support;
-
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use proc_support::{recipients, run_cmd, smtpw, submit_cli, write_site_cfg, Kid};
-use smtpw::clock::SystemClock;
-use smtpw::config::PoolSet;
-use smtpw::spool::{
-    read_stats, submit, CopyResult, Outcome, RcptOutcome, Spool, SpoolOptions, SqliteSpool,
-};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::config::PoolSet;
+use smtpw_engine::spool::{read_stats, submit, Spool, SpoolOptions, SqliteSpool};
+use smtpw_testkit::proc::{free_port, write_site_cfg, Kid};
+use smtpw_testkit::workload::{all_delivered, recipients};
+
+use crate::SMTPW;
 
 fn opts() -> SpoolOptions {
     SpoolOptions {
@@ -30,7 +26,7 @@ fn opts() -> SpoolOptions {
     }
 }
 
-fn open(dir: &Path) -> Result<SqliteSpool, smtpw::spool::SpoolError> {
+fn open(dir: &Path) -> Result<SqliteSpool, smtpw_engine::spool::SpoolError> {
     SqliteSpool::open(dir, opts(), SystemClock::shared())
 }
 
@@ -57,17 +53,7 @@ fn spool_with_history(dir: &Path, n: usize) {
     spool.ingest_blocking().unwrap();
     block_on(async {
         let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
-        let res = CopyResult {
-            relay: Some("mx:25".into()),
-            rcpts: c
-                .rcpts
-                .iter()
-                .map(|_| RcptOutcome {
-                    outcome: Outcome::Delivered,
-                    reply: "250 ok".into(),
-                })
-                .collect(),
-        };
+        let res = all_delivered("mx:25", c.rcpts.len(), "250 ok");
         spool.complete(c.copy_id, res).await.unwrap();
     });
     drop(spool);
@@ -76,7 +62,8 @@ fn spool_with_history(dir: &Path, n: usize) {
 
 /// What `smtpw queue` says, and its exit status.
 fn queue_cli(dir: &Path) -> (Option<i32>, String) {
-    let out = smtpw()
+    let out = SMTPW
+        .command()
         .args(["queue", "--spool"])
         .arg(dir)
         .output()
@@ -122,10 +109,10 @@ fn a_zero_length_database_beside_a_ledger_is_refused() {
     assert_refused(dir.path(), "spool.db", "zero-length spool.db");
 
     // And the daemon does not start on it (exit 2), where before it said "queue empty" and 0.
-    let cfg = write_site_cfg(dir.path(), closed_port(), 1, 10);
+    let cfg = write_site_cfg(dir.path(), free_port(), 1, 10);
     let log = dir.path().join("run.log");
     let mut kid = Kid::spawn(
-        run_cmd(
+        SMTPW.run_cmd(
             &cfg,
             dir.path(),
             &dir.path().join("ledger.jsonl"),
@@ -170,26 +157,17 @@ fn a_fresh_directory_opens_and_reopens() {
     assert_eq!(open(&empty).unwrap().queued_copies(), 0);
 }
 
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 const KILLED_RCPTS: usize = 1000;
 
 /// `smtpw run` ingests a job (its relay is unreachable, so nothing is delivered) and is killed
 /// with SIGKILL: the spool's content is then only in the write-ahead log.
 fn killed_spool(root: &Path) -> PathBuf {
-    let cfg = write_site_cfg(root, closed_port(), 2, 10);
+    let cfg = write_site_cfg(root, free_port(), 2, 10);
     let spool = root.join("spool");
-    submit_cli(root, &spool, &recipients(KILLED_RCPTS));
+    SMTPW.submit(root, &spool, &recipients(KILLED_RCPTS));
     let log = root.join("run.log");
     let mut kid = Kid::spawn(
-        run_cmd(&cfg, &spool, &spool.join("ledger.jsonl"), false, &log),
+        SMTPW.run_cmd(&cfg, &spool, &spool.join("ledger.jsonl"), false, &log),
         "smtpw run",
     );
     let end = Instant::now() + Duration::from_secs(30);

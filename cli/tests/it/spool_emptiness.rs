@@ -9,20 +9,19 @@
 //! - `until_empty_delivers_a_fresh_job_every_time`: 20 runs of the real binary, each with a fresh
 //!   spool holding one 50-recipient job: every run must deliver all 50 before it exits 0.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
-
-mod proc_support;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mock_mta::MockConfig;
-use proc_support::{recipients, run_cmd, submit_cli, write_site_cfg, Kid, LoopbackMock};
-use smtpw::clock::SystemClock;
-use smtpw::config::PoolSet;
-use smtpw::ledger::{read_ledger, LedgerOutcome};
-use smtpw::spool::{submit, Spool, SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::config::PoolSet;
+use smtpw_engine::ledger::{read_ledger, LedgerOutcome};
+use smtpw_engine::spool::{submit, Spool, SpoolOptions, SqliteSpool};
+use smtpw_testkit::proc::{write_site_cfg, Kid, LoopbackMock};
+use smtpw_testkit::workload::recipients;
+
+use crate::SMTPW;
 
 #[test]
 fn queued_copies_never_reads_zero_while_a_copy_is_being_claimed() {
@@ -90,9 +89,12 @@ fn until_empty_delivers_a_fresh_job_every_time() {
             .into_iter()
             .map(|r| format!("run{run}.{r}"))
             .collect();
-        submit_cli(dir.path(), &spool, &all);
+        SMTPW.submit(dir.path(), &spool, &all);
         let before = mock.mta.journal().delivered_recipients().len();
-        let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "smtpw run");
+        let mut kid = Kid::spawn(
+            SMTPW.run_cmd(&cfg, &spool, &ledger, true, &log),
+            "smtpw run",
+        );
         let status = kid.wait_for(Duration::from_secs(30)).unwrap_or_else(|| {
             panic!(
                 "run {run} did not finish in 30 s; log:\n{}",

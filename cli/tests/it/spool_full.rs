@@ -5,41 +5,48 @@
 //! not recorded. (The in-process cases are the engine's `spool_full` tests.)
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mock_mta::MockConfig;
 use smtpw_engine::clock::SystemClock;
 use smtpw_engine::spool::{SpoolOptions, SqliteSpool};
 use smtpw_testkit::ledger::delivered_lines;
-use smtpw_testkit::proc::{
-    num, repeat_bound_per_crash, settle, write_site_cfg, Kid, LoopbackMock,
-};
-use smtpw_testkit::tmpfs::Tmpfs;
+use smtpw_testkit::proc::{num, repeat_bound_per_crash, settle, write_site_cfg, Kid, LoopbackMock};
+use smtpw_testkit::tmpfs::{Filler, Tmpfs};
 use smtpw_testkit::workload::recipients;
 
 use crate::SMTPW;
 
-#[test]
-fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once() {
-    use proc_support::{num, queue_json, recipients, run_cmd, submit_cli, write_site_cfg, Kid};
-    use smtpw_engine::clock::SystemClock;
-    use smtpw_engine::spool::{SpoolOptions, SqliteSpool};
+const RCPTS: usize = 3000;
+const W: u32 = 3;
+const BSMTP: u32 = 20;
 
-    const RCPTS: usize = 3000;
-    const W: u32 = 3;
-    const BSMTP: u32 = 20;
-    let Some(disk) = Tmpfs::mount("smtpw run on a full disk", "8m") else {
-        return;
-    };
+/// A site whose whole spool is on a small tmpfs, `RCPTS` recipients ingested (before the disk
+/// fills: ingest on a full disk is another matter), then the disk full but for a little room:
+/// enough to start (SQLite's shared-memory file) and record the first few outcomes. `None` (the
+/// test is skipped) without the right to mount.
+struct FullDisk {
+    mock: LoopbackMock,
+    cfg: PathBuf,
+    spool: PathBuf,
+    ledger: PathBuf,
+    log: PathBuf,
+    filler: Filler,
+    // Last: dropped after everything on the disk.
+    _work: tempfile::TempDir,
+    _disk: Tmpfs,
+}
+
+fn full_disk(test: &str) -> Option<FullDisk> {
+    let disk = Tmpfs::mount(test, "8m")?;
     let work = tempfile::tempdir().unwrap();
-    let mock = proc_support::LoopbackMock::start(MockConfig::iis());
+    let mock = LoopbackMock::start(MockConfig::iis());
     let cfg = write_site_cfg(work.path(), mock.port, W, BSMTP);
     let spool = disk.path.join("spool");
     let ledger = spool.join("ledger.jsonl");
     let log = work.path().join("smtpw.log");
-    let all = recipients(RCPTS);
-    submit_cli(work.path(), &spool, &all);
-    // Ingested before the disk fills (ingest on a full disk is another matter).
+    SMTPW.submit(work.path(), &spool, &recipients(RCPTS));
     let opts = SpoolOptions {
         max_bsmtp: BSMTP,
         ..SpoolOptions::default()
@@ -47,8 +54,6 @@ fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once(
     let s = SqliteSpool::open(&spool, opts, SystemClock::shared()).unwrap();
     assert_eq!(s.ingest_blocking().unwrap().recipients, RCPTS as u64);
     drop(s);
-    // Full, but for a little room: enough to start (SQLite's shared-memory file) and record the
-    // first few outcomes.
     let filler = disk.fill("filler");
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -56,11 +61,22 @@ fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once(
         .unwrap();
     f.set_len(f.metadata().unwrap().len() - 96 * 1024).unwrap();
     drop(f);
+    Some(FullDisk {
+        _disk: disk,
+        _work: work,
+        mock,
+        cfg,
+        spool,
+        ledger,
+        log,
+        filler,
+    })
+}
 
-    let mut kid = Kid::spawn(run_cmd(&cfg, &spool, &ledger, true, &log), "smtpw run");
-    let relay = || mock.mta.journal().delivered_recipients().len();
+/// Waits (30 s at most) until the log of the running `kid` says that delivery is paused.
+fn wait_until_paused(kid: &mut Kid, log: &Path, relay: &impl Fn() -> usize) {
     let end = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
+    while !std::fs::read_to_string(log)
         .unwrap_or_default()
         .contains("delivery is paused")
     {
@@ -68,17 +84,30 @@ fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once(
             kid.child.try_wait().unwrap().is_none() && Instant::now() < end,
             "no 'delivery is paused' within 30 s; the relay has {}; log:\n{}",
             relay(),
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once() {
+    let Some(fd) = full_disk("smtpw run on a full disk") else {
+        return;
+    };
+    let (mock, cfg, spool, ledger, log) = (&fd.mock, &fd.cfg, &fd.spool, &fd.ledger, &fd.log);
+    let filler = &fd.filler;
+
+    let mut kid = Kid::spawn(SMTPW.run_cmd(cfg, spool, ledger, true, log), "smtpw run");
+    let relay = || mock.mta.journal().delivered_recipients().len();
+    wait_until_paused(&mut kid, log, &relay);
     let stalled_at = settle(Duration::from_secs(30), Duration::from_millis(1500), relay);
-    let (ledgered, _) = ledger_lines(&ledger);
+    let (ledgered, _) = delivered_lines(ledger);
     // Recorded: in the database (the ledger may also hold the lines of a batch whose database
     // commit is the part that failed).
-    let recorded = num(&queue_json(&spool), "delivered") as usize;
-    let bound = in_flight_bound(W as usize, BSMTP as usize);
-    let text = std::fs::read_to_string(&log).unwrap();
+    let recorded = num(&SMTPW.queue_json(spool), "delivered") as usize;
+    let bound = repeat_bound_per_crash(W, BSMTP) as usize;
+    let text = std::fs::read_to_string(log).unwrap();
     eprintln!(
         "smtpw run on a full disk: when paused, of {RCPTS}: relay {stalled_at}, ledger {ledgered}, \
          database {recorded} (bound {bound})"
@@ -104,14 +133,14 @@ fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once(
         "no copy is claimed while outcomes wait"
     );
 
-    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(filler).unwrap();
     let status = kid.wait_for(Duration::from_secs(90)).unwrap_or_else(|| {
         panic!(
             "smtpw run did not finish 90 s after space returned; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         )
     });
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
     assert!(status.success(), "{status}; log:\n{text}");
     let mut at_relay: BTreeMap<String, u32> = BTreeMap::new();
     for r in mock.mta.journal().delivered_recipients() {
@@ -123,9 +152,9 @@ fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once(
         (RCPTS, 0),
         "each recipient reached the relay exactly once"
     );
-    let (lines, per) = ledger_lines(&ledger);
+    let (lines, per) = delivered_lines(ledger);
     assert_eq!((lines, per.len()), (RCPTS, RCPTS), "one ledger line each");
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(spool);
     assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, RCPTS as u64));
     let paused = text.matches("delivery is paused").count();
     let resumed = text.matches("delivery resumes").count();
@@ -147,65 +176,28 @@ fn smtpw_run_until_empty_waits_out_a_full_disk_and_delivers_each_recipient_once(
 /// delivers those copies again, within the in-flight bound, losing nothing.
 #[test]
 fn a_stop_on_a_full_disk_ends_at_the_drain_deadline_and_the_next_run_repeats_only_the_unrecorded() {
-    use proc_support::{num, queue_json, recipients, run_cmd, submit_cli, write_site_cfg, Kid};
-    use smtpw_engine::clock::SystemClock;
-    use smtpw_engine::spool::{SpoolOptions, SqliteSpool};
-
-    const RCPTS: usize = 3000;
-    const W: u32 = 3;
-    const BSMTP: u32 = 20;
-    let Some(disk) = Tmpfs::mount("a stop on a full disk", "8m") else {
+    let Some(fd) = full_disk("a stop on a full disk") else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let mock = proc_support::LoopbackMock::start(MockConfig::iis());
-    let cfg = write_site_cfg(work.path(), mock.port, W, BSMTP);
-    let spool = disk.path.join("spool");
-    let ledger = spool.join("ledger.jsonl");
-    let log = work.path().join("smtpw.log");
-    submit_cli(work.path(), &spool, &recipients(RCPTS));
-    let opts = SpoolOptions {
-        max_bsmtp: BSMTP,
-        ..SpoolOptions::default()
-    };
-    let s = SqliteSpool::open(&spool, opts, SystemClock::shared()).unwrap();
-    assert_eq!(s.ingest_blocking().unwrap().recipients, RCPTS as u64);
-    drop(s);
-    let filler = disk.fill("filler");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap();
-    f.set_len(f.metadata().unwrap().len() - 96 * 1024).unwrap();
-    drop(f);
+    let (mock, cfg, spool, ledger, log) = (&fd.mock, &fd.cfg, &fd.spool, &fd.ledger, &fd.log);
+    let filler = &fd.filler;
 
-    let mut cmd = run_cmd(&cfg, &spool, &ledger, false, &log);
+    let mut cmd = SMTPW.run_cmd(cfg, spool, ledger, false, log);
     cmd.args(["--drain-timeout", "1"]);
     let mut kid = Kid::spawn(cmd, "smtpw run");
     let relay = || mock.mta.journal().delivered_recipients().len();
-    let end = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("delivery is paused")
-    {
-        assert!(
-            kid.child.try_wait().unwrap().is_none() && Instant::now() < end,
-            "no 'delivery is paused' within 30 s; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_paused(&mut kid, log, &relay);
     let stalled_at = settle(Duration::from_secs(30), Duration::from_millis(1500), relay);
     let stop = Instant::now();
     kid.term();
     let status = kid.wait_for(Duration::from_secs(20)).unwrap_or_else(|| {
         panic!(
             "smtpw run did not stop within 20 s of SIGTERM on a full disk (drain deadline 1 s); log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         )
     });
     let took = stop.elapsed();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
     assert_eq!(
         status.code(),
         Some(4),
@@ -215,16 +207,16 @@ fn a_stop_on_a_full_disk_ends_at_the_drain_deadline_and_the_next_run_repeats_onl
         text.contains("not recorded"),
         "the reason is printed; log:\n{text}"
     );
-    let recorded = num(&queue_json(&spool), "delivered") as usize;
+    let recorded = num(&SMTPW.queue_json(spool), "delivered") as usize;
     eprintln!(
         "a stop on a full disk: the relay had {stalled_at} of {RCPTS}, the spool recorded {recorded}; \
          stopped in {took:.2?} with --drain-timeout 1"
     );
 
     // Space returns; the next run delivers the rest, repeating only what was not recorded.
-    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(filler).unwrap();
     let mut kid = Kid::spawn(
-        run_cmd(&cfg, &spool, &ledger, true, &log),
+        SMTPW.run_cmd(cfg, spool, ledger, true, log),
         "smtpw run (again)",
     );
     let status = kid
@@ -236,7 +228,7 @@ fn a_stop_on_a_full_disk_ends_at_the_drain_deadline_and_the_next_run_repeats_onl
         *at_relay.entry(r).or_default() += 1;
     }
     let repeats: u32 = at_relay.values().map(|n| n - 1).sum();
-    let bound = in_flight_bound(W as usize, BSMTP as usize);
+    let bound = repeat_bound_per_crash(W, BSMTP) as usize;
     eprintln!("a stop on a full disk: after the second run {} recipients at the relay, {repeats} repeated (bound {bound})", at_relay.len());
     assert_eq!(at_relay.len(), RCPTS, "nothing lost");
     assert!(
@@ -247,7 +239,6 @@ fn a_stop_on_a_full_disk_ends_at_the_drain_deadline_and_the_next_run_repeats_onl
         repeats as usize <= bound,
         "{repeats} repeats, in-flight bound {bound}"
     );
-    let q = queue_json(&spool);
+    let q = SMTPW.queue_json(spool);
     assert_eq!((num(&q, "queued"), num(&q, "delivered")), (0, RCPTS as u64));
 }
-

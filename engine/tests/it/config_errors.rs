@@ -1,9 +1,7 @@
 //! Every negative case: a bad file is refused with every error, each at its place and saying
 //! what was expected; warnings on good files.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (common rules)
-
-use smtpw::config::{parse_str, ConfigError, Severity, SiteConfig};
+use smtpw_engine::config::{parse_str, ConfigError, Severity, SiteConfig};
 
 const F: &str = "SITE.CFG";
 

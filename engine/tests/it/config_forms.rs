@@ -1,14 +1,12 @@
 //! File forms (SPEC §0), windows (§11 A3), overrides (SITECFG.FILE), the bundled examples and
 //! the JSON view.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (common rules)
-
 use std::path::Path;
 
-use smtpw::config::{
+use smtpw_engine::config::{
     load, load_with_overrides, parse_str, parse_str_with_overrides, ConfigError, TimeOfDay, Window,
 };
-use smtpw::route::{explain, Via};
+use smtpw_engine::route::{explain, Via};
 
 fn tod(s: &str) -> TimeOfDay {
     s.parse().unwrap()

@@ -1,10 +1,8 @@
 //! Property tests: generated valid SMTP_FORWARD_n values parse to the workers they describe,
 //! rate limits resolve to the exact bits per second, and no input makes the parser panic.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (common rules)
-
 use proptest::prelude::*;
-use smtpw::config::{parse_str, HostPort, Pool, PoolSet, Severity, TimeOfDay, Window};
+use smtpw_engine::config::{parse_str, HostPort, Pool, PoolSet, Severity, TimeOfDay, Window};
 
 #[derive(Debug, Clone)]
 struct Host {

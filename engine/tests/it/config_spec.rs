@@ -1,12 +1,10 @@
 //! SPEC §10: every configuration case, line -> expected parse.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (common rules)
-
-use smtpw::config::{
+use smtpw_engine::config::{
     parse_delivery_pool, parse_str, DistEntry, HostPort, Pool, PoolSet, Severity, SiteConfig,
     TimeOfDay, Window,
 };
-use smtpw::route::{route, Via};
+use smtpw_engine::route::{route, Via};
 
 const SYNC: &str = "SMTP_FORWARD=SYNC.EXAMPLE.ORG\n";
 

@@ -1,17 +1,15 @@
 //! The delivery engine end to end on paused time over in-memory connections to mock-mta.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::Harness;
 use jiff::civil::date;
 use mock_mta::MockConfig;
+use smtpw_testkit::topology::Topology;
 
 #[tokio::test(start_paused = true)]
 async fn copies_spread_by_worker_count_and_every_recipient_arrives_once() {
-    let h = Harness::new(
+    let h = Topology::new(
         "NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD=A.EXAMPLE.ORG\nSMTP_FORWARD_1=2*A.EXAMPLE.ORG\nSMTP_FORWARD_2=B.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[("A.EXAMPLE.ORG:25", MockConfig::iis()), ("B.EXAMPLE.ORG:25", MockConfig::iis())],

@@ -4,25 +4,21 @@
 //! copy still within its lifetime is only given back to the queue, untouched. Worker and
 //! synchronous (SMTP_FORWARD) paths alike. In paused time over in-memory streams.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
-
-mod common;
-mod scripted;
-
 use std::time::Duration;
 
-use common::{fast_options, Harness};
 use jiff::civil::date;
-use smtpw::config::HostPort;
-use smtpw::ledger::LedgerOutcome;
-use smtpw::spool::{CopyState, Spool};
+use smtpw_engine::config::HostPort;
+use smtpw_engine::ledger::LedgerOutcome;
+use smtpw_engine::spool::{CopyState, Spool};
+use smtpw_testkit::scripted;
+use smtpw_testkit::topology::{fast_options, Topology};
 
 const N: usize = 250;
 
 /// The spool's lifetime set; RELAY.EXAMPLE.ORG:25 and SYNC.EXAMPLE.ORG:2525 refuse connections
 /// as a closed port does (a test may route RELAY to a server instead).
-fn harness(site: &str, lifetime: Duration) -> Harness {
-    let h = Harness::with_options(site, date(2026, 11, 22).at(12, 0, 0, 0), &[], |o| {
+fn harness(site: &str, lifetime: Duration) -> Topology {
+    let h = Topology::with_options(site, date(2026, 11, 22).at(12, 0, 0, 0), &[], |o| {
         o.lifetime = lifetime;
     });
     for (host, port) in [("RELAY.EXAMPLE.ORG", 25), ("SYNC.EXAMPLE.ORG", 2525)] {
@@ -34,7 +30,7 @@ fn harness(site: &str, lifetime: Duration) -> Harness {
 }
 
 /// Every recipient failed once, expired, with a reply naming the host and containing `why`.
-fn assert_all_expired_unreachable(h: &Harness, host: &str, why: &str) {
+fn assert_all_expired_unreachable(h: &Topology, host: &str, why: &str) {
     let ledger = h.ledger();
     assert_eq!(
         ledger.len(),
@@ -176,7 +172,7 @@ async fn the_synchronous_path_expires_unreachable_copies_too() {
 /// The one lifetime rule: a job expires once strictly more than the lifetime has passed.
 #[test]
 fn the_lifetime_rule() {
-    use smtpw::spool::SpoolOptions;
+    use smtpw_engine::spool::SpoolOptions;
     let t0: jiff::Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
     let at = |secs: i64, nanos: i32| t0 + jiff::SignedDuration::new(secs, nanos);
     let zero = SpoolOptions {

@@ -2,20 +2,18 @@
 //! TCP on loopback, long sessions against IIS's session size, and a graceful shutdown that loses
 //! nothing claimed.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fast_options, wait_for, Harness};
 use jiff::civil::date;
 use mock_mta::MockConfig;
-use smtpw::clock::SystemClock;
-use smtpw::engine::{Engine, EngineOptions};
-use smtpw::ledger::LedgerOutcome;
-use smtpw::net::TcpConnector;
-use smtpw::smtp::{ClientConfig, Timeouts};
-use smtpw::spool::{Spool, SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::ledger::LedgerOutcome;
+use smtpw_engine::net::TcpConnector;
+use smtpw_engine::smtp::{ClientConfig, Timeouts};
+use smtpw_engine::spool::{Spool, SpoolOptions, SqliteSpool};
+use smtpw_testkit::topology::{fast_options, site, wait_for, Topology};
 
 fn noon() -> jiff::civil::DateTime {
     date(2026, 11, 22).at(12, 0, 0, 0)
@@ -26,7 +24,7 @@ async fn ten_workers_are_never_more_than_ten_connections() {
     const H: &str = "H.EXAMPLE.ORG:50025";
     let mut m = MockConfig::iis();
     m.faults.command_latency_ms.insert("DOT".into(), 200);
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=10*H.EXAMPLE.ORG:50025\nMAXBSMTP=10\n",
         noon(),
         &[(H, m)],
@@ -61,7 +59,7 @@ async fn ten_workers_are_never_more_than_ten_connections() {
 #[tokio::test(start_paused = true)]
 async fn iis_session_size_limit_is_not_a_permanent_failure() {
     const A: &str = "A.EXAMPLE.ORG:25";
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=100\n",
         noon(),
         &[(A, MockConfig::iis())],
@@ -98,7 +96,7 @@ async fn real_time_over_loopback_every_recipient_once() {
         .await
         .expect("listen");
     let port = server.local_addr().port();
-    let cfg = common::site(&format!(
+    let cfg = site(&format!(
         "SMTP_FORWARD_1=4*127.0.0.1:{port}\nMAXBSMTP=100\n"
     ));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -114,12 +112,12 @@ async fn real_time_over_loopback_every_recipient_once() {
         .expect("spool"),
     );
     let n = 3000;
-    smtpw::spool::submit(
+    smtpw_engine::spool::submit(
         dir.path(),
         "owner-list@lists.example.org",
         None,
         (0..n).map(|i| format!("user{i}@example.com")),
-        common::message(3000).as_bytes(),
+        smtpw_testkit::workload::message(3000).as_bytes(),
     )
     .expect("submit");
     let engine = Engine::new(
@@ -160,7 +158,7 @@ async fn graceful_shutdown_finishes_what_is_in_flight_and_a_restart_delivers_the
     const A: &str = "A.EXAMPLE.ORG:25";
     let mut m = MockConfig::iis();
     m.faults.command_latency_ms.insert("DOT".into(), 3000);
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=4*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
         noon(),
         &[(A, m)],
@@ -193,7 +191,7 @@ async fn graceful_shutdown_finishes_what_is_in_flight_and_a_restart_delivers_the
     assert!(st
         .pools
         .iter()
-        .all(|p| p.state != smtpw::spool::CopyState::InFlight));
+        .all(|p| p.state != smtpw_engine::spool::CopyState::InFlight));
     assert_eq!(st.delivered, after * 10);
     assert_eq!(st.delivered + st.queued, 400);
     assert_eq!(s.delivered, st.delivered);
@@ -224,7 +222,7 @@ async fn shutdown_does_not_wait_for_a_connection_being_set_up() {
     const A: &str = "A.EXAMPLE.ORG:25";
     let mut m = MockConfig::iis();
     m.faults.reply_latency_ms = 100_000;
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=2*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
         noon(),
         &[(A, m)],

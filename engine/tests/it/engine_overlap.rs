@@ -2,24 +2,22 @@
 //! at most `COMPLETIONS_OUTSTANDING` completions per worker are under way, nothing is recorded
 //! before its completion returns, and a stop waits for every outstanding completion.
 
-mod common;
-mod scripted;
-
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fast_options, wait_for, Harness};
 use jiff::civil::date;
 use mock_mta::MockConfig;
-use smtpw::config::{HostPort, PoolSet};
-use smtpw::engine::{Engine, EngineOptions};
-use smtpw::ledger::LedgerOutcome;
-use smtpw::spool::{
+use smtpw_engine::config::{HostPort, PoolSet};
+use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::ledger::LedgerOutcome;
+use smtpw_engine::spool::{
     ClaimedCopy, CopyResult, IngestReport, QueueStats, Spool, SpoolError, SqliteSpool,
 };
-use smtpw::worker::COMPLETIONS_OUTSTANDING;
+use smtpw_engine::worker::COMPLETIONS_OUTSTANDING;
+use smtpw_testkit::scripted;
+use smtpw_testkit::topology::{fast_options, wait_for, Topology};
 use tokio::sync::{Notify, Semaphore};
 
 const A: &str = "A.EXAMPLE.ORG:25";
@@ -75,7 +73,7 @@ impl Spool for GatedSpool {
 #[tokio::test(start_paused = true)]
 async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() {
     assert_eq!(COMPLETIONS_OUTSTANDING, 2);
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=1*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(A, MockConfig::iis())],
@@ -172,7 +170,7 @@ async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() 
 /// 1's outcome to be durable.
 #[tokio::test(start_paused = true)]
 async fn the_drain_deadline_cuts_transactions_but_waits_for_completions_under_way() {
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=1*RELAY.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[],
@@ -236,7 +234,7 @@ async fn the_drain_deadline_cuts_transactions_but_waits_for_completions_under_wa
         .map(|p| (p.state, p.copies))
         .collect();
     states.sort();
-    use smtpw::spool::CopyState::{InFlight, Ready};
+    use smtpw_engine::spool::CopyState::{InFlight, Ready};
     assert_eq!(states, vec![(Ready, 1), (InFlight, 1)]);
     spool.gate.add_permits(10);
     let s = tokio::time::timeout(Duration::from_secs(60), run)
@@ -256,5 +254,5 @@ async fn the_drain_deadline_cuts_transactions_but_waits_for_completions_under_wa
     assert!(st
         .pools
         .iter()
-        .all(|p| p.state == smtpw::spool::CopyState::Ready));
+        .all(|p| p.state == smtpw_engine::spool::CopyState::Ready));
 }

@@ -2,16 +2,14 @@
 //! relay's recipient limit learned from 552/452, 550 failures, 451 retries with back-off, the
 //! lifetime, and a relay that closes or drops connections.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{fast_options, wait_for, Harness};
 use jiff::civil::date;
 use mock_mta::{Faults, MockConfig, RcptRule};
-use smtpw::ledger::LedgerOutcome;
-use smtpw::spool::Spool;
+use smtpw_engine::ledger::LedgerOutcome;
+use smtpw_engine::spool::Spool;
+use smtpw_testkit::topology::{fast_options, wait_for, Topology};
 
 const A: &str = "A.EXAMPLE.ORG:25";
 
@@ -20,7 +18,7 @@ fn noon() -> jiff::civil::DateTime {
 }
 
 /// Recipients per accepted transaction, in order.
-fn txn_sizes(h: &Harness, host: &str) -> Vec<usize> {
+fn txn_sizes(h: &Topology, host: &str) -> Vec<usize> {
     h.mock(host)
         .journal()
         .accepted_transactions()
@@ -29,7 +27,7 @@ fn txn_sizes(h: &Harness, host: &str) -> Vec<usize> {
         .collect()
 }
 
-fn assert_each_once(h: &Harness, n: usize) {
+fn assert_each_once(h: &Topology, n: usize) {
     let c = h.delivered_counts();
     assert_eq!(c.len(), n, "distinct recipients delivered");
     let twice: Vec<_> = c.iter().filter(|(_, k)| **k > 1).collect();
@@ -40,7 +38,7 @@ fn assert_each_once(h: &Harness, n: usize) {
 async fn maxbsmtp_chunks_2500_into_1000_1000_500() {
     let mut m = MockConfig::iis();
     m.profile.max_recipients = Some(1000);
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=1000\n",
         noon(),
         &[(A, m)],
@@ -57,7 +55,7 @@ async fn maxbsmtp_chunks_2500_into_1000_1000_500() {
 async fn too_many_case(code: u16) {
     let mut m = MockConfig::iis();
     m.profile.too_many_code = code;
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=1000\n",
         noon(),
         &[(A, m)],
@@ -114,7 +112,7 @@ async fn rfc_452_too_many_recipients_recovered_in_session() {
 async fn learned_recipient_limit_outlives_the_connection() {
     let mut m = MockConfig::iis();
     m.profile.idle_timeout_secs = 5;
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=1000\n",
         noon(),
         &[(A, m)],
@@ -151,7 +149,7 @@ async fn permanent_550_fails_with_the_exact_reply_and_the_rest_arrive() {
         code: 550,
         text: None,
     });
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=2*A.EXAMPLE.ORG\nMAXBSMTP=50\n",
         noon(),
         &[(A, m)],
@@ -203,7 +201,7 @@ async fn transient_451_is_retried_after_the_backoff_and_delivered_once_lifted() 
     };
     let mut m = MockConfig::iis();
     m.faults = slow;
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=100\n",
         noon(),
         &[(A, m)],
@@ -221,7 +219,7 @@ async fn transient_451_is_retried_after_the_backoff_and_delivered_once_lifted() 
     // First attempt at once, the retry 30 s later (still 451), the next 60 s after that.
     tokio::time::sleep(Duration::from_secs(10)).await;
     // Counted by the mock as they happen (its journal writes a transaction when it ends).
-    let slow_tries = |h: &Harness| h.mock(A).stats().recipients_rejected;
+    let slow_tries = |h: &Topology| h.mock(A).stats().recipients_rejected;
     assert_eq!(slow_tries(&h), 10);
     assert_eq!(h.mock(A).stats().recipients_accepted, 20);
     tokio::time::sleep_until(t0 + Duration::from_secs(29)).await;
@@ -269,7 +267,7 @@ async fn a_recipient_never_accepted_fails_at_the_lifetime_with_its_last_reply() 
         code: 451,
         text: Some("4.2.0 still busy {addr}".into()),
     });
-    let h = Harness::with_options(
+    let h = Topology::with_options(
         "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=100\n",
         noon(),
         &[(A, m)],
@@ -305,7 +303,7 @@ async fn a_recipient_never_accepted_fails_at_the_lifetime_with_its_last_reply() 
 }
 
 /// delivered + failed + queued = submitted, from the spool and from the ledger.
-async fn assert_accounted(h: &Harness, submitted: u64) {
+async fn assert_accounted(h: &Topology, submitted: u64) {
     let st = h.spool.stats().await.expect("stats");
     assert_eq!(st.delivered + st.failed + st.queued, submitted, "{st:?}");
     let finals = h.final_outcomes();
@@ -326,7 +324,7 @@ async fn assert_accounted(h: &Harness, submitted: u64) {
 async fn relay_closing_with_421_after_n_messages_loses_nothing() {
     let mut m = MockConfig::iis();
     m.faults.close_after_messages = Some(3);
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=2*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
         noon(),
         &[(A, m)],
@@ -365,7 +363,7 @@ async fn dropped_connections_mid_data_and_after_the_dot_lose_nothing() {
     // The 2nd message of every connection is dropped after its dot (not accepted).
     m.faults.drop_after_dot_of_message = Some(2);
     m.faults.drop_mid_data_after_bytes = Some(3000);
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=3*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
         noon(),
         &[(A, m.clone())],
@@ -418,7 +416,7 @@ async fn dropped_connections_mid_data_and_after_the_dot_lose_nothing() {
 async fn end_of_data_451_is_retried_and_554_fails_with_the_reply() {
     let mut m = MockConfig::iis();
     m.faults.schedule = vec!["data-451 12:00-12:01".parse().expect("schedule")];
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=10\n",
         noon(),
         &[(A, m)],
@@ -446,7 +444,7 @@ async fn end_of_data_451_is_retried_and_554_fails_with_the_reply() {
 
     let mut m = MockConfig::iis();
     m.faults.schedule = vec!["data-554 00:00-24:00".parse().expect("schedule")];
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=A.EXAMPLE.ORG\nMAXBSMTP=10\n",
         noon(),
         &[(A, m)],
@@ -469,7 +467,7 @@ async fn end_of_data_451_is_retried_and_554_fails_with_the_reply() {
 async fn relay_closing_with_421_between_recipients_loses_nothing() {
     let mut m = MockConfig::iis();
     m.faults.close_after_recipients = Some(25);
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=2*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
         noon(),
         &[(A, m)],

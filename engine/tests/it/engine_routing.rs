@@ -2,17 +2,16 @@
 //! primary is unreachable, back-off with no failover, and the synchronous fallback (SPEC §2,
 //! §11 A3/A5, §12 D4).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{at, fast_options, wait_for, Harness, LogCapture};
 use jiff::civil::date;
 use mock_mta::{Faults, MockConfig};
-use smtpw::config::HostPort;
-use smtpw::engine::EngineOptions;
-use smtpw::ledger::LedgerOutcome;
-use smtpw::spool::Spool;
+use smtpw_engine::config::HostPort;
+use smtpw_engine::engine::EngineOptions;
+use smtpw_engine::ledger::LedgerOutcome;
+use smtpw_engine::spool::Spool;
+use smtpw_testkit::logs::LogCapture;
+use smtpw_testkit::topology::{at, fast_options, wait_for, Topology};
 
 const P: &str = "P.EXAMPLE.ORG:25";
 const F: &str = "F.EXAMPLE.ORG:25";
@@ -23,7 +22,7 @@ fn rcpts(prefix: &str, n: usize) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Every accepted transaction of a mock: (time, recipients).
-fn accepted(h: &Harness, host: &str) -> Vec<(jiff::Timestamp, Vec<String>)> {
+fn accepted(h: &Topology, host: &str) -> Vec<(jiff::Timestamp, Vec<String>)> {
     h.mock(host)
         .journal()
         .accepted_transactions()
@@ -39,7 +38,7 @@ fn accepted(h: &Harness, host: &str) -> Vec<(jiff::Timestamp, Vec<String>)> {
 
 #[tokio::test(start_paused = true)]
 async fn window_switches_from_primary_to_failover_at_its_end() {
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=P.EXAMPLE.ORG(00:00-05:00);F.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(4, 58, 0, 0),
         &[(P, MockConfig::iis()), (F, MockConfig::iis()), (S, MockConfig::iis())],
@@ -101,13 +100,13 @@ async fn window_switches_from_primary_to_failover_at_its_end() {
     assert!(fs.sessions.iter().all(|s| s.started_at >= at(5, 0, 0)));
 }
 
-fn dur_until(h: &Harness, t: jiff::Timestamp) -> Duration {
+fn dur_until(h: &Topology, t: jiff::Timestamp) -> Duration {
     Duration::try_from(t.duration_since(h.clock.now())).unwrap_or(Duration::ZERO)
 }
 
 #[tokio::test(start_paused = true)]
 async fn worker_outside_its_window_without_failover_waits_then_delivers() {
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=P.EXAMPLE.ORG(05:00-06:00)\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(4, 58, 0, 0),
         &[(P, MockConfig::iis())],
@@ -148,7 +147,7 @@ async fn failover_case(fault: Faults) {
     let mut fcfg = MockConfig::iis();
     // The failover closes idle connections after 5 s, so workers open new connections later.
     fcfg.profile.idle_timeout_secs = 5;
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=2*P.EXAMPLE.ORG;F.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(P, MockConfig::iis()), (F, fcfg), (S, MockConfig::iis())],
@@ -223,7 +222,7 @@ async fn failover_when_the_primary_greets_421() {
 
 #[tokio::test(start_paused = true)]
 async fn failover_when_the_primary_has_no_route() {
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=P.EXAMPLE.ORG;F.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(F, MockConfig::iis())],
@@ -238,7 +237,7 @@ async fn failover_when_the_primary_has_no_route() {
 
 #[tokio::test(start_paused = true)]
 async fn no_failover_primary_down_copies_wait_with_backoff_then_go() {
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=P.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(P, MockConfig::iis())],
@@ -285,7 +284,7 @@ async fn no_failover_primary_down_copies_wait_with_backoff_then_go() {
 async fn stranded_copies_go_through_smtp_forward_after_the_grace_period() {
     let logs = LogCapture::default();
     let _g = logs.install();
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=2*P.EXAMPLE.ORG;F.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[
@@ -334,7 +333,7 @@ async fn stranded_copies_go_through_smtp_forward_after_the_grace_period() {
 
 #[tokio::test(start_paused = true)]
 async fn without_workers_everything_goes_through_smtp_forward_on_one_connection() {
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD=S.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(S, MockConfig::iis())],
@@ -356,7 +355,7 @@ async fn without_workers_everything_goes_through_smtp_forward_on_one_connection(
 async fn a_pool_no_worker_serves_goes_through_smtp_forward() {
     let logs = LogCapture::default();
     let _g = logs.install();
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=P.EXAMPLE.ORG;POOL=A\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(P, MockConfig::iis()), (S, MockConfig::iis())],
@@ -382,7 +381,7 @@ async fn a_pool_no_worker_serves_goes_through_smtp_forward() {
 async fn after_the_hosts_come_back_the_workers_deliver_again_not_the_sync_path() {
     let logs = LogCapture::default();
     let _g = logs.install();
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD=S.EXAMPLE.ORG\nSMTP_FORWARD_1=2*P.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(P, MockConfig::iis()), (S, MockConfig::iis())],
@@ -440,7 +439,7 @@ async fn a_busy_failover_connection_gives_way_to_the_primary_after_five_minutes(
     f.faults.command_latency_ms.insert("DOT".into(), 4000);
     let mut p = MockConfig::iis();
     p.faults.command_latency_ms.insert("DOT".into(), 4000);
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=P.EXAMPLE.ORG;F.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(P, p), (F, f)],
@@ -484,7 +483,7 @@ async fn a_busy_failover_connection_gives_way_to_the_primary_after_five_minutes(
 async fn a_pool_no_worker_serves_stays_queued_without_smtp_forward() {
     let logs = LogCapture::default();
     let _g = logs.install();
-    let h = Harness::new(
+    let h = Topology::new(
         "SMTP_FORWARD_1=P.EXAMPLE.ORG;POOL=A\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(P, MockConfig::iis())],

@@ -3,25 +3,21 @@
 //! process, and by the next one), while completions already under way are still awaited.
 //! Over the scripted SMTP server on in-memory streams, in paused time.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
-
-mod common;
-mod scripted;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{fast_options, wait_for, Harness, LogCapture};
 use jiff::civil::date;
-use scripted::{delivered_counts, route, Mta, Rec};
-use smtpw::config::HostPort;
-use smtpw::engine::EngineOptions;
-use smtpw::ledger::LedgerOutcome;
-use smtpw::spool::{CopyState, Spool};
+use smtpw_engine::config::HostPort;
+use smtpw_engine::engine::EngineOptions;
+use smtpw_engine::ledger::LedgerOutcome;
+use smtpw_engine::spool::{CopyState, Spool};
+use smtpw_testkit::logs::LogCapture;
+use smtpw_testkit::scripted::{delivered_counts, route, Mta, Rec};
+use smtpw_testkit::topology::{fast_options, wait_for, Topology};
 
 const SITE: &str = "NODE=LISTS.EXAMPLE.ORG\nSMTP_FORWARD_1=1*RELAY.EXAMPLE.ORG\nMAXBSMTP=10\n";
 
-fn relay(h: &Harness, mta: Mta) -> (Arc<Mutex<Mta>>, Rec) {
+fn relay(h: &Topology, mta: Mta) -> (Arc<Mutex<Mta>>, Rec) {
     route(&h.connector, HostPort::new("RELAY.EXAMPLE.ORG", 25), mta)
 }
 
@@ -29,7 +25,7 @@ fn relay(h: &Harness, mta: Mta) -> (Arc<Mutex<Mta>>, Rec) {
 async fn a_stop_ends_at_the_drain_deadline_and_the_silent_relays_copy_is_queued_again() {
     let logs = LogCapture::default();
     let _guard = logs.install();
-    let h = Harness::new(SITE, date(2026, 11, 22).at(12, 0, 0, 0), &[]);
+    let h = Topology::new(SITE, date(2026, 11, 22).at(12, 0, 0, 0), &[]);
     // The relay takes the whole message, then never answers the final dot.
     let (mta, rec) = relay(
         &h,

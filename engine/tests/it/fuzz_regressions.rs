@@ -1,9 +1,7 @@
 //! Inputs the fuzz targets (`cargo xtask fuzz`, `fuzz/fuzz_targets/`) found, kept as tests of
 //! the behaviour they broke. Each names the target that found it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
-
-use smtpw::config::parse_str;
+use smtpw_engine::config::parse_str;
 
 /// `site_cfg`: a SITE.CFG line with NUL bytes in its keyword came back raw inside the
 /// diagnostic printed to the operator's terminal (issue 10, item 9: control characters from

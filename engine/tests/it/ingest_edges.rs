@@ -1,14 +1,12 @@
 //! Ingest at its edges: a body line longer than SMTP allows, and odd entries in `incoming/`.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
-mod common;
-
 use std::time::Duration;
 
-use common::{Harness, LogCapture};
 use jiff::civil::date;
 use mock_mta::MockConfig;
+use smtpw_testkit::logs::LogCapture;
+use smtpw_testkit::topology::Topology;
+use smtpw_testkit::workload::{job_text, odd_incoming, ODD_ENTRIES as ODD};
 
 const CFG: &str = "NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD=S.EXAMPLE.ORG\n";
 const S: &str = "S.EXAMPLE.ORG:25";
@@ -23,7 +21,7 @@ fn keep_bodies() -> MockConfig {
 async fn a_two_million_byte_body_line_reaches_the_relay_folded() {
     let logs = LogCapture::default();
     let _g = logs.install();
-    let h = Harness::new(
+    let h = Topology::new(
         CFG,
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(S, keep_bodies())],
@@ -31,7 +29,7 @@ async fn a_two_million_byte_body_line_reaches_the_relay_folded() {
     let mut body = String::from("Subject: long line\r\n\r\n");
     body.push_str(&"y".repeat(2_000_000));
     body.push_str("\r\nshort\r\n");
-    smtpw::spool::submit(
+    smtpw_engine::spool::submit(
         &h.spool_dir(),
         "o@l.example",
         None,
@@ -62,16 +60,6 @@ async fn a_two_million_byte_body_line_reaches_the_relay_folded() {
     );
 }
 
-/// A valid one-job file with `n` recipients at `domain`.
-fn job_text(n: usize, domain: &str) -> String {
-    let mut t = String::from("MAIL FROM:<owner@l.example>\r\n");
-    for i in 0..n {
-        t.push_str(&format!("RCPT TO:<u{i}@{domain}>\r\n"));
-    }
-    t.push_str("DATA\r\nSubject: j\r\n\r\nbody\r\n.\r\n");
-    t
-}
-
 fn names_in(dir: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
@@ -83,53 +71,15 @@ fn names_in(dir: &std::path::Path) -> Vec<String> {
     v
 }
 
-/// Every kind of odd entry named `*.MAIL`, and two jobs: one a file, one a link to a file
-/// outside `incoming/`. Returns the path of the link's target.
-fn odd_incoming(spool: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::symlink;
-    let inc = spool.join("incoming");
-    std::fs::create_dir_all(&inc).unwrap();
-    std::fs::write(inc.join("real.MAIL"), job_text(3, "real.example")).unwrap();
-    let outside = spool.parent().unwrap().join("outside");
-    std::fs::create_dir_all(&outside).unwrap();
-    let target = outside.join("job.txt");
-    std::fs::write(&target, job_text(2, "linked.example")).unwrap();
-    symlink(&target, inc.join("linked.MAIL")).unwrap();
-    std::fs::create_dir(inc.join("dir.MAIL")).unwrap();
-    let st = std::process::Command::new("mkfifo")
-        .arg(inc.join("fifo.MAIL"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let sock = std::os::unix::net::UnixListener::bind(inc.join("sock.MAIL")).unwrap();
-    std::mem::forget(sock); // the socket file stays; the listener is never used
-    symlink("nowhere.txt", inc.join("dangling.MAIL")).unwrap();
-    symlink("loop.MAIL", inc.join("loop.MAIL")).unwrap();
-    symlink("/dev/null", inc.join("device.MAIL")).unwrap();
-    // A link to another job in incoming would queue that job twice.
-    symlink("real.MAIL", inc.join("twice.MAIL")).unwrap();
-    target
-}
-
-const ODD: [&str; 7] = [
-    "dangling.MAIL",
-    "device.MAIL",
-    "dir.MAIL",
-    "fifo.MAIL",
-    "loop.MAIL",
-    "sock.MAIL",
-    "twice.MAIL",
-];
-
 #[test]
 fn odd_entries_are_quarantined_with_a_reason_and_links_to_jobs_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
     let target = odd_incoming(&spool_dir);
-    let spool = smtpw::spool::SqliteSpool::open(
+    let spool = smtpw_engine::spool::SqliteSpool::open(
         &spool_dir,
-        smtpw::spool::SpoolOptions::default(),
-        smtpw::clock::SystemClock::shared(),
+        smtpw_engine::spool::SpoolOptions::default(),
+        smtpw_engine::clock::SystemClock::shared(),
     )
     .unwrap();
     // The pass must not block on the FIFO: it runs on a thread with a deadline.
@@ -176,7 +126,7 @@ fn odd_entries_are_quarantined_with_a_reason_and_links_to_jobs_are_read() {
 
 #[tokio::test(start_paused = true)]
 async fn until_empty_ends_once_odd_entries_are_set_aside() {
-    let h = Harness::new(
+    let h = Topology::new(
         CFG,
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(S, MockConfig::iis())],
@@ -198,11 +148,11 @@ fn an_entry_that_cannot_be_moved_is_looked_at_again_with_back_off() {
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
     let (clock_handle, clock) =
-        smtpw::clock::VirtualClock::at_utc(date(2026, 11, 22).at(12, 0, 0, 0)).shared();
+        smtpw_engine::clock::VirtualClock::at_utc(date(2026, 11, 22).at(12, 0, 0, 0)).shared();
     let t0 = clock.now();
-    let spool = smtpw::spool::SqliteSpool::open(
+    let spool = smtpw_engine::spool::SqliteSpool::open(
         &spool_dir,
-        smtpw::spool::SpoolOptions::default(),
+        smtpw_engine::spool::SpoolOptions::default(),
         clock.clone(),
     )
     .unwrap();
@@ -217,7 +167,8 @@ fn an_entry_that_cannot_be_moved_is_looked_at_again_with_back_off() {
         clock_handle.set(t0 + jiff::SignedDuration::from_secs(secs));
         spool.ingest_blocking().unwrap()
     };
-    let names = |v: &[smtpw::spool::SetAside]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let names =
+        |v: &[smtpw_engine::spool::SetAside]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
 
     let r = pass(0);
     assert_eq!(
@@ -264,37 +215,13 @@ fn an_entry_that_cannot_be_moved_is_looked_at_again_with_back_off() {
     assert!(q.join("dangling.MAIL.reason").exists());
 }
 
-#[test]
-fn queue_counts_what_ingest_and_until_empty_count() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool_dir = dir.path().join("spool");
-    odd_incoming(&spool_dir);
-    drop(
-        smtpw::spool::SqliteSpool::open(
-            &spool_dir,
-            smtpw::spool::SpoolOptions::default(),
-            smtpw::clock::SystemClock::shared(),
-        )
-        .unwrap(),
-    );
-    let work = smtpw::spool::list_incoming(&spool_dir.join("incoming")).unwrap();
-    assert_eq!(work.len(), 2 + ODD.len(), "{work:?}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtpw"))
-        .args(["queue", "--json", "--spool"])
-        .arg(&spool_dir)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["incoming_files"], work.len() as u64);
-}
-
 /// An ingest pass that keeps failing is one error when it starts, one every 10 minutes while
 /// it lasts, and one line when it works again: not a warning every 200 ms.
 #[tokio::test(start_paused = true)]
 async fn a_failing_ingest_is_logged_once_per_condition() {
     let logs = LogCapture::default();
     let _g = logs.install();
-    let h = Harness::new(
+    let h = Topology::new(
         CFG,
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(S, MockConfig::iis())],
@@ -302,7 +229,7 @@ async fn a_failing_ingest_is_logged_once_per_condition() {
     let inc = h.spool_dir().join("incoming");
     std::fs::remove_dir(&inc).unwrap();
     std::fs::write(&inc, "not a folder").unwrap();
-    let (engine, run) = h.spawn(smtpw::engine::EngineOptions::default());
+    let (engine, run) = h.spawn(smtpw_engine::engine::EngineOptions::default());
     tokio::time::sleep(Duration::from_secs(25 * 60)).await;
     std::fs::remove_file(&inc).unwrap();
     std::fs::create_dir(&inc).unwrap();

@@ -1,10 +1,8 @@
 //! The `.MAIL` job format: round trips, dot-stuffing, malformed input with line numbers.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
 use proptest::prelude::*;
-use smtpw::config::Pool;
-use smtpw::job::{dot_stuff, dot_unstuff, read_all, to_crlf, Job, JobError, JobWriter};
+use smtpw_engine::config::Pool;
+use smtpw_engine::job::{dot_stuff, dot_unstuff, read_all, to_crlf, Job, JobError, JobWriter};
 
 const MAX: u64 = 1 << 20;
 
@@ -260,7 +258,7 @@ fn stored(body: &[u8]) -> (Vec<u8>, u64) {
     let mut text = b"MAIL FROM:<a@b.example>\nRCPT TO:<x@y.example>\nDATA\n".to_vec();
     text.extend_from_slice(body);
     text.extend_from_slice(b".\n");
-    let mut r = smtpw::job::JobReader::new(&text[..], 64 << 20);
+    let mut r = smtpw_engine::job::JobReader::new(&text[..], 64 << 20);
     r.next_job().unwrap().unwrap();
     while r.next_rcpt().unwrap().is_some() {}
     let m = r.read_message().unwrap();

@@ -3,14 +3,12 @@
 //! backlog lasts), and single-recipient jobs in pool A with a worker of its own are delivered
 //! within a second of submission. Real time (the runtime is not paused); in-memory mocks.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Harness;
 use mock_mta::MockConfig;
-use smtpw::engine::EngineOptions;
-use smtpw::spool::Spool;
+use smtpw_engine::engine::EngineOptions;
+use smtpw_engine::spool::Spool;
+use smtpw_testkit::topology::Topology;
 
 const MX: &str = "MX.EXAMPLE.ORG:25";
 
@@ -19,7 +17,7 @@ async fn urgent_pool_is_delivered_within_a_second_behind_a_100k_backlog() {
     let start = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .datetime();
-    let h = Harness::new(
+    let h = Topology::new(
         "NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD=MX.EXAMPLE.ORG\n\
          SMTP_FORWARD_1=4*MX.EXAMPLE.ORG;POOL=B\nSMTP_FORWARD_2=MX.EXAMPLE.ORG;POOL=A\n\
          MAXBSMTP=100\nSMTP_RATE_LIMIT=B:2Mbps\n",

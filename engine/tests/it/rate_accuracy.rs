@@ -15,17 +15,15 @@
 //!   -0.61%..+1.00%; overall 12 Mbit/s: -0.10%..+0.10%  |  57% short (D held to 2 of 8.85 Mbit/s)
 //! - idle share, A alone: 100.00% of the limit  |  50.00%; A+B: -0.23%..+0.31%  |  -0.79%..+1.05%
 
-mod common;
-mod rate_common;
-
 use std::time::Duration;
 
-use common::{fast_options, Harness};
 use jiff::civil::date;
 use mock_mta::{MockConfig, Profile};
-use rate_common::{mean_bps, points, sizes, window_extremes, Point, KBPS, MBPS};
-use smtpw::engine::EngineOptions;
-use smtpw::spool::Spool;
+use smtpw_engine::engine::EngineOptions;
+use smtpw_engine::spool::Spool;
+use smtpw_testkit::rate::{mean_bps, points, window_extremes, Point, KBPS, MBPS};
+use smtpw_testkit::topology::{fast_options, Topology};
+use smtpw_testkit::workload::sizes;
 
 const MX: &str = "MX.EXAMPLE.ORG:25";
 const W10: Duration = Duration::from_secs(10);
@@ -49,8 +47,8 @@ fn mock() -> MockConfig {
     })
 }
 
-fn harness(cfg: &str) -> Harness {
-    Harness::new(
+fn harness(cfg: &str) -> Topology {
+    Topology::new(
         &format!("NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD=SYNC.EXAMPLE.ORG\n{cfg}"),
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(MX, mock())],
@@ -60,7 +58,7 @@ fn harness(cfg: &str) -> Harness {
 /// Queue `bytes_needed` bytes for `pool`: jobs of `per_job` recipients at `domain` (one copy per
 /// recipient with MAXBSMTP=1), message sizes spread over `[lo, hi]`.
 fn queue_bytes(
-    h: &Harness,
+    h: &Topology,
     pool: char,
     domain: &str,
     bytes_needed: u64,
@@ -77,7 +75,7 @@ fn queue_bytes(
 
 /// Run the engine for `span` of virtual time (the backlog already ingested), then stop it.
 /// Returns the (virtual) time the span ended, in ns.
-async fn run_for(h: &Harness, split: bool, span: Duration) -> i128 {
+async fn run_for(h: &Topology, split: bool, span: Duration) -> i128 {
     let r = h.spool.ingest_incoming().await.expect("ingest");
     assert!(r.quarantined.is_empty(), "{r:?}");
     let engine = h.engine(EngineOptions {
@@ -100,7 +98,7 @@ async fn run_for(h: &Harness, split: bool, span: Duration) -> i128 {
     end
 }
 
-fn now_ns(h: &Harness) -> i128 {
+fn now_ns(h: &Topology) -> i128 {
     h.clock.now().as_nanosecond()
 }
 
@@ -410,7 +408,7 @@ async fn big_copy(split: bool) -> (f64, f64, f64, f64) {
     let limit = MBPS;
     let h = harness("SMTP_FORWARD_1=2*MX.EXAMPLE.ORG\nSMTP_RATE_LIMIT=1Mbps\nMAXBSMTP=1\n");
     // 30 s of small copies, then the big one, then 60 s more of small ones.
-    let small = |h: &Harness, n: usize, tag: &str| {
+    let small = |h: &Topology, n: usize, tag: &str| {
         for j in 0..n / 50 {
             let rcpts = (0..50).map(|i| format!("{tag}{j}x{i}@small.example"));
             h.submit(None, rcpts, 1_000);

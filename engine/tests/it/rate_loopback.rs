@@ -2,17 +2,16 @@
 //! system clock) delivers a backlog to a mock-mta listening on loopback, and the rate is measured
 //! at the mock over 10 s: 1 Mbit/s (1,048,576 bit/s) within 5% (a noisy 2-core machine).
 
-mod rate_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use mock_mta::{MockConfig, MockMta, Profile};
-use rate_common::{mean_bps, points, sizes, MBPS};
-use smtpw::clock::SystemClock;
-use smtpw::engine::{Engine, EngineOptions};
-use smtpw::net::TcpConnector;
-use smtpw::spool::{Spool, SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::net::TcpConnector;
+use smtpw_engine::spool::{Spool, SpoolOptions, SqliteSpool};
+use smtpw_testkit::rate::{mean_bps, points, MBPS};
+use smtpw_testkit::workload::sizes;
 
 async fn loopback(split: bool) -> f64 {
     let clock = SystemClock::shared();
@@ -28,7 +27,7 @@ async fn loopback(split: bool) -> f64 {
         .await
         .expect("listen");
     let port = server.local_addr().port();
-    let cfg = smtpw::config::parse_str(
+    let cfg = smtpw_engine::config::parse_str(
         &format!(
             "NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD=127.0.0.1:{port}\n\
              SMTP_FORWARD_1=2*127.0.0.1:{port}\nSMTP_RATE_LIMIT=1Mbps\nMAXBSMTP=1\n"
@@ -58,7 +57,7 @@ async fn loopback(split: bool) -> f64 {
     };
     for (j, size) in sizes(24, 1_000, 4_000, 7).into_iter().enumerate() {
         let rcpts = (0..30).map(|i| format!("u{j}x{i}@loop.example"));
-        smtpw::spool::submit(
+        smtpw_engine::spool::submit(
             dir.path(),
             "owner@lists.example.org",
             None,

@@ -1,11 +1,11 @@
 //! MAXBSMTP chunking and SORT_RECIPIENTS grouping (pure), property-tested.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use smtpw::chunk::{chunk, compare_recipients, domain_key, grouped_sizes, uniform_sizes, SortMode};
+use smtpw_engine::chunk::{
+    chunk, compare_recipients, domain_key, grouped_sizes, uniform_sizes, SortMode,
+};
 
 fn rcpts() -> impl Strategy<Value = Vec<String>> {
     // Few domains so that grouping matters; mixed case to exercise the case-insensitive key.

@@ -8,22 +8,20 @@
 //! mock-mta); this one isolates the spool (claims, the writer, ledger-then-commit) from the SMTP
 //! engine and kills more often (every 15-90 ms), so a failure here points at the spool.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use smtpw::clock::SystemClock;
-use smtpw::config::PoolSet;
-use smtpw::ledger::{read_ledger, LedgerOutcome};
-use smtpw::spool::{
-    read_stats, submit, CopyResult, Outcome, RcptOutcome, Spool, SpoolError, SpoolOptions,
-    SqliteSpool,
-};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::config::PoolSet;
+use smtpw_engine::ledger::{read_ledger, LedgerOutcome};
+use smtpw_engine::spool::{read_stats, submit, Spool, SpoolError, SpoolOptions, SqliteSpool};
+use smtpw_testkit::workload::{all_delivered, recipients, Lcg};
 
 const N: usize = 30_000;
+/// The full name of [`crash_child`] in the test binary, for running it alone in a child process.
+const CHILD_TEST: &str = "spool_crash::crash_child";
 const MAX_BSMTP: u32 = 25;
 const WORKERS: usize = 8;
 const KILLS: usize = 12;
@@ -70,7 +68,7 @@ fn crash_child() {
             let spool = spool.clone();
             let journal = journal.clone();
             tasks.spawn(async move {
-                let mut k = w as u64;
+                let mut rng = Lcg(w as u64);
                 while let Some(c) = spool.claim(PoolSet::ALL).await.unwrap() {
                     // The relay receives the transaction...
                     let mut text = String::new();
@@ -78,22 +76,13 @@ fn crash_child() {
                         text.push_str(&format!("{} {r}\n", c.copy_id));
                     }
                     journal.lock().unwrap().write_all(text.as_bytes()).unwrap();
-                    k = k
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    tokio::time::sleep(Duration::from_micros(2000 + (k >> 33) % 4000)).await;
+                    tokio::time::sleep(Duration::from_micros(2000 + rng.next() % 4000)).await;
                     // ...and then the engine records it.
-                    let res = CopyResult {
-                        relay: Some("mock:25".into()),
-                        rcpts: c
-                            .rcpts
-                            .iter()
-                            .map(|_| RcptOutcome {
-                                outcome: Outcome::Delivered,
-                                reply: "250 2.6.0 Queued mail for delivery".into(),
-                            })
-                            .collect(),
-                    };
+                    let res = all_delivered(
+                        "mock:25",
+                        c.rcpts.len(),
+                        "250 2.6.0 Queued mail for delivery",
+                    );
                     spool.complete(c.copy_id, res).await.unwrap();
                 }
             });
@@ -107,9 +96,7 @@ fn crash_child() {
 #[test]
 fn crash_at_random_points_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let all: Vec<String> = (0..N)
-        .map(|i| format!("r{i}@d{}.example", i % 97))
-        .collect();
+    let all = recipients(N);
     submit(
         dir.path(),
         "owner@l.example",
@@ -122,7 +109,8 @@ fn crash_at_random_points_loses_nothing() {
     let run = || {
         std::process::Command::new(&exe)
             .args([
-                "crash_child",
+                // The child test by its full name in this test binary (module::test).
+                CHILD_TEST,
                 "--exact",
                 "--ignored",
                 "--nocapture",
@@ -133,14 +121,11 @@ fn crash_at_random_points_loses_nothing() {
             .spawn()
             .unwrap()
     };
-    let mut seed: u64 = 0x5eed;
+    let mut rng = Lcg(0x5eed);
     let mut killed = 0;
     let mut delivered_before_kill = Vec::new();
     for _ in 0..KILLS {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(15 + (seed >> 33) % 75);
+        let delay = Duration::from_millis(15 + rng.next() % 75);
         let mut child = run();
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {

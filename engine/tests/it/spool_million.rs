@@ -4,13 +4,11 @@
 //! Peak RSS is the process's VmHWM from /proc/self/status, read before and after the ingest;
 //! this file holds one test so that nothing else in the process moves it.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
 use std::time::Instant;
 
-use smtpw::clock::SystemClock;
-use smtpw::config::PoolSet;
-use smtpw::spool::{submit, Spool, SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::config::PoolSet;
+use smtpw_engine::spool::{submit, Spool, SpoolOptions, SqliteSpool};
 
 fn vm_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

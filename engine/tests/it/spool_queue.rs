@@ -1,17 +1,15 @@
 //! The SQLite spool: ingest, copies, FIFO claims, completion, deferral, lifetime, restart.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::civil::date;
 use jiff::{SignedDuration, Timestamp};
-use smtpw::clock::{SharedClock, VirtualClock};
-use smtpw::config::{Pool, PoolSet};
-use smtpw::ledger::{read_ledger, LedgerOutcome};
-use smtpw::spool::{
+use smtpw_engine::clock::{SharedClock, VirtualClock};
+use smtpw_engine::config::{Pool, PoolSet};
+use smtpw_engine::ledger::{read_ledger, LedgerOutcome};
+use smtpw_engine::spool::{
     read_stats, submit, CopyResult, CopyState, Outcome, RcptOutcome, Spool, SpoolError,
     SpoolOptions, SqliteSpool,
 };
@@ -62,12 +60,7 @@ fn out(outcome: Outcome, reply: &str) -> RcptOutcome {
 }
 
 fn all_delivered(n: usize) -> CopyResult {
-    CopyResult {
-        relay: Some("mx.example:25".into()),
-        rcpts: (0..n)
-            .map(|_| ok("250 2.6.0 Queued mail for delivery"))
-            .collect(),
-    }
+    smtpw_testkit::workload::all_delivered("mx.example:25", n, "250 2.6.0 Queued mail for delivery")
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,7 +121,7 @@ async fn claims_are_fifo_per_pool_and_across_served_pools() {
             .unwrap();
     }
     assert_eq!(spool.ingest_incoming().await.unwrap().jobs, 4);
-    let tag = |c: Option<smtpw::spool::ClaimedCopy>| c.map(|c| c.mail_from);
+    let tag = |c: Option<smtpw_engine::spool::ClaimedCopy>| c.map(|c| c.mail_from);
     assert_eq!(
         tag(spool.claim(pools("A")).await.unwrap()).as_deref(),
         Some("owner-j1@lists.example")
@@ -427,7 +420,7 @@ async fn several_jobs_in_one_file_with_their_pools() {
 
 #[tokio::test(start_paused = true)]
 async fn sorted_modes_match_the_pure_plan() {
-    use smtpw::chunk::{chunk, SortMode};
+    use smtpw_engine::chunk::{chunk, SortMode};
     for mode in [1u8, 2] {
         let dir = tempfile::tempdir().unwrap();
         let (_h, clock) = clock();
@@ -469,7 +462,7 @@ async fn sorted_modes_match_the_pure_plan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_completions_are_group_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = smtpw::clock::SystemClock::shared();
+    let clock = smtpw_engine::clock::SystemClock::shared();
     let spool = SqliteSpool::open(dir.path(), opts(1), clock.clone()).unwrap();
     submit_n(dir.path(), None, "g", 300);
     spool.ingest_incoming().await.unwrap();
@@ -574,8 +567,12 @@ async fn a_copy_completed_twice_at_once_counts_once() {
 #[test]
 fn many_small_files_ingest_quickly() {
     let dir = tempfile::tempdir().unwrap();
-    let spool =
-        SqliteSpool::open(dir.path(), opts(100), smtpw::clock::SystemClock::shared()).unwrap();
+    let spool = SqliteSpool::open(
+        dir.path(),
+        opts(100),
+        smtpw_engine::clock::SystemClock::shared(),
+    )
+    .unwrap();
     const FILES: usize = 2000;
     for i in 0..FILES {
         submit(
@@ -610,8 +607,12 @@ fn many_small_files_ingest_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_complete_throughput() {
     let dir = tempfile::tempdir().unwrap();
-    let spool =
-        SqliteSpool::open(dir.path(), opts(10), smtpw::clock::SystemClock::shared()).unwrap();
+    let spool = SqliteSpool::open(
+        dir.path(),
+        opts(10),
+        smtpw_engine::clock::SystemClock::shared(),
+    )
+    .unwrap();
     const RCPTS: usize = 100_000;
     submit_n(dir.path(), None, "t", RCPTS);
     spool.ingest_incoming().await.unwrap();
@@ -649,5 +650,44 @@ async fn claim_complete_throughput() {
             .unwrap()
             .count(),
         RCPTS
+    );
+}
+
+/// SITE.CFG's spool settings reach the spool through `SpoolOptions::from_site`, the one place
+/// they are derived: MAXBSMTP, SORT_RECIPIENTS and DEFAULT_LIST_POOL's postings pool; the rest
+/// keeps its defaults. A job of 7 recipients without POOL= becomes copies of at most 3 in pool Q.
+#[tokio::test(start_paused = true)]
+async fn spool_options_come_from_site_cfg() {
+    let site = smtpw_engine::config::parse_str(
+        "SMTP_FORWARD=MX.EXAMPLE.ORG\nMAXBSMTP=3\nSORT_RECIPIENTS=2\nDEFAULT_LIST_POOL=Q\n",
+        "SITE.CFG",
+    )
+    .unwrap();
+    let o = SpoolOptions::from_site(&site);
+    let d = SpoolOptions::default();
+    assert_eq!(
+        (o.max_bsmtp, o.sort_recipients, o.default_pool),
+        (3, 2, pool('Q'))
+    );
+    assert_eq!(
+        (o.retry_base, o.retry_max, o.lifetime, o.ledger_path.clone()),
+        (d.retry_base, d.retry_max, d.lifetime, d.ledger_path.clone())
+    );
+    assert_eq!(o.max_message_bytes, d.max_message_bytes);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_h, clock) = clock();
+    submit_n(dir.path(), None, "s", 7);
+    let spool = SqliteSpool::open(dir.path(), o, clock).unwrap();
+    spool.ingest_blocking().unwrap();
+    let mut sizes = Vec::new();
+    while let Some(c) = spool.claim(PoolSet::ALL).await.unwrap() {
+        assert_eq!(c.pool, pool('Q'));
+        sizes.push(c.rcpts.len());
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 7, "{sizes:?}");
+    assert!(
+        sizes.len() >= 3 && sizes.iter().all(|n| *n <= 3),
+        "{sizes:?}"
     );
 }

@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use mock_mta::MockConfig;
 
-use super::accounting::scan_ledger;
-use super::site::{serial, term_and_wait, verdict, wait_until, EdgeSite};
-use crate::proc_support::{num, recipients, LoopbackMock, SilentRelay};
+use smtpw_testkit::ledger::scan_ledger;
+use smtpw_testkit::proc::{num, serial, wait_until, LoopbackMock, SilentRelay};
+use smtpw_testkit::site::{verdict, Site};
+use smtpw_testkit::workload::recipients;
+
+use crate::SMTPW;
 
 /// Queued recipients the damaged spool held.
 const QUEUED: usize = 1_000;
@@ -21,7 +24,7 @@ const DELIVERED: usize = 100;
 
 /// A spool that delivered `DELIVERED` recipients (ledger lines) and holds `queued` more, left by
 /// a run stopped with SIGTERM (`kill_instead`: SIGKILL, leaving the WAL in place).
-fn spool_with_a_past(site: &mut EdgeSite, queued: usize, kill_instead: bool) {
+fn spool_with_a_past(site: &mut Site, queued: usize, kill_instead: bool) {
     let mock = LoopbackMock::start(MockConfig::iis());
     site.point_at(mock.port, 2, 50);
     let first: Vec<String> = (0..DELIVERED)
@@ -50,14 +53,14 @@ fn spool_with_a_past(site: &mut EdgeSite, queued: usize, kill_instead: bool) {
     if kill_instead {
         kid.kill();
     } else {
-        let (st, _) = term_and_wait(&mut kid, Duration::from_secs(10));
+        let (st, _) = kid.term_and_wait(Duration::from_secs(10));
         assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", site.log_text());
     }
 }
 
 /// Run `smtpw run --until-empty` against a good relay on the damaged spool and check that it
 /// refused to start.
-fn refuses_to_start(case: &str, site: &EdgeSite, queued: usize, damaged: &str, what: &str) {
+fn refuses_to_start(case: &str, site: &Site, queued: usize, damaged: &str, what: &str) {
     let mock = LoopbackMock::start(MockConfig::iis());
     site.point_at(mock.port, 2, 50);
     let from = site.log_text().len();
@@ -108,7 +111,7 @@ fn refuses_to_start(case: &str, site: &EdgeSite, queued: usize, damaged: &str, w
 fn zero_length_database_with_a_ledger() {
     const CASE: &str = "zero-length spool.db with a ledger";
     let _one_at_a_time = serial();
-    let mut site = EdgeSite::new();
+    let mut site = Site::new(SMTPW);
     spool_with_a_past(&mut site, QUEUED, false);
     let db = site.spool.join("spool.db");
     std::fs::File::create(&db).unwrap();
@@ -128,7 +131,7 @@ fn zero_length_database_with_a_ledger() {
 fn wal_header_damaged_after_sigkill() {
     const CASE: &str = "WAL header damaged after a SIGKILL";
     let _one_at_a_time = serial();
-    let mut site = EdgeSite::new();
+    let mut site = Site::new(SMTPW);
     spool_with_a_past(&mut site, QUEUED, true);
     let wal = site.spool.join("spool.db-wal");
     let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
@@ -144,7 +147,7 @@ fn wal_header_damaged_after_sigkill() {
 fn corrupted_page() {
     const CASE: &str = "a corrupted database page";
     let _one_at_a_time = serial();
-    let mut site = EdgeSite::new();
+    let mut site = Site::new(SMTPW);
     spool_with_a_past(&mut site, 5 * QUEUED, false);
     let db = site.spool.join("spool.db");
     let len = std::fs::metadata(&db).unwrap().len();

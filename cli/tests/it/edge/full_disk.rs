@@ -6,15 +6,19 @@
 //! delivered, counted once, with a whole ledger line, and the repeats at the relay stay within
 //! the in-flight bound. Root only (tmpfs); skipped with a notice otherwise.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use mock_mta::MockConfig;
 
-use super::accounting::Tally;
-use super::site::{serial, verdict, wait_until, EdgeSite};
-use super::tmpfs::Tmpfs;
-use crate::proc_support::{num, received, recipients, repeat_bound_per_crash, LoopbackMock};
+use smtpw_testkit::ledger::Tally;
+use smtpw_testkit::proc::{
+    num, received, repeat_bound_per_crash, serial, wait_until, LoopbackMock,
+};
+use smtpw_testkit::site::{verdict, Site};
+use smtpw_testkit::tmpfs::Tmpfs;
+use smtpw_testkit::workload::recipients;
+
+use crate::SMTPW;
 
 const N: usize = 20_000;
 const WORKERS: u32 = 2;
@@ -34,8 +38,8 @@ fn is_enospc_line(l: &str) -> bool {
 fn delivery_while_the_disk_fills_and_after_space_returns() {
     const CASE: &str = "full disk";
     let _one_at_a_time = serial();
-    let mut site = EdgeSite::new();
-    let disk = match Tmpfs::mount(&site.spool, "16m") {
+    let mut site = Site::new(SMTPW);
+    let disk = match Tmpfs::mount_on(&site.spool, "16m") {
         Ok(d) => d,
         Err(why) => {
             eprintln!("edge {CASE}: NOTICE: skipped ({why}); it needs root to mount a tmpfs");
@@ -60,20 +64,8 @@ fn delivery_while_the_disk_fills_and_after_space_returns() {
         site.log_text()
     );
     // Fill the disk to the last byte.
-    let filler = disk.path.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let block = vec![0x5a_u8; 64 * 1024];
-    let mut filled = 0u64;
-    while f.write_all(&block).is_ok() {
-        filled += block.len() as u64;
-    }
-    // The last partial block, byte by byte-ish.
-    for size in [4096usize, 512, 1] {
-        while f.write_all(&block[..size]).is_ok() {
-            filled += size as u64;
-        }
-    }
-    let _ = f.flush();
+    let filler = disk.fill("filler");
+    let filled = filler.bytes;
     let log_at_full = site.log_text().len();
     let relay_at_full = mock.mta.stats().recipients_accepted;
     let full_at = Instant::now();
@@ -105,7 +97,6 @@ fn delivery_while_the_disk_fills_and_after_space_returns() {
         ));
     }
     // Space returns.
-    drop(f);
     std::fs::remove_file(&filler).unwrap();
     let freed_at = Instant::now();
     let full_for = freed_at - full_at;

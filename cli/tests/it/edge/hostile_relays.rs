@@ -7,12 +7,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::accounting::Tally;
-use super::hostile_relay::{HostileRelay, Script};
-use super::site::{
-    drain_args, peak_rss_kib, serial, term_and_wait, verdict, EdgeSite, DRAIN_SECS, STOP_MARGIN,
-};
-use crate::proc_support::recipients;
+use smtpw_testkit::hostile::{HostileRelay, Script};
+use smtpw_testkit::ledger::Tally;
+use smtpw_testkit::proc::{peak_rss_kib, serial};
+use smtpw_testkit::site::{verdict, Site};
+use smtpw_testkit::workload::recipients;
+
+use super::{DRAIN_SECS, STOP_MARGIN};
+use crate::SMTPW;
 
 const N: usize = 30;
 const WORKERS: u32 = 1;
@@ -24,11 +26,11 @@ const PEAK_RSS_LIMIT_KIB: u64 = 128 * 1024;
 fn hostile(case: &str, script: Script, dwell: Duration) {
     let _one_at_a_time = serial();
     let relay = HostileRelay::start(script);
-    let mut site = EdgeSite::new();
+    let mut site = Site::new(SMTPW);
     site.point_at(relay.port, WORKERS, MAX_BSMTP);
     site.submit(&recipients(N));
     let mut violations = Vec::new();
-    let extra = drain_args().unwrap_or_else(|| {
+    let extra = site.drain_args(DRAIN_SECS).unwrap_or_else(|| {
         violations.push(
             "`smtpw run` has no --drain-timeout: a graceful stop has no bound (issue 10, item 6)"
                 .to_string(),
@@ -49,7 +51,7 @@ fn hostile(case: &str, script: Script, dwell: Duration) {
         violations.push(format!("`smtpw run` exited by itself ({s})"));
     }
     let limit = Duration::from_secs(DRAIN_SECS) + STOP_MARGIN;
-    let (status, took) = term_and_wait(&mut kid, limit);
+    let (status, took) = kid.term_and_wait(limit);
     match status {
         None => violations.push(format!(
             "`smtpw run` did not stop within {limit:?} of SIGTERM (drain deadline {DRAIN_SECS} s); \

@@ -2,8 +2,8 @@
 //! silently repeated" at the first edges of a real deployment, driven through the `smtpw` binary
 //! as an operator (or a hostile relay) would. Each case asserts delivered + failed + queued =
 //! submitted (in the spool, `smtpw queue --json`, and in the ledger) and prints its figures,
-//! repeats included: `cargo test -p smtpw --test edge -- --nocapture`. The cases run one at a
-//! time and each takes seconds.
+//! repeats included: `cargo test -p smtpw --test it edge:: -- --nocapture`. The cases run one at
+//! a time and each takes seconds.
 //!
 //! Cases (module, test) and the issue 10 items they depend on:
 //!
@@ -29,25 +29,21 @@
 //! Every hostile-relay case needs `smtpw run --drain-timeout SECS` (item 6) and reports its
 //! absence as a violation before running without it, so its other checks still say something.
 //!
-//! Fixtures, each in its own module: `site` (a spool driven through the binary), `accounting`
-//! (the tally and the strict ledger scan), `hostile_relay` (the scripted relay), `tmpfs` (a
-//! small filesystem mounted for the full-disk case); `proc_support` is shared with the other
-//! process-level tests.
+//! Fixtures, in the test kit: `smtpw_testkit::site` (a spool driven through the binary),
+//! `smtpw_testkit::ledger` (the tally and the strict ledger scan), `smtpw_testkit::hostile` (the
+//! scripted hostile relay), `smtpw_testkit::tmpfs` (a small file system mounted for the full-disk
+//! case), `smtpw_testkit::proc` (processes, shared with the other process-level tests).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+use std::time::Duration;
 
-mod proc_support;
+/// The drain deadline the cases give `smtpw run --drain-timeout` (seconds).
+pub const DRAIN_SECS: u64 = 2;
+/// How long a stop may take beyond the drain deadline: the courtesy QUIT at a stop
+/// (`worker::QUIT_AT_STOP`, 2 s) and process exit on a loaded machine.
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
 
-mod edge {
-    // Fixtures.
-    pub mod accounting;
-    pub mod hostile_relay;
-    pub mod site;
-    pub mod tmpfs;
-    // Cases.
-    mod damaged_spool;
-    mod full_disk;
-    mod hostile_relays;
-    mod odd_files;
-    mod sigkill_loop;
-}
+mod damaged_spool;
+mod full_disk;
+mod hostile_relays;
+mod odd_files;
+mod sigkill_loop;

@@ -14,18 +14,15 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use mock_mta::MockConfig;
-use smtpw::job::JobWriter;
+use smtpw_engine::job::JobWriter;
 
-use super::accounting::Tally;
-use super::site::{is_root, name_of, serial, verdict, EdgeSite};
-use crate::proc_support::{received, Kid, LoopbackMock};
+use smtpw_testkit::ledger::Tally;
+use smtpw_testkit::proc::{
+    log_to, received, serial, unreadable_to_daemon, without_dac_override, Kid, LoopbackMock,
+};
+use smtpw_testkit::site::{name_of, verdict, Site};
 
-const WITHOUT_DAC: &[&str] = &[
-    "setpriv",
-    "--bounding-set",
-    "-dac_override,-dac_read_search",
-    "--",
-];
+use crate::SMTPW;
 
 /// A `.MAIL` job to `rcpts`.
 fn job_text(rcpts: &[String]) -> Vec<u8> {
@@ -44,20 +41,6 @@ fn rcpts(tag: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{tag}{i}@odd.example")).collect()
 }
 
-/// Does `wrap cat FILE` fail to read `file`?
-fn unreadable_through(wrap: &[&str], file: &Path) -> bool {
-    let (prog, args) = match wrap.split_first() {
-        Some((p, a)) => (*p, a),
-        None => ("cat", &[][..]),
-    };
-    let mut c = Command::new(prog);
-    c.args(args);
-    if !wrap.is_empty() {
-        c.arg("cat");
-    }
-    c.arg(file).output().is_ok_and(|o| !o.status.success())
-}
-
 fn set_mtime(p: &Path, t: SystemTime) {
     std::fs::File::options()
         .write(true)
@@ -72,7 +55,7 @@ fn odd_entries_named_mail_beside_good_jobs() {
     const CASE: &str = "odd files in incoming";
     let _one_at_a_time = serial();
     let mock = LoopbackMock::start(MockConfig::iis());
-    let mut site = EdgeSite::new();
+    let mut site = Site::new(SMTPW);
     site.point_at(mock.port, 2, 10);
     let incoming = site.spool.join("incoming");
     std::fs::create_dir_all(&incoming).unwrap();
@@ -84,12 +67,11 @@ fn odd_entries_named_mail_beside_good_jobs() {
     std::fs::write(&unreadable, job_text(&rcpts("unreadable", 5))).unwrap();
     set_mtime(&unreadable, an_hour_ago);
     std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let wrap: &[&str] = if is_root() { WITHOUT_DAC } else { &[] };
     let mut odd = vec![
         incoming.join("b-directory.MAIL"),
         incoming.join("c-fifo.MAIL"),
     ];
-    if unreadable_through(wrap, &unreadable) {
+    if unreadable_to_daemon(&unreadable) {
         odd.insert(0, unreadable.clone());
     } else {
         eprintln!(
@@ -118,7 +100,16 @@ fn odd_entries_named_mail_beside_good_jobs() {
     site.submit(&rcpts("good-two-", 20));
 
     let mut violations = Vec::new();
-    let mut kid = Kid::spawn(site.run_cmd(true, &[], wrap), "smtpw run --until-empty");
+    // As a process that file modes bind (as root: without the capabilities that bypass them).
+    let run = site.run_cmd(true, &[]);
+    let cmd = match without_dac_override(&run) {
+        Some(mut c) => {
+            log_to(&mut c, &site.log);
+            c
+        }
+        None => run,
+    };
+    let mut kid = Kid::spawn(cmd, "smtpw run --until-empty");
     let limit = Duration::from_secs(30);
     let status = kid.wait_for(limit);
     match status {

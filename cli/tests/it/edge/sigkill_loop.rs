@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use mock_mta::MockConfig;
 
-use super::accounting::Tally;
-use super::site::{serial, verdict, EdgeSite};
-use crate::proc_support::{num, received, repeat_bound_per_crash, Kid, Lcg, LoopbackMock};
+use smtpw_testkit::ledger::Tally;
+use smtpw_testkit::proc::{num, received, repeat_bound_per_crash, serial, Kid, LoopbackMock};
+use smtpw_testkit::site::{verdict, Site};
+use smtpw_testkit::workload::Lcg;
+
+use crate::SMTPW;
 
 const KILLS: usize = 60;
 const WORKERS: u32 = 4;
@@ -33,7 +36,7 @@ fn fifty_sigkills_during_delivery_and_ingest() {
         .command_latency_ms
         .insert("DOT".into(), DOT_LATENCY_MS);
     let mock = LoopbackMock::start(mc);
-    let mut site = EdgeSite::new();
+    let mut site = Site::new(SMTPW);
     site.point_at(mock.port, WORKERS, MAX_BSMTP);
     let per_kill = repeat_bound_per_crash(WORKERS, MAX_BSMTP);
     let mut rng = Lcg(0xed6e_5eed);

@@ -10,13 +10,14 @@ use std::io::BufWriter;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use smtpw::chunk::{chunk, SortMode};
-use smtpw::clock::SystemClock;
-use smtpw::config::{Pool, PoolSet, RateLimits};
-use smtpw::job::JobReader;
-use smtpw::ratelimit::RateLimiter;
-use smtpw::smtp::{classify_rcpt, parse_reply};
-use smtpw::spool::{CopyResult, Outcome, RcptOutcome, Spool, SpoolOptions, SqliteSpool, INCOMING};
+use smtpw_engine::chunk::{chunk, SortMode};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::config::{Pool, PoolSet, RateLimits};
+use smtpw_engine::job::JobReader;
+use smtpw_engine::ratelimit::RateLimiter;
+use smtpw_engine::smtp::{classify_rcpt, parse_reply};
+use smtpw_engine::spool::{CopyResult, Spool, SpoolOptions, SqliteSpool, INCOMING};
+use smtpw_testkit::workload::{all_delivered, bench_rcpt, write_bench_jobs};
 
 fn limiter(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -72,7 +73,8 @@ fn config(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SITE_CFG.len() as u64));
     g.bench_function("parse SITE.CFG", |b| {
         b.iter(|| {
-            smtpw::config::parse_str(black_box(SITE_CFG), "SITE.CFG").expect("valid SITE.CFG")
+            smtpw_engine::config::parse_str(black_box(SITE_CFG), "SITE.CFG")
+                .expect("valid SITE.CFG")
         })
     });
     g.finish();
@@ -80,7 +82,7 @@ fn config(c: &mut Criterion) {
 
 fn job_parse(c: &mut Criterion) {
     const N: u64 = 1_000_000;
-    let buf = benches::write_jobs(Vec::new(), 1, N, 20_480).expect("job");
+    let buf = write_bench_jobs(Vec::new(), 1, N, 20_480).expect("job");
     let mut g = c.benchmark_group("job");
     g.sample_size(10);
     g.throughput(Throughput::Elements(N));
@@ -105,7 +107,7 @@ fn job_parse(c: &mut Criterion) {
 }
 
 fn chunking(c: &mut Criterion) {
-    let rcpts: Vec<String> = (0..100_000).map(benches::rcpt).collect();
+    let rcpts: Vec<String> = (0..100_000).map(bench_rcpt).collect();
     let mut g = c.benchmark_group("chunk");
     g.throughput(Throughput::Elements(rcpts.len() as u64));
     g.sample_size(20);
@@ -154,7 +156,7 @@ fn replies(c: &mut Criterion) {
             let mut rest = black_box(batch.as_slice());
             let mut accepted = 0u32;
             while let Some((r, used)) = parse_reply(rest).expect("reply") {
-                if matches!(classify_rcpt(&r), smtpw::smtp::RcptVerdict::Accepted) {
+                if matches!(classify_rcpt(&r), smtpw_engine::smtp::RcptVerdict::Accepted) {
                     accepted += 1;
                 }
                 rest = &rest[used..];
@@ -173,7 +175,7 @@ fn loaded_spool(jobs: u64, rcpts: u64, size: usize) -> (tempfile::TempDir, Sqlit
     let incoming = dir.path().join(INCOMING);
     std::fs::create_dir_all(&incoming).expect("incoming");
     let f = std::fs::File::create(incoming.join("bench.MAIL")).expect("job file");
-    benches::write_jobs(BufWriter::new(f), jobs, rcpts, size).expect("write jobs");
+    write_bench_jobs(BufWriter::new(f), jobs, rcpts, size).expect("write jobs");
     let opts = SpoolOptions {
         max_bsmtp: u32::try_from(rcpts).expect("rcpts"),
         ..SpoolOptions::default()
@@ -183,16 +185,7 @@ fn loaded_spool(jobs: u64, rcpts: u64, size: usize) -> (tempfile::TempDir, Sqlit
 }
 
 fn delivered(n: usize) -> CopyResult {
-    CopyResult {
-        relay: Some("127.0.0.1:25".into()),
-        rcpts: vec![
-            RcptOutcome {
-                outcome: Outcome::Delivered,
-                reply: "250 2.1.5 Ok".into(),
-            };
-            n
-        ],
-    }
+    all_delivered("127.0.0.1:25", n, "250 2.1.5 Ok")
 }
 
 fn spool(c: &mut Criterion) {

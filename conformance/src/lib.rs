@@ -3,7 +3,8 @@
 //! binaries users run. `cargo test -p conformance` runs them; `cargo xtask conformance` runs them
 //! and writes `target/conformance/report.{md,html}`.
 //!
-//! Engine scenarios (modules in [`scenarios`], topologies in [`topology`]):
+//! Engine scenarios (modules in [`scenarios`]; topologies from `smtpw_testkit::topology`, the
+//! real-time sites in [`site`]):
 //!
 //! | scenario | modes | what it proves |
 //! |---|---|---|
@@ -19,5 +20,5 @@
 pub mod report;
 pub mod runner;
 pub mod scenarios;
+pub mod site;
 pub mod svg;
-pub mod topology;

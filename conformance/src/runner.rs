@@ -54,28 +54,7 @@ impl Outcome {
 }
 
 /// Why a scenario failed: what was expected and what happened, both concrete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub expected: String,
-    pub got: String,
-}
-
-impl Failure {
-    pub fn new(expected: impl Into<String>, got: impl Into<String>) -> Self {
-        Self {
-            expected: expected.into(),
-            got: got.into(),
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "expected: {}\n     got: {}", self.expected, self.got)
-    }
-}
-
-impl std::error::Error for Failure {}
+pub use smtpw_testkit::Failure;
 
 pub type ScenarioResult = Result<Outcome, Failure>;
 
@@ -513,66 +492,6 @@ pub fn target_dir() -> Result<PathBuf, String> {
 }
 
 // ---- helpers for real-time scenarios ------------------------------------------------------
-
-/// What a finished process gave.
-#[derive(Debug, Clone)]
-pub struct Ran {
-    /// `None` when killed by a signal.
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `program args...` to completion with a time limit; the child is killed if the limit
-/// passes or the scenario is cancelled.
-pub async fn run_process(program: &Path, args: &[&str], limit: Duration) -> Result<Ran, Failure> {
-    let shown = || {
-        let mut s = program.display().to_string();
-        for a in args {
-            s.push(' ');
-            s.push_str(a);
-        }
-        s
-    };
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Failure::new(format!("`{}` to start", shown()), e.to_string()))?;
-    match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(Ok(o)) => Ok(Ran {
-            code: o.status.code(),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }),
-        Ok(Err(e)) => Err(Failure::new(format!("`{}` to run", shown()), e.to_string())),
-        Err(_) => Err(Failure::new(
-            format!("`{}` to exit within {} s", shown(), limit.as_secs()),
-            "it was still running and was killed",
-        )),
-    }
-}
-
-/// Starts a long-running process (a mock MTA, the engine) with piped output; it is killed when
-/// the returned child is dropped, so a failing or cancelled scenario leaves nothing behind.
-pub fn spawn_process(program: &Path, args: &[&str]) -> Result<tokio::process::Child, Failure> {
-    tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            Failure::new(
-                format!("`{} {}` to start", program.display(), args.join(" ")),
-                e.to_string(),
-            )
-        })
-}
 
 /// A fresh temporary directory, removed when dropped.
 pub fn temp_dir() -> Result<tempfile::TempDir, Failure> {

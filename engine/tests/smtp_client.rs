@@ -21,9 +21,10 @@ use smtpw::smtp::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-mod scripted;
-
-use scripted::*;
+// The library's crate is `smtpw_engine` since the CLI became a package of its own; the short
+// name keeps this file's paths as they were.
+use smtpw_engine as smtpw;
+use smtpw_testkit::scripted::*;
 
 // ---------------------------------------------------------------------------------------------
 // Tests

@@ -14,7 +14,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 
 use libfuzzer_sys::fuzz_target;
-use smtpw::job::{read_all, valid_address, Job, JobError, JobReader, JobWriter};
+use smtpw_engine::job::{read_all, valid_address, Job, JobError, JobReader, JobWriter};
 
 /// A reader that hands out the data in pieces of pseudo-random size, sometimes failing with
 /// `Interrupted` first (a signal arriving during a read).

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use mock_mta::{MockConfig, MockMta};
-use smtpw::smtp::parse_reply;
+use smtpw_engine::smtp::parse_reply;
 use smtpw_clock::VirtualClock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

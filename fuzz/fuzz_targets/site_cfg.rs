@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtpw::config::{parse_str, Diagnostic, Severity};
+use smtpw_engine::config::{parse_str, Diagnostic, Severity};
 
 fn check_diagnostic(d: &Diagnostic, text: &str) {
     let lines: Vec<&str> = text.split('\n').collect();

@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtpw::smtp::{classify_rcpt, parse_reply, Capabilities, Reply};
+use smtpw_engine::smtp::{classify_rcpt, parse_reply, Capabilities, Reply};
 
 /// Parse replies from `buf` until it needs more or fails; returns how many bytes they used and
 /// whether it failed.

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use smtpw::clock::SystemClock;
-use smtpw::spool::{SpoolOptions, SqliteSpool};
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::spool::{SpoolOptions, SqliteSpool};
+use smtpw_testkit::workload::write_bench_jobs;
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -79,7 +80,7 @@ type Res = Result<(), Box<dyn std::error::Error>>;
 fn write_file(out: &std::path::Path, o: &Opts) -> Res {
     let tmp = out.with_extension("tmp");
     let f = File::create(&tmp)?;
-    let w = benches::write_jobs(
+    let w = write_bench_jobs(
         BufWriter::with_capacity(1 << 20, f),
         o.jobs,
         o.rcpts,
@@ -102,7 +103,7 @@ fn job(out: PathBuf, o: &Opts) -> Res {
 }
 
 fn preload(dir: PathBuf, o: &Opts) -> Res {
-    let incoming = dir.join(smtpw::spool::INCOMING);
+    let incoming = dir.join(smtpw_engine::spool::INCOMING);
     std::fs::create_dir_all(&incoming)?;
     let t = Instant::now();
     write_file(&incoming.join("bench.MAIL"), o)?;

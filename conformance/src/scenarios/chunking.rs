@@ -14,7 +14,10 @@ use mock_mta::MockConfig;
 
 use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
-use crate::topology::{exactly_once, fast_options, MockProcess, ProcessSite, Topology};
+use crate::site::ProcessSite;
+use smtpw_testkit::assert::exactly_once;
+use smtpw_testkit::proc::MockProcess;
+use smtpw_testkit::topology::{fast_options, Topology};
 
 const RELAY: &str = "RELAY.EXAMPLE.ORG:25";
 
@@ -61,13 +64,13 @@ async fn thousand_thousand_five_hundred() -> Result<String, Failure> {
         &site(1000, 0),
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(RELAY, mock(1000, 552))],
-    )?;
+    );
     let want = rcpts(2500);
-    t.submit(None, want.iter().cloned(), 3000)?;
-    t.run_until_empty(fast_options(), Duration::from_secs(3600))
+    t.submit(None, want.iter().cloned(), 3000);
+    t.try_run_until_empty(fast_options(), Duration::from_secs(3600))
         .await?;
     exactly_once(&want, t.delivered_everywhere(), RELAY)?;
-    let j = t.mock(RELAY)?.journal();
+    let j = t.mock(RELAY).journal();
     let mut sizes: Vec<usize> = j.transactions().map(|t| t.rcpts.len()).collect();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     if sizes != [1000, 1000, 500] {
@@ -85,18 +88,18 @@ async fn against_iis(code: u16) -> Result<String, Failure> {
         &site(1000, 0),
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(RELAY, mock(100, code))],
-    )?;
+    );
     let want = rcpts(2500);
-    t.submit(None, want.iter().cloned(), 3000)?;
+    t.submit(None, want.iter().cloned(), 3000);
     let s = t
-        .run_until_empty(fast_options(), Duration::from_secs(3600))
+        .try_run_until_empty(fast_options(), Duration::from_secs(3600))
         .await?;
     exactly_once(
         &want,
         t.delivered_everywhere(),
         &format!("an IIS relay answering {code} past 100 recipients"),
     )?;
-    let j = t.mock(RELAY)?.journal();
+    let j = t.mock(RELAY).journal();
     let too_many = j.rcpt_replies().iter().filter(|r| r.code == code).count();
     let over: Vec<usize> = j
         .accepted_transactions()
@@ -157,10 +160,10 @@ async fn against_iis(code: u16) -> Result<String, Failure> {
 
 /// No ledger line says failed.
 fn failures_in_ledger(t: &Topology) -> Result<String, Failure> {
-    let l = t.ledger()?;
+    let l = t.try_ledger()?;
     let failed: Vec<_> = l
         .iter()
-        .filter(|x| x.outcome == smtpw::ledger::Outcome::Failed)
+        .filter(|x| x.outcome == smtpw_engine::ledger::Outcome::Failed)
         .collect();
     if let Some(f) = failed.first() {
         return Err(Failure::new(
@@ -176,7 +179,7 @@ fn domain_runs(addrs: &[String]) -> usize {
     let mut runs = 0;
     let mut prev: Option<&str> = None;
     for a in addrs {
-        let d = smtpw::chunk::domain_of(a);
+        let d = smtpw_engine::chunk::domain_of(a);
         if prev != Some(d) {
             runs += 1;
             prev = Some(d);
@@ -194,12 +197,12 @@ async fn sorted_grouping() -> Result<String, Failure> {
             &site(100, sort),
             date(2026, 11, 22).at(12, 0, 0, 0),
             &[(RELAY, mock(100, 552))],
-        )?;
+        );
         let want = rcpts(500);
-        t.submit(None, want.iter().cloned(), 1000)?;
-        t.run_until_empty(fast_options(), Duration::from_secs(3600))
+        t.submit(None, want.iter().cloned(), 1000);
+        t.try_run_until_empty(fast_options(), Duration::from_secs(3600))
             .await?;
-        let journal = t.mock(RELAY)?.journal();
+        let journal = t.mock(RELAY).journal();
         let sizes: Vec<usize> = journal.transactions().map(|t| t.rcpts.len()).collect();
         if sizes != [100; 5] {
             return Err(Failure::new(
@@ -211,7 +214,10 @@ async fn sorted_grouping() -> Result<String, Failure> {
         exactly_once(&want, got.clone(), RELAY)?;
         runs[usize::from(sort)] = domain_runs(&got);
         if sort == 1 {
-            let domains: BTreeSet<&str> = got.iter().map(|a| smtpw::chunk::domain_of(a)).collect();
+            let domains: BTreeSet<&str> = got
+                .iter()
+                .map(|a| smtpw_engine::chunk::domain_of(a))
+                .collect();
             if runs[1] != domains.len() {
                 return Err(Failure::new(
                     format!(
@@ -223,7 +229,7 @@ async fn sorted_grouping() -> Result<String, Failure> {
                 ));
             }
             let mut sorted = got.clone();
-            sorted.sort_by(|a, b| smtpw::chunk::compare_recipients(a, b));
+            sorted.sort_by(|a, b| smtpw_engine::chunk::compare_recipients(a, b));
             if sorted != got {
                 return Err(Failure::new(
                     "SORT_RECIPIENTS=1: recipients delivered sorted by domain, then address",
@@ -268,23 +274,24 @@ async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
         "mock-mta --max-recipients 100",
     )?;
     let too_many = j
-        .transactions
-        .iter()
+        .transactions()
         .flat_map(|t| t.rcpts.iter())
-        .filter(|(_, c)| *c == 552)
+        .filter(|r| r.code == 552)
         .count();
     let over = j
-        .accepted()
+        .accepted_transactions()
+        .iter()
         .filter(|t| t.accepted_rcpts().count() > 100)
         .count();
     // Copies of 1000/1000/500 at 100 per transaction: 10 + 10 + 5.
-    if j.accepted().count() != 25 {
+    if j.accepted_transactions().len() != 25 {
         return Err(Failure::new(
             "copies of 1000/1000/500 sent as 10 + 10 + 5 transactions of 100 (25 in all)",
             format!(
                 "{} accepted transactions of {:?} recipients",
-                j.accepted().count(),
-                j.accepted()
+                j.accepted_transactions().len(),
+                j.accepted_transactions()
+                    .iter()
                     .map(|t| t.accepted_rcpts().count())
                     .collect::<Vec<_>>()
             ),
@@ -299,7 +306,7 @@ async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
     let delivered = site
         .ledger()?
         .iter()
-        .filter(|l| l.outcome == smtpw::ledger::Outcome::Delivered)
+        .filter(|l| l.outcome == smtpw_engine::ledger::Outcome::Delivered)
         .count();
     if delivered != want.len() {
         return Err(Failure::new(
@@ -309,6 +316,6 @@ async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
     }
     Ok(format!(
         "processes: 2500 rcpts once each through {} transactions ({too_many} x 552 recovered), ledger agrees",
-        j.accepted().count()
+        j.accepted_transactions().len()
     ))
 }

@@ -3,7 +3,7 @@
 //! Each case is data: the file, what SPEC says it means, and the figure to show. Real time runs
 //! `smtpw config check FILE --json` on a temporary file and reads the JSON (a bad file must give
 //! exit status 2 and an error line `FILE:LINE:COLUMN: error: ...`); virtual mode reads the same
-//! file through `smtpw::config::parse_str` and `SiteConfig::to_json()`. Both are then read by the
+//! file through `smtpw_engine::config::parse_str` and `SiteConfig::to_json()`. Both are then read by the
 //! same independent reader ([`facts`]) and compared with the documented meaning.
 
 use std::collections::BTreeMap;
@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use crate::report::Mode;
 use crate::runner::{
-    run_process, temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH, VIRTUAL_ONLY,
+    temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH, VIRTUAL_ONLY,
 };
+use smtpw_testkit::proc::run_process;
 
 const SYNC: &str = "SMTP_FORWARD=SYNC.EXAMPLE.ORG\n";
 
@@ -500,7 +501,7 @@ async fn run_case(case: Case, ctx: Ctx) -> ScenarioResult {
     let (file, read) = match ctx.mode() {
         Mode::Virtual => {
             let file = case.file_name().to_string();
-            let read = match smtpw::config::parse_str(&case.text, &file) {
+            let read = match smtpw_engine::config::parse_str(&case.text, &file) {
                 Ok(cfg) => Read::Good(cfg.to_json()),
                 Err(e) => Read::Bad {
                     status: None,
@@ -836,7 +837,7 @@ pub fn facts(v: &Value) -> Result<BTreeMap<String, String>, String> {
 async fn delivery_pool_header() -> ScenarioResult {
     let mut seen = Vec::new();
     for (value, post, admin) in [(" C,D", 'C', 'D'), (" C", 'C', 'C')] {
-        let got = smtpw::config::parse_delivery_pool(value).map_err(|e| {
+        let got = smtpw_engine::config::parse_delivery_pool(value).map_err(|e| {
             Failure::new(
                 format!("Delivery-Pool={value} to give postings {post}, admin {admin}"),
                 format!("refused: {e}"),
@@ -851,7 +852,7 @@ async fn delivery_pool_header() -> ScenarioResult {
         }
         seen.push(format!("'{}' -> {}/{}", value.trim(), g.0, g.1));
     }
-    if let Ok(p) = smtpw::config::parse_delivery_pool("CD") {
+    if let Ok(p) = smtpw_engine::config::parse_delivery_pool("CD") {
         return Err(Failure::new(
             "Delivery-Pool=CD (two letters, no comma) to be refused",
             format!(
@@ -901,7 +902,7 @@ mod tests {
             .find(|c| c.name == "config-03-three-lines")
             .unwrap();
         c.text = format!("{SYNC}SMTP_FORWARD_1=UNIXSERVER.BAR.COM\nSMTP_FORWARD_2=SMTP.BAZ.NET\n");
-        let json = smtpw::config::parse_str(&c.text, "SITE.CFG")
+        let json = smtpw_engine::config::parse_str(&c.text, "SITE.CFG")
             .unwrap()
             .to_json();
         let f = judge(&c, "SITE.CFG", Read::Good(json)).unwrap_err();

@@ -7,7 +7,7 @@
 //! - worker 3, case 7: `SMTP.BAZ.NET(10:00-14:00)`, no failover;
 //! - worker 4, a half-hour window crossing midnight, no failover.
 //!
-//! Every delivered transaction's host must be the one `smtpw::route::explain` gives for that
+//! Every delivered transaction's host must be the one `smtpw_engine::route::explain` gives for that
 //! worker at the minute it was delivered; every job must go out at the first minute its worker is
 //! active (at once when it is), and jobs of inactive workers wait (case 7's jobs after 14:00 are
 //! still queued at midnight).
@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use jiff::civil::date;
 use mock_mta::MockConfig;
-use smtpw::config::TimeOfDay;
-use smtpw::engine::EngineOptions;
-use smtpw::route::{self, Via};
+use smtpw_engine::config::TimeOfDay;
+use smtpw_engine::engine::EngineOptions;
+use smtpw_engine::route::{self, Via};
 
 use crate::report::{Chart, Lane};
 use crate::runner::{Ctx, Failure, Outcome, Scenario, ScenarioResult, VIRTUAL_ONLY};
-use crate::topology::{iis_with_dot_latency, Topology};
+use smtpw_testkit::topology::{iis_with_dot_latency, Topology};
 
 const SITE: &str = "\
 SMTP_FORWARD=SYNC.EXAMPLE.ORG
@@ -54,7 +54,7 @@ fn tod(minute: u16) -> TimeOfDay {
 }
 
 /// "host:port" of worker `w` (0-based) at `minute`, or None when inactive, per explain().
-fn explained(cfg: &smtpw::config::SiteConfig, w: usize, minute: u16) -> Option<String> {
+fn explained(cfg: &smtpw_engine::config::SiteConfig, w: usize, minute: u16) -> Option<String> {
     route::explain(cfg, tod(minute))
         .get(w)
         .and_then(|r| match (&r.host, r.port, r.via) {
@@ -69,7 +69,7 @@ async fn day(_ctx: Ctx) -> ScenarioResult {
         .iter()
         .map(|h| (*h, iis_with_dot_latency(50)))
         .collect();
-    let t = Topology::new(SITE, start, &hosts)?;
+    let t = Topology::new(SITE, start, &hosts);
     let cfg = t.config.clone();
     if cfg.workers.len() != 4 {
         return Err(Failure::new("4 workers", format!("{}", cfg.workers.len())));
@@ -87,11 +87,11 @@ async fn day(_ctx: Ctx) -> ScenarioResult {
         tokio::time::sleep_until(t0 + Duration::from_secs(hour * 3600)).await;
         for (w, pool) in POOLS.iter().enumerate() {
             let rcpts = (0..3).map(move |i| format!("w{}-h{hour:02}-{i}@example.com", w + 1));
-            t.submit(Some(*pool), rcpts, 1500)?;
+            t.submit(Some(*pool), rcpts, 1500);
         }
     }
     tokio::time::sleep_until(t0 + Duration::from_secs(24 * 3600 - 1)).await;
-    let queued = t.stats().await?.queued;
+    let queued = t.stats().await.queued;
     run.stop().await?;
 
     let t0_wall = start
@@ -101,7 +101,7 @@ async fn day(_ctx: Ctx) -> ScenarioResult {
     // (worker, submit hour) -> (delivery minute, host) of every recipient.
     let mut got: BTreeMap<(usize, u16), Vec<(u16, String)>> = BTreeMap::new();
     for hp in HOSTS {
-        for tr in t.mock(hp)?.journal().accepted_transactions() {
+        for tr in t.mock(hp).journal().accepted_transactions() {
             let minute = (tr.started_at.duration_since(t0_wall).as_secs() / 60) as u16;
             for r in tr.accepted_rcpts() {
                 let (w, h) = parse_rcpt(&r.addr)
@@ -175,7 +175,7 @@ async fn day(_ctx: Ctx) -> ScenarioResult {
             }
         }
     }
-    let sync = t.mock("SYNC.EXAMPLE.ORG:25")?.stats().sessions;
+    let sync = t.mock("SYNC.EXAMPLE.ORG:25").stats().sessions;
     if sync != 0 || queued != waiting {
         return Err(Failure::new(
             format!(

@@ -2,7 +2,7 @@
 //!
 //! 1. the primary refuses connections: the failover host gets every copy;
 //! 2. the primary is back while the failover's connection is kept busy: the worker gives that
-//!    connection up after `smtpw::worker::FAILOVER_RECHECK` (5 min) and its next new connection
+//!    connection up after `smtpw_engine::worker::FAILOVER_RECHECK` (5 min) and its next new connection
 //!    goes to the primary, which keeps the traffic;
 //! 3. a worker with no failover whose host refuses: the copies wait, and after the grace period
 //!    (`EngineOptions::sync_grace`, 100 s here) go through SMTP_FORWARD.
@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use jiff::civil::date;
 use mock_mta::{Faults, MockConfig};
-use smtpw::spool::Spool;
-use smtpw::worker::FAILOVER_RECHECK;
+use smtpw_engine::spool::Spool;
+use smtpw_engine::worker::FAILOVER_RECHECK;
 
 use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
-use crate::topology::{
-    dead_port, exactly_once, fast_options, host_port, MockProcess, ProcessSite, Topology,
-};
+use crate::site::ProcessSite;
+use smtpw_testkit::assert::exactly_once;
+use smtpw_testkit::proc::{free_port, MockProcess};
+use smtpw_testkit::topology::{fast_options, host_port, Topology};
 
 const PRIMARY: &str = "PRIMARY.EXAMPLE.ORG:25";
 const FAILOVER: &str = "FAILOVER.EXAMPLE.ORG:25";
@@ -45,7 +46,7 @@ fn rcpts(tag: &str, n: usize) -> Vec<String> {
 }
 
 fn delivered_at(t: &Topology, hp: &str) -> Result<Vec<String>, Failure> {
-    Ok(t.mock(hp)?.journal().delivered_recipients())
+    Ok(t.mock(hp).journal().delivered_recipients())
 }
 
 async fn failover(ctx: Ctx) -> ScenarioResult {
@@ -66,17 +67,17 @@ async fn primary_then_back() -> Result<String, Failure> {
             (FAILOVER, MockConfig::iis()),
             (SYNC, MockConfig::iis()),
         ],
-    )?;
-    let primary = t.mock(PRIMARY)?.clone();
+    );
+    let primary = t.mock(PRIMARY).clone();
     primary.set_faults(Faults {
         refuse_connections: true,
         ..Faults::default()
     });
     let first = rcpts("first", 100);
-    t.submit(None, first.iter().cloned(), 1500)?;
+    t.submit(None, first.iter().cloned(), 1500);
     let run = t.start(fast_options());
     let took = t
-        .wait_for(
+        .try_wait_for(
             "the failover to get the 100 recipients while the primary refuses",
             Duration::from_secs(600),
             |t| {
@@ -87,7 +88,7 @@ async fn primary_then_back() -> Result<String, Failure> {
         )
         .await?;
     exactly_once(&first, delivered_at(&t, FAILOVER)?, FAILOVER)?;
-    let tried = t.connector.connects(&host_port(PRIMARY)?);
+    let tried = t.connector.connects(&host_port(PRIMARY));
     if tried == 0 || primary.stats().sessions != 0 || !delivered_at(&t, SYNC)?.is_empty() {
         return Err(Failure::new(
             "the primary tried first and refused, the sync path unused",
@@ -125,7 +126,7 @@ async fn primary_then_back() -> Result<String, Failure> {
             ));
         }
         let job = rcpts(&format!("busy{n}-"), 10);
-        t.submit(None, job.iter().cloned(), 1500)?;
+        t.submit(None, job.iter().cloned(), 1500);
         busy.extend(job);
         n += 1;
         tokio::time::sleep(Duration::from_secs(20)).await;
@@ -133,9 +134,9 @@ async fn primary_then_back() -> Result<String, Failure> {
     // Once back, the primary keeps the traffic.
     let before = delivered_at(&t, FAILOVER)?.len();
     let second = rcpts("second", 100);
-    t.submit(None, second.iter().cloned(), 1500)?;
+    t.submit(None, second.iter().cloned(), 1500);
     let total = first.len() + busy.len() + second.len();
-    t.wait_for("the second job delivered", Duration::from_secs(600), |t| {
+    t.try_wait_for("the second job delivered", Duration::from_secs(600), |t| {
         t.spool.queued_copies() == 0 && t.delivered_everywhere().len() >= total
     })
     .await?;
@@ -176,14 +177,14 @@ async fn no_failover_then_sync() -> Result<String, Failure> {
         "SMTP_FORWARD=SYNC.EXAMPLE.ORG\nSMTP_FORWARD_1=DOWN.EXAMPLE.ORG\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(SYNC, MockConfig::iis())],
-    )?;
+    );
     let want = rcpts("stranded", 50);
-    t.submit(None, want.iter().cloned(), 1500)?;
+    t.submit(None, want.iter().cloned(), 1500);
     let run = t.start(fast_options().with_sync_grace(GRACE));
     // Half-way through the grace period: nothing delivered, everything still queued.
     tokio::time::sleep(GRACE / 2).await;
     let early = delivered_at(&t, SYNC)?.len();
-    let queued = t.stats().await?.queued;
+    let queued = t.stats().await.queued;
     if early != 0 || queued != 50 {
         return Err(Failure::new(
             "within the grace period the copies wait: 0 delivered, 50 queued",
@@ -191,14 +192,14 @@ async fn no_failover_then_sync() -> Result<String, Failure> {
         ));
     }
     let took = t
-        .wait_for(
+        .try_wait_for(
             "the stranded copies to go through SMTP_FORWARD after the grace period",
             Duration::from_secs(3600),
             |t| t.delivered_everywhere().len() >= 50,
         )
         .await?
         + GRACE / 2;
-    let tried = t.connector.connects(&host_port(DOWN)?);
+    let tried = t.connector.connects(&host_port(DOWN));
     run.stop().await?;
     exactly_once(&want, delivered_at(&t, SYNC)?, SYNC)?;
     if took < GRACE || took > GRACE + LATE_BOUND {
@@ -213,7 +214,7 @@ async fn no_failover_then_sync() -> Result<String, Failure> {
         ));
     }
     let relays: std::collections::BTreeSet<Option<String>> =
-        t.ledger()?.into_iter().map(|l| l.relay).collect();
+        t.try_ledger()?.into_iter().map(|l| l.relay).collect();
     if relays.len() != 1 || !relays.contains(&Some(SYNC.to_string())) {
         return Err(Failure::new(
             format!("every ledger line with relay {SYNC}"),
@@ -233,7 +234,7 @@ trait WithGrace {
     fn with_sync_grace(self, d: Duration) -> Self;
 }
 
-impl WithGrace for smtpw::engine::EngineOptions {
+impl WithGrace for smtpw_engine::engine::EngineOptions {
     fn with_sync_grace(mut self, d: Duration) -> Self {
         self.sync_grace = d;
         self
@@ -247,7 +248,7 @@ async fn real_time(ctx: &Ctx) -> Result<String, Failure> {
     let d = dir.path();
     let fo = MockProcess::start(mock, d, "failover", &[]).await?;
     let sync = MockProcess::start(mock, d, "sync", &[]).await?;
-    let dead = dead_port()?;
+    let dead = free_port();
     let (f, s) = (fo.addr.port(), sync.addr.port());
     let sub = |name: &str| -> Result<std::path::PathBuf, Failure> {
         let p = d.join(name);

@@ -17,10 +17,10 @@ use mock_mta::MockConfig;
 
 use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
-use crate::topology::{
-    exactly_once, fast_options, iis_with_dot_latency, read_journal_file, MockProcess, ProcessSite,
-    Topology,
-};
+use crate::site::ProcessSite;
+use smtpw_testkit::assert::exactly_once;
+use smtpw_testkit::proc::{read_journal, MockProcess};
+use smtpw_testkit::topology::{fast_options, iis_with_dot_latency, Topology};
 
 const URGENT: &str = "URGENT.EXAMPLE.ORG:25";
 const BULK: &str = "BULK.EXAMPLE.ORG:25";
@@ -51,16 +51,16 @@ async fn urgent_not_delayed() -> Result<String, Failure> {
             (BULK, iis_with_dot_latency(BULK_DOT_MS)),
             (SYNC, MockConfig::iis()),
         ],
-    )?;
+    );
     let bulk = (0..BULK_COPIES).map(|i| format!("bulk{i}@example.com"));
-    t.submit(Some('B'), bulk, 1000)?;
+    t.submit(Some('B'), bulk, 1000);
     let run = t.start(fast_options());
     // Let the backlog build up and the bulk workers get going.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let urgent: Vec<String> = (0..5).map(|i| format!("urgent{i}@example.com")).collect();
-    t.submit(Some('A'), urgent.iter().cloned(), 1000)?;
+    t.submit(Some('A'), urgent.iter().cloned(), 1000);
     let took = t
-        .wait_for(
+        .try_wait_for(
             "the urgent pool's 5 copies delivered",
             Duration::from_secs(3600),
             |t| {
@@ -70,12 +70,12 @@ async fn urgent_not_delayed() -> Result<String, Failure> {
             },
         )
         .await?;
-    let bulk_done = t.mock(BULK)?.journal().delivered_recipients().len();
-    let bulk_queued = t.stats().await?.queued;
+    let bulk_done = t.mock(BULK).journal().delivered_recipients().len();
+    let bulk_queued = t.stats().await.queued;
     run.stop().await?;
     exactly_once(
         &urgent,
-        t.mock(URGENT)?.journal().delivered_recipients(),
+        t.mock(URGENT).journal().delivered_recipients(),
         URGENT,
     )?;
     // Behind the backlog, FIFO through B's workers would have taken this long.
@@ -103,19 +103,19 @@ async fn unserved_pool_through_sync() -> Result<String, Failure> {
         "SMTP_FORWARD=SYNC.EXAMPLE.ORG\nSMTP_FORWARD_1=W.EXAMPLE.ORG;POOL=A\nMAXBSMTP=10\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(W, MockConfig::iis()), (SYNC, MockConfig::iis())],
-    )?;
+    );
     let served: Vec<String> = (0..50).map(|i| format!("a{i}@example.com")).collect();
     let unserved: Vec<String> = (0..50).map(|i| format!("c{i}@example.com")).collect();
-    t.submit(Some('A'), served.iter().cloned(), 1000)?;
-    t.submit(Some('C'), unserved.iter().cloned(), 1000)?;
+    t.submit(Some('A'), served.iter().cloned(), 1000);
+    t.submit(Some('C'), unserved.iter().cloned(), 1000);
     let t0 = tokio::time::Instant::now();
-    t.run_until_empty(fast_options(), Duration::from_secs(3600))
+    t.try_run_until_empty(fast_options(), Duration::from_secs(3600))
         .await?;
     let took = t0.elapsed();
-    exactly_once(&served, t.mock(W)?.journal().delivered_recipients(), W)?;
+    exactly_once(&served, t.mock(W).journal().delivered_recipients(), W)?;
     exactly_once(
         &unserved,
-        t.mock(SYNC)?.journal().delivered_recipients(),
+        t.mock(SYNC).journal().delivered_recipients(),
         "SMTP_FORWARD (pool C has no worker)",
     )?;
     if took > Duration::from_secs(10) {
@@ -156,7 +156,7 @@ async fn real_time(ctx: &Ctx) -> ScenarioResult {
     site.submit_to(Some('A'), &urgent, 1000).await?;
     site.submit_to(Some('C'), &unserved, 1000).await?;
     let delivered = |m: &MockProcess| {
-        read_journal_file(&m.journal)
+        read_journal(&m.journal)
             .map(|j| j.delivered_recipients())
             .unwrap_or_default()
     };

@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use jiff::civil::date;
 use mock_mta::{Faults, MockConfig, RcptRule};
-use smtpw::ledger::Outcome as LedgerOutcome;
+use smtpw_engine::ledger::Outcome as LedgerOutcome;
 
 use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
-use crate::topology::{
-    exactly_once, fast_options, read_journal_file, MockProcess, ProcessSite, Topology,
-};
+use crate::site::ProcessSite;
+use smtpw_testkit::assert::exactly_once;
+use smtpw_testkit::proc::{read_journal, MockProcess};
+use smtpw_testkit::topology::{fast_options, Topology};
 
 const RELAY: &str = "RELAY.EXAMPLE.ORG:25";
 
@@ -63,8 +64,8 @@ async fn replies(ctx: Ctx) -> ScenarioResult {
         "SMTP_FORWARD=RELAY.EXAMPLE.ORG\nSMTP_FORWARD_1=2*RELAY.EXAMPLE.ORG\nMAXBSMTP=20\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(RELAY, MockConfig::iis())],
-    )?;
-    let relay = t.mock(RELAY)?.clone();
+    );
+    let relay = t.mock(RELAY).clone();
     relay.set_faults(faults(true, true));
 
     let kinds = ["bad", "slow", "stuck"];
@@ -75,8 +76,8 @@ async fn replies(ctx: Ctx) -> ScenarioResult {
         })
         .collect();
     let large: Vec<String> = (0..40).map(|i| format!("big{i}@ok.example")).collect();
-    t.submit(None, small.iter().cloned(), 2_000)?;
-    t.submit(None, large.iter().cloned(), 30_000)?;
+    t.submit(None, small.iter().cloned(), 2_000);
+    t.submit(None, large.iter().cloned(), 30_000);
     let submitted = (small.len() + large.len()) as u64;
     let of = |d: &str| -> Vec<String> {
         small
@@ -99,18 +100,18 @@ async fn replies(ctx: Ctx) -> ScenarioResult {
                 .count()
         })
     };
-    t.wait_for(
+    t.try_wait_for(
         "a drop mid-DATA and a 421 at the relay",
         Duration::from_secs(1800),
         |t| ended(t, "fault-drop") > 0 && ended(t, "fault-421") > 0,
     )
     .await?;
     relay.set_faults(faults(true, false));
-    t.wait_for(
+    t.try_wait_for(
         "the slow recipients deferred in the ledger",
         Duration::from_secs(1800),
         |t| {
-            t.ledger().is_ok_and(|l| {
+            t.try_ledger().is_ok_and(|l| {
                 l.iter()
                     .filter(|x| {
                         x.outcome == LedgerOutcome::Deferred && x.rcpt.ends_with("@slow.example")
@@ -126,7 +127,7 @@ async fn replies(ctx: Ctx) -> ScenarioResult {
     let settle = Duration::from_secs(2 * 3600);
     let t0 = tokio::time::Instant::now();
     let st = loop {
-        let st = t.stats().await?;
+        let st = t.stats().await;
         if st.delivered + st.failed == submitted - stuck.len() as u64 || t0.elapsed() > settle {
             break st;
         }
@@ -163,7 +164,7 @@ async fn replies(ctx: Ctx) -> ScenarioResult {
     exactly_once(&ok, relay.journal().delivered_recipients(), RELAY)?;
 
     // The ledger's account: each recipient's last outcome.
-    let ledger = t.ledger()?;
+    let ledger = t.try_ledger()?;
     let mut last: BTreeMap<&str, (&LedgerOutcome, &str)> = BTreeMap::new();
     let mut deferred_slow = 0;
     for l in &ledger {
@@ -304,7 +305,7 @@ async fn real_time(ctx: &Ctx) -> ScenarioResult {
             format!("delivered {dl} + failed {fl} + queued {qd}"),
         ));
     }
-    let j = read_journal_file(&m.journal)?;
+    let j = read_journal(&m.journal)?;
     drop(m);
     exactly_once(&ok, j.delivered_recipients(), "the mock-mta process")?;
     for l in site.ledger()? {

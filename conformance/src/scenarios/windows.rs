@@ -3,21 +3,20 @@
 //! with the router.
 //!
 //! Virtual mode walks a paused-time day on a `VirtualClock` (one tokio sleep per minute), asks
-//! `smtpw::route::route` at every minute and `smtpw::route::explain` at every hour. Real time
+//! `smtpw_engine::route::route` at every minute and `smtpw_engine::route::explain` at every hour. Real time
 //! walks the router over the same day and runs `smtpw config explain FILE --at HH:MM --json` at
 //! every hour and on both sides of every window edge.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use smtpw::config::{SiteConfig, TimeOfDay};
-use smtpw::route::{self, Via};
 use smtpw_clock::{Clock, VirtualClock};
+use smtpw_engine::config::{SiteConfig, TimeOfDay};
+use smtpw_engine::route::{self, Via};
 
 use crate::report::{Chart, Lane, Mode};
-use crate::runner::{
-    run_process, temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH,
-};
+use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
+use smtpw_testkit::proc::run_process;
 
 /// Case 6 (worker 1), a window crossing midnight with a failover on another port (worker 2),
 /// case 7 as written, `_3` (worker 3), and a half-hour window crossing midnight with no failover
@@ -106,7 +105,7 @@ async fn day(ctx: Ctx) -> ScenarioResult {
             let path = dir.path().join("SITE.CFG");
             std::fs::write(&path, SITE_CFG)
                 .map_err(|e| Failure::new(format!("to write {}", path.display()), e.to_string()))?;
-            let cfg = smtpw::config::load(&path)
+            let cfg = smtpw_engine::config::load(&path)
                 .map_err(|e| Failure::new("the windows SITE.CFG to load", e.to_string()))?;
             (cfg, Some((dir, path)))
         }
@@ -212,7 +211,7 @@ async fn day(ctx: Ctx) -> ScenarioResult {
 }
 
 fn parse(text: &str) -> Result<SiteConfig, Failure> {
-    smtpw::config::parse_str(text, "SITE.CFG")
+    smtpw_engine::config::parse_str(text, "SITE.CFG")
         .map_err(|e| Failure::new("the windows SITE.CFG to parse", e.to_string()))
 }
 

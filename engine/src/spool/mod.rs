@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Pool, PoolSet, DEFAULT_MAX_BSMTP};
+use crate::config::{Pool, PoolSet, SiteConfig, DEFAULT_MAX_BSMTP};
 use crate::job::{JobWriter, WriteError};
 
 mod check;
@@ -93,6 +93,19 @@ impl Default for SpoolOptions {
 }
 
 impl SpoolOptions {
+    /// The spool settings SITE.CFG gives (MAXBSMTP, SORT_RECIPIENTS, the postings pool of
+    /// DEFAULT_LIST_POOL), everything else at its default: the one way to derive them, so that an
+    /// embedder cannot forget one. Callers then set what is theirs (the ledger's place, the
+    /// lifetime).
+    pub fn from_site(site: &SiteConfig) -> Self {
+        Self {
+            max_bsmtp: site.max_bsmtp,
+            sort_recipients: site.sort_recipients,
+            default_pool: site.default_list_pool.postings,
+            ..Self::default()
+        }
+    }
+
     /// Whether a job created at `job_created` has outlived the lifetime at `now`: then whatever
     /// kept a recipient from being delivered (a 4yz reply, a lost connection, a host that could
     /// not be reached) fails it instead of deferring it. The one place this rule lives.

@@ -1,0 +1,270 @@
+//! `smtpw run`: the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tracing::{info, warn};
+
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::net::TcpConnector;
+use smtpw_engine::smtp::{helo, TxnDeadline};
+use smtpw_engine::spool::{Spool, SpoolError, SpoolOptions, SqliteSpool};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// SITE.CFG (Windows `KEY=value` or unix `KEY="value"` form).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The spool directory (created if missing): incoming/, quarantine/, spool.db.
+    #[arg(long)]
+    pub spool: PathBuf,
+    /// Where per-recipient outcomes go (JSON lines); default SPOOL/ledger.jsonl.
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
+    /// Exit 0 once no recipient is queued.
+    #[arg(long)]
+    pub until_empty: bool,
+    /// Seconds every worker of a pool must fail to reach any host before the pool's copies go
+    /// through SMTP_FORWARD.
+    #[arg(long, default_value_t = 900)]
+    pub sync_grace: u64,
+    /// Connect time-out in seconds (SPEC A5: 60).
+    #[arg(long, default_value_t = 60)]
+    pub connect_timeout: u64,
+    /// Do not use PIPELINING even when the relay offers it.
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// LISTSERV's per-worker split of SMTP_RATE_LIMIT instead of one shared limiter.
+    #[arg(long)]
+    pub per_worker_rate_split: bool,
+    /// Deferred recipients fail after this many hours (default 5 days).
+    #[arg(long, default_value_t = 120)]
+    pub lifetime_hours: u64,
+    /// The name to greet relays with (EHLO): a domain or an address literal such as
+    /// [192.0.2.1]. Default: NODE from SITE.CFG, else this host's fully qualified name.
+    #[arg(long, value_name = "NAME", value_parser = smtpw_engine::smtp::helo::parse_helo_name)]
+    pub helo_name: Option<String>,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for the transactions in flight; then they are cut
+    /// off and their copies go back to the queue (the next run sends them).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub drain_timeout: u64,
+    /// Every transaction must end within this many seconds plus the message's transfer at
+    /// --transaction-min-rate (default 15 min: the 10 min RFC 5321 allows for the reply to the
+    /// final dot, plus 5 min for one slow command); a transaction cut off ends as a lost
+    /// connection and its recipients are retried later.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    pub transaction_base: u64,
+    /// The slowest acceptable transfer of a message, in bytes per second (default 1 KiB/s).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub transaction_min_rate: u64,
+}
+
+/// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
+const EXIT_FORCED: i32 = 130;
+/// Exit status when a stop gave up outcomes the spool could not record (a full disk).
+const EXIT_UNRECORDED: u8 = 4;
+
+/// Exit status of `--until-empty` when nothing else is queued but files in `incoming/` can be
+/// neither read nor moved to quarantine: their mail was never sent.
+const EXIT_LEFT_IN_INCOMING: u8 = 3;
+
+/// `smtpw run`. Exit status: 0 after a normal stop (`--until-empty` found the queue empty, or
+/// SIGTERM/Ctrl-C drained the transactions in flight, or cut them off at `--drain-timeout` and
+/// put their copies back in the queue); 2 when it cannot start (SITE.CFG errors,
+/// printed as `FILE:LINE:COLUMN: error: ...`; a spool another process owns; an unusable spool);
+/// 3 when `--until-empty` stopped with files left in `incoming/` that can be neither read nor
+/// moved to quarantine (named on stderr); 130 when a second signal stopped it before the drain
+/// ended.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match smtpw_engine::config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let helo = match helo::choose(
+        args.helo_name.as_deref(),
+        config.node.as_deref(),
+        &helo::HostNames::from_system(),
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            // (clap's parser has checked it already; kept for the library's own check.)
+            eprintln!("smtpw: error: --helo-name: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for w in &helo.warnings {
+        warn!("{w}");
+    }
+    info!(name = %helo.name, from = %helo.source, "greeting relays with EHLO {}", helo.name);
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        // Take over SIGTERM/Ctrl-C first: a signal during start-up (opening a large spool takes
+        // a while) then stops the engine cleanly instead of killing the process.
+        let mut signals = Signals::install();
+        let clock = SystemClock::shared();
+        let opts = SpoolOptions {
+            ledger_path: args.ledger.clone(),
+            lifetime: Duration::from_secs(args.lifetime_hours * 3600),
+            ..SpoolOptions::from_site(&config)
+        };
+        let spool = match SqliteSpool::open(&args.spool, opts, clock.clone()) {
+            Ok(s) => Arc::new(s),
+            Err(SpoolError::Locked(dir, lock)) => {
+                anyhow::bail!(
+                    "the spool {} is in use by another process (it holds {}); stop that \
+                     `smtpw run` first, or give this one another --spool",
+                    dir.display(),
+                    lock.display()
+                );
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("opening the spool {}", args.spool.display())))
+            }
+        };
+        let mut eopts = EngineOptions {
+            until_empty: args.until_empty,
+            sync_grace: Duration::from_secs(args.sync_grace),
+            per_worker_rate_split: args.per_worker_rate_split,
+            ..EngineOptions::default()
+        };
+        eopts.client.pipelining = !args.no_pipelining;
+        eopts.client.helo_name = helo.name;
+        eopts.drain_timeout = Duration::from_secs(args.drain_timeout);
+        eopts.client.txn_deadline = TxnDeadline {
+            base: Duration::from_secs(args.transaction_base),
+            min_rate: args.transaction_min_rate,
+        };
+        let connector = Arc::new(TcpConnector {
+            connect_timeout: Duration::from_secs(args.connect_timeout),
+        });
+        let engine = Arc::new(Engine::new(
+            config,
+            spool,
+            args.spool.clone(),
+            connector,
+            clock,
+            eopts,
+        ));
+        let stopper = engine.shutdown.clone();
+        let drain_timeout = engine.opts.drain_timeout;
+        tokio::spawn(async move {
+            signals.recv().await;
+            info!(
+                drain_timeout = ?drain_timeout,
+                "signal received: finishing transactions in flight (for at most the drain timeout; \
+                 then they go back to the queue), then stopping (signal again to stop at once)"
+            );
+            stopper.cancel();
+            // A second signal stops at once: nothing is lost (SPEC §12 D3), the transactions
+            // still in flight are simply repeated by the next run.
+            signals.recv().await;
+            warn!("second signal: stopping now; the transactions in flight will be repeated by the next run");
+            std::process::exit(EXIT_FORCED);
+        });
+        let summary = engine.run().await;
+        info!(
+            delivered = summary.delivered,
+            failed = summary.failed,
+            deferred = summary.deferred,
+            copies = summary.copies,
+            "stopped"
+        );
+        if summary.unrecorded_at_stop > 0 {
+            eprintln!(
+                "smtpw: stopped with the outcomes of {} cop{} delivered but not recorded (the                  spool could not write: {}); the next run delivers {} again",
+                summary.unrecorded_at_stop,
+                if summary.unrecorded_at_stop == 1 { "y" } else { "ies" },
+                engine
+                    .spool
+                    .recording_error()
+                    .unwrap_or_else(|| "see the log".to_owned()),
+                if summary.unrecorded_at_stop == 1 { "it" } else { "them" },
+            );
+            return Ok(ExitCode::from(EXIT_UNRECORDED));
+        }
+        let left = &summary.left_in_incoming;
+        if !left.is_empty() {
+            use smtpw_engine::text::escape_controls;
+            let list: Vec<String> = left
+                .iter()
+                .map(|s| format!("{} ({})", escape_controls(&s.name), escape_controls(&s.reason)))
+                .collect();
+            eprintln!(
+                "smtpw: --until-empty: {} file{} in incoming can be neither read nor moved to \
+                 quarantine, so {} not sent: {}",
+                left.len(),
+                if left.len() == 1 { "" } else { "s" },
+                if left.len() == 1 { "it was" } else { "they were" },
+                list.join("; ")
+            );
+            return Ok(ExitCode::from(EXIT_LEFT_IN_INCOMING));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), listened to from the moment of [`Signals::install`].
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| warn!(error = %e, "cannot listen for SIGTERM"))
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .map_err(|e| warn!(error = %e, "cannot listen for SIGINT"))
+                .ok();
+            Self { term, int }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

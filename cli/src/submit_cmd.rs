@@ -1,0 +1,179 @@
+//! `smtpw submit`: queue a message for a list of recipients by writing a `.MAIL` job into
+//! `SPOOL/incoming` (temporary name, then renamed), whether or not a daemon runs.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use smtpw_engine::config::Pool;
+use smtpw_engine::spool::SubmitError;
+
+/// Arguments of `smtpw submit`.
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// The spool directory (the job goes to DIR/incoming).
+    #[arg(long, value_name = "DIR")]
+    pub spool: PathBuf,
+    /// Envelope sender (MAIL FROM); "" for the null sender.
+    #[arg(long, value_name = "ADDR")]
+    pub from: String,
+    /// File of recipient addresses, one per line (blank lines and lines starting with # are
+    /// skipped; <angle brackets> are optional), or - for standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub rcpts: String,
+    /// Delivery pool A..Z or - (default: the spool's configured default pool).
+    #[arg(long, value_name = "P", value_parser = parse_pool)]
+    pub pool: Option<Pool>,
+    /// The message (RFC 5322 headers and body, LF or CRLF), or - for standard input.
+    #[arg(value_name = "MESSAGE.eml")]
+    pub message: String,
+}
+
+fn parse_pool(s: &str) -> Result<Pool, String> {
+    let mut cs = s.chars();
+    match (cs.next().and_then(Pool::from_char), cs.next()) {
+        (Some(p), None) => Ok(p),
+        _ => Err(format!("{s:?} is not a pool: expected one of A..Z or -")),
+    }
+}
+
+fn open(name: &str) -> anyhow::Result<Box<dyn Read>> {
+    if name == "-" {
+        Ok(Box::new(io::stdin().lock()))
+    } else {
+        Ok(Box::new(
+            File::open(name).with_context(|| format!("opening {name}"))?,
+        ))
+    }
+}
+
+/// What a recipient list must hold (said after a line that does not).
+const ONE_PER_LINE: &str = "one address per line (blank lines and lines starting with # are \
+     skipped; <angle brackets> are optional), without spaces, control characters, < or >";
+
+/// Streams addresses from a reader, one per line; stops at the first bad line with an error
+/// that names the file and the line.
+struct Addresses<R> {
+    input: R,
+    /// The file's name as given (`-`: standard input).
+    name: String,
+    line_no: u64,
+    buf: Vec<u8>,
+    count: u64,
+}
+
+impl<R: BufRead> Addresses<R> {
+    fn bad_line(&self, what: String, expected: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{}:{}: {what}, expected {expected}",
+            self.name,
+            self.line_no
+        )
+    }
+}
+
+impl<R: BufRead> Iterator for Addresses<R> {
+    type Item = anyhow::Result<String>;
+    fn next(&mut self) -> Option<anyhow::Result<String>> {
+        loop {
+            self.buf.clear();
+            match self.input.read_until(b'\n', &mut self.buf) {
+                Ok(0) => {
+                    if self.count == 0 {
+                        return Some(Err(anyhow::anyhow!(
+                            "{}: no recipient in {} line{}, expected {ONE_PER_LINE}",
+                            self.name,
+                            self.line_no,
+                            if self.line_no == 1 { "" } else { "s" }
+                        )));
+                    }
+                    return None;
+                }
+                Ok(_) => self.line_no += 1,
+                Err(e) => {
+                    return Some(Err(anyhow::Error::new(e).context(format!(
+                        "reading recipients from {} after line {}",
+                        self.name, self.line_no
+                    ))))
+                }
+            }
+            let Ok(line) = std::str::from_utf8(&self.buf) else {
+                let at = std::str::from_utf8(&self.buf)
+                    .err()
+                    .map_or(0, |e| e.valid_up_to());
+                return Some(Err(self.bad_line(
+                    format!(
+                        "the line is not UTF-8 (byte 0x{:02x} at column {})",
+                        self.buf.get(at).copied().unwrap_or(0),
+                        at + 1
+                    ),
+                    "one address per line in UTF-8",
+                )));
+            };
+            let a = line.trim();
+            if a.is_empty() || a.starts_with('#') {
+                continue;
+            }
+            let a = a
+                .strip_prefix('<')
+                .and_then(|x| x.strip_suffix('>'))
+                .unwrap_or(a);
+            if !smtpw_engine::job::valid_address(a) {
+                let shown = smtpw_engine::text::quoted_prefix_in(a, 80, '"');
+                return Some(Err(
+                    self.bad_line(format!("invalid address {shown}"), ONE_PER_LINE)
+                ));
+            }
+            self.count += 1;
+            return Some(Ok(a.to_string()));
+        }
+    }
+}
+
+/// Run `smtpw submit`.
+pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    if args.rcpts == "-" && args.message == "-" {
+        bail!("--rcpts and MESSAGE cannot both be standard input");
+    }
+    let mut rcpts = Addresses {
+        input: BufReader::with_capacity(256 * 1024, open(&args.rcpts)?),
+        name: if args.rcpts == "-" {
+            "standard input".to_string()
+        } else {
+            args.rcpts.clone()
+        },
+        line_no: 0,
+        buf: Vec::with_capacity(256),
+        count: 0,
+    };
+    let message = open(&args.message)?;
+    let path = match smtpw_engine::spool::try_submit(
+        &args.spool,
+        &args.from,
+        args.pool,
+        &mut rcpts,
+        message,
+    ) {
+        Ok(p) => p,
+        Err(SubmitError::Input(e)) => return Err(e),
+        Err(SubmitError::Spool(e)) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("submitting to {}", args.spool.display()))
+            )
+        }
+    };
+    let pool = args
+        .pool
+        .map_or_else(|| "the default pool".to_string(), |p| format!("pool {p}"));
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "queued {} ({} recipients, {pool})",
+        path.display(),
+        rcpts.count
+    )?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,24 @@
+//! The `smtpw` binary as users run it, one test binary: every test that runs the binary.
+//! `cargo test -p smtpw --test it MODULE::` runs one module's tests (e.g. `edge::` for the edge
+//! suite; add `-- --nocapture` for its figures).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use smtpw_testkit::proc::Smtpw;
+
+/// The binary under test (its path exists only in this package's test crates).
+pub const SMTPW: Smtpw = Smtpw::new(env!("CARGO_BIN_EXE_smtpw"));
+
+mod cli_edges;
+mod config_cli;
+mod config_limits;
+mod edge;
+mod engine_cli;
+mod engine_crash;
+mod incoming_cli;
+mod ingest_edges;
+mod pools_report;
+mod spool_cli;
+mod spool_damage;
+mod spool_emptiness;
+mod spool_full;

@@ -290,7 +290,7 @@ fn ingesting_on_a_full_disk_says_the_disk_is_full_and_keeps_the_job() {
 fn a_spool_closed_while_outcomes_wait_gives_them_up_and_keeps_their_copies() {
     use smtpw_engine::clock::SystemClock;
     use smtpw_engine::config::PoolSet;
-    use smtpw_engine::spool::{SpoolOptions, SqliteSpool};
+    use smtpw_engine::spool::{SpoolError, SpoolOptions, SqliteSpool};
     use smtpw_testkit::workload::all_delivered;
     let Some(disk) = Tmpfs::mount("closing while outcomes wait", "256k") else {
         return;
@@ -339,8 +339,21 @@ fn a_spool_closed_while_outcomes_wait_gives_them_up_and_keeps_their_copies() {
         "closing does not wait for space"
     );
     assert_eq!(std::fs::metadata(&ledger).unwrap().len(), 0, "no torn line");
-    // Both copies are still queued for the next run.
-    let spool = SqliteSpool::open(dir.path(), opts, SystemClock::shared())
-        .unwrap_or_else(|e| panic!("reopening after a close with an outcome unrecorded: {e}"));
+    // Both copies are still queued for the next run. The spool's lock is an flock: a process
+    // another test thread is starting (mount, df, the smtpw binary) holds a copy of its file
+    // descriptor from fork to exec, so the lock can outlive the drop by a moment here.
+    let reopen_until = Instant::now() + Duration::from_secs(2);
+    let spool = loop {
+        match SqliteSpool::open(dir.path(), opts.clone(), SystemClock::shared()) {
+            Err(SpoolError::Locked(..)) if Instant::now() < reopen_until => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => {
+                break r.unwrap_or_else(|e| {
+                    panic!("reopening after a close with an outcome unrecorded: {e}")
+                })
+            }
+        }
+    };
     assert_eq!(spool.queued_copies(), 2);
 }

@@ -33,7 +33,7 @@ pub struct RunArgs {
     /// through SMTP_FORWARD.
     #[arg(long, default_value_t = 900)]
     pub sync_grace: u64,
-    /// Connect time-out in seconds (SPEC A5: 60).
+    /// Connect time-out in seconds (WRK-6: 60).
     #[arg(long, default_value_t = 60)]
     pub connect_timeout: u64,
     /// Do not use PIPELINING even when the relay offers it.
@@ -168,7 +168,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                  then they go back to the queue), then stopping (signal again to stop at once)"
             );
             stopper.cancel();
-            // A second signal stops at once: nothing is lost (SPEC §12 D3), the transactions
+            // A second signal stops at once: nothing is lost (QUEUE-1), the transactions
             // still in flight are simply repeated by the next run.
             signals.recv().await;
             warn!("second signal: stopping now; the transactions in flight will be repeated by the next run");

@@ -1,4 +1,4 @@
-//! The one clock of smtpw and mock-mta (SPEC §12 D6).
+//! The one clock of smtpw and mock-mta (the one clock).
 //!
 //! Monotonic time is always `tokio::time`: every sleep and time-out in the project uses it, so a
 //! test under `#[tokio::test(start_paused = true)]` moves every timer at once. Wall time (what
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// The current instant in UTC.
     fn now(&self) -> Timestamp;
-    /// The time zone that "local server time" (SPEC §11 A3) means.
+    /// The time zone that "local server time" (WRK-4) means.
     fn time_zone(&self) -> TimeZone;
 
     /// The current local date and time, in [`Clock::time_zone`].

@@ -1,5 +1,5 @@
-//! Splitting a job's recipients into copies of at most MAXBSMTP recipients (SPEC §5), and the
-//! SORT_RECIPIENTS orders (SPEC §5.5).
+//! Splitting a job's recipients into copies of at most MAXBSMTP recipients (COPY-1), and the
+//! SORT_RECIPIENTS orders (COPY-2).
 //!
 //! - `SORT_RECIPIENTS=0`: recipients keep the job's order; copies are consecutive runs of
 //!   MAXBSMTP (the last one shorter).

@@ -24,7 +24,7 @@ pub struct EngineOptions {
     /// Exit once nothing is queued (batch use, benchmarks, the demo).
     pub until_empty: bool,
     /// How long every worker serving a pool must have been unable to reach any host before that
-    /// pool's copies go through SMTP_FORWARD (SPEC §12 D4).
+    /// pool's copies go through SMTP_FORWARD (FWD-3).
     pub sync_grace: Duration,
     /// How often SPOOL/incoming is scanned for new jobs.
     pub ingest_interval: Duration,
@@ -35,7 +35,7 @@ pub struct EngineOptions {
     pub status_interval: Duration,
     /// Rate-limit bucket depth (how much idle time saves up).
     pub rate_depth: Duration,
-    /// LISTSERV's per-worker split of the rate limits instead of one shared limiter (SPEC 4.6).
+    /// LISTSERV's per-worker split of the rate limits instead of one shared limiter (RATE-4).
     pub per_worker_rate_split: bool,
     /// How long a stop waits for the transactions in flight. Then they are cut off and their
     /// copies go back to the queue untouched (the next run sends them again); outcomes already

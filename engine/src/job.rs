@@ -20,7 +20,7 @@
 //! - Verbs (`HELO`, `EHLO`, `MAIL FROM:`, `RCPT TO:`, `DATA`, `QUIT`) are case-insensitive;
 //!   a space after the colon is allowed (`MAIL FROM: <a@b>`).
 //! - `MAIL FROM:<addr>` may carry the job's **pool** as an ESMTP-style parameter: `POOL=x`, where x
-//!   is `A`..`Z` (either case) or `-` (the default pool, SPEC §3.1). Without `POOL=` the job goes
+//!   is `A`..`Z` (either case) or `-` (the default pool, POOL-1). Without `POOL=` the job goes
 //!   to the configured default pool. `SIZE=n` and `BODY=...` are accepted and ignored; any other
 //!   parameter is an error. The null sender `MAIL FROM:<>` is allowed (bounces).
 //! - One `RCPT TO:<addr>` per line, at least one per job, no parameters. An address is any

@@ -1,4 +1,4 @@
-//! The ledger: one JSON line per recipient outcome (SPEC §12 D3), appended and `fdatasync`ed in
+//! The ledger: one JSON line per recipient outcome (QUEUE-1), appended and `fdatasync`ed in
 //! batches by the spool's writer before the spool commits, so that every outcome in the spool
 //! database is also in the ledger (a crash between the two can only repeat lines, never lose one).
 //!

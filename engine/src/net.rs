@@ -1,8 +1,8 @@
 //! Connectors: how a worker gets a byte stream to a relay.
 //!
 //! [`TcpConnector`] in production (DNS through `tokio::net::lookup_host`, a connect time-out of 60 s
-//! by default, SPEC §11 A5); [`MemoryConnector`] hands out `tokio::io::duplex` streams to
-//! in-process servers, for paused-time tests and the demo (DESIGN §2: paused-time tests never use
+//! by default, WRK-6); [`MemoryConnector`] hands out `tokio::io::duplex` streams to
+//! in-process servers, for paused-time tests and the demo (docs/architecture.md: paused-time tests never use
 //! real sockets).
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! SMTP_RATE_LIMIT: exact token buckets shared by every worker (SPEC §4, §12 D1).
+//! SMTP_RATE_LIMIT: exact token buckets shared by every worker (RATE-1, RATE-4).
 //!
 //! A [`Bucket`] is a GCRA-style token bucket kept as one number, its *zero point*: the instant at
 //! which the bucket's level is (or was) zero. At any instant `t` the level, in bits, is
@@ -7,14 +7,14 @@
 //! A message of `n` bits needs `need = min(n, depth)` tokens: it may start at the first instant
 //! `s >= now` with `level(s) >= need`, that is `s = max(now, zero + need / rate)`. Sending takes `n`
 //! bits, so a message larger than the depth goes as soon as the bucket is full and leaves it in
-//! debt, and is never split (SPEC 4.5). The start instant is *reserved* under the lock when the
+//! debt, and is never split (RATE-2). The start instant is *reserved* under the lock when the
 //! caller asks, so callers are served first come, first served and a large message is never starved
 //! by small ones.
 //!
 //! A message limited by two buckets (its pool's and the overall one) waits for them in turn: it
 //! reserves its slot in the pool's bucket and sleeps until then, then reserves its slot in the
 //! overall bucket at that moment and sleeps again if needed; whichever is stricter sets the wait
-//! (SPEC 4.3). Charging the overall bucket only when the pool lets the message go matters: a pool
+//! (RATE-3). Charging the overall bucket only when the pool lets the message go matters: a pool
 //! whose own limit holds a long backlog must not reserve the overall bucket far into the future,
 //! or every other pool would wait behind it and an idle pool's share could not be used by others.
 //!
@@ -22,7 +22,7 @@
 //! turn, so each worker gets about one copy per round of all waiting workers' copies. A pool's
 //! bucket is charged at its slot, not at the send, so its own pacing continues while its copy
 //! waits its turn: a pool keeps its full limit as long as its workers' copies per round cover
-//! it; otherwise it gets its turns' worth (the limits are caps, SPEC 4.3). Sites give a limited
+//! it; otherwise it gets its turns' worth (the limits are caps, RATE-3). Sites give a limited
 //! pool enough workers, as LISTSERV advises; see the test
 //! `a_limited_pool_keeps_its_limit_while_its_turns_cover_it`.
 //!
@@ -117,7 +117,7 @@ fn reserve_in(bucket: &Bucket, now: Instant, bits: u64) -> Instant {
 }
 
 /// The process-wide limiter: one overall bucket and one per limited pool, shared via `Arc` by every
-/// worker (SPEC §12 D1).
+/// worker (RATE-4).
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     overall: Option<Bucket>,
@@ -151,7 +151,7 @@ impl RateLimiter {
         &self.meter
     }
 
-    /// The LISTSERV-compatible split (SPEC 4.6): this worker's own buckets, with each pool limit
+    /// The LISTSERV-compatible split (RATE-4): this worker's own buckets, with each pool limit
     /// divided by the number of workers serving that pool and the overall limit by the number of
     /// workers. `serving[p]` is the number of workers that serve pool `p`.
     pub fn per_worker_share(
@@ -199,7 +199,7 @@ impl RateLimiter {
         }
     }
 
-    /// When a message of `bytes` (headers + body with CRLFs, SPEC 4.4) in `pool` would start if it
+    /// When a message of `bytes` (headers + body with CRLFs, RATE-2) in `pool` would start if it
     /// asked at `now` and nothing else asked meanwhile: the pool's slot, then the overall slot
     /// from that instant. Charges both buckets, as [`RateLimiter::acquire`] does.
     pub fn reserve(&self, pool: Pool, bytes: u64, now: Instant) -> Instant {
@@ -371,7 +371,7 @@ pub struct RateStatus {
     pub overall: RateLine,
     /// Every pool with a limit of its own, with workers restricted to it, or with traffic.
     pub pools: Vec<RateLine>,
-    /// Pools no worker serves (their mail goes through SMTP_FORWARD, SPEC §12 D4); `""` if none.
+    /// Pools no worker serves (their mail goes through SMTP_FORWARD, FWD-3); `""` if none.
     pub unserved: String,
     /// Whether SMTP_FORWARD is set (without it, unserved pools' mail stays queued).
     #[serde(default)]
@@ -440,7 +440,7 @@ impl RateStatus {
         }
     }
 
-    /// The start-up report, one line per limit (SPEC 4.6: rates are in bits, and bytes shown too).
+    /// The start-up report, one line per limit (RATE-4: rates are in bits, and bytes shown too).
     pub fn report_lines(&self) -> Vec<String> {
         let mut out = Vec::new();
         let how = if self.per_worker_split {
@@ -534,7 +534,7 @@ pub async fn keep_status(
     every: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    // Without SMTP_FORWARD, mail of an unserved pool stays queued: say so every hour (SPEC A7).
+    // Without SMTP_FORWARD, mail of an unserved pool stays queued: say so every hour (POOL-4).
     let mut next_warning = Instant::now() + UNSERVED_WARNING_EVERY;
     // A status that cannot be written (a full disk, a read-only spool) is said once per
     // condition: `smtpw queue` then says the engine runs but cannot write its status.

@@ -1,7 +1,7 @@
-//! Which host a worker uses at a local time of day (SPEC §2.4, §2.5, §11 A3): a pure function of
+//! Which host a worker uses at a local time of day (WRK-4, WRK-5): a pure function of
 //! the worker's configuration and the time. Inside any window (or with no windows) the primary;
 //! outside, the failover if there is one, otherwise the worker is inactive. The engine itself
-//! adds the "primary unreachable -> failover" switch (SPEC §11 A5).
+//! adds the "primary unreachable -> failover" switch (WRK-6).
 
 use serde::Serialize;
 

@@ -17,7 +17,7 @@ use crate::route::{route, Via};
 use crate::smtp::{Client, ClientConfig, ConnectError, DataGate, Reply};
 use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
 
-/// Back-off for an unreachable host with no failover (SPEC §11 A5): 30 s doubling to 15 min.
+/// Back-off for an unreachable host with no failover (WRK-6): 30 s doubling to 15 min.
 pub const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_secs(30);
 pub const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 
@@ -95,7 +95,7 @@ impl DeliveryStats {
 }
 
 /// Which hosts of the site are unreachable right now, shared by the workers and the synchronous
-/// fallback (SPEC §12 D4).
+/// fallback (FWD-3).
 #[derive(Debug, Default)]
 pub struct Reachability {
     /// Worker id -> since when (monotonic) neither of its hosts could be reached.
@@ -135,7 +135,7 @@ impl Reachability {
     }
 }
 
-/// Recipients-per-transaction limits learned from relays (SPEC D2: "remember the relay's observed
+/// Recipients-per-transaction limits learned from relays (TXN-3: "remember the relay's observed
 /// limit"), shared by every worker so that a new connection starts with what earlier ones learned.
 #[derive(Debug, Default)]
 pub struct RelayLimits {
@@ -282,7 +282,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         // A connection to a host the route no longer allows (e.g. the window closed) is closed.
         // A connection to the failover, opened because the primary was unreachable, is kept
         // until it ends or for FAILOVER_RECHECK at most; the primary is tried again on the next
-        // new connection (SPEC A5). Without the bound, a busy connection to the failover would
+        // new connection (WRK-6). Without the bound, a busy connection to the failover would
         // never end and the primary would never be tried again.
         if open.as_ref().is_some_and(|o| {
             !targets.contains(&o.target)
@@ -303,7 +303,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                     // No host was reachable at the last try and there is nothing to deliver
                     // (the sync path may have taken it all): look for the hosts anyway, on the
                     // same back-off schedule, so that the pool stops counting as stranded as
-                    // soon as a host is back (SPEC D4), not only when new work arrives.
+                    // soon as a host is back (FWD-3), not only when new work arrives.
                     match connect_or_back_off(
                         &ctx,
                         &role,
@@ -400,7 +400,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     debug!(worker = %name, "stopped");
 }
 
-/// SPEC D4: the log says when a pool's copies start (and stop) going through SMTP_FORWARD
+/// FWD-3: the log says when a pool's copies start (and stop) going through SMTP_FORWARD
 /// because no worker host of the pool could be reached for the grace period.
 fn log_stranded(
     target: &HostPort,

@@ -1,4 +1,4 @@
-//! mock-mta: an emulation of the Microsoft IIS SMTP service (SPEC §8, §9, §11 A9) with real
+//! mock-mta: an emulation of the Microsoft IIS SMTP service (IIS-1 to IIS-6, TXN-1, IIS-1) with real
 //! limits, deterministic faults, a journal to assert on, the IIS W3C log, and time from an
 //! injected clock.
 //!

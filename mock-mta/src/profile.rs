@@ -1,4 +1,4 @@
-//! IIS SMTP service limits and defaults (SPEC §8, §11 A9).
+//! IIS SMTP service limits and defaults (IIS-1 to IIS-6, IIS-1).
 //!
 //! [`Profile::iis`] is the IIS 6.0 (Windows Server 2003) service with its factory settings;
 //! [`Profile::xp`] is the Windows XP Professional service, whose only difference that matters is
@@ -16,7 +16,7 @@ pub enum OversizeData {
     #[default]
     AfterDot,
     /// Reply `552 4.3.1 ...` at once and close the connection mid-data (seen from a Microsoft
-    /// server, SPEC 8.5 / M14).
+    /// server, IIS-2 / M14).
     CloseMidData,
 }
 
@@ -56,7 +56,7 @@ pub struct Profile {
     /// What to do past the connection cap.
     pub over_cap: OverCap,
     /// Messages per connection (inbound); `None` = off (IIS applies its limit to outbound mail
-    /// only, SPEC 8.7). When set, the MAIL after the n-th message gets 421 and the close.
+    /// only, IIS-2). When set, the MAIL after the n-th message gets 421 and the close.
     pub max_messages_per_connection: Option<u32>,
     /// Client IPs or subnets allowed to relay (`127.0.0.1`, `10.0.0.0/8`, `::1/128`, `*` = all).
     pub relay_allow: Vec<String>,

@@ -1,4 +1,4 @@
-//! The IIS W3C extended log (SPEC 8.12): `exYYMMDD.log` files with `#Software`, `#Version`,
+//! The IIS W3C extended log (IIS-6): `exYYMMDD.log` files with `#Software`, `#Version`,
 //! `#Date` and `#Fields` headers and one record per command; a new file when the (UTC) date changes.
 
 use std::fs::File;

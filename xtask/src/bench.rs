@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the end-to-end throughput harness (issue 7, DESIGN §4).
+//! `cargo xtask bench`: the end-to-end throughput harness (docs/PERFORMANCE.md has its results).
 //!
 //! Everything runs on 127.0.0.1, every run is bounded in messages and in time (a run that
 //! overstays [`RUN_LIMIT`] is killed and reported). Per cell (workers x recipients per copy x

@@ -1,4 +1,4 @@
-//! Nothing lost (SPEC §12 D3), with the binaries users run: `smtpw run` delivering a large job to
+//! Nothing lost (QUEUE-1), with the binaries users run: `smtpw run` delivering a large job to
 //! a mock-mta on loopback is killed with SIGKILL at pseudo-random moments a dozen times, then a
 //! last run finishes; the mock's journal, the ledger and `smtpw queue --json` must show every
 //! recipient delivered, the database counting each once, and duplicates at the relay bounded by

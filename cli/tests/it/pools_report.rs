@@ -88,7 +88,7 @@ async fn report_at_start_status_file_and_smtpw_queue() {
         "A achieved {} bit/s",
         a.achieved_bps
     );
-    // B went through SMTP_FORWARD (SPEC §12 D4) and is counted as sent.
+    // B went through SMTP_FORWARD (FWD-3) and is counted as sent.
     let b = st
         .pools
         .iter()

@@ -1,4 +1,4 @@
-//! MAXBSMTP chunking (SPEC §5, §11 A10, §12 D2): 2,500 recipients with MAXBSMTP=1000 go as
+//! MAXBSMTP chunking (COPY-1, TXN-3): 2,500 recipients with MAXBSMTP=1000 go as
 //! transactions of 1000/1000/500 to a relay that allows 1000; against IIS's 100 (552 by default,
 //! 452 with the switch) every recipient is still delivered exactly once through the in-session
 //! recovery; SORT_RECIPIENTS=1 delivers each domain's recipients together.
@@ -75,7 +75,7 @@ async fn thousand_thousand_five_hundred() -> Result<String, Failure> {
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     if sizes != [1000, 1000, 500] {
         return Err(Failure::new(
-            "MAXBSMTP=1000, 2500 recipients: 3 transactions of 1000, 1000 and 500 RCPTs (SPEC 5.1)",
+            "MAXBSMTP=1000, 2500 recipients: 3 transactions of 1000, 1000 and 500 RCPTs (COPY-1)",
             format!("{} transactions of {sizes:?} RCPTs", sizes.len()),
         ));
     }
@@ -115,7 +115,7 @@ async fn against_iis(code: u16) -> Result<String, Failure> {
     }
     if too_many == 0 || s.too_many_recoveries == 0 {
         return Err(Failure::new(
-            format!("the relay to answer {code} and the engine to recover (SPEC D2)"),
+            format!("the relay to answer {code} and the engine to recover (TXN-3)"),
             format!(
                 "{too_many} {code} replies, {} recoveries counted by the engine",
                 s.too_many_recoveries
@@ -147,7 +147,7 @@ async fn against_iis(code: u16) -> Result<String, Failure> {
     }
     if hit > sessions {
         return Err(Failure::new(
-            "the relay's limit learned: at most one transaction per connection meets the limit (SPEC D2)",
+            "the relay's limit learned: at most one transaction per connection meets the limit (TXN-3)",
             format!("{hit} transactions got {code} over {sessions} connections"),
         ));
     }
@@ -221,7 +221,7 @@ async fn sorted_grouping() -> Result<String, Failure> {
             if runs[1] != domains.len() {
                 return Err(Failure::new(
                     format!(
-                        "SORT_RECIPIENTS=1: each of the {} domains' recipients together (SPEC 5.5): {} runs",
+                        "SORT_RECIPIENTS=1: each of the {} domains' recipients together (COPY-2): {} runs",
                         domains.len(),
                         domains.len()
                     ),

@@ -1,6 +1,7 @@
-//! Configuration scenarios: every SPEC §10 line (1-21), the defaults, and every §10 negative case.
+//! Configuration scenarios: every example line (EX-1 to EX-21), the defaults, and every refused
+//! or warned example of docs/behaviour.md.
 //!
-//! Each case is data: the file, what SPEC says it means, and the figure to show. Real time runs
+//! Each case is data: the file, what docs/behaviour.md says it means, and the figure to show. Real time runs
 //! `smtpw config check FILE --json` on a temporary file and reads the JSON (a bad file must give
 //! exit status 2 and an error line `FILE:LINE:COLUMN: error: ...`); virtual mode reads the same
 //! file through `smtpw_engine::config::parse_str` and `SiteConfig::to_json()`. Both are then read by the
@@ -42,7 +43,7 @@ pub enum Expect {
     Refused { errors: Vec<Diag> },
 }
 
-/// One SPEC §10 case.
+/// One EX-1 to EX-21 case.
 #[derive(Debug, Clone)]
 pub struct Case {
     pub name: &'static str,
@@ -105,8 +106,8 @@ impl Case {
     }
 }
 
-/// The documented meaning of every SPEC §10 line (SPEC §10; defaults from §3.4, §4.8, §5.5,
-/// §11 A10).
+/// The documented meaning of every example line (EX-1 to EX-21; defaults from POOL-3, RATE-1,
+/// COPY-2, COPY-1).
 pub fn cases() -> Vec<Case> {
     let all_day = "windows=all-day";
     let w = |p: &str, f: &str, win: &str, pools: &str| {
@@ -212,7 +213,7 @@ pub fn cases() -> Vec<Case> {
             "{workers} worker; {worker 1}",
         ),
         good(
-            // _3 needs _1 and _2 before it (SPEC §11 A1: reading stops at the first gap).
+            // _3 needs _1 and _2 before it (WRK-2: reading stops at the first gap).
             "config-07-window-no-failover",
             format!(
                 "{SYNC}SMTP_FORWARD_1=A.EXAMPLE.ORG\nSMTP_FORWARD_2=B.EXAMPLE.ORG\nSMTP_FORWARD_3=SMTP.BAZ.NET(10:00-14:00)\n"
@@ -250,7 +251,7 @@ pub fn cases() -> Vec<Case> {
             "{workers} worker; {worker 1}",
         ),
         good(
-            // Only pools A and - are served: the rest are reported (SPEC §11 A7).
+            // Only pools A and - are served: the rest are reported (POOL-4).
             "config-10-pool-a-default",
             format!("{SYNC}SMTP_FORWARD_1=2*SCOOBY.EXAMPLE.ORG;POOL=A-\n"),
             &[
@@ -417,7 +418,7 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// Every configuration scenario: the §10 file cases in both modes, and case 14 (a list header,
+/// Every configuration scenario: the example file cases in both modes, and case 14 (a list header,
 /// which no CLI command reads) through the library.
 pub fn scenarios() -> Vec<Scenario> {
     let mut v: Vec<Scenario> = cases()
@@ -429,7 +430,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 .time_limit(Duration::from_secs(30))
         })
         .collect();
-    // Keep the report in SPEC order: case 14 after case 13.
+    // Keep the report in the examples' order: EX-14 after EX-13.
     let at = v
         .iter()
         .position(|s| s.name == "config-15-overall-rate")
@@ -832,8 +833,8 @@ pub fn facts(v: &Value) -> Result<BTreeMap<String, String>, String> {
     Ok(f)
 }
 
-/// SPEC §10 case 14: `* Delivery-Pool= C,D` -> postings C, admin D; `* Delivery-Pool= C` ->
-/// both C (SPEC §3.2). A list header, read by the library only.
+/// EX-14: `* Delivery-Pool= C,D` -> postings C, admin D; `* Delivery-Pool= C` ->
+/// both C (POOL-3). A list header, read by the library only.
 async fn delivery_pool_header() -> ScenarioResult {
     let mut seen = Vec::new();
     for (value, post, admin) in [(" C,D", 'C', 'D'), (" C", 'C', 'C')] {

@@ -1,4 +1,4 @@
-//! Time windows while delivering (SPEC §2.4, §2.5, §10 cases 6 and 7, §11 A3), virtual mode: a
+//! Time windows while delivering (WRK-4, WRK-5, EX-6, EX-7), virtual mode: a
 //! 24-hour day on a `VirtualClock`, one job per worker every hour, and the engine delivering.
 //!
 //! Each worker serves its own pool, so the recipients of a copy say which worker sent it:

@@ -1,4 +1,4 @@
-//! Failover (SPEC §2.5, §11 A5, §12 D4), virtual mode:
+//! Failover (WRK-5, WRK-6, FWD-3), virtual mode:
 //!
 //! 1. the primary refuses connections: the failover host gets every copy;
 //! 2. the primary is back while the failover's connection is kept busy: the worker gives that
@@ -102,7 +102,7 @@ async fn primary_then_back() -> Result<String, Failure> {
     // The primary comes back while the failover's connection stays busy (a small job every
     // 20 s, so the relay's 10-minute idle time-out never ends it). The worker gives the failover
     // connection up after FAILOVER_RECHECK and the next new connection goes to the primary
-    // (SPEC A5).
+    // (WRK-6).
     primary.set_faults(Faults::default());
     let back = tokio::time::Instant::now();
     let mut busy: Vec<String> = Vec::new();
@@ -114,7 +114,7 @@ async fn primary_then_back() -> Result<String, Failure> {
         if back.elapsed() > FAILOVER_RECHECK + Duration::from_secs(60) {
             return Err(Failure::new(
                 format!(
-                    "traffic back at the primary within {} s of its return while the failover connection is busy (FAILOVER_RECHECK {} s, SPEC A5)",
+                    "traffic back at the primary within {} s of its return while the failover connection is busy (FAILOVER_RECHECK {} s, WRK-6)",
                     (FAILOVER_RECHECK + Duration::from_secs(60)).as_secs(),
                     FAILOVER_RECHECK.as_secs()
                 ),
@@ -157,7 +157,7 @@ async fn primary_then_back() -> Result<String, Failure> {
     let after = delivered_at(&t, FAILOVER)?.len();
     if second_at_primary != second.len() || after != before {
         return Err(Failure::new(
-            "once the primary has traffic again, the next job's 100 recipients all at the primary (SPEC A5)",
+            "once the primary has traffic again, the next job's 100 recipients all at the primary (WRK-6)",
             format!(
                 "{second_at_primary} at the primary, {} more at the failover",
                 after - before
@@ -205,7 +205,7 @@ async fn no_failover_then_sync() -> Result<String, Failure> {
     if took < GRACE || took > GRACE + LATE_BOUND {
         return Err(Failure::new(
             format!(
-                "delivery through SMTP_FORWARD between {} s and {} s (grace {} s, SPEC D4: the path looks for stranded pools every poll)",
+                "delivery through SMTP_FORWARD between {} s and {} s (grace {} s, FWD-3: the path looks for stranded pools every poll)",
                 GRACE.as_secs(),
                 (GRACE + LATE_BOUND).as_secs(),
                 GRACE.as_secs()
@@ -285,7 +285,7 @@ async fn real_time(ctx: &Ctx) -> Result<String, Failure> {
     if took < Duration::from_secs(1) || took > bound {
         return Err(Failure::new(
             format!(
-                "the stranded copies through SMTP_FORWARD after the 1 s grace, within {} s of the start (SPEC D4)",
+                "the stranded copies through SMTP_FORWARD after the 1 s grace, within {} s of the start (FWD-3)",
                 bound.as_secs()
             ),
             format!("`smtpw run --until-empty` ended after {:.2} s", took.as_secs_f64()),

@@ -1,9 +1,9 @@
-//! Delivery pools (SPEC §3.6, §11 A7, §12 D4), virtual mode:
+//! Delivery pools (POOL-4, FWD-3), virtual mode:
 //!
 //! 1. an urgent pool with its own worker is not delayed by a bulk backlog: pool A's worker
 //!    delivers at once while pool B's two workers have thousands of copies queued at a slow
 //!    relay (0.5 s per copy);
-//! 2. a pool that no worker serves goes through SMTP_FORWARD (SPEC D4), at once, while the served
+//! 2. a pool that no worker serves goes through SMTP_FORWARD (FWD-3), at once, while the served
 //!    pool goes through its worker.
 //!
 //! Real time does both at once with the binaries: `mock-mta` processes for the urgent relay, the
@@ -83,7 +83,7 @@ async fn urgent_not_delayed() -> Result<String, Failure> {
     if took > Duration::from_secs(2) || bulk_queued < (BULK_COPIES as u64) * 9 / 10 {
         return Err(Failure::new(
             format!(
-                "pool A delivered within 2 s of submission while B still has most of its {BULK_COPIES} copies queued (SPEC 3.6)"
+                "pool A delivered within 2 s of submission while B still has most of its {BULK_COPIES} copies queued (POOL-4)"
             ),
             format!(
                 "A took {:.2} s; B had {bulk_queued} queued, {bulk_done} delivered",

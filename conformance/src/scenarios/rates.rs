@@ -1,10 +1,10 @@
-//! Rate limits (SPEC §4, §10 case 16, §12 D1), virtual mode:
+//! Rate limits (RATE-1, EX-16, RATE-4), virtual mode:
 //! `SMTP_RATE_LIMIT=12Mbps AB:1.5Mbps C:150kbps`, every pool backlogged, each with its own
 //! workers, one relay. Over a measured minute (after a 10 s warm-up) the achieved rate of A, B
 //! and C must equal their limits and the sum of all pools the overall limit; the default pool,
 //! limited only by the overall bucket, takes the rest.
 //!
-//! Rates are measured at the relay: message bytes (headers + body with CRLFs, what SPEC 4.4
+//! Rates are measured at the relay: message bytes (headers + body with CRLFs, what RATE-2
 //! counts) by the time each transaction started (MAIL), on the virtual clock.
 
 use std::collections::BTreeMap;
@@ -51,7 +51,7 @@ async fn rates(_ctx: Ctx) -> ScenarioResult {
     let mut relay = MockConfig::iis();
     relay.profile.max_session_kb = None;
     let t = Topology::new(SITE, start, &[(RELAY, relay)]);
-    // What SPEC §10 case 16 says, in bit/s.
+    // What EX-16 says, in bit/s.
     let overall = 12 * 1024 * 1024;
     let limits: BTreeMap<&str, u64> = [("A", 1_572_864), ("B", 1_572_864), ("C", 153_600)]
         .into_iter()
@@ -65,7 +65,7 @@ async fn rates(_ctx: Ctx) -> ScenarioResult {
     let want: BTreeMap<String, u64> = limits.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     if rl.overall_bps != Some(overall) || parsed != want {
         return Err(Failure::new(
-            format!("overall {overall} bit/s, pools {want:?} (SPEC §10 #16)"),
+            format!("overall {overall} bit/s, pools {want:?} (EX-16)"),
             format!("overall {:?}, pools {parsed:?}", rl.overall_bps),
         ));
     }
@@ -127,7 +127,7 @@ async fn rates(_ctx: Ctx) -> ScenarioResult {
     if !bad.is_empty() {
         return Err(Failure::new(
             format!(
-                "achieved rates within {:.0}% of the limits over {MEASURED:.0} s after a {WARM_UP:.0} s warm-up (SPEC D1)",
+                "achieved rates within {:.0}% of the limits over {MEASURED:.0} s after a {WARM_UP:.0} s warm-up (RATE-4)",
                 TOLERANCE * 100.0
             ),
             bad.join("; "),

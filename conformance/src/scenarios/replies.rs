@@ -1,4 +1,4 @@
-//! Replies and faults (SPEC §11 A6, §12 D2, D3), virtual mode. One relay, three phases of
+//! Replies and faults (TXN-4, TXN-3, QUEUE-1), virtual mode. One relay, three phases of
 //! faults, set while the engine runs:
 //!
 //! 1. `*@bad.example` 550, `*@slow.example` and `*@stuck.example` 451, 421 at the 4th MAIL of a
@@ -146,7 +146,7 @@ async fn replies(ctx: Ctx) -> ScenarioResult {
     {
         return Err(Failure::new(
             format!(
-                "delivered {want_delivered} + failed {} + queued {} = submitted {submitted} (SPEC D3)",
+                "delivered {want_delivered} + failed {} + queued {} = submitted {submitted} (QUEUE-1)",
                 bad.len(),
                 stuck.len()
             ),

@@ -1,4 +1,4 @@
-//! Time windows over a 24 h day (SPEC §2.4, §2.5, §10 cases 6 and 7, §11 A3): which host each
+//! Time windows over a 24 h day (WRK-4, WRK-5, EX-6, EX-7): which host each
 //! worker uses, minute by minute, against the documented schedule; and `config explain` agrees
 //! with the router.
 //!
@@ -31,7 +31,7 @@ SMTP_FORWARD_4=LATE.EXAMPLE.ORG(23:30-00:30)
 
 const INACTIVE: &str = "inactive";
 
-/// The documented schedule, written out by hand from SPEC §2.4/§2.5/§11 A3 ([start, end),
+/// The documented schedule, written out by hand from WRK-4, WRK-5 ([start, end),
 /// primary inside, failover outside, else inactive): per worker, `(from minute, host)` until the
 /// next entry (or midnight).
 pub fn documented() -> Vec<Vec<(u16, &'static str)>> {
@@ -204,7 +204,7 @@ async fn day(ctx: Ctx) -> ScenarioResult {
         cfg.workers.len()
     ))
     .chart(Chart::Timeline {
-        title: "Each worker's host over the day (SPEC §10 #6, #7, windows across midnight)"
+        title: "Each worker's host over the day (EX-6, EX-7, windows across midnight)"
             .into(),
         lanes,
     }))
@@ -228,7 +228,7 @@ fn walk_minute(
         if got != want {
             return Err(Failure::new(
                 format!(
-                    "worker {} at {t}: {want} (SPEC §2.4, §11 A3: windows are [start, end))",
+                    "worker {} at {t}: {want} (WRK-4: windows are [start, end))",
                     i + 1
                 ),
                 format!("route() gave {got}"),

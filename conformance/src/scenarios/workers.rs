@@ -1,4 +1,4 @@
-//! Worker counts (SPEC §2.2, §2.3, §10 cases 4 and 8): `2*A` + `B` shares the copies 2:1 over
+//! Worker counts (WRK-3, EX-4, EX-8): `2*A` + `B` shares the copies 2:1 over
 //! exactly three connections; `10*H:50025` opens ten connections to port 50025.
 //!
 //! Virtual mode: in-process mocks on paused time (each copy takes 100 ms at the relay, so the
@@ -53,14 +53,14 @@ fn judge_split(a: usize, b: usize, peak: i64, sessions: u64) -> ScenarioResult {
     if (share - 2.0 / 3.0).abs() > SHARE_TOLERANCE {
         return Err(Failure::new(
             format!(
-                "A (2 workers) to get 2/3 of the copies, ±{SHARE_TOLERANCE} (SPEC §2.2: load shared by worker count)"
+                "A (2 workers) to get 2/3 of the copies, ±{SHARE_TOLERANCE} (WRK-3: load shared by worker count)"
             ),
             format!("A {a}, B {b}: share {share:.3}"),
         ));
     }
     if peak > 3 {
         return Err(Failure::new(
-            "never more than 3 connections at once (one per worker, SPEC §2.3)",
+            "never more than 3 connections at once (one per worker, WRK-3)",
             format!("{peak} at once"),
         ));
     }

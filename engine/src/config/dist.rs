@@ -1,5 +1,5 @@
-//! `DIST_FORWARD=[n*]host [[n*]host ...]` (SPEC §6): DISTRIBUTE workers and their weights.
-//! `SELF` is the primary; when it is not listed it takes part with weight 1 (SPEC §6.2).
+//! `DIST_FORWARD=[n*]host [[n*]host ...]` (DIST-1): DISTRIBUTE workers and their weights.
+//! `SELF` is the primary; when it is not listed it takes part with weight 1 (DIST-1).
 
 use super::host::check_host;
 use super::model::DistEntry;

@@ -1,6 +1,6 @@
-//! `SMTP_FORWARD` and `SMTP_FORWARD_n` values (SPEC §1, §2, §11 A2-A4).
+//! `SMTP_FORWARD` and `SMTP_FORWARD_n` values (FWD-1, WRK-1, WRK-3, WRK-4).
 //!
-//! Worker grammar (SPEC §2.1, §11 A4):
+//! Worker grammar (WRK-1):
 //! `value := [count "*"] host [":" port] ["(" window *("," window) ")"] *(";" seg)`,
 //! `seg := NAME "=" VALUE | failover-host[":" port]`, `window := H:MM "-" H:MM`.
 

@@ -1,4 +1,4 @@
-//! Host names and ports (SPEC §1.1): an FQDN or a dotted IPv4 address, never IPv6 or an
+//! Host names and ports (FWD-1): an FQDN or a dotted IPv4 address, never IPv6 or an
 //! unqualified name; `LOCALHOST` is accepted with a warning.
 
 use super::model::HostPort;

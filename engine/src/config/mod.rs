@@ -1,4 +1,5 @@
-//! SITE.CFG: reading both forms (SPEC §0) and every delivery keyword (SPEC §1-§6, §10-§12).
+//! SITE.CFG: reading both forms (CFG-1) and every delivery keyword (docs/behaviour.md: CFG, FWD,
+//! WRK, POOL, RATE, COPY and DIST rules, and the examples EX-1 to EX-21).
 //!
 //! Entry points: [`load`], [`load_with_overrides`] and [`parse_str`]. A file with any error gives
 //! [`ConfigError::Invalid`] holding every diagnostic of the file (errors and warnings, in file
@@ -100,7 +101,7 @@ pub fn parse_str(text: &str, file_name: &str) -> Result<SiteConfig, ConfigError>
     }]))
 }
 
-/// Parses a main file and an override file (SITECFG.FILE, SPEC §0.1) read after it: a keyword
+/// Parses a main file and an override file (SITECFG.FILE, CFG-3) read after it: a keyword
 /// set in the override replaces the main file's value.
 pub fn parse_str_with_overrides(
     main: (&str, &str),
@@ -133,7 +134,7 @@ pub fn load(path: &Path) -> Result<SiteConfig, ConfigError> {
     parse_str(&text, &path.display().to_string())
 }
 
-/// Reads `main`, then `overrides` (SITECFG.FILE) when given (SPEC §0.1).
+/// Reads `main`, then `overrides` (SITECFG.FILE) when given (CFG-3).
 pub fn load_with_overrides(
     main: &Path,
     overrides: Option<&Path>,

@@ -68,7 +68,7 @@ impl Serialize for TimeOfDay {
     }
 }
 
-/// An opentime window `[start, end)` in local server time (SPEC §11 A3). `end < start` crosses
+/// An opentime window `[start, end)` in local server time (WRK-4). `end < start` crosses
 /// midnight; `end == start` is the whole day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Window {
@@ -93,7 +93,7 @@ impl fmt::Display for Window {
     }
 }
 
-/// One of the 27 delivery pools: `A`..`Z`, or the default pool `-` (SPEC §3.1).
+/// One of the 27 delivery pools: `A`..`Z`, or the default pool `-` (POOL-1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pool(u8);
 
@@ -220,7 +220,7 @@ impl Serialize for PoolSet {
     }
 }
 
-/// One SMTP worker after `x*` expansion (SPEC §2).
+/// One SMTP worker after `x*` expansion (WRK-1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkerSpec {
     /// 1..=N in line order after expansion.
@@ -234,7 +234,7 @@ pub struct WorkerSpec {
     pub pools: PoolSet,
 }
 
-/// SMTP_RATE_LIMIT resolved to bits per second (SPEC §4, §12 D1).
+/// SMTP_RATE_LIMIT resolved to bits per second (RATE-1, RATE-4).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RateLimits {
     /// `None`: no overall limit.
@@ -249,7 +249,7 @@ impl RateLimits {
     }
 }
 
-/// `Delivery-Pool= x,y` / `DEFAULT_LIST_POOL=x y` (SPEC §3.2, §3.4).
+/// `Delivery-Pool= x,y` / `DEFAULT_LIST_POOL=x y` (POOL-3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct DeliveryPools {
     /// Pool for list postings.
@@ -258,7 +258,7 @@ pub struct DeliveryPools {
     pub admin: Pool,
 }
 
-/// One DIST_FORWARD entry; `SELF` is the primary (SPEC §6).
+/// One DIST_FORWARD entry; `SELF` is the primary (DIST-1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DistEntry {
     pub host: String,
@@ -314,7 +314,7 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// MAXBSMTP when unset (SPEC §11 A10).
+/// MAXBSMTP when unset (COPY-1).
 pub const DEFAULT_MAX_BSMTP: u32 = 100;
 
 /// The whole resolved site configuration.
@@ -323,21 +323,21 @@ pub struct SiteConfig {
     /// The file it was read from, as given.
     pub source: String,
     pub node: Option<String>,
-    /// SMTP_FORWARD: the synchronous path (SPEC §1, §12 D4).
+    /// SMTP_FORWARD: the synchronous path (FWD-1, FWD-3).
     pub sync_forward: Option<HostPort>,
     /// SMTP_FORWARD_n after `x*` expansion; empty means "synchronous only".
     pub workers: Vec<WorkerSpec>,
     pub default_list_pool: DeliveryPools,
-    /// DEFAULT_DIST_POOL (SPEC §3.5), the default pool of DISTRIBUTE jobs.
+    /// DEFAULT_DIST_POOL (POOL-3), the default pool of DISTRIBUTE jobs.
     pub default_dist_pool: Pool,
     pub max_bsmtp: u32,
-    /// SORT_RECIPIENTS 0/1/2 (SPEC §5.5).
+    /// SORT_RECIPIENTS 0/1/2 (COPY-2).
     pub sort_recipients: u8,
     pub rate_limits: RateLimits,
     /// Empty when DIST_FORWARD is unset.
     pub dist_forward: Vec<DistEntry>,
     pub dist_background_pool_priority: Option<PoolPriority>,
-    /// Keywords read but without behaviour here (SPEC §11 A11, A12), with their raw values.
+    /// Keywords read but without behaviour here (DIST-3, CFG-4), with their raw values.
     pub passive: BTreeMap<String, String>,
     /// Warnings found while reading (errors never produce a `SiteConfig`).
     pub warnings: Vec<Diagnostic>,

@@ -1,4 +1,4 @@
-//! Reading SITE.CFG / go.user lines (SPEC §0) and resolving every keyword into a [`SiteConfig`].
+//! Reading SITE.CFG / go.user lines (CFG-1) and resolving every keyword into a [`SiteConfig`].
 //!
 //! Line forms accepted:
 //! - `KEY=value` (Windows SITE.CFG), `KEY="value"` (unix go.user), `KEY = 'value'` (z/VM style);
@@ -55,7 +55,7 @@ pub const DELIVERY_KEYWORDS: &[&str] = &[
 ];
 
 /// Keywords read and kept in [`SiteConfig::passive`] without a warning: documented ones smtpw
-/// parses but does not act on (SPEC §5.6, §6.4, §6.6, §11 A11) and common general LISTSERV ones.
+/// parses but does not act on (COPY-3, DIST-3, CFG-4) and common general LISTSERV ones.
 pub const PASSIVE_KEYWORDS: &[&str] = &[
     "EMBEDDED_MAIL_MERGE",
     "DIST_FORWARD_THRESHOLD",
@@ -395,7 +395,7 @@ pub(crate) fn parse_sources(sources: &[Source<'_>]) -> (Option<SiteConfig>, Vec<
         }
     }
 
-    // SMTP_FORWARD_n: _1 up to the first gap, expanded in line order (SPEC §11 A1, A2).
+    // SMTP_FORWARD_n: _1 up to the first gap, expanded in line order (WRK-2, WRK-3).
     let mut expect = 1u32;
     let mut gap_at: Option<u32> = None;
     for (&n, (s, line)) in &worker_lines {

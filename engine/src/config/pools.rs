@@ -1,5 +1,5 @@
-//! Delivery pools (SPEC §3): `POOL=` sets, `DEFAULT_LIST_POOL`, `DEFAULT_DIST_POOL`,
-//! `DIST_BACKGROUND_POOL_PRIORITY`. Letters are case-insensitive (SPEC §2.6, §11 A7).
+//! Delivery pools (POOL-1): `POOL=` sets, `DEFAULT_LIST_POOL`, `DEFAULT_DIST_POOL`,
+//! `DIST_BACKGROUND_POOL_PRIORITY`. Letters are case-insensitive (POOL-2, POOL-4).
 
 use super::model::{DeliveryPools, Pool, PoolPriority, PoolSet};
 use super::span::{shown, Diags, Span};
@@ -68,7 +68,7 @@ pub(crate) fn parse_pool(s: &Span<'_>, d: &mut Diags, what: &str) -> Option<Pool
     }
 }
 
-/// `DEFAULT_LIST_POOL=x [y]` (SPEC §3.4): x for postings, y (default x) for admin mail.
+/// `DEFAULT_LIST_POOL=x [y]` (POOL-3): x for postings, y (default x) for admin mail.
 /// The two values are separated by a space, as documented; a comma (as in the list header's
 /// `Delivery-Pool= x,y`) is accepted too.
 pub(crate) fn parse_default_list_pool(s: &Span<'_>, d: &mut Diags) -> Option<DeliveryPools> {
@@ -121,7 +121,7 @@ pub(crate) fn parse_default_list_pool(s: &Span<'_>, d: &mut Diags) -> Option<Del
     }
 }
 
-/// `DIST_BACKGROUND_POOL_PRIORITY=I*B` (SPEC §3.7): highest first; `*` = every pool not listed;
+/// `DIST_BACKGROUND_POOL_PRIORITY=I*B` (POOL-5): highest first; `*` = every pool not listed;
 /// without `*`, unlisted pools go last. The result lists all 27 pools.
 pub(crate) fn parse_priority(s: &Span<'_>, d: &mut Diags) -> Option<PoolPriority> {
     const EXPECTED: &str = "pool letters A-Z and '-', highest priority first, with at most one '*' for the unlisted pools, such as I*B";
@@ -182,7 +182,7 @@ pub(crate) fn parse_priority(s: &Span<'_>, d: &mut Diags) -> Option<PoolPriority
     Some(PoolPriority(order))
 }
 
-/// The list header keyword `Delivery-Pool= x[,y]` (SPEC §3.2): x for postings, y (default x) for
+/// The list header keyword `Delivery-Pool= x[,y]` (POOL-3): x for postings, y (default x) for
 /// administrative mail. Spaces around the names are ignored.
 pub fn parse_delivery_pool(value: &str) -> Result<DeliveryPools, String> {
     let one = |s: &str| {

@@ -1,4 +1,4 @@
-//! `SMTP_RATE_LIMIT=limit [limit ...]` (SPEC §4, §11 A8, §12 D1).
+//! `SMTP_RATE_LIMIT=limit [limit ...]` (RATE-1, RATE-4).
 //!
 //! `limit := [pools ":"] number unit`; `number` may have decimals; `unit` is `kbps`, `Mbps` or
 //! `Gbps` in any case, directly after the number; k, M and G are powers of two and the unit is

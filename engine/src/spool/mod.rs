@@ -1,4 +1,4 @@
-//! The durable spool (DESIGN §2, §5): jobs in, copies out, every recipient accounted for.
+//! The durable spool (docs/architecture.md): jobs in, copies out, every recipient accounted for.
 //!
 //! Layout of a spool directory `SPOOL/`:
 //! - `incoming/`   producers drop `*.MAIL` jobs here (see [`crate::job`]); [`submit`] too.

@@ -19,7 +19,7 @@ fn errors_of(text: &str) -> Vec<String> {
 /// (file text, number of errors, the first error's start: "LINE:COL: error: <what>")
 #[rustfmt::skip]
 const BAD: &[(&str, usize, &str)] = &[
-    // SMTP_FORWARD hosts and ports (SPEC §1.1)
+    // SMTP_FORWARD hosts and ports (FWD-1)
     ("SMTP_FORWARD=MAILHOST", 1, "1:14: error: SMTP_FORWARD host 'MAILHOST' is not fully qualified"),
     // Neither SMTP_FORWARD nor a worker: nothing could ever be delivered (was a warning).
     ("NODE=X.EXAMPLE.ORG", 1, "1:1: error: neither SMTP_FORWARD nor any SMTP_FORWARD_n worker is set, so no mail can be delivered"),
@@ -40,7 +40,7 @@ const BAD: &[(&str, usize, &str)] = &[
     ("SMTP_FORWARD_1=2*$NODE", 1, "1:18: error: worker host '$NODE' uses a variable substitution"),
     ("SMTP_FORWARD=A.B C.D", 1, "1:17: error: spaces are not allowed in SMTP_FORWARD"),
     ("SMTP_FORWARD=", 1, "1:14: error: missing SMTP_FORWARD host"),
-    // SMTP_FORWARD_n (SPEC §2, §11 A2-A4)
+    // SMTP_FORWARD_n (WRK-1, WRK-3, WRK-4)
     ("SMTP_FORWARD_1=-1*H.EXAMPLE.ORG", 1, "1:16: error: worker count '-1' in SMTP_FORWARD_1 is not valid"),
     ("SMTP_FORWARD_1=X*H.EXAMPLE.ORG", 1, "1:16: error: worker count 'X' in SMTP_FORWARD_1 is not valid"),
     ("SMTP_FORWARD_1=*H.EXAMPLE.ORG", 1, "1:16: error: worker count nothing in SMTP_FORWARD_1 is not valid"),
@@ -66,7 +66,7 @@ const BAD: &[(&str, usize, &str)] = &[
     ("SMTP_FORWARD_1=H.EXAMPLE.ORG;POOL=", 1, "1:35: error: POOL= has no pools"),
     ("SMTP_FORWARD_1=MAILHOST", 1, "1:16: error: worker host 'MAILHOST' is not fully qualified"),
     ("SMTP_FORWARD_1=2*H.EXAMPLE.ORG ;POOL=A", 1, "1:31: error: spaces are not allowed inside SMTP_FORWARD_1"),
-    // SMTP_RATE_LIMIT (SPEC §4.2, §11 A8)
+    // SMTP_RATE_LIMIT (RATE-1, RATE-4)
     ("SMTP_RATE_LIMIT=12 Mbps", 1, "1:19: error: a space between '12' and its unit 'Mbps'"),
     ("SMTP_RATE_LIMIT=0kbps", 1, "1:17: error: a zero rate '0kbps' would stop all mail"),
     ("SMTP_RATE_LIMIT=A:0Mbps", 1, "1:19: error: a zero rate '0Mbps' would stop all mail"),
@@ -85,14 +85,14 @@ const BAD: &[(&str, usize, &str)] = &[
     ("SMTP_RATE_LIMIT=99999999999999999999Gbps", 1, "1:17: error: rate '99999999999999999999Gbps' is too large"),
     ("SMTP_RATE_LIMIT=", 1, "1:17: error: SMTP_RATE_LIMIT is empty"),
     ("SMTP_RATE_LIMIT=1Mbps 2 kbps B:0kbps", 2, "1:24: error: a space between '2' and its unit 'kbps'"),
-    // DIST_FORWARD (SPEC §6)
+    // DIST_FORWARD (DIST-1)
     ("DIST_FORWARD=X*D.EXAMPLE.ORG", 1, "1:14: error: weight 'X' in DIST_FORWARD is not valid"),
     ("DIST_FORWARD=0*SELF", 1, "1:14: error: every DIST_FORWARD weight is 0"),
     ("DIST_FORWARD=0*SELF 0*D.EXAMPLE.ORG", 1, "1:14: error: every DIST_FORWARD weight is 0"),
     ("DIST_FORWARD=D.EXAMPLE.ORG:25", 1, "1:27: error: DIST_FORWARD host 'D.EXAMPLE.ORG:25' has a port"),
     ("DIST_FORWARD=DIST1", 1, "1:14: error: DIST_FORWARD host 'DIST1' is not fully qualified"),
     ("DIST_FORWARD=", 1, "1:14: error: DIST_FORWARD is empty"),
-    // pools (SPEC §3)
+    // pools (POOL-1)
     ("DIST_BACKGROUND_POOL_PRIORITY=I**B", 1, "1:33: error: a second '*' in DIST_BACKGROUND_POOL_PRIORITY"),
     ("DIST_BACKGROUND_POOL_PRIORITY=IBi", 1, "1:33: error: pool I is listed twice"),
     ("DIST_BACKGROUND_POOL_PRIORITY=I1", 1, "1:32: error: '1' is not a pool name"),
@@ -106,7 +106,7 @@ const BAD: &[(&str, usize, &str)] = &[
     ("MAXBSMTP=99999999999", 1, "1:10: error: MAXBSMTP=99999999999 is not valid"),
     ("SORT_RECIPIENTS=3", 1, "1:17: error: SORT_RECIPIENTS=3 is not valid"),
     ("EMBEDDED_MAIL_MERGE=2", 1, "1:21: error: EMBEDDED_MAIL_MERGE=2 is not valid"),
-    // lines (SPEC §0)
+    // lines (CFG-1)
     ("SMTP_FORWARD=\"H.EXAMPLE.ORG", 1, "1:14: error: the value of SMTP_FORWARD opens a quote \" that is never closed"),
     ("SMTP_FORWARD=\"H.EXAMPLE.ORG\" x", 1, "1:30: error: unexpected 'x' after the closing quote of SMTP_FORWARD"),
     ("just some words", 1, "1:1: error: 'just some words' is not a setting"),

@@ -1,4 +1,4 @@
-//! File forms (SPEC §0), windows (§11 A3), overrides (SITECFG.FILE), the bundled examples and
+//! File forms (CFG-1), windows (WRK-4), overrides (SITECFG.FILE), the bundled examples and
 //! the JSON view.
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! SPEC §10: every configuration case, line -> expected parse.
+//! EX-1 to EX-21: every configuration case, line -> expected parse.
 
 use smtpw_engine::config::{
     parse_delivery_pool, parse_str, DistEntry, HostPort, Pool, PoolSet, Severity, SiteConfig,
@@ -323,7 +323,7 @@ fn case21_maxbsmtp_sort_merge() {
         Some("1")
     );
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    // MAXBSMTP unset: 100 (SPEC §11 A10)
+    // MAXBSMTP unset: 100 (COPY-1)
     assert_eq!(ok(SYNC).max_bsmtp, 100);
 }
 

@@ -1,4 +1,4 @@
-//! Reply handling end to end on paused time (SPEC §11 A6, §12 D2/D3): MAXBSMTP chunking, the
+//! Reply handling end to end on paused time (TXN-4, TXN-3, QUEUE-1): MAXBSMTP chunking, the
 //! relay's recipient limit learned from 552/452, 550 failures, 451 retries with back-off, the
 //! lifetime, and a relay that closes or drops connections.
 
@@ -408,7 +408,7 @@ async fn dropped_connections_mid_data_and_after_the_dot_lose_nothing() {
     assert!(deferred_with_drop > 0);
 }
 
-/// SPEC A6: a 4xx to the end of data defers the whole message (retried after the back-off); a
+/// TXN-4: a 4xx to the end of data defers the whole message (retried after the back-off); a
 /// 5xx fails its recipients with the reply.
 #[tokio::test(start_paused = true)]
 async fn end_of_data_451_is_retried_and_554_fails_with_the_reply() {

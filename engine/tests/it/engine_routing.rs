@@ -1,6 +1,6 @@
 //! Routing on paused time over in-memory mocks: time windows at their boundary, failover when the
-//! primary is unreachable, back-off with no failover, and the synchronous fallback (SPEC §2,
-//! §11 A3/A5, §12 D4).
+//! primary is unreachable, back-off with no failover, and the synchronous fallback (WRK-4,
+//! WRK-5, WRK-6, FWD-3).
 
 use std::time::Duration;
 
@@ -479,7 +479,7 @@ async fn a_busy_failover_connection_gives_way_to_the_primary_after_five_minutes(
     assert!(c.values().all(|n| *n == 1));
 }
 
-/// Without SMTP_FORWARD, a pool no worker serves stays queued (SPEC A7), and the log says that,
+/// Without SMTP_FORWARD, a pool no worker serves stays queued (POOL-4), and the log says that,
 /// not that it goes through SMTP_FORWARD.
 #[tokio::test(start_paused = true)]
 async fn a_pool_no_worker_serves_stays_queued_without_smtp_forward() {

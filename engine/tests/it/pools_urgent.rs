@@ -1,4 +1,4 @@
-//! An urgent pool never waits behind a bulk pool's backlog (SPEC 3.6, §2.7): 100,000 bulk
+//! An urgent pool never waits behind a bulk pool's backlog (POOL-4, JOB-1): 100,000 bulk
 //! recipients queued in pool B (four workers serving B, MAXBSMTP 100, B held to 2 Mbit/s so the
 //! backlog lasts), and single-recipient jobs in pool A with a worker of its own are delivered
 //! within a second of submission. Real time (the runtime is not paused); in-memory mocks.

@@ -1,4 +1,4 @@
-//! SMTP_RATE_LIMIT accuracy on paused time (SPEC §4, §12 D1): the engine delivers to in-process
+//! SMTP_RATE_LIMIT accuracy on paused time (RATE-1, RATE-4): the engine delivers to in-process
 //! mocks over in-memory streams, and the achieved rates are measured at the mocks from their
 //! journals (message bytes, and DATA times read from the engine's VirtualClock).
 //!
@@ -171,13 +171,13 @@ async fn overall_limit_with_per_worker_split_evenly_busy() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. SPEC §10 case 16: `12Mbps AB:1.5Mbps C:150kbps`, A, B, C and an unlimited D all backlogged:
+// 2. EX-16: `12Mbps AB:1.5Mbps C:150kbps`, A, B, C and an unlimited D all backlogged:
 //    A = B = 1.5 Mbit/s, C = 150 kbit/s, and D takes the rest of the 12 Mbit/s.
 
 /// Workers: A, B, C and D (D and `-`). Under a saturated overall limit the overall bucket is one
 /// FIFO, so every waiting copy takes its turn: each worker gets about one copy per round, and a
 /// limited pool fills its own limit only if its workers' turns cover it (the limits are caps:
-/// SPEC 4.3, whichever is stricter *at that moment* applies; see the limiter's unit test
+/// RATE-3, whichever is stricter *at that moment* applies; see the limiter's unit test
 /// `a_limited_pool_keeps_its_limit_while_its_turns_cover_it`). Measured here on a 60 s span with
 /// 2/2/1 workers for A/B/C and 4 for D: A -3.7%, B -5.1%, C -8.8% on average (worst windows
 /// about -15%) while the per-worker split held them; with 3/3/3 and 4, A and B had windows 3.4%

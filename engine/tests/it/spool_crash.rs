@@ -1,4 +1,4 @@
-//! Nothing lost (SPEC §12 D3) at the spool level: a child process ingests a job and "delivers"
+//! Nothing lost (QUEUE-1) at the spool level: a child process ingests a job and "delivers"
 //! it with concurrent workers (journal line per recipient, then `complete`); the test kills it
 //! with SIGKILL at pseudo-random moments, a dozen times, then lets a last run finish. Every
 //! recipient must be delivered, the database must count each exactly once, and the recipients

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use smtpw_engine::clock::SystemClock;
 use smtpw_engine::engine::{Engine, EngineOptions};
 use smtpw_engine::net::TcpConnector;
+use smtpw_engine::settings::Settings;
 use smtpw_engine::smtp::{helo, TxnDeadline};
 use smtpw_engine::spool::{Spool, SpoolError, SpoolOptions, SqliteSpool};
 
@@ -20,6 +21,10 @@ pub struct RunArgs {
     /// SITE.CFG (Windows `KEY=value` or unix `KEY="value"` form).
     #[arg(long)]
     pub config: PathBuf,
+    /// smtpw.toml: what smtpw adds to SITE.CFG (relays' TLS and AUTH, listener, admin, spool,
+    /// cluster). Without it, every relay gets the defaults.
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
     /// The spool directory (created if missing): incoming/, quarantine/, spool.db.
     #[arg(long)]
     pub spool: PathBuf,
@@ -92,6 +97,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let settings = match &args.settings {
+        None => Settings::default(),
+        Some(path) => match Settings::load(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
     let helo = match helo::choose(
         args.helo_name.as_deref(),
         config.node.as_deref(),
@@ -140,6 +158,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             per_worker_rate_split: args.per_worker_rate_split,
             ..EngineOptions::default()
         };
+        eopts.settings = settings;
         eopts.client.pipelining = !args.no_pipelining;
         eopts.client.helo_name = helo.name;
         eopts.drain_timeout = Duration::from_secs(args.drain_timeout);

@@ -33,6 +33,8 @@ pub struct EngineOptions {
     /// How often `SPOOL/rate-status.json` (what `smtpw queue` shows of the rates) is rewritten.
     /// A simulated day in paused time would otherwise write it 86,400 times.
     pub status_interval: Duration,
+    /// smtpw.toml: relays' TLS and AUTH, listener, admin, spool, cluster.
+    pub settings: crate::settings::Settings,
     /// Rate-limit bucket depth (how much idle time saves up).
     pub rate_depth: Duration,
     /// LISTSERV's per-worker split of the rate limits instead of one shared limiter (RATE-4).
@@ -55,6 +57,7 @@ impl Default for EngineOptions {
             ingest_interval: Duration::from_millis(200),
             idle_poll: Duration::from_secs(1),
             status_interval: Duration::from_secs(1),
+            settings: crate::settings::Settings::default(),
             rate_depth: DEFAULT_DEPTH,
             per_worker_rate_split: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,

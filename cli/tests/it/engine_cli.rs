@@ -668,3 +668,43 @@ fn an_invalid_helo_name_is_refused_at_start() {
         assert!(ehlo_names(&relay).is_empty());
     }
 }
+
+/// A bad smtpw.toml is refused before anything starts, with every error located and no secret
+/// shown.
+#[test]
+fn a_bad_settings_file_exits_2_with_every_error_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = scripted::TcpScripted::start(scripted::Mta::pipelining());
+    let cfg = write_site_cfg(dir.path(), relay.port, 2, 50);
+    let settings = dir.path().join("smtpw.toml");
+    std::fs::write(
+        &settings,
+        "[relays.\"127.0.0.1\"]\ntls = \"none\"\nusername = \"lists\"\npassword = \"hunter2\"\n\
+         [listen]\naddresses = [\"nowhere\"]\n",
+    )
+    .unwrap();
+    let spool = dir.path().join("spool");
+    let out = SMTPW
+        .command()
+        .args(["run", "--until-empty", "--config"])
+        .arg(&cfg)
+        .arg("--spool")
+        .arg(&spool)
+        .arg("--settings")
+        .arg(&settings)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let file = settings.display().to_string();
+    let located: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(&format!("{file}:")) && l.contains(": error: "))
+        .collect();
+    assert_eq!(located.len(), 2, "{err}");
+    assert!(located[0].contains("in clear"), "{err}");
+    assert!(located[1].contains("ADDRESS:PORT"), "{err}");
+    assert!(!err.contains("hunter2"), "no secret in errors: {err}");
+    assert!(!spool.exists(), "nothing started");
+    assert!(ehlo_names(&relay).is_empty());
+}

@@ -228,9 +228,6 @@ impl RateLimiter {
     }
 }
 
-/// A limiter shared by every worker.
-pub type SharedRateLimiter = Arc<RateLimiter>;
-
 /// Seconds of history the [`RateMeter`] keeps (a little more than the one-minute window).
 const METER_SLOTS: usize = 64;
 /// The window the achieved rate is measured over.

@@ -396,9 +396,6 @@ pub trait Spool: Send + Sync + 'static {
     /// ([`SpoolOptions::expired`]): a claimed copy of it that cannot be delivered is then
     /// completed (its recipients fail) instead of given back.
     fn has_expired(&self, job_created: jiff::Timestamp, now: jiff::Timestamp) -> bool;
-    /// Give a claimed copy back untouched, claimable again from `not_before` (memory only: a
-    /// restart makes it ready at once).
-    fn release_until(&self, copy_id: i64, not_before: jiff::Timestamp);
     /// The earliest time a deferred copy of `pools` becomes claimable.
     fn next_due(&self, pools: PoolSet) -> Option<jiff::Timestamp>;
     /// Notified (`notify_waiters`) when copies become claimable through ingest or release.

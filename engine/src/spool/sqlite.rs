@@ -394,13 +394,6 @@ impl SqliteSpool {
             job,
         )))
     }
-
-    fn release_inner(&self, copy_id: i64, not_before: Option<Timestamp>) {
-        let sh = self.shared();
-        let now = ms(sh.clock.now());
-        lock(&sh.index).release(copy_id, not_before.map(ms), now);
-        sh.notify.notify_waiters();
-    }
 }
 
 impl Spool for SqliteSpool {
@@ -520,15 +513,14 @@ impl Spool for SqliteSpool {
     }
 
     fn release(&self, copy_id: i64) {
-        self.release_inner(copy_id, None);
+        let sh = self.shared();
+        let now = ms(sh.clock.now());
+        lock(&sh.index).release(copy_id, None, now);
+        sh.notify.notify_waiters();
     }
 
     fn has_expired(&self, job_created: Timestamp, now: Timestamp) -> bool {
         self.shared().opts.expired(job_created, now)
-    }
-
-    fn release_until(&self, copy_id: i64, not_before: Timestamp) {
-        self.release_inner(copy_id, Some(not_before));
     }
 
     fn next_due(&self, pools: PoolSet) -> Option<Timestamp> {

@@ -53,9 +53,6 @@ impl Spool for GatedSpool {
     fn has_expired(&self, job_created: jiff::Timestamp, now: jiff::Timestamp) -> bool {
         self.inner.has_expired(job_created, now)
     }
-    fn release_until(&self, copy_id: i64, not_before: jiff::Timestamp) {
-        self.inner.release_until(copy_id, not_before);
-    }
     fn next_due(&self, pools: PoolSet) -> Option<jiff::Timestamp> {
         self.inner.next_due(pools)
     }

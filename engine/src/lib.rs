@@ -14,25 +14,25 @@
 //!   [`settings`]: `smtpw.toml`, what smtpw adds (relays' TLS and AUTH, listener, admin, spool,
 //!   cluster).
 //! - [`job`]: the `.MAIL` job format (BSMTP): reading and writing, dot-stuffing, long lines.
-//! - [`intake`]: the engine's ingest loop over `SPOOL/incoming/`, and when a batch run is done.
+//! - `intake`: the engine's ingest loop over `SPOOL/incoming/`, and when a batch run is done.
 //! - [`spool`]: the durable queue: the [`spool::Spool`] trait and the embedded SQLite spool
-//!   (file ingest, claims, the writer thread, the completion [`spool::policy`], damage checks);
+//!   (file ingest, claims, the writer thread, the completion policy, damage checks);
 //!   [`chunk`] splits a job into copies of at most MAXBSMTP recipients.
 //! - [`engine`]: assembling and running it all: workers, the synchronous fallback, the status
 //!   file, the drain deadline at a stop.
-//! - [`worker`]: one worker: [`route`] by the clock, a connection through [`net`], the rate gate
+//! - `worker`: one worker: [`route`] by the clock, a connection through [`net`], the rate gate
 //!   ([`ratelimit`]), the transaction, the outcome.
 //! - [`smtp`]: the SMTP client, sans-I/O: typed commands, the session and transaction machines,
 //!   and a thin driver over any byte stream.
 //! - [`outcome`], [`ledger`]: what became of each recipient, and the JSON-lines record of it.
-//! - Helpers: [`condition`] (one log line per failing condition), [`text`] (input shown escaped),
+//! - Helpers: `condition` (one log line per failing condition), [`text`] (input shown escaped),
 //!   [`clock`] (the one injected clock).
 
 pub mod chunk;
-pub mod condition;
+pub(crate) mod condition;
 pub mod config;
 pub mod engine;
-pub mod intake;
+pub(crate) mod intake;
 pub mod job;
 pub mod ledger;
 pub mod net;
@@ -43,6 +43,14 @@ pub mod settings;
 pub mod smtp;
 pub mod spool;
 pub mod text;
-pub mod worker;
+pub(crate) mod worker;
 
 pub use smtpw_clock as clock;
+
+pub use clock::{Clock, SharedClock, SystemClock, VirtualClock};
+pub use config::SiteConfig;
+pub use engine::{DeliveryStats, Engine, EngineBuilder, EngineOptions, HostStats, RunSummary};
+pub use net::{Connector, MemoryConnector, TcpConnector};
+pub use outcome::Outcome;
+pub use settings::Settings;
+pub use spool::{submit, Spool, SpoolOptions, SqliteSpool};

@@ -11,13 +11,13 @@
 //! - `driver`: [`Client`], which moves the bytes over any [`crate::net::BoxStream`] with the
 //!   per-command time-outs and the transaction deadline.
 
-pub mod command;
+pub(crate) mod command;
 pub mod data;
 mod driver;
 pub mod helo;
 #[cfg(test)]
 mod model_relay;
-pub mod reply;
+pub(crate) mod reply;
 mod session;
 mod txn;
 

@@ -38,7 +38,7 @@ mod check;
 mod index;
 mod ingest;
 mod owner;
-pub mod policy;
+pub(crate) mod policy;
 mod sqlite;
 
 pub use ingest::{is_job_name, list_incoming, EntryKind, IncomingFile, ASIDE_FIRST, ASIDE_MAX};

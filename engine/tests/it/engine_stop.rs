@@ -46,7 +46,7 @@ async fn a_stop_ends_at_the_drain_deadline_and_the_silent_relays_copy_is_queued_
         || rec.lock().unwrap().hung_dots == 1,
     )
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     let t0 = tokio::time::Instant::now();
     let summary = handle.await.unwrap();
     let took = t0.elapsed();

@@ -1,4 +1,4 @@
-//! Assembling and running everything: the intake loop ([`crate::intake`]), the workers, the
+//! Assembling and running everything: the intake loop (`intake`), the workers, the
 //! synchronous fallback, the drain deadline and shutdown.
 
 use std::future::Future;
@@ -48,6 +48,7 @@ pub struct EngineOptions {
     /// copies go back to the queue untouched (the next run sends them again); outcomes already
     /// being recorded are still awaited, so nothing the relay decided is lost.
     pub drain_timeout: Duration,
+    /// How the SMTP client talks to the relays (HELO name, time-outs, PIPELINING).
     pub client: ClientConfig,
 }
 
@@ -74,19 +75,28 @@ impl Default for EngineOptions {
 /// What a run did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunSummary {
+    /// Copies attempted.
     pub copies: u64,
+    /// SMTP transactions (MAIL commands) sent.
     pub transactions: u64,
+    /// Recipients delivered.
     pub delivered: u64,
+    /// Recipients failed.
     pub failed: u64,
+    /// Recipients deferred (to be tried again).
     pub deferred: u64,
+    /// Transactions that carried recipients over to the next one after a 452 or 552.
     pub too_many_recoveries: u64,
+    /// Connections set up.
     pub connections: u64,
+    /// Connection attempts that failed.
     pub connect_failures: u64,
     /// Copies whose transaction the drain deadline cut off: they went back to the queue.
     pub returned_at_stop: u64,
     /// Copies delivered whose outcomes could not be recorded before the drain deadline (the
     /// spool could not write, e.g. a full disk): the next run repeats them.
     pub unrecorded_at_stop: u64,
+    /// The same counts for each relay host (`host:port`).
     pub per_host: std::collections::BTreeMap<String, HostStats>,
     /// With `until_empty`: the entries of `incoming/` it stopped without, because they can be
     /// neither read nor moved to quarantine (mail that was never sent).
@@ -333,6 +343,7 @@ impl<S: Spool> Engine<S> {
         }
     }
 
+    /// What the engine has done so far (`left_in_incoming` is only filled by [`Engine::run`]).
     pub fn summary(&self) -> RunSummary {
         let s = &self.stats;
         RunSummary {

@@ -154,21 +154,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    let engine = Arc::new(Engine::new(
-        config.clone(),
-        spool.clone(),
-        spool_dir.clone(),
-        Arc::new(TcpConnector {
-            connect_timeout: Duration::from_secs(5),
-        }),
-        clock.clone(),
-        EngineOptions {
-            until_empty: true,
-            ingest_interval: Duration::from_millis(50),
-            idle_poll: Duration::from_millis(100),
-            ..EngineOptions::default()
-        },
-    ));
+    let engine = Arc::new(
+        Engine::builder(config.clone(), spool.clone(), spool_dir.clone())
+            .connector(Arc::new(TcpConnector {
+                connect_timeout: Duration::from_secs(5),
+            }))
+            .clock(clock.clone())
+            .options(EngineOptions {
+                until_empty: true,
+                ingest_interval: Duration::from_millis(50),
+                idle_poll: Duration::from_millis(100),
+                ..EngineOptions::default()
+            })
+            .build(),
+    );
 
     let bar = if args.json {
         ProgressBar::hidden()
@@ -184,13 +183,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let engine = engine.clone();
         tokio::spawn(async move { engine.run().await })
     };
-    let stats = engine.stats.clone();
+    let stats = engine.stats().clone();
     let limit = Duration::from_secs(300);
     while !runner.is_finished() {
         let done = stats.delivered.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
         bar.set_position(done);
         if started.elapsed() > limit {
-            engine.shutdown.cancel();
+            engine.shutdown().cancel();
             bail!("the demo did not finish within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -169,16 +169,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let connector = Arc::new(TcpConnector {
             connect_timeout: Duration::from_secs(args.connect_timeout),
         });
-        let engine = Arc::new(Engine::new(
-            config,
-            spool,
-            args.spool.clone(),
-            connector,
-            clock,
-            eopts,
-        ));
-        let stopper = engine.shutdown.clone();
-        let drain_timeout = engine.opts.drain_timeout;
+        let engine = Arc::new(
+            Engine::builder(config, spool, args.spool.clone())
+                .connector(connector)
+                .clock(clock)
+                .options(eopts)
+                .build(),
+        );
+        let stopper = engine.shutdown().clone();
+        let drain_timeout = engine.options().drain_timeout;
         tokio::spawn(async move {
             signals.recv().await;
             info!(
@@ -207,7 +206,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 summary.unrecorded_at_stop,
                 if summary.unrecorded_at_stop == 1 { "y" } else { "ies" },
                 engine
-                    .spool
+                    .spool()
                     .recording_error()
                     .unwrap_or_else(|| "see the log".to_owned()),
                 if summary.unrecorded_at_stop == 1 { "it" } else { "them" },

@@ -1,6 +1,7 @@
-//! Assembling and running everything: the intake loop ([`crate::intake`]), the workers, the
+//! Assembling and running everything: the intake loop (`intake`), the workers, the
 //! synchronous fallback, the drain deadline and shutdown.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,14 +10,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Pool, PoolSet, SiteConfig};
 use crate::intake::Intake;
-use crate::net::Connector;
+use crate::net::{Connector, TcpConnector};
 use crate::ratelimit::{keep_status, RateLimiter, RateMeter, RateStatus, DEFAULT_DEPTH};
 use crate::smtp::ClientConfig;
 use crate::spool::{SetAside, Spool};
-use crate::worker::{self, DeliveryStats, Reachability, RelayLimits, Role, WorkerContext};
+use crate::worker::{self, Reachability, RelayLimits, Role, WorkerContext};
+
+pub use crate::worker::{
+    DeliveryStats, HostStats, COMPLETIONS_OUTSTANDING, FAILOVER_RECHECK, QUIT_AT_STOP,
+};
 
 /// How the engine runs, beyond SITE.CFG.
 #[derive(Debug, Clone)]
@@ -43,6 +48,7 @@ pub struct EngineOptions {
     /// copies go back to the queue untouched (the next run sends them again); outcomes already
     /// being recorded are still awaited, so nothing the relay decided is lost.
     pub drain_timeout: Duration,
+    /// How the SMTP client talks to the relays (HELO name, time-outs, PIPELINING).
     pub client: ClientConfig,
 }
 
@@ -69,59 +75,150 @@ impl Default for EngineOptions {
 /// What a run did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunSummary {
+    /// Copies attempted.
     pub copies: u64,
+    /// SMTP transactions (MAIL commands) sent.
     pub transactions: u64,
+    /// Recipients delivered.
     pub delivered: u64,
+    /// Recipients failed.
     pub failed: u64,
+    /// Recipients deferred (to be tried again).
     pub deferred: u64,
+    /// Transactions that carried recipients over to the next one after a 452 or 552.
     pub too_many_recoveries: u64,
+    /// Connections set up.
     pub connections: u64,
+    /// Connection attempts that failed.
     pub connect_failures: u64,
     /// Copies whose transaction the drain deadline cut off: they went back to the queue.
     pub returned_at_stop: u64,
     /// Copies delivered whose outcomes could not be recorded before the drain deadline (the
     /// spool could not write, e.g. a full disk): the next run repeats them.
     pub unrecorded_at_stop: u64,
-    pub per_host: std::collections::BTreeMap<String, worker::HostStats>,
+    /// The same counts for each relay host (`host:port`).
+    pub per_host: std::collections::BTreeMap<String, HostStats>,
     /// With `until_empty`: the entries of `incoming/` it stopped without, because they can be
     /// neither read nor moved to quarantine (mail that was never sent).
     pub left_in_incoming: Vec<SetAside>,
 }
 
-/// A running engine.
+/// A running engine: the workers, the synchronous fallback and the intake loop over one spool.
+/// Build it with [`Engine::builder`].
 pub struct Engine<S: Spool> {
-    pub config: SiteConfig,
-    pub spool: Arc<S>,
-    pub stats: Arc<DeliveryStats>,
-    pub shutdown: CancellationToken,
-    pub opts: EngineOptions,
+    config: SiteConfig,
+    spool: Arc<S>,
+    stats: Arc<DeliveryStats>,
+    shutdown: CancellationToken,
+    opts: EngineOptions,
     connector: Arc<dyn Connector>,
     clock: SharedClock,
     spool_dir: PathBuf,
 }
 
-impl<S: Spool> Engine<S> {
-    pub fn new(
-        config: SiteConfig,
-        spool: Arc<S>,
-        spool_dir: PathBuf,
-        connector: Arc<dyn Connector>,
-        clock: SharedClock,
-        opts: EngineOptions,
-    ) -> Self {
-        Self {
-            config,
-            spool,
+/// Builds an [`Engine`]: the site, the spool and its directory are required; the connector
+/// (default [`TcpConnector::default`]), the clock (default
+/// [`SystemClock`]) and the options (default [`EngineOptions::default`]) are not.
+pub struct EngineBuilder<S: Spool> {
+    config: SiteConfig,
+    spool: Arc<S>,
+    spool_dir: PathBuf,
+    connector: Option<Arc<dyn Connector>>,
+    clock: Option<SharedClock>,
+    opts: EngineOptions,
+}
+
+impl<S: Spool> EngineBuilder<S> {
+    /// How connections to the relays are opened (tests use a [`crate::net::MemoryConnector`]).
+    pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
+    /// The clock every decision reads (opentime windows, retries, expiry, rates).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// How the engine runs, beyond SITE.CFG.
+    pub fn options(mut self, opts: EngineOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// The engine, not yet running: call [`Engine::run`] or [`Engine::run_until`].
+    pub fn build(self) -> Engine<S> {
+        Engine {
+            config: self.config,
+            spool: self.spool,
             stats: Arc::new(DeliveryStats::default()),
             shutdown: CancellationToken::new(),
-            opts,
-            connector,
-            clock,
+            opts: self.opts,
+            connector: self
+                .connector
+                .unwrap_or_else(|| Arc::new(TcpConnector::default())),
+            clock: self.clock.unwrap_or_else(SystemClock::shared),
+            spool_dir: self.spool_dir,
+        }
+    }
+}
+
+impl<S: Spool> Engine<S> {
+    /// Starts building an engine for the site `config` over `spool`, whose directory is
+    /// `spool_dir` (where `incoming/` is scanned and `rate-status.json` written).
+    pub fn builder(config: SiteConfig, spool: Arc<S>, spool_dir: PathBuf) -> EngineBuilder<S> {
+        EngineBuilder {
+            config,
+            spool,
             spool_dir,
+            connector: None,
+            clock: None,
+            opts: EngineOptions::default(),
         }
     }
 
-    /// Run until shutdown (or until the queue is empty with `until_empty`).
+    /// The site configuration it delivers by.
+    pub fn config(&self) -> &SiteConfig {
+        &self.config
+    }
+
+    /// The spool it delivers from.
+    pub fn spool(&self) -> &Arc<S> {
+        &self.spool
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Live counters of what it has done so far (the [`RunSummary`] is made of them).
+    pub fn stats(&self) -> &Arc<DeliveryStats> {
+        &self.stats
+    }
+
+    /// The stop handle: cancelling it stops a running engine the way [`Engine::run_until`]
+    /// does (the transactions in flight finish within the drain time-out, then `run` returns).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Runs until `shutdown` resolves (or until the queue is empty with `until_empty`), then
+    /// drains: the transactions in flight finish within [`EngineOptions::drain_timeout`].
+    pub async fn run_until(&self, shutdown: impl Future<Output = ()>) -> RunSummary {
+        let run = self.run();
+        tokio::pin!(run);
+        tokio::select! {
+            summary = &mut run => summary,
+            () = shutdown => {
+                self.shutdown.cancel();
+                run.await
+            }
+        }
+    }
+
+    /// Runs until [`Engine::shutdown`] is cancelled (or until the queue is empty with `until_empty`).
     pub async fn run(&self) -> RunSummary {
         let cfg = &self.config;
         let reach = Arc::new(Reachability::default());
@@ -246,6 +343,7 @@ impl<S: Spool> Engine<S> {
         }
     }
 
+    /// What the engine has done so far (`left_in_incoming` is only filled by [`Engine::run`]).
     pub fn summary(&self) -> RunSummary {
         let s = &self.stats;
         RunSummary {

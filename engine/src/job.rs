@@ -106,14 +106,23 @@ pub enum JobError {
     /// The file breaks the format at a line (1-based).
     #[error("line {line}: {found}, expected {expected}")]
     Malformed {
+        /// The line, 1-based.
         line: u64,
+        /// What the line holds.
         found: String,
+        /// What the format wants there.
         expected: String,
     },
     /// The message after `DATA` is larger than allowed.
     #[error("line {line}: message larger than the maximum of {max} bytes")]
-    TooLarge { line: u64, max: u64 },
+    TooLarge {
+        /// The line where the limit was passed, 1-based.
+        line: u64,
+        /// The limit, in bytes.
+        max: u64,
+    },
     #[error("reading the job: {0}")]
+    /// The job could not be read.
     Io(io::Error),
 }
 
@@ -576,8 +585,10 @@ pub enum WriteError {
     #[error(
         "invalid address {0:?}: it must be non-empty, without spaces, control characters, < or >"
     )]
+    /// An address that cannot be written into a job.
     InvalidAddress(String),
     #[error("a job needs at least one recipient")]
+    /// A job without recipients.
     NoRecipients,
     /// Reading the message to put in the job failed.
     #[error("reading the message: {0}")]
@@ -601,6 +612,7 @@ pub struct JobWriter<W: Write> {
 }
 
 impl<W: Write> JobWriter<W> {
+    /// A writer of one job into `out`.
     pub fn new(out: W) -> Self {
         Self {
             out,
@@ -689,8 +701,11 @@ impl<W: Write> JobWriter<W> {
 /// One whole job read into memory (convenience for tests and small jobs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
+    /// The envelope sender, without brackets ("" for the null sender).
     pub mail_from: String,
+    /// The job's pool (`POOL=` on MAIL FROM); `None`: the configured default pool.
     pub pool: Option<Pool>,
+    /// The recipients, in order.
     pub rcpts: Vec<String>,
     /// Unstuffed, CRLF.
     pub message: Vec<u8>,

@@ -24,13 +24,19 @@ pub use crate::outcome::Outcome;
 pub struct LedgerLine {
     /// When the outcome was decided, from the injected clock.
     pub time: Timestamp,
+    /// The job's id in the spool.
     pub job: i64,
+    /// The copy's id in the spool.
     pub copy: i64,
+    /// The pool, as its letter or `-`.
     pub pool: String,
+    /// The recipient.
     pub rcpt: String,
+    /// What became of the recipient.
     pub outcome: Outcome,
     /// `host:port` of the relay that answered, if any.
     pub relay: Option<String>,
+    /// The reply that decided it (or the synthetic one, e.g. a lost connection).
     pub reply: String,
     /// Attempts of this copy so far, this one included.
     pub attempts: u32,
@@ -46,16 +52,27 @@ pub struct LedgerLine {
 /// same JSON as [`LedgerLine`], field for field), so a batch costs no allocation per recipient.
 #[derive(Debug, Clone, Copy)]
 pub struct LedgerLineRef<'a> {
+    /// See [`LedgerLine::time`].
     pub time: Timestamp,
+    /// See [`LedgerLine::job`].
     pub job: i64,
+    /// See [`LedgerLine::copy`].
     pub copy: i64,
+    /// See [`LedgerLine::pool`].
     pub pool: &'a str,
+    /// See [`LedgerLine::rcpt`].
     pub rcpt: &'a str,
+    /// See [`LedgerLine::outcome`].
     pub outcome: Outcome,
+    /// See [`LedgerLine::relay`].
     pub relay: Option<&'a str>,
+    /// See [`LedgerLine::reply`].
     pub reply: &'a str,
+    /// See [`LedgerLine::attempts`].
     pub attempts: u32,
+    /// See [`LedgerLine::retry_at`].
     pub retry_at: Option<Timestamp>,
+    /// See [`LedgerLine::expired`].
     pub expired: bool,
 }
 
@@ -164,6 +181,7 @@ impl Ledger {
         })
     }
 
+    /// The ledger file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

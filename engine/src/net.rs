@@ -20,11 +20,14 @@ use crate::config::HostPort;
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + ?Sized> AsyncStream for T {}
 
+/// A boxed [`AsyncStream`].
 pub type BoxStream = Box<dyn AsyncStream>;
+/// A boxed, sendable future (what object-safe async methods return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Opens connections to relays.
 pub trait Connector: Send + Sync + 'static {
+    /// Opens a connection to `target`.
     fn connect<'a>(&'a self, target: &'a HostPort) -> BoxFuture<'a, io::Result<BoxStream>>;
 }
 
@@ -50,6 +53,7 @@ impl Default for TcpConnector {
 }
 
 impl TcpConnector {
+    /// A connector whose connection attempts (every address together) end after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Self {
         Self { connect_timeout }
     }

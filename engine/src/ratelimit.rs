@@ -65,10 +65,12 @@ impl Bucket {
         }
     }
 
+    /// The limit, in bits per second.
     pub fn rate_bps(&self) -> u64 {
         self.rate_bps
     }
 
+    /// How many bits the bucket holds when full.
     pub fn depth_bits(&self) -> u64 {
         self.depth_bits
     }
@@ -264,6 +266,7 @@ pub struct MeterReading {
 }
 
 impl MeterReading {
+    /// Bytes over every pool.
     pub fn total(&self) -> u64 {
         self.bytes.iter().sum()
     }
@@ -275,6 +278,7 @@ impl MeterReading {
 }
 
 impl RateMeter {
+    /// A meter starting now, with nothing counted.
     pub fn new() -> Self {
         Self {
             start: Instant::now(),
@@ -364,7 +368,9 @@ pub struct RateStatus {
     pub per_worker_split: bool,
     /// The span the achieved figures cover, in seconds.
     pub window_secs: f64,
+    /// How many workers the limits are shared by.
     pub workers: usize,
+    /// The overall limit and what was achieved against it.
     pub overall: RateLine,
     /// Every pool with a limit of its own, with workers restricted to it, or with traffic.
     pub pools: Vec<RateLine>,

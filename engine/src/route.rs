@@ -22,7 +22,9 @@ pub enum Via {
 /// The host a worker uses at a moment; `target` is `None` exactly when `via` is `Inactive`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route<'a> {
+    /// How the worker reaches its host now.
     pub via: Via,
+    /// The host it uses now.
     pub target: Option<&'a HostPort>,
 }
 
@@ -54,9 +56,13 @@ pub fn route(w: &WorkerSpec, t: TimeOfDay) -> Route<'_> {
 /// One row of `smtpw config explain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Explained {
+    /// The worker's id.
     pub id: u32,
+    /// How the worker reaches its host at that time.
     pub via: Via,
+    /// The host it uses then, if any.
     pub host: Option<String>,
+    /// That host's port, if any.
     pub port: Option<u16>,
     /// Why, in words.
     pub reason: String,

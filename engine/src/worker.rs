@@ -35,13 +35,21 @@ pub const COMPLETIONS_OUTSTANDING: usize = 2;
 /// Counters every worker adds to, read by the CLI and the tests.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
+    /// SMTP transactions (MAIL commands) sent.
     pub transactions: AtomicU64,
+    /// Copies attempted.
     pub copies: AtomicU64,
+    /// Recipients delivered.
     pub delivered: AtomicU64,
+    /// Recipients failed.
     pub failed: AtomicU64,
+    /// Recipients deferred.
     pub deferred: AtomicU64,
+    /// Transactions that carried recipients over to the next one after a 452 or 552.
     pub too_many_recoveries: AtomicU64,
+    /// Connections set up.
     pub connections: AtomicU64,
+    /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
     /// Copies whose transaction the drain deadline cut off (given back to the queue).
     pub returned_at_stop: AtomicU64,
@@ -54,13 +62,18 @@ pub struct DeliveryStats {
 /// What one relay host received.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct HostStats {
+    /// Copies sent to it.
     pub copies: u64,
+    /// Recipients delivered through it.
     pub delivered: u64,
+    /// Recipients it refused.
     pub failed: u64,
+    /// Recipients deferred on it.
     pub deferred: u64,
 }
 
 impl DeliveryStats {
+    /// The counts of each relay host (`host:port`) so far.
     pub fn per_host(&self) -> BTreeMap<String, HostStats> {
         self.per_host
             .lock()

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use mock_mta::{MockConfig, MockMta, MockServer};
-use smtpw_engine::worker::COMPLETIONS_OUTSTANDING;
+use smtpw_engine::engine::COMPLETIONS_OUTSTANDING;
 use tokio::io::AsyncReadExt;
 
 use crate::Failure;

@@ -215,17 +215,16 @@ impl Topology {
     }
 
     pub fn engine(&self, opts: EngineOptions) -> Arc<Engine<SqliteSpool>> {
-        Arc::new(Engine::new(
-            self.config.clone(),
-            self.spool.clone(),
-            self.spool_dir(),
-            self.connector.clone(),
-            self.clock.clone(),
-            opts,
-        ))
+        Arc::new(
+            Engine::builder(self.config.clone(), self.spool.clone(), self.spool_dir())
+                .connector(self.connector.clone())
+                .clock(self.clock.clone())
+                .options(opts)
+                .build(),
+        )
     }
 
-    /// Start the engine in a task; stop it with `engine.shutdown.cancel()` and await the handle.
+    /// Start the engine in a task; stop it with `engine.shutdown().cancel()` and await the handle.
     pub fn spawn(
         &self,
         opts: EngineOptions,
@@ -259,7 +258,7 @@ impl Topology {
         match tokio::time::timeout(limit, engine.run()).await {
             Ok(s) => Ok(s),
             Err(_) => {
-                engine.shutdown.cancel();
+                engine.shutdown().cancel();
                 Err(Failure::new(
                     format!(
                         "the engine to empty the queue within {} s (virtual)",
@@ -364,7 +363,7 @@ pub struct Running {
 impl Running {
     /// Stops it (transactions in flight finish) and returns its summary.
     pub async fn stop(self) -> Result<RunSummary, Failure> {
-        self.engine.shutdown.cancel();
+        self.engine.shutdown().cancel();
         match tokio::time::timeout(Duration::from_secs(3600), self.task).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(Failure::new("the engine to stop", e.to_string())),

@@ -136,7 +136,7 @@ async fn report_at_start_status_file_and_smtpw_queue() {
     assert!(v["queued"].as_u64().expect("queued") > 0);
     eprintln!("{out}");
 
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     tokio::time::timeout(Duration::from_secs(60), task)
         .await
         .expect("stops")
@@ -205,7 +205,7 @@ async fn without_smtp_forward_unserved_pools_are_warned_about_at_start_and_hourl
     let e = engine.clone();
     let task = tokio::spawn(async move { e.run().await });
     tokio::time::sleep(Duration::from_secs(3600 + 5)).await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     tokio::time::timeout(Duration::from_secs(60), task)
         .await
         .expect("stops")

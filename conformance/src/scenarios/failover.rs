@@ -2,7 +2,7 @@
 //!
 //! 1. the primary refuses connections: the failover host gets every copy;
 //! 2. the primary is back while the failover's connection is kept busy: the worker gives that
-//!    connection up after `smtpw_engine::worker::FAILOVER_RECHECK` (5 min) and its next new connection
+//!    connection up after `smtpw_engine::engine::FAILOVER_RECHECK` (5 min) and its next new connection
 //!    goes to the primary, which keeps the traffic;
 //! 3. a worker with no failover whose host refuses: the copies wait, and after the grace period
 //!    (`EngineOptions::sync_grace`, 100 s here) go through SMTP_FORWARD.
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use jiff::civil::date;
 use mock_mta::{Faults, MockConfig};
+use smtpw_engine::engine::FAILOVER_RECHECK;
 use smtpw_engine::spool::Spool;
-use smtpw_engine::worker::FAILOVER_RECHECK;
 
 use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};

@@ -31,12 +31,17 @@ use parse::{parse_sources, Source};
 pub enum ConfigError {
     /// The file has errors. `diagnostics` holds all of them and the warnings, in file order.
     #[error("{}", render(.diagnostics))]
-    Invalid { diagnostics: Vec<Diagnostic> },
+    Invalid {
+        /// Every finding, errors and warnings, in file order.
+        diagnostics: Vec<Diagnostic>,
+    },
     /// The file could not be read.
     #[error("cannot read {}: {source}", crate::text::escape_controls(&.path.display().to_string()))]
     Io {
+        /// The file that could not be read.
         path: PathBuf,
         #[source]
+        /// Why it could not be read.
         source: std::io::Error,
     },
 }

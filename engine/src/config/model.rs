@@ -10,11 +10,14 @@ use serde::Serialize;
 /// A host and TCP port, host as written in the file (case kept).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct HostPort {
+    /// The host name or address, as written.
     pub host: String,
+    /// The TCP port.
     pub port: u16,
 }
 
 impl HostPort {
+    /// A host and port.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
             host: host.into(),
@@ -34,6 +37,7 @@ impl fmt::Display for HostPort {
 pub struct TimeOfDay(u16);
 
 impl TimeOfDay {
+    /// 00:00.
     pub const MIDNIGHT: TimeOfDay = TimeOfDay(0);
 
     /// `None` unless `hour < 24 && minute < 60`.
@@ -44,9 +48,11 @@ impl TimeOfDay {
     pub fn minutes(self) -> u16 {
         self.0
     }
+    /// The hour, `0..24`.
     pub fn hour(self) -> u8 {
         (self.0 / 60) as u8
     }
+    /// The minute, `0..60`.
     pub fn minute(self) -> u8 {
         (self.0 % 60) as u8
     }
@@ -72,11 +78,14 @@ impl Serialize for TimeOfDay {
 /// midnight; `end == start` is the whole day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Window {
+    /// The first minute inside the window.
     pub start: TimeOfDay,
+    /// The first minute after the window.
     pub end: TimeOfDay,
 }
 
 impl Window {
+    /// Whether `t` falls inside the window (across midnight when `end < start`).
     pub fn contains(&self, t: TimeOfDay) -> bool {
         use std::cmp::Ordering::*;
         match self.start.cmp(&self.end) {
@@ -100,6 +109,7 @@ pub struct Pool(u8);
 impl Pool {
     /// The default pool `-`.
     pub const DEFAULT: Pool = Pool(26);
+    /// How many pools there are: `A` to `Z` and `-`.
     pub const COUNT: usize = 27;
 
     /// `A`..`Z` (either case) or `-`.
@@ -115,9 +125,11 @@ impl Pool {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+    /// The pool with this [`Pool::index`], if `i < Pool::COUNT`.
     pub fn from_index(i: usize) -> Option<Pool> {
         (i < Self::COUNT).then_some(Pool(i as u8))
     }
+    /// The pool's letter, or `-` for the default pool.
     pub fn as_char(self) -> char {
         if self == Pool::DEFAULT {
             '-'
@@ -154,24 +166,32 @@ impl Serialize for Pool {
 pub struct PoolSet(u32);
 
 impl PoolSet {
+    /// Every pool.
     pub const ALL: PoolSet = PoolSet((1 << Pool::COUNT) - 1);
+    /// No pool.
     pub const EMPTY: PoolSet = PoolSet(0);
 
+    /// Whether `p` is in the set.
     pub fn contains(self, p: Pool) -> bool {
         self.0 & (1 << p.index()) != 0
     }
+    /// Adds `p` to the set.
     pub fn insert(&mut self, p: Pool) {
         self.0 |= 1 << p.index();
     }
+    /// Whether every pool is in the set.
     pub fn is_all(self) -> bool {
         self == Self::ALL
     }
+    /// Whether no pool is in the set.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+    /// How many pools are in the set.
     pub fn len(self) -> usize {
         self.0.count_ones() as usize
     }
+    /// The pools in the set, in index order.
     pub fn iter(self) -> impl Iterator<Item = Pool> {
         Pool::all().filter(move |p| self.contains(*p))
     }
@@ -227,10 +247,13 @@ pub struct WorkerSpec {
     pub id: u32,
     /// The `n` of the `SMTP_FORWARD_n` line it came from.
     pub source_n: u32,
+    /// The host it delivers to inside its windows.
     pub primary: HostPort,
+    /// The host it delivers to outside its windows, if any (WRK-5).
     pub failover: Option<HostPort>,
     /// Empty: open all day.
     pub windows: Vec<Window>,
+    /// The pools whose copies it claims.
     pub pools: PoolSet,
 }
 
@@ -244,6 +267,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
+    /// Whether no limit is set at all.
     pub fn is_unlimited(&self) -> bool {
         self.overall_bps.is_none() && self.pools.is_empty()
     }
@@ -261,7 +285,9 @@ pub struct DeliveryPools {
 /// One DIST_FORWARD entry; `SELF` is the primary (DIST-1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DistEntry {
+    /// The host name, or `SELF` for the primary.
     pub host: String,
+    /// Its share of the distribution.
     pub weight: u32,
 }
 
@@ -273,7 +299,9 @@ pub struct PoolPriority(pub Vec<Pool>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// The file cannot be used.
     Error,
+    /// The file can be used, but something deserves a look.
     Warning,
 }
 
@@ -281,13 +309,17 @@ pub enum Severity {
 /// Displays as `FILE:LINE:COLUMN: error: <what is wrong>, expected <what would be right>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
+    /// The file, as given.
     pub file: String,
     /// 1-based.
     pub line: usize,
     /// 1-based, in characters.
     pub column: usize,
+    /// Error or warning.
     pub severity: Severity,
+    /// What is wrong.
     pub message: String,
+    /// What would be right, when there is one thing to say.
     pub expected: Option<String>,
 }
 
@@ -322,20 +354,25 @@ pub const DEFAULT_MAX_BSMTP: u32 = 100;
 pub struct SiteConfig {
     /// The file it was read from, as given.
     pub source: String,
+    /// NODE: this server's name, if set.
     pub node: Option<String>,
     /// SMTP_FORWARD: the synchronous path (FWD-1, FWD-3).
     pub sync_forward: Option<HostPort>,
     /// SMTP_FORWARD_n after `x*` expansion; empty means "synchronous only".
     pub workers: Vec<WorkerSpec>,
+    /// DEFAULT_LIST_POOL: the pools of list postings and of list admin mail (POOL-3).
     pub default_list_pool: DeliveryPools,
     /// DEFAULT_DIST_POOL (POOL-3), the default pool of DISTRIBUTE jobs.
     pub default_dist_pool: Pool,
+    /// MAXBSMTP: the most recipients in one copy of a job.
     pub max_bsmtp: u32,
     /// SORT_RECIPIENTS 0/1/2 (COPY-2).
     pub sort_recipients: u8,
+    /// SMTP_RATE_LIMIT, resolved.
     pub rate_limits: RateLimits,
     /// Empty when DIST_FORWARD is unset.
     pub dist_forward: Vec<DistEntry>,
+    /// DIST_BACKGROUND_POOL_PRIORITY, if set.
     pub dist_background_pool_priority: Option<PoolPriority>,
     /// Keywords read but without behaviour here (DIST-3, CFG-4), with their raw values.
     pub passive: BTreeMap<String, String>,

@@ -11,18 +11,29 @@ use super::model::*;
 /// The JSON view of a [`SiteConfig`] (hosts keep the case written in the file).
 #[derive(Debug, Clone, Serialize)]
 pub struct ResolvedView<'a> {
+    /// The file it was read from.
     pub source: &'a str,
+    /// NODE.
     pub node: Option<&'a str>,
+    /// SMTP_FORWARD.
     pub sync_forward: Option<&'a HostPort>,
+    /// MAXBSMTP.
     pub max_bsmtp: u32,
     /// `"A"`, or `"A B"` when list admin mail has a pool of its own.
     pub default_list_pool: String,
+    /// DEFAULT_DIST_POOL.
     pub default_dist_pool: Pool,
+    /// SORT_RECIPIENTS.
     pub sort_recipients: u8,
+    /// The workers after expansion.
     pub workers: &'a [WorkerSpec],
+    /// SMTP_RATE_LIMIT, resolved.
     pub rate_limits: &'a RateLimits,
+    /// DIST_FORWARD's entries.
     pub dist_forward: &'a [DistEntry],
+    /// DIST_BACKGROUND_POOL_PRIORITY.
     pub dist_background_pool_priority: Option<&'a PoolPriority>,
+    /// Keywords read without behaviour here, with their raw values.
     pub passive: &'a BTreeMap<String, String>,
     /// Each warning as `FILE:LINE:COLUMN: warning: ...`.
     pub warnings: Vec<String>,
@@ -40,6 +51,7 @@ impl DeliveryPools {
 }
 
 impl SiteConfig {
+    /// The JSON view of this configuration (`smtpw config check --json`).
     pub fn view(&self) -> ResolvedView<'_> {
         ResolvedView {
             source: &self.source,

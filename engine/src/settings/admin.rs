@@ -10,6 +10,7 @@ use super::{Cx, Secret};
 /// The admin endpoint's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {
+    /// Where it listens.
     pub address: SocketAddr,
     /// With a token every request needs `Authorization: Bearer <token>`; without one the
     /// endpoint listens on loopback only.

@@ -18,6 +18,7 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
+    /// The default of `node_timeout`.
     pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(60);
 }
 

@@ -14,7 +14,9 @@ use crate::config::Pool;
 /// `/128`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IpNet {
+    /// The network's address.
     pub addr: IpAddr,
+    /// How many leading bits must match.
     pub prefix: u8,
 }
 
@@ -76,10 +78,12 @@ impl std::fmt::Display for IpNet {
 pub struct SenderPattern(String);
 
 impl SenderPattern {
+    /// A pattern (compared without regard to case).
     pub fn new(p: &str) -> Self {
         SenderPattern(p.to_ascii_lowercase())
     }
 
+    /// The pattern, lower-cased.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -111,6 +115,7 @@ impl SenderPattern {
 /// The listener's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenSettings {
+    /// Where it listens.
     pub addresses: Vec<SocketAddr>,
     /// Clients allowed to submit; others get `554 5.7.1`.
     pub allow: Vec<IpNet>,
@@ -127,8 +132,11 @@ pub struct ListenSettings {
 }
 
 impl ListenSettings {
+    /// The default of `max_message_bytes` (50 MiB).
     pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 52_428_800;
+    /// The default of `max_recipients`.
     pub const DEFAULT_MAX_RECIPIENTS: u32 = 100_000;
+    /// The default of `max_connections`.
     pub const DEFAULT_MAX_CONNECTIONS: u32 = 200;
     /// RFC 5321's server time-out.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);

@@ -64,10 +64,15 @@ use crate::config::{Diagnostic, Severity};
 pub struct Settings {
     /// The file they were read from (`None`: the defaults, no file).
     pub path: Option<PathBuf>,
+    /// `[relays]`: each relay's TLS and AUTH.
     pub relays: Relays,
+    /// `[listen]`: the SMTP listener, if configured.
     pub listen: Option<ListenSettings>,
+    /// `[admin]`: the admin endpoint, if configured.
     pub admin: Option<AdminSettings>,
+    /// `[spool]`.
     pub spool: SpoolSettings,
+    /// `[cluster]`.
     pub cluster: ClusterSettings,
     /// What is allowed but worth a look (a secret file others can read).
     pub warnings: Vec<Diagnostic>,
@@ -76,6 +81,7 @@ pub struct Settings {
 /// Why a settings file was refused: every error found, in file order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SettingsError {
+    /// Every error found, with its place, in file order.
     pub diagnostics: Vec<Diagnostic>,
 }
 

@@ -29,6 +29,7 @@ pub enum TlsMode {
 }
 
 impl TlsMode {
+    /// The name used in `smtpw.toml`.
     pub fn as_str(self) -> &'static str {
         match self {
             TlsMode::None => "none",
@@ -48,14 +49,18 @@ impl TlsMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum AuthMechanism {
     #[serde(rename = "PLAIN")]
+    /// AUTH PLAIN (RFC 4616).
     Plain,
     #[serde(rename = "LOGIN")]
+    /// AUTH LOGIN.
     Login,
     #[serde(rename = "XOAUTH2")]
+    /// AUTH XOAUTH2 (an OAuth 2.0 bearer token).
     Xoauth2,
 }
 
 impl AuthMechanism {
+    /// The mechanism's name in SMTP and in `smtpw.toml`.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMechanism::Plain => "PLAIN",
@@ -69,15 +74,23 @@ impl AuthMechanism {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayAuth {
     /// PLAIN or LOGIN.
-    Password { username: String, password: Secret },
+    Password {
+        /// The user name.
+        username: String,
+        /// The password (never shown).
+        password: Secret,
+    },
     /// XOAUTH2: the token is what this command prints on its standard output.
     OAuth2 {
+        /// The user name.
         username: String,
+        /// The command that prints a token.
         token_command: String,
     },
 }
 
 impl RelayAuth {
+    /// The user name, whatever the kind.
     pub fn username(&self) -> &str {
         match self {
             RelayAuth::Password { username, .. } | RelayAuth::OAuth2 { username, .. } => username,
@@ -88,9 +101,11 @@ impl RelayAuth {
 /// One relay's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RelaySettings {
+    /// Whether and how TLS is used.
     pub tls: TlsMode,
     /// Extra trust anchors (PEM) besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// The credentials, if the relay needs AUTH.
     pub auth: Option<RelayAuth>,
     /// `None`: the best mechanism the relay offers that the credentials allow.
     pub mechanism: Option<AuthMechanism>,

@@ -29,7 +29,6 @@ pub enum Verb {
     /// The message data up to and including the final dot; its reply decides the transaction.
     EndOfData,
     Rset,
-    Noop,
     Quit,
 }
 
@@ -45,7 +44,6 @@ impl Verb {
             Verb::Data => "DATA",
             Verb::EndOfData => "end of data",
             Verb::Rset => "RSET",
-            Verb::Noop => "NOOP",
             Verb::Quit => "QUIT",
         }
     }
@@ -56,8 +54,8 @@ impl Verb {
         match self {
             Verb::Greeting => t.greeting,
             Verb::Ehlo | Verb::Helo => t.ehlo,
-            // RSET and NOOP have no time-out of their own in RFC 5321; they get MAIL's.
-            Verb::Mail | Verb::Rset | Verb::Noop => t.mail,
+            // RSET has no time-out of its own in RFC 5321; it gets MAIL's.
+            Verb::Mail | Verb::Rset => t.mail,
             Verb::Rcpt => t.rcpt,
             Verb::Data => t.data_init,
             Verb::EndOfData => t.data_term,
@@ -90,7 +88,6 @@ pub enum Command<'a> {
     Rcpt { to: &'a str },
     Data,
     Rset,
-    Noop,
     Quit,
 }
 
@@ -104,7 +101,6 @@ impl Command<'_> {
             Command::Rcpt { .. } => Verb::Rcpt,
             Command::Data => Verb::Data,
             Command::Rset => Verb::Rset,
-            Command::Noop => Verb::Noop,
             Command::Quit => Verb::Quit,
         }
     }
@@ -134,7 +130,6 @@ impl Command<'_> {
             }
             Command::Data => out.extend_from_slice(b"DATA"),
             Command::Rset => out.extend_from_slice(b"RSET"),
-            Command::Noop => out.extend_from_slice(b"NOOP"),
             Command::Quit => out.extend_from_slice(b"QUIT"),
         }
         out.extend_from_slice(b"\r\n");
@@ -213,7 +208,6 @@ mod tests {
         );
         assert_eq!(line(Command::Data), "DATA\r\n");
         assert_eq!(line(Command::Rset), "RSET\r\n");
-        assert_eq!(line(Command::Noop), "NOOP\r\n");
         assert_eq!(line(Command::Quit), "QUIT\r\n");
     }
 
@@ -251,7 +245,7 @@ mod tests {
         for v in [Verb::Rset, Verb::Mail, Verb::Rcpt] {
             assert!(!v.ends_group(), "{v:?}");
         }
-        for v in [Verb::Ehlo, Verb::Helo, Verb::Data, Verb::Noop, Verb::Quit] {
+        for v in [Verb::Ehlo, Verb::Helo, Verb::Data, Verb::Quit] {
             assert!(v.ends_group(), "{v:?}");
         }
     }

@@ -18,6 +18,7 @@ pub struct DotStuffer<'m> {
 }
 
 impl<'m> DotStuffer<'m> {
+    /// Streams `msg` (unstuffed, CRLF line endings) through dot-stuffing.
     pub fn new(msg: &'m [u8]) -> Self {
         Self {
             msg,

@@ -63,6 +63,7 @@ impl Client {
         Ok(c)
     }
 
+    /// What the relay advertised in its EHLO reply.
     pub fn capabilities(&self) -> &Capabilities {
         self.session.capabilities()
     }

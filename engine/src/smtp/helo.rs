@@ -20,14 +20,29 @@ const MAX_LABEL: usize = 63;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeloNameError {
     #[error("the name is empty; expected a domain such as lists.example.org or an address literal such as [192.0.2.1]")]
+    /// An empty name.
     Empty,
     #[error("the name is {0} characters long; expected at most 253")]
+    /// A name longer than 253 characters.
     TooLong(usize),
     #[error("character {ch:?} at position {pos} is not allowed; expected letters, digits, hyphens and dots (a domain) or an address literal in brackets")]
-    BadChar { ch: char, pos: usize },
+    /// A character not allowed in a domain.
+    BadChar {
+        /// The character.
+        ch: char,
+        /// Its position, 1-based, in characters.
+        pos: usize,
+    },
     #[error("label {label:?} {why}; expected dot-separated labels of 1 to 63 letters, digits or hyphens, neither starting nor ending with a hyphen")]
-    BadLabel { label: String, why: &'static str },
+    /// A label that breaks the domain syntax.
+    BadLabel {
+        /// The label.
+        label: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     #[error("{0:?} is not an address literal; expected [IPv4 address] or [IPv6:IPv6 address]")]
+    /// Brackets around something that is not an address.
     BadLiteral(String),
 }
 
@@ -206,8 +221,11 @@ impl fmt::Display for HeloSource {
 /// The EHLO name chosen, where it came from, and what the operator should hear about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeloChoice {
+    /// The name to send.
     pub name: String,
+    /// Where it came from.
     pub source: HeloSource,
+    /// What the operator should hear about it (logged at start).
     pub warnings: Vec<String>,
 }
 

@@ -1,9 +1,9 @@
 //! The SMTP client side of delivery: a transaction with a relay (docs/behaviour.md TXN-1 to TXN-8)
 //! on connections the workers open and reuse (WRK-6 to WRK-8).
 //!
-//! - [`reply`]: reply parsing, reply classes, EHLO capabilities, RCPT reply classification (pure).
+//! - `reply`: reply parsing, reply classes, EHLO capabilities, RCPT reply classification (pure).
 //! - [`data`]: streaming dot-stuffing for the DATA phase (pure).
-//! - [`command`]: typed commands that format themselves and know their reply's time-out (pure).
+//! - `command`: typed commands that format themselves and know their reply's time-out (pure).
 //! - `session` and `txn`: the sans-I/O client core. A session (greeting, EHLO/HELO, QUIT, the
 //!   queue of replies owed, what the relay taught us) and a message's transactions (pipelined or
 //!   lock-step by how commands are grouped, 452/552 too-many-recipients recovery inside the
@@ -11,13 +11,13 @@
 //! - `driver`: [`Client`], which moves the bytes over any [`crate::net::BoxStream`] with the
 //!   per-command time-outs and the transaction deadline.
 
-pub mod command;
+pub(crate) mod command;
 pub mod data;
 mod driver;
 pub mod helo;
 #[cfg(test)]
 mod model_relay;
-pub mod reply;
+pub(crate) mod reply;
 mod session;
 mod txn;
 
@@ -136,6 +136,7 @@ pub struct ClientConfig {
     /// `smtpw run` uses [`helo::choose`]: `--helo-name`, else NODE, else the host's fully
     /// qualified name. The default here, `localhost`, is for tests; many relays refuse it.
     pub helo_name: String,
+    /// The per-command time-outs.
     pub timeouts: Timeouts,
     /// The overall deadline of each transaction, on top of the per-command time-outs.
     pub txn_deadline: TxnDeadline,
@@ -161,8 +162,10 @@ impl Default for ClientConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connection failed: {0}")]
+    /// The connection could not be opened, or broke.
     Io(#[from] std::io::Error),
     #[error("time-out waiting for the {0} reply")]
+    /// No reply to the named step in time.
     Timeout(&'static str),
     /// A greeting other than 220 (421, 554 ...).
     #[error("greeting refused: {0}")]
@@ -178,6 +181,7 @@ pub enum ConnectError {
 /// Where the rate limiter plugs in: awaited before each transaction with the message size in
 /// bytes (headers + body with CRLFs, envelope not counted; RATE-2).
 pub trait DataGate: Send + Sync {
+    /// Waits until `bytes` of message may be sent.
     fn acquire(&self, bytes: u64) -> BoxFuture<'_, ()>;
 }
 

@@ -17,13 +17,16 @@ pub const MAX_REPLY_LEN: usize = 64 * 1024;
 /// escaped (`\r`, `\u{1b}`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reply {
+    /// The three-digit reply code.
     pub code: u16,
     /// RFC 3463 `class.subject.detail`, taken from the first line.
     pub enhanced: Option<(u8, u16, u16)>,
+    /// The text, lines joined with `'\n'` (see above).
     pub text: String,
 }
 
 impl Reply {
+    /// A reply from its parts.
     pub fn new(code: u16, enhanced: Option<(u8, u16, u16)>, text: impl Into<String>) -> Self {
         Self {
             code,
@@ -124,10 +127,18 @@ impl fmt::Display for Reply {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
     #[error("malformed reply line: {0:?}")]
+    /// A line that is not `ddd`, `ddd-text` or `ddd text`.
     Malformed(String),
     #[error("reply lines disagree on the code ({first} then {other})")]
-    CodeMismatch { first: u16, other: u16 },
+    /// A multi-line reply whose lines carry different codes.
+    CodeMismatch {
+        /// The first line's code.
+        first: u16,
+        /// The code of a later line.
+        other: u16,
+    },
     #[error("reply longer than {MAX_REPLY_LEN} bytes")]
+    /// A reply too long to be an SMTP reply.
     TooLong,
 }
 
@@ -282,10 +293,13 @@ fn parse_enhanced(token: &[u8]) -> Option<(u8, u16, u16)> {
 /// What an EHLO reply advertises (the keywords smtpw uses).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
+    /// PIPELINING (RFC 2920).
     pub pipelining: bool,
     /// `None`: SIZE not advertised. `Some(0)`: advertised without a limit. `Some(n)`: limit n octets.
     pub size: Option<u64>,
+    /// ENHANCEDSTATUSCODES (RFC 2034).
     pub enhanced_status_codes: bool,
+    /// 8BITMIME (RFC 6152).
     pub eight_bit_mime: bool,
     /// The server answered EHLO (false after the HELO fallback).
     pub esmtp: bool,

@@ -44,6 +44,7 @@ use crate::outcome::Outcome;
 /// The outcome for one recipient, with the reply that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptResult {
+    /// Delivered, failed or deferred.
     pub outcome: Outcome,
     /// Delivered: the 2yz after the final dot. Failed: the 5yz (to RCPT, MAIL, DATA or the final
     /// dot). Deferred: the 4yz, the 421, or a synthetic `451 4.4.2 Connection lost (...)` when the
@@ -52,27 +53,35 @@ pub struct RcptResult {
 }
 
 impl RcptResult {
+    /// A result from its parts.
     pub fn new(outcome: Outcome, reply: Reply) -> Self {
         Self { outcome, reply }
     }
+    /// Delivered, by `reply`.
     pub fn delivered(reply: Reply) -> Self {
         Self::new(Outcome::Delivered, reply)
     }
+    /// Failed, by `reply`.
     pub fn failed(reply: Reply) -> Self {
         Self::new(Outcome::Failed, reply)
     }
+    /// Deferred, by `reply`.
     pub fn deferred(reply: Reply) -> Self {
         Self::new(Outcome::Deferred, reply)
     }
+    /// The reply that decided it.
     pub fn reply(&self) -> &Reply {
         &self.reply
     }
+    /// Whether it was delivered.
     pub fn is_delivered(&self) -> bool {
         self.outcome == Outcome::Delivered
     }
+    /// Whether it failed.
     pub fn is_failed(&self) -> bool {
         self.outcome == Outcome::Failed
     }
+    /// Whether it was deferred.
     pub fn is_deferred(&self) -> bool {
         self.outcome == Outcome::Deferred
     }
@@ -93,12 +102,15 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// How many recipients were delivered.
     pub fn delivered(&self) -> usize {
         self.results.iter().filter(|r| r.is_delivered()).count()
     }
+    /// How many recipients failed.
     pub fn failed(&self) -> usize {
         self.results.iter().filter(|r| r.is_failed()).count()
     }
+    /// How many recipients were deferred.
     pub fn deferred(&self) -> usize {
         self.results.iter().filter(|r| r.is_deferred()).count()
     }

@@ -42,12 +42,15 @@ pub enum EntryKind {
 /// place that decides what counts, for the ingest pass, `--until-empty` and `smtpw queue`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingFile {
+    /// Its full path.
     pub path: PathBuf,
     /// The file name (read lossily when it is not UTF-8).
     pub name: String,
     /// Modification time, nanoseconds since the epoch (of the link's target for a link).
     pub mtime_ns: i64,
+    /// Size in bytes.
     pub size: u64,
+    /// What kind of entry it is.
     pub kind: EntryKind,
 }
 
@@ -187,6 +190,7 @@ enum OpenError {
 /// First wait before looking again at an entry that could be neither read nor moved; it doubles
 /// at every look up to [`ASIDE_MAX`].
 pub const ASIDE_FIRST: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest wait before looking again at such an entry.
 pub const ASIDE_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Entries of `incoming/` that could be neither read nor moved to quarantine, by name: each is

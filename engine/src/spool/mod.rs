@@ -38,7 +38,7 @@ mod check;
 mod index;
 mod ingest;
 mod owner;
-pub mod policy;
+pub(crate) mod policy;
 mod sqlite;
 
 pub use ingest::{is_job_name, list_incoming, EntryKind, IncomingFile, ASIDE_FIRST, ASIDE_MAX};
@@ -47,9 +47,13 @@ pub use sqlite::{read_stats, SqliteSpool};
 
 /// Folder names inside a spool directory.
 pub const INCOMING: &str = "incoming";
+/// Where malformed jobs and unreadable entries go, each with `NAME.reason`.
 pub const QUARANTINE: &str = "quarantine";
+/// The SQLite database.
 pub const DB_FILE: &str = "spool.db";
+/// The lock held by the process that owns the spool.
 pub const LOCK_FILE: &str = "spool.lock";
+/// The ledger's default file name.
 pub const LEDGER_FILE: &str = "ledger.jsonl";
 /// Written when a spool is created: a spool with this file but without its database tables has
 /// lost its database, and is refused rather than taken for an empty one.
@@ -129,16 +133,21 @@ impl SpoolOptions {
 /// A copy handed to a worker: one SMTP transaction's worth of a job.
 #[derive(Debug, Clone)]
 pub struct ClaimedCopy {
+    /// The copy's id.
     pub copy_id: i64,
+    /// The id of the job it belongs to.
     pub job_id: i64,
+    /// The job's pool.
     pub pool: Pool,
     /// Envelope sender, without brackets ("" for the null sender).
     pub mail_from: String,
+    /// The copy's recipients (at most MAXBSMTP).
     pub rcpts: Vec<String>,
     /// The message, unstuffed, CRLF line endings (shared between copies of a job).
     pub message: bytes::Bytes,
     /// Earlier attempts of this copy that ended with deferred recipients.
     pub attempts: u32,
+    /// When the job was ingested (its lifetime runs from here).
     pub job_created: jiff::Timestamp,
 }
 
@@ -147,6 +156,7 @@ pub use crate::outcome::Outcome;
 /// A recipient's outcome with the reply that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptOutcome {
+    /// Delivered, failed or deferred.
     pub outcome: Outcome,
     /// The relay's reply, e.g. `250 2.6.0 <id> Queued mail for delivery`.
     pub reply: String,
@@ -166,8 +176,11 @@ pub struct CopyResult {
 pub struct IngestReport {
     /// Files read and removed from `incoming/` after their commit.
     pub files: u64,
+    /// Jobs read.
     pub jobs: u64,
+    /// Copies queued.
     pub copies: u64,
+    /// Recipients queued.
     pub recipients: u64,
     /// Files moved to `quarantine/`, with the reason.
     pub quarantined: Vec<Quarantined>,
@@ -197,6 +210,7 @@ pub struct Folded {
 /// An entry of `incoming/` left where it is: it can be neither read nor moved to quarantine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SetAside {
+    /// Its full path.
     pub file: PathBuf,
     /// The name in `incoming/`.
     pub name: String,
@@ -207,7 +221,9 @@ pub struct SetAside {
 /// A file moved to quarantine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Quarantined {
+    /// Where it is now.
     pub file: PathBuf,
+    /// Why it was moved (also in `NAME.reason` beside it).
     pub reason: String,
 }
 
@@ -226,9 +242,13 @@ pub enum CopyState {
 /// Copies and recipients of one pool in one state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PoolStats {
+    /// The pool.
     pub pool: Pool,
+    /// The state.
     pub state: CopyState,
+    /// Copies.
     pub copies: u64,
+    /// Recipients.
     pub recipients: u64,
     /// Age of the oldest job among these copies, in seconds.
     pub oldest_age_secs: u64,
@@ -239,16 +259,20 @@ pub struct PoolStats {
 pub struct QueueStats {
     /// Recipients still queued (ready, deferred or in flight).
     pub queued: u64,
+    /// Recipients delivered since the spool was created.
     pub delivered: u64,
+    /// Recipients failed since the spool was created.
     pub failed: u64,
     /// Copies still queued.
     pub copies: u64,
+    /// Jobs with copies still queued.
     pub jobs: u64,
     /// Age of the oldest queued job, in seconds.
     pub oldest_age_secs: u64,
     /// Entries named `*.MAIL` waiting in `incoming/` (not yet ingested, quarantined or set
     /// aside): what [`list_incoming`] counts as incoming work.
     pub incoming_files: u64,
+    /// The queue by pool and state.
     pub pools: Vec<PoolStats>,
     /// The most frequent replies of failed recipients (at most 20), most frequent first.
     pub failure_reasons: Vec<FailureReason>,
@@ -257,7 +281,9 @@ pub struct QueueStats {
 /// How many recipients failed with one reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FailureReason {
+    /// The reply.
     pub reply: String,
+    /// How many recipients failed with it.
     pub recipients: u64,
 }
 
@@ -265,38 +291,62 @@ pub struct FailureReason {
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool {0}: another process holds the lock {1}")]
+    /// Another process owns the spool (its directory, then the lock file).
     Locked(PathBuf, PathBuf),
     // The inner errors are part of the message, not `source()`, so that `{:#}` chains do
     // not print them twice.
     #[error("spool database: {0}")]
+    /// The database refused an operation.
     Db(rusqlite::Error),
     #[error("{context}: {}", describe_io(.error))]
+    /// A file operation failed.
     Io {
+        /// What was being done.
         context: String,
+        /// The error.
         error: std::io::Error,
     },
     #[error("the disk holding {} is full ({detail}); free space there", .path.display())]
-    DiskFull { path: PathBuf, detail: String },
+    /// The disk is full: nothing more can be recorded until space returns.
+    DiskFull {
+        /// The file or directory being written.
+        path: PathBuf,
+        /// The system's error.
+        detail: String,
+    },
     #[error("copy {0} is not claimed")]
+    /// An outcome for a copy that is not claimed.
     NotClaimed(i64),
     #[error("copy {copy}: {got} outcomes for {expected} recipients")]
+    /// A worker reported a different number of outcomes than the copy has recipients.
     OutcomeCount {
+        /// The copy.
         copy: i64,
+        /// Its recipients.
         expected: usize,
+        /// The outcomes reported.
         got: usize,
     },
     #[error("invalid job: {0}")]
+    /// A job that cannot be written (submit).
     Job(WriteError),
     #[error("the spool's writer thread has stopped")]
+    /// The writer thread ended (the spool is closing).
     WriterGone,
     #[error("copy {0}: its outcomes could not be recorded before the spool closed ({1}); it stays queued and the next run sends it again")]
+    /// A copy's outcomes were not recorded before the spool closed.
     Unrecorded(i64, String),
     #[error("spool database is corrupt: {0}")]
+    /// The database or a job holds what smtpw never writes there.
     Corrupt(String),
     #[error("{}", damaged_message(.dir, .file, .problem))]
+    /// The spool cannot be read: what is wrong and how to recover.
     Damaged {
+        /// The spool directory.
         dir: PathBuf,
+        /// The damaged (or missing) file.
         file: PathBuf,
+        /// What is wrong with it.
         problem: String,
     },
 }
@@ -438,8 +488,10 @@ pub fn submit(
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError<E> {
     #[error("{0}")]
+    /// The recipients' source failed.
     Input(E),
     #[error(transparent)]
+    /// The spool failed.
     Spool(#[from] SpoolError),
 }
 

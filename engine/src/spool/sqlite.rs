@@ -934,7 +934,8 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             delivered: 0,
             failed: Vec::new(),
             deferred: Vec::new(),
-            not_before: 0,
+            // When the copy is next tried: set exactly when a recipient is deferred.
+            not_before: decision.next_attempt.map_or(0, ms),
             now: ms(req.now),
             reply: req.reply,
         };
@@ -948,9 +949,8 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
                 Fate::Expired => plan
                     .failed
                     .push((rcpt.to_owned(), r.reply.to_owned(), true)),
-                Fate::Deferred { retry_at } => {
+                Fate::Deferred { .. } => {
                     plan.deferred.push((rcpt.to_owned(), r.reply.to_owned()));
-                    plan.not_before = ms(retry_at);
                 }
             }
             plan.rcpts += 1;

@@ -136,7 +136,7 @@ async fn a_copy_within_its_lifetime_is_only_given_back() {
     // Ten minutes of failed connections (30 s, 60 s, 120 s, 240 s back-offs): still queued,
     // untouched, nothing in the ledger.
     tokio::time::sleep(Duration::from_secs(600)).await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     handle.await.unwrap();
     assert!(h.ledger().is_empty(), "{:?}", h.ledger());
     let stats = h.spool.stats().await.unwrap();

@@ -120,21 +120,18 @@ async fn real_time_over_loopback_every_recipient_once() {
         smtpw_testkit::workload::message(3000).as_bytes(),
     )
     .expect("submit");
-    let engine = Engine::new(
-        cfg,
-        spool.clone(),
-        dir.path().to_path_buf(),
-        Arc::new(TcpConnector::new(Duration::from_secs(5))),
-        clock,
-        EngineOptions {
+    let engine = Engine::builder(cfg, spool.clone(), dir.path().to_path_buf())
+        .connector(Arc::new(TcpConnector::new(Duration::from_secs(5))))
+        .clock(clock)
+        .options(EngineOptions {
             until_empty: true,
             client: ClientConfig {
                 timeouts: Timeouts::uniform(Duration::from_secs(10)),
                 ..ClientConfig::default()
             },
             ..fast_options()
-        },
-    );
+        })
+        .build();
     let s = tokio::time::timeout(Duration::from_secs(30), engine.run())
         .await
         .expect("delivered within 30 s");
@@ -173,7 +170,7 @@ async fn graceful_shutdown_finishes_what_is_in_flight_and_a_restart_delivers_the
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = h.mock(A).stats().messages;
     let cancelled_at = tokio::time::Instant::now();
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     let s = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("run() returns")
@@ -234,7 +231,7 @@ async fn shutdown_does_not_wait_for_a_connection_being_set_up() {
         "both workers are waiting for a greeting"
     );
     let t = tokio::time::Instant::now();
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     let s = tokio::time::timeout(Duration::from_secs(600), run)
         .await
         .expect("run() returns")

@@ -10,12 +10,12 @@ use std::time::Duration;
 use jiff::civil::date;
 use mock_mta::MockConfig;
 use smtpw_engine::config::{HostPort, PoolSet};
+use smtpw_engine::engine::COMPLETIONS_OUTSTANDING;
 use smtpw_engine::engine::{Engine, EngineOptions};
 use smtpw_engine::ledger::Outcome;
 use smtpw_engine::spool::{
     ClaimedCopy, CopyResult, IngestReport, QueueStats, Spool, SpoolError, SqliteSpool,
 };
-use smtpw_engine::worker::COMPLETIONS_OUTSTANDING;
 use smtpw_testkit::scripted;
 use smtpw_testkit::topology::{fast_options, wait_for, Topology};
 use tokio::sync::{Notify, Semaphore};
@@ -85,14 +85,13 @@ async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() 
         started: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
     });
-    let engine = Arc::new(Engine::new(
-        h.config.clone(),
-        spool.clone(),
-        h.spool_dir(),
-        h.connector.clone(),
-        h.clock.clone(),
-        fast_options(),
-    ));
+    let engine = Arc::new(
+        Engine::builder(h.config.clone(), spool.clone(), h.spool_dir())
+            .connector(h.connector.clone())
+            .clock(h.clock.clone())
+            .options(fast_options())
+            .build(),
+    );
     let e = engine.clone();
     let mut run = tokio::spawn(async move { e.run().await });
 
@@ -118,7 +117,7 @@ async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() 
     assert_eq!(h.spool.queued_copies(), 5);
 
     // A stop does not return while completions are outstanding ...
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     assert!(
         tokio::time::timeout(Duration::from_secs(10), &mut run)
             .await
@@ -190,17 +189,16 @@ async fn the_drain_deadline_cuts_transactions_but_waits_for_completions_under_wa
         done: AtomicUsize::new(0),
     });
     let drain = Duration::from_secs(1);
-    let engine = Arc::new(Engine::new(
-        h.config.clone(),
-        spool.clone(),
-        h.spool_dir(),
-        h.connector.clone(),
-        h.clock.clone(),
-        EngineOptions {
-            drain_timeout: drain,
-            ..fast_options()
-        },
-    ));
+    let engine = Arc::new(
+        Engine::builder(h.config.clone(), spool.clone(), h.spool_dir())
+            .connector(h.connector.clone())
+            .clock(h.clock.clone())
+            .options(EngineOptions {
+                drain_timeout: drain,
+                ..fast_options()
+            })
+            .build(),
+    );
     let e = engine.clone();
     let mut run = tokio::spawn(async move { e.run().await });
     wait_for(
@@ -214,7 +212,7 @@ async fn the_drain_deadline_cuts_transactions_but_waits_for_completions_under_wa
         1,
         "copy 1 is being recorded"
     );
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     // Well past the deadline, the stop still waits for copy 1's completion...
     assert!(
         tokio::time::timeout(drain * 10, &mut run).await.is_err(),

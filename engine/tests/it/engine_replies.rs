@@ -129,7 +129,7 @@ async fn learned_recipient_limit_outlives_the_connection() {
         h.delivered_everywhere().len() == 600
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     let s = run.await.expect("engine");
     assert_eq!(
         h.mock(A).stats().sessions,
@@ -234,7 +234,7 @@ async fn transient_451_is_retried_after_the_backoff_and_delivered_once_lifted() 
     })
     .await;
     assert!(t0.elapsed() < Duration::from_secs(92));
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     assert_each_once(&h, 30);
     let ledger = h.ledger();
@@ -339,7 +339,7 @@ async fn relay_closing_with_421_after_n_messages_loses_nothing() {
         h.spool.queued_copies() == 0
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     let s = run.await.expect("engine");
     assert_accounted(&h, 200).await;
     assert_each_once(&h, 200);
@@ -393,7 +393,7 @@ async fn dropped_connections_mid_data_and_after_the_dot_lose_nothing() {
         h.spool.queued_copies() == 0
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     assert_accounted(&h, 150).await;
     // The mock never accepts a dropped message, so the bound on repeats is exact: none.
@@ -480,7 +480,7 @@ async fn relay_closing_with_421_between_recipients_loses_nothing() {
         h.spool.queued_copies() == 0
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     assert_accounted(&h, 200).await;
     assert_each_once(&h, 200);

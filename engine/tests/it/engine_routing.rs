@@ -58,7 +58,7 @@ async fn window_switches_from_primary_to_failover_at_its_end() {
         h.spool.queued_copies() == 0 && h.delivered_everywhere().len() == 110
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
 
     let p = accepted(&h, P);
@@ -124,7 +124,7 @@ async fn worker_outside_its_window_without_failover_waits_then_delivers() {
         h.spool.queued_copies() == 0
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     let j = h.mock(P).journal();
     assert!(j.sessions.iter().all(|s| s.started_at >= at(5, 0, 0)));
@@ -179,7 +179,7 @@ async fn failover_case(fault: Faults) {
         h.spool.queued_copies() == 0 && h.delivered_everywhere().len() == 200
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     assert_eq!(h.mock(P).stats().recipients_accepted, 100);
     assert_eq!(h.mock(F).stats().recipients_accepted, 100);
@@ -274,7 +274,7 @@ async fn no_failover_primary_down_copies_wait_with_backoff_then_go() {
         took >= Duration::from_secs(449) && took < Duration::from_secs(460),
         "{took:?}"
     );
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     let counts = h.delivered_counts();
     assert_eq!(counts.len(), 20);
@@ -318,7 +318,7 @@ async fn stranded_copies_go_through_smtp_forward_after_the_grace_period() {
         took >= Duration::from_secs(120) && took < Duration::from_secs(122),
         "{took:?}: right after the grace period"
     );
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     let s = run.await.expect("engine");
     assert_eq!(s.delivered, 50);
     assert_eq!(h.mock(S).stats().recipients_accepted, 50);
@@ -415,7 +415,7 @@ async fn after_the_hosts_come_back_the_workers_deliver_again_not_the_sync_path()
         h.delivered_everywhere().len() == 100 && h.spool.queued_copies() == 0
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     assert_eq!(
         h.mock(S).stats().recipients_accepted,
@@ -462,7 +462,7 @@ async fn a_busy_failover_connection_gives_way_to_the_primary_after_five_minutes(
         h.delivered_everywhere().len() == 1000 && h.spool.queued_copies() == 0
     })
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     let fj = h.mock(F).journal();
     assert_eq!(fj.sessions.len(), 1);
@@ -498,7 +498,7 @@ async fn a_pool_no_worker_serves_stays_queued_without_smtp_forward() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.expect("engine");
     let st = h.spool.stats().await.expect("stats");
     assert_eq!((st.queued, st.delivered, st.failed), (20, 20, 0));

@@ -46,7 +46,7 @@ async fn a_stop_ends_at_the_drain_deadline_and_the_silent_relays_copy_is_queued_
         || rec.lock().unwrap().hung_dots == 1,
     )
     .await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     let t0 = tokio::time::Instant::now();
     let summary = handle.await.unwrap();
     let took = t0.elapsed();
@@ -86,4 +86,46 @@ async fn a_stop_ends_at_the_drain_deadline_and_the_silent_relays_copy_is_queued_
     assert_eq!(outcomes.len(), 5);
     assert!(outcomes.values().all(|l| l.outcome == Outcome::Delivered));
     assert_eq!(h.ledger().len(), 5, "one ledger line per recipient");
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_until_stops_when_its_future_resolves_and_drains_like_a_stop() {
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let h = Topology::new(SITE, date(2026, 11, 22).at(12, 0, 0, 0), &[]);
+    let (_mta, rec) = relay(
+        &h,
+        Mta {
+            hang_at_end_of_data: true,
+            ..Mta::pipelining()
+        },
+    );
+    h.submit_n(None, 5, "example.net", 2_000);
+    let drain = Duration::from_secs(1);
+    let engine = h.engine(EngineOptions {
+        drain_timeout: drain,
+        ..fast_options()
+    });
+    // The shutdown future resolves once the relay holds the final dot.
+    let held = wait_for(
+        "the relay to hold the final dot",
+        Duration::from_secs(60),
+        || rec.lock().unwrap().hung_dots == 1,
+    );
+    let summary = tokio::time::timeout(Duration::from_secs(60), engine.run_until(held))
+        .await
+        .expect("run_until returns once its future resolved and the drain ended");
+    assert!(engine.shutdown().is_cancelled());
+    // The same drain as a stop: the copy in flight went back to the queue, nothing recorded.
+    assert_eq!(summary.returned_at_stop, 1, "{summary:?}");
+    assert!(
+        logs.text()
+            .contains("1 copies in flight went back to the queue"),
+        "{}",
+        logs.text()
+    );
+    assert!(h.ledger().is_empty(), "{:?}", h.ledger());
+    assert_eq!(h.spool.queued_copies(), 1);
+    let stats = h.spool.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.delivered, stats.failed), (5, 0, 0));
 }

@@ -234,7 +234,7 @@ async fn a_failing_ingest_is_logged_once_per_condition() {
     std::fs::remove_file(&inc).unwrap();
     std::fs::create_dir(&inc).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     run.await.unwrap();
     let log = logs.text();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("ingest")).collect();

@@ -78,7 +78,7 @@ async fn urgent_pool_is_delivered_within_a_second_behind_a_100k_backlog() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let bulk_done = mx.journal().accepted_transactions().len();
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
         .expect("engine stops")

@@ -90,7 +90,7 @@ async fn run_for(h: &Topology, split: bool, span: Duration) -> i128 {
         "the backlog must outlast the measured span"
     );
     let end = now_ns(h);
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     tokio::time::timeout(Duration::from_secs(600), task)
         .await
         .expect("engine stops")
@@ -319,7 +319,7 @@ async fn idle_share(split: bool) -> [(f64, f64, f64); 2] {
     tokio::time::sleep(phase * 2).await;
     let end = now_ns(&h);
     assert!(h.spool.queued_copies() > 0, "still backlogged");
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     tokio::time::timeout(Duration::from_secs(600), task)
         .await
         .expect("stops")

@@ -67,22 +67,21 @@ async fn loopback(split: bool) -> f64 {
         .expect("submit");
     }
     spool.ingest_incoming().await.expect("ingest");
-    let engine = Arc::new(Engine::new(
-        cfg,
-        spool.clone(),
-        dir.path().to_path_buf(),
-        Arc::new(TcpConnector::new(Duration::from_secs(5))),
-        clock.clone(),
-        EngineOptions {
-            per_worker_rate_split: split,
-            ..EngineOptions::default()
-        },
-    ));
+    let engine = Arc::new(
+        Engine::builder(cfg, spool.clone(), dir.path().to_path_buf())
+            .connector(Arc::new(TcpConnector::new(Duration::from_secs(5))))
+            .clock(clock.clone())
+            .options(EngineOptions {
+                per_worker_rate_split: split,
+                ..EngineOptions::default()
+            })
+            .build(),
+    );
     let e = engine.clone();
     let task = tokio::spawn(async move { e.run().await });
     tokio::time::sleep(Duration::from_secs(12)).await;
     let queued = spool.queued_copies();
-    engine.shutdown.cancel();
+    engine.shutdown().cancel();
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
         .expect("engine stops")

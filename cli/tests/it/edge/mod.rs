@@ -39,7 +39,7 @@ use std::time::Duration;
 /// The drain deadline the cases give `smtpw run --drain-timeout` (seconds).
 pub const DRAIN_SECS: u64 = 2;
 /// How long a stop may take beyond the drain deadline: the courtesy QUIT at a stop
-/// (`worker::QUIT_AT_STOP`, 2 s) and process exit on a loaded machine.
+/// (`engine::QUIT_AT_STOP`, 2 s) and process exit on a loaded machine.
 pub const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 mod damaged_spool;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod config_cmd;
 #[cfg(feature = "demo")]
 mod demo_cmd;

@@ -44,6 +44,11 @@ pub struct EngineOptions {
     /// being recorded are still awaited, so nothing the relay decided is lost.
     pub drain_timeout: Duration,
     pub client: ClientConfig,
+    /// What `GET /metrics` shows; give the spool the same one ([`SpoolOptions::metrics`]) so
+    /// that the recipients counted are the ledger's.
+    ///
+    /// [`SpoolOptions::metrics`]: crate::spool::SpoolOptions::metrics
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How long a stop waits for the transactions in flight by default.
@@ -62,6 +67,7 @@ impl Default for EngineOptions {
             per_worker_rate_split: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             client: ClientConfig::default(),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 }
@@ -132,7 +138,9 @@ impl<S: Spool> Engine<S> {
         let shared = Arc::new(
             RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth).with_meter(meter.clone()),
         );
-        RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now()).log_report();
+        let rates = RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now());
+        rates.log_report();
+        self.opts.metrics.set_rates(rates);
         // Fires `drain_timeout` after a stop is requested: the workers then cut off what they
         // are still sending. (In a JoinSet: aborted when `run` ends or is dropped.)
         let cutoff = CancellationToken::new();
@@ -163,10 +171,12 @@ impl<S: Spool> Engine<S> {
                 reachability: reach.clone(),
                 relay_limits: relay_limits.clone(),
                 idle_poll: self.opts.idle_poll,
+                metrics: self.opts.metrics.clone(),
             })
         };
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(keep_status(
+            self.opts.metrics.clone(),
             cfg.clone(),
             self.opts.per_worker_rate_split,
             meter.clone(),
@@ -227,6 +237,7 @@ impl<S: Spool> Engine<S> {
             interval: self.opts.ingest_interval,
             until_empty: self.opts.until_empty,
             shutdown: self.shutdown.clone(),
+            metrics: self.opts.metrics.clone(),
         }
         .run()
         .await;

@@ -35,6 +35,7 @@ pub mod engine;
 pub mod intake;
 pub mod job;
 pub mod ledger;
+pub mod metrics;
 pub mod net;
 pub mod outcome;
 pub mod ratelimit;

@@ -521,8 +521,11 @@ impl RateStatus {
 /// How often the engine repeats that pools are served by no worker (without SMTP_FORWARD).
 pub const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(3600);
 
-/// Keep `SPOOL/rate-status.json` current: every `every` until `shutdown`, then once more.
+/// Keep `SPOOL/rate-status.json` (and the metrics' rate gauges) current: every `every` until
+/// `shutdown`, then once more.
+#[allow(clippy::too_many_arguments)]
 pub async fn keep_status(
+    metrics: Arc<crate::metrics::Metrics>,
     cfg: SiteConfig,
     per_worker_split: bool,
     meter: Arc<RateMeter>,
@@ -543,6 +546,7 @@ pub async fn keep_status(
         };
         let reading = meter.reading(Instant::now(), METER_WINDOW);
         let st = RateStatus::new(&cfg, per_worker_split, Some(&reading), clock.now());
+        metrics.set_rates(st.clone());
         let notice = match st.write(&spool_dir) {
             Ok(()) => write_failures.succeeded(Instant::now()),
             Err(e) => write_failures.failed(e.to_string(), Instant::now()),

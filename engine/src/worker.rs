@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::SharedClock;
 use crate::config::{HostPort, Pool, PoolSet, TimeOfDay, WorkerSpec};
+use crate::metrics::{ConnectionGuard, Metrics, WorkerState};
 use crate::net::{BoxFuture, Connector};
 use crate::ratelimit::RateLimiter;
 use crate::route::{route, Via};
@@ -195,6 +196,8 @@ pub struct WorkerContext<S: Spool> {
     pub relay_limits: Arc<RelayLimits>,
     /// How long to wait for work before looking again (new copies also wake workers at once).
     pub idle_poll: Duration,
+    /// Connections, transactions, replies, relay errors and worker states (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// An open connection and where it goes.
@@ -202,6 +205,8 @@ struct Open {
     client: Client,
     target: HostPort,
     opened: tokio::time::Instant,
+    /// Counted in `smtpw_connections` while open.
+    _counted: ConnectionGuard,
 }
 
 /// What a worker is: its spec, or the synchronous fallback path.
@@ -235,6 +240,8 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     // No host could be reached at the last try.
     let mut stranded = false;
     let mut pending = Completions::default();
+    let slot = ctx.metrics.worker_slot();
+    let state = |s: WorkerState| ctx.metrics.worker_state(slot, s);
     loop {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -257,12 +264,14 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             if pools.is_empty() {
                 // Nothing to do until some pool is stranded: look again soon (the grace period
                 // of a stranded pool ends without any notification).
+                state(WorkerState::Idle);
                 close(&ctx, &mut open).await;
                 idle(&ctx, notified, None, ctx.idle_poll).await;
                 continue;
             }
         }
         if targets.is_empty() || pools.is_empty() {
+            state(WorkerState::OutsideWindow);
             close(&ctx, &mut open).await;
             // Inactive (outside every window with no failover): look again at the next minute.
             let now = ctx.clock.local_time();
@@ -300,6 +309,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                     continue;
                 }
                 if stranded && open.is_none() {
+                    state(WorkerState::BackingOff);
                     // No host was reachable at the last try and there is nothing to deliver
                     // (the sync path may have taken it all): look for the hosts anyway, on the
                     // same back-off schedule, so that the pool stops counting as stranded as
@@ -313,6 +323,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                         None,
                         &mut pending,
                         &mut backoff,
+                        slot,
                     )
                     .await
                     {
@@ -326,6 +337,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                     }
                     continue;
                 }
+                state(WorkerState::Idle);
                 idle(&ctx, notified, Some(pools), ctx.idle_poll).await;
                 continue;
             }
@@ -335,6 +347,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                 continue;
             }
         };
+        state(WorkerState::Active);
         // An idle connection may have been closed by the relay (idle time-out, 421).
         if let Some(o) = open.as_mut() {
             if !o.client.check_alive().await {
@@ -351,6 +364,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                 Some(&copy),
                 &mut pending,
                 &mut backoff,
+                slot,
             )
             .await
             {
@@ -481,6 +495,7 @@ async fn connect_or_back_off<S: Spool>(
     copy: Option<&ClaimedCopy>,
     pending: &mut Completions,
     backoff: &mut Duration,
+    slot: usize,
 ) -> Attempt {
     let connected = tokio::select! {
         biased;
@@ -503,6 +518,13 @@ async fn connect_or_back_off<S: Spool>(
         }
         Err(reason) => reason,
     };
+    // Each host is tried again once the back-off is over (shown by `smtpw ctl queue`).
+    if let Ok(wait) = jiff::SignedDuration::try_from(*backoff) {
+        let again = ctx.clock.now().checked_add(wait).ok();
+        for t in targets {
+            ctx.metrics.relay_retry(&t.to_string(), again);
+        }
+    }
     match copy {
         Some(c) if ctx.spool.has_expired(c.job_created, ctx.clock.now()) => {
             let copies = expire_unreachable(ctx, name, pools, c, &reason, pending).await;
@@ -515,6 +537,7 @@ async fn connect_or_back_off<S: Spool>(
         }
         None => warn!(worker = %name, retry_in = ?*backoff, "still no host reachable"),
     }
+    ctx.metrics.worker_state(slot, WorkerState::BackingOff);
     let stopped = tokio::select! {
         _ = ctx.shutdown.cancelled() => true,
         _ = tokio::time::sleep(*backoff) => false,
@@ -595,10 +618,13 @@ async fn connect<S: Spool>(
                         client.set_learned_rcpt_limit(l);
                     }
                     debug!(worker = %name, host = %target, "connected");
+                    let relay = target.to_string();
+                    ctx.metrics.relay_reached(&relay);
                     return Ok(Open {
                         client,
                         target: target.clone(),
                         opened: tokio::time::Instant::now(),
+                        _counted: ctx.metrics.connected(&relay),
                     });
                 }
                 Err(e) => e.to_string(),
@@ -606,6 +632,8 @@ async fn connect<S: Spool>(
             Err(e) => ConnectError::Io(e).to_string(),
         };
         ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics
+            .relay_error(&target.to_string(), &error, ctx.clock.now(), None);
         warn!(worker = %name, host = %target, error = %error, "host unreachable");
         failures.push((target, error));
     }
@@ -730,6 +758,23 @@ async fn deliver<S: Spool>(
             gate,
         )
         .await;
+    let host = o.target.to_string();
+    {
+        let outcomes: Vec<Outcome> = d.results.iter().map(|r| r.outcome).collect();
+        let codes: Vec<u16> = d.results.iter().map(|r| r.reply.code).collect();
+        let result = crate::metrics::transaction_result(&outcomes, d.connection_lost.is_some());
+        ctx.metrics.transaction(&host, result, &codes);
+        let trouble = d.connection_lost.as_ref().or_else(|| {
+            d.results
+                .iter()
+                .find(|r| r.outcome != Outcome::Delivered)
+                .map(|r| &r.reply)
+        });
+        if let Some(r) = trouble {
+            ctx.metrics
+                .relay_error(&host, &r.to_string(), ctx.clock.now(), None);
+        }
+    }
     let rcpts: Vec<RcptOutcome> = d
         .results
         .into_iter()
@@ -738,7 +783,6 @@ async fn deliver<S: Spool>(
             reply: r.reply.to_string(),
         })
         .collect();
-    let host = o.target.to_string();
     ctx.stats
         .record(&host, &rcpts, d.too_many_recoveries, d.transactions);
     if let Some(l) = o.client.learned_rcpt_limit() {

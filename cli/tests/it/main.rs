@@ -9,6 +9,7 @@ use smtpw_testkit::proc::Smtpw;
 /// The binary under test (its path exists only in this package's test crates).
 pub const SMTPW: Smtpw = Smtpw::new(env!("CARGO_BIN_EXE_smtpw"));
 
+mod admin;
 mod cli_edges;
 mod config_cli;
 mod config_limits;

@@ -75,6 +75,9 @@ pub struct SpoolOptions {
     pub ledger_path: Option<PathBuf>,
     /// Largest message (unstuffed, CRLF) a job may carry; larger jobs are quarantined.
     pub max_message_bytes: u64,
+    /// Where the outcomes recorded are counted ([`crate::metrics::Metrics::recorded`], once
+    /// durable): share it with the engine's.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for SpoolOptions {
@@ -88,6 +91,7 @@ impl Default for SpoolOptions {
             lifetime: Duration::from_secs(5 * 24 * 3600),
             ledger_path: None,
             max_message_bytes: 64 * 1024 * 1024,
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 }

@@ -787,6 +787,9 @@ struct Plan {
     /// When the deferred recipients are tried again (ms), if there are any.
     not_before: i64,
     now: i64,
+    /// The copy's pool, and how old its job is at `now` (seconds): for the metrics.
+    pool: Pool,
+    age_secs: f64,
     reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
@@ -936,6 +939,8 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             deferred: Vec::new(),
             not_before: 0,
             now: ms(req.now),
+            pool,
+            age_secs: req.now.duration_since(job_created).as_secs_f64(),
             reply: req.reply,
         };
         let mut line_error = None;
@@ -1010,6 +1015,23 @@ fn finish(sh: &Shared, plans: Vec<Plan>, done_jobs: Vec<i64>) {
         idx.uncache_job(j);
     }
     drop(idx);
+    // Counted once durable, as the ledger has them (OPS-3).
+    for p in &plans {
+        let outcomes = std::iter::repeat_n(
+            crate::outcome::Outcome::Delivered,
+            usize::try_from(p.delivered).unwrap_or(0),
+        )
+        .chain(std::iter::repeat_n(
+            crate::outcome::Outcome::Failed,
+            p.failed.len(),
+        ))
+        .chain(std::iter::repeat_n(
+            crate::outcome::Outcome::Deferred,
+            p.deferred.len(),
+        ))
+        .map(|o| (o, p.age_secs));
+        sh.opts.metrics.recorded(&p.pool.to_string(), outcomes);
+    }
     for p in plans {
         let _ = p.reply.send(Ok(()));
     }

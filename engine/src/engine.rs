@@ -101,6 +101,8 @@ pub struct Engine<S: Spool> {
     pub stats: Arc<DeliveryStats>,
     pub shutdown: CancellationToken,
     pub opts: EngineOptions,
+    /// The operator's suspensions of pools and relays (kept in the spool directory).
+    pub suspensions: Arc<crate::suspend::Suspensions>,
     connector: Arc<dyn Connector>,
     clock: SharedClock,
     spool_dir: PathBuf,
@@ -115,7 +117,13 @@ impl<S: Spool> Engine<S> {
         clock: SharedClock,
         opts: EngineOptions,
     ) -> Self {
+        let suspensions = crate::suspend::Suspensions::load(&spool_dir).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the suspensions; starting with none (the file is \
+                replaced at the next suspend)");
+            crate::suspend::Suspensions::empty(&spool_dir)
+        });
         Self {
+            suspensions: Arc::new(suspensions),
             config,
             spool,
             stats: Arc::new(DeliveryStats::default()),
@@ -125,6 +133,11 @@ impl<S: Spool> Engine<S> {
             clock,
             spool_dir,
         }
+    }
+
+    /// The engine's clock (what suspensions and retries are timed by).
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// Run until shutdown (or until the queue is empty with `until_empty`).
@@ -172,6 +185,7 @@ impl<S: Spool> Engine<S> {
                 relay_limits: relay_limits.clone(),
                 idle_poll: self.opts.idle_poll,
                 metrics: self.opts.metrics.clone(),
+                suspensions: self.suspensions.clone(),
             })
         };
         let mut tasks = tokio::task::JoinSet::new();

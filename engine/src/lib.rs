@@ -43,6 +43,7 @@ pub mod route;
 pub mod settings;
 pub mod smtp;
 pub mod spool;
+pub mod suspend;
 pub mod text;
 pub mod worker;
 

@@ -198,6 +198,8 @@ pub struct WorkerContext<S: Spool> {
     pub idle_poll: Duration,
     /// Connections, transactions, replies, relay errors and worker states (`GET /metrics`).
     pub metrics: Arc<Metrics>,
+    /// Pools and relays the operator suspended: left out of every claim and connection.
+    pub suspensions: Arc<crate::suspend::Suspensions>,
 }
 
 /// An open connection and where it goes.
@@ -251,8 +253,9 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         tokio::pin!(notified);
         notified.as_mut().enable();
 
-        // Which hosts, which pools, now.
+        // Which hosts, which pools, now, less what the operator suspended (OPS-5).
         let (targets, pools, limited) = plan(&role, &ctx);
+        let (targets, pools, held) = ctx.suspensions.filter(targets, pools, ctx.clock.now());
         if let Role::Sync {
             target,
             always,
@@ -269,6 +272,13 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                 idle(&ctx, notified, None, ctx.idle_poll).await;
                 continue;
             }
+        }
+        if held && (targets.is_empty() || pools.is_empty()) {
+            // Suspended: nothing to do until the suspension ends (by itself, or a resume).
+            state(WorkerState::Suspended);
+            close(&ctx, &mut open).await;
+            idle(&ctx, notified, None, ctx.idle_poll).await;
+            continue;
         }
         if targets.is_empty() || pools.is_empty() {
             state(WorkerState::OutsideWindow);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -20,8 +20,13 @@ use smtpw_engine::metrics::Metrics;
 use smtpw_engine::settings::Secret;
 use smtpw_engine::spool::SqliteSpool;
 
+mod cancel;
+mod flush;
+mod jobs;
 mod metrics;
 mod queue;
+mod resume;
+mod suspend;
 
 /// What every handler can reach.
 pub struct AdminState {
@@ -31,6 +36,9 @@ pub struct AdminState {
 }
 
 pub type Reply = Response<Full<Bytes>>;
+
+/// Largest request body the API reads.
+const BODY_MAX: usize = 64 * 1024;
 
 /// Bind `addr` (refused when it is not loopback and there is no token), then serve until the
 /// engine stops. Returns the address bound (a port 0 is resolved).
@@ -105,6 +113,24 @@ fn authorized(token: Option<&Secret>, req: &Request<Incoming>) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The request's JSON body (`{}` when empty).
+pub async fn body_json(req: Request<Incoming>) -> Result<serde_json::Value, Reply> {
+    let bytes = Limited::new(req.into_body(), BODY_MAX)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
 async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     if !authorized(state.token.as_ref(), &req) {
         return error(
@@ -113,10 +139,99 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
         );
     }
     let path = req.uri().path().to_owned();
-    match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/metrics") => metrics::get(state).await,
-        (Method::GET, "/api/v1/queue") => queue::get(state).await,
-        (_, "/metrics" | "/api/v1/queue") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let method = req.method().clone();
+    let get = method == Method::GET;
+    let post = method == Method::POST;
+    match path.as_str() {
+        "/metrics" if get => metrics::get(state).await,
+        "/api/v1/queue" if get => queue::get(state).await,
+        "/api/v1/jobs" if get => jobs::get(state, &query).await,
+        "/api/v1/suspend" if post => suspend::post(state, req).await,
+        "/api/v1/resume" if post => resume::post(state, req).await,
+        "/api/v1/flush" if post => flush::post(state, req).await,
+        p if post && p.starts_with("/api/v1/jobs/") && p.ends_with("/cancel") => {
+            let id = &p["/api/v1/jobs/".len()..p.len() - "/cancel".len()];
+            match id.parse::<i64>() {
+                Ok(id) => cancel::post(state, id, req).await,
+                Err(_) => error(StatusCode::NOT_FOUND, format!("{id:?} is not a job number")),
+            }
+        }
+        "/metrics" | "/api/v1/queue" | "/api/v1/jobs" => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
+        "/api/v1/suspend" | "/api/v1/resume" | "/api/v1/flush" => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
+        }
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+/// A text field of a JSON body (`None` when absent or empty).
+pub fn text_field(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// An operator's free text (a reason, a name) as it may go into a reply, a file or the log:
+/// one line, control characters escaped, at most 200 characters.
+pub fn one_line(s: &str) -> String {
+    smtpw_engine::text::escape_controls(s)
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// The pools a `{pool}` or `{relay}` body names: one pool; the pools of the workers using a
+/// relay (every pool when SMTP_FORWARD names it); all pools when neither is given.
+pub fn pools_named(
+    state: &AdminState,
+    body: &serde_json::Value,
+) -> Result<smtpw_engine::config::PoolSet, Reply> {
+    use smtpw_engine::config::{Pool, PoolSet};
+    match (text_field(body, "pool"), text_field(body, "relay")) {
+        (Some(_), Some(_)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "give a pool or a relay, not both",
+        )),
+        (Some(p), None) => {
+            let mut c = p.chars();
+            match (c.next().and_then(Pool::from_char), c.next()) {
+                (Some(pool), None) => Ok(std::iter::once(pool).collect()),
+                _ => Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{} is not a pool: A to Z, or - for the default pool",
+                        one_line(&p)
+                    ),
+                )),
+            }
+        }
+        (None, Some(r)) => {
+            let cfg = &state.engine.config;
+            let names = |h: &smtpw_engine::config::HostPort| {
+                r.eq_ignore_ascii_case(&h.to_string()) || r.eq_ignore_ascii_case(&h.host)
+            };
+            if cfg.sync_forward.as_ref().is_some_and(names) {
+                return Ok(PoolSet::ALL);
+            }
+            let pools: PoolSet = cfg
+                .workers
+                .iter()
+                .filter(|w| names(&w.primary) || w.failover.as_ref().is_some_and(names))
+                .flat_map(|w| w.pools.iter())
+                .collect();
+            if pools.is_empty() {
+                return Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no worker uses the relay {}", one_line(&r)),
+                ));
+            }
+            Ok(pools)
+        }
+        (None, None) => Ok(PoolSet::ALL),
     }
 }

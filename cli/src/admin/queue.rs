@@ -22,6 +22,7 @@ pub async fn get(state: &AdminState) -> Reply {
         &serde_json::json!({
             "queue": stats,
             "relays": relays,
+            "suspended": state.engine.suspensions.active(state.engine.clock().now()),
         }),
     )
 }

@@ -13,6 +13,7 @@ mod admin;
 mod cli_edges;
 mod config_cli;
 mod config_limits;
+mod ctl;
 mod edge;
 mod engine_cli;
 mod engine_crash;

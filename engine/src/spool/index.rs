@@ -102,6 +102,36 @@ impl Index {
         Some((id, p))
     }
 
+    /// An operator's flush: every deferred copy of `pools` is claimable now. Returns how many.
+    pub(super) fn flush(&mut self, pools: PoolSet) -> u64 {
+        let mut n = 0;
+        for p in pools.iter() {
+            let d = std::mem::take(&mut self.deferred[p.index()]);
+            n += d.len() as u64;
+            self.ready[p.index()].extend(d.into_iter().map(|(_, id)| id));
+        }
+        n
+    }
+
+    /// Take one queued copy that no worker holds (claimable or deferred) for a claim, as
+    /// [`Index::begin_claim`] does; `None` if it is not waiting (in flight, or unknown).
+    pub(super) fn begin_claim_of(&mut self, id: i64) -> Option<Pool> {
+        let p = Pool::all().find(|p| {
+            self.ready[p.index()].remove(&id) || {
+                let d = &mut self.deferred[p.index()];
+                let hit = d.iter().find(|(_, i)| *i == id).copied();
+                hit.is_some_and(|k| d.remove(&k))
+            }
+        })?;
+        self.claiming.insert(id, p);
+        Some(p)
+    }
+
+    /// Whether copy `id` is held by a worker (being claimed or in flight).
+    pub(super) fn is_held(&self, id: i64) -> bool {
+        self.claiming.contains_key(&id) || self.in_flight.contains_key(&id)
+    }
+
     /// The copy was read: it is in flight.
     pub(super) fn finish_claim(&mut self, id: i64, f: InFlight) {
         if self.claiming.remove(&id).is_some() {

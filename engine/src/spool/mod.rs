@@ -416,6 +416,43 @@ pub trait Spool: Send + Sync + 'static {
     }
     /// Copies and recipients per pool and state, and totals.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, SpoolError>> + Send;
+    /// An operator's flush (OPS-6): every deferred copy of `pools` becomes claimable now, in
+    /// memory and in the store (so a restart keeps it due). Wakes idle workers. Returns how many.
+    fn flush(&self, pools: PoolSet) -> impl Future<Output = Result<u64, SpoolError>> + Send;
+    /// For an operator's cancel (OPS-7): claim every queued copy of job `job_id` that no worker
+    /// holds, as [`Spool::claim`] would (the caller completes each, its recipients failed).
+    /// Also returns how many of the job's copies are held by workers right now (in flight):
+    /// those are left alone; call again once they are back.
+    fn claim_job(
+        &self,
+        job_id: i64,
+    ) -> impl Future<Output = Result<(Vec<ClaimedCopy>, u64), SpoolError>> + Send;
+    /// The queued jobs (oldest first), at most `limit`, of `pool` if given: what
+    /// `GET /api/v1/jobs` lists.
+    fn jobs(
+        &self,
+        pool: Option<Pool>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<JobSummary>, SpoolError>> + Send;
+}
+
+/// A queued job as an operator lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobSummary {
+    pub id: i64,
+    pub pool: Pool,
+    /// Envelope sender.
+    pub mail_from: String,
+    pub created: jiff::Timestamp,
+    /// Recipients in all, delivered, failed, and still queued (ready, deferred or in flight).
+    pub recipients: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub queued: u64,
+    /// Of the queued: those waiting for a retry time.
+    pub deferred: u64,
+    /// Copies still queued.
+    pub copies: u64,
 }
 
 static SUBMIT_SEQ: AtomicU64 = AtomicU64::new(0);

@@ -76,6 +76,9 @@ pub enum Verb {
         #[command(flatten)]
         target: Target,
     },
+    /// Read SITE.CFG and smtpw.toml again and apply them (as SIGHUP); a bad file changes
+    /// nothing and every error is shown.
+    Reload,
     /// Fail the undelivered recipients of job JOB with a reply naming the reason and you.
     Cancel {
         job: i64,
@@ -142,6 +145,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 ("POST", "/api/v1/resume".into(), Some(target(t)), true)
             }
             Verb::Flush { target: t } => ("POST", "/api/v1/flush".into(), Some(target(t)), true),
+            Verb::Reload => ("POST", "/api/v1/reload".into(), None, true),
             Verb::Cancel { job, reason } => (
                 "POST",
                 format!("/api/v1/jobs/{job}/cancel"),

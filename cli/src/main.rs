@@ -10,6 +10,7 @@ mod ctl_cmd;
 #[cfg(feature = "demo")]
 mod demo_cmd;
 mod queue_cmd;
+mod reload;
 mod run_cmd;
 mod submit_cmd;
 

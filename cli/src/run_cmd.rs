@@ -185,12 +185,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             clock,
             eopts,
         ));
+        let reloader = Arc::new(crate::reload::Reloader {
+            config: args.config.clone(),
+            settings: args.settings.clone(),
+            engine: engine.clone(),
+        });
+        // SIGHUP: reload (OPS-8).
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        info!("SIGHUP: reloading SITE.CFG and smtpw.toml");
+                        let r = reloader.clone();
+                        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot listen for SIGHUP: no reload by signal"),
+        }
         let admin_addr = args.admin.or(admin.as_ref().map(|a| a.address));
         if let Some(addr) = admin_addr {
             let state = Arc::new(crate::admin::AdminState {
                 engine: engine.clone(),
                 metrics,
                 token: admin.and_then(|a| a.token),
+                reloader,
             });
             if let Err(e) = crate::admin::start(addr, state).await {
                 eprintln!("smtpw: error: {e:#}");

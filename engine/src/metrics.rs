@@ -137,8 +137,8 @@ struct Counts {
     /// (source, result) -> jobs.
     ingest: BTreeMap<(&'static str, &'static str), u64>,
     relays: BTreeMap<String, RelayStatus>,
-    /// Worker slot -> state.
-    workers: Vec<WorkerState>,
+    /// Worker slot -> state (`None`: that worker has stopped).
+    workers: Vec<Option<WorkerState>>,
     rates: Option<RateStatus>,
 }
 
@@ -258,13 +258,20 @@ impl Metrics {
     /// A slot for one worker's state (starts idle).
     pub fn worker_slot(&self) -> usize {
         let mut c = self.lock();
-        c.workers.push(WorkerState::Idle);
+        c.workers.push(Some(WorkerState::Idle));
         c.workers.len() - 1
     }
 
     pub fn worker_state(&self, slot: usize, state: WorkerState) {
         if let Some(s) = self.lock().workers.get_mut(slot) {
-            *s = state;
+            *s = Some(state);
+        }
+    }
+
+    /// The worker of `slot` has stopped (a reload retired it, or the engine stops).
+    pub fn worker_gone(&self, slot: usize) {
+        if let Some(s) = self.lock().workers.get_mut(slot) {
+            *s = None;
         }
     }
 
@@ -397,7 +404,7 @@ impl Metrics {
             "Workers (and the synchronous path) per state.",
         );
         for s in WorkerState::ALL {
-            let n = c.workers.iter().filter(|w| **w == s).count();
+            let n = c.workers.iter().filter(|w| **w == Some(s)).count();
             let _ = writeln!(out, "smtpw_workers{{state=\"{}\"}} {n}", s.label());
         }
         if let Some(r) = &c.rates {

@@ -421,6 +421,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     pending.drain(&ctx, &name).await;
     // At a stop, QUIT is a courtesy: a relay slow to answer it does not hold the stop up.
     let _ = tokio::time::timeout(QUIT_AT_STOP, close(&ctx, &mut open)).await;
+    ctx.metrics.worker_gone(slot);
     debug!(worker = %name, "stopped");
 }
 

@@ -25,6 +25,7 @@ mod flush;
 mod jobs;
 mod metrics;
 mod queue;
+mod reload;
 mod resume;
 mod suspend;
 
@@ -33,6 +34,7 @@ pub struct AdminState {
     pub engine: Arc<Engine<SqliteSpool>>,
     pub metrics: Arc<Metrics>,
     pub token: Option<Secret>,
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 pub type Reply = Response<Full<Bytes>>;
@@ -150,6 +152,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
         "/api/v1/suspend" if post => suspend::post(state, req).await,
         "/api/v1/resume" if post => resume::post(state, req).await,
         "/api/v1/flush" if post => flush::post(state, req).await,
+        "/api/v1/reload" if post => reload::post(state).await,
         p if post && p.starts_with("/api/v1/jobs/") && p.ends_with("/cancel") => {
             let id = &p["/api/v1/jobs/".len()..p.len() - "/cancel".len()];
             match id.parse::<i64>() {
@@ -160,7 +163,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
         "/metrics" | "/api/v1/queue" | "/api/v1/jobs" => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
-        "/api/v1/suspend" | "/api/v1/resume" | "/api/v1/flush" => {
+        "/api/v1/suspend" | "/api/v1/resume" | "/api/v1/flush" | "/api/v1/reload" => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),

@@ -20,6 +20,7 @@ mod engine_crash;
 mod incoming_cli;
 mod ingest_edges;
 mod pools_report;
+mod reload;
 mod spool_cli;
 mod spool_damage;
 mod spool_emptiness;

@@ -12,6 +12,7 @@ mod demo_cmd;
 mod queue_cmd;
 mod reload;
 mod run_cmd;
+mod sdnotify;
 mod submit_cmd;
 
 #[derive(Parser, Debug)]

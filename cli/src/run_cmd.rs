@@ -218,6 +218,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
+        // Started: the spool is open, the admin endpoint listens (systemd Type=notify).
+        crate::sdnotify::notify("READY=1");
         let stopper = engine.shutdown.clone();
         let drain_timeout = engine.opts.drain_timeout;
         tokio::spawn(async move {
@@ -227,6 +229,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "signal received: finishing transactions in flight (for at most the drain timeout; \
                  then they go back to the queue), then stopping (signal again to stop at once)"
             );
+            crate::sdnotify::notify("STOPPING=1");
             stopper.cancel();
             // A second signal stops at once: nothing is lost (QUEUE-1), the transactions
             // still in flight are simply repeated by the next run.
@@ -235,6 +238,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             std::process::exit(EXIT_FORCED);
         });
         let summary = engine.run().await;
+        crate::sdnotify::notify("STOPPING=1");
         info!(
             delivered = summary.delivered,
             failed = summary.failed,

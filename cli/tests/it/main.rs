@@ -21,6 +21,7 @@ mod incoming_cli;
 mod ingest_edges;
 mod pools_report;
 mod reload;
+mod service;
 mod spool_cli;
 mod spool_damage;
 mod spool_emptiness;

@@ -212,6 +212,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 metrics,
                 token: admin.and_then(|a| a.token),
                 reloader,
+                queue_cache: tokio::sync::Mutex::new(None),
             });
             if let Err(e) = crate::admin::start(addr, state).await {
                 eprintln!("smtpw: error: {e:#}");

@@ -249,7 +249,7 @@ impl<S: Spool> Engine<S> {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(keep_status(
             self.opts.metrics.clone(),
-            cfg.clone(),
+            self.reload_tx.subscribe(),
             self.opts.per_worker_rate_split,
             meter.clone(),
             self.clock.clone(),

@@ -79,7 +79,7 @@ impl WorkerState {
 }
 
 /// The last trouble seen with one relay, and when it is tried again.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RelayStatus {
     /// The last error: why it could not be reached, or the last 4yz/5yz reply.
     pub last_error: Option<String>,

@@ -35,6 +35,9 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub token: Option<Secret>,
     pub reloader: Arc<crate::reload::Reloader>,
+    /// The spool's queue figures of the last scrape, and when they were read.
+    pub queue_cache:
+        tokio::sync::Mutex<Option<(std::time::Instant, smtpw_engine::spool::QueueStats)>>,
 }
 
 pub type Reply = Response<Full<Bytes>>;

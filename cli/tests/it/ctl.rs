@@ -220,3 +220,51 @@ fn cancel_fails_the_rest_of_a_job_with_the_reason_in_the_ledger() {
     }
     assert_eq!(delivered_in(&site, "@fast.example").len(), 15);
 }
+
+#[test]
+fn queue_shows_a_relays_last_error_and_next_retry() {
+    // Nothing listens on the relay's port: every connection fails.
+    let dead = free_port();
+    let mut site = Site::new(SMTPW);
+    site.point_at(dead, 1, 10);
+    site.submit(&addrs(3, "nowhere.example"));
+    let addr = admin_addr();
+    let mut kid = start(&site, addr);
+    let relay = format!("127.0.0.1:{dead}");
+    let mut api = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let (_, out, _) = ctl(addr, &["queue", "--json"]);
+            api = serde_json::from_str(&out).unwrap_or_default();
+            !api["relays"][&relay]["next_retry"].is_null()
+        }),
+        "{api}\n{}",
+        site.log_text()
+    );
+    let error = api["relays"][&relay]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!error.is_empty(), "{api}");
+    // `smtpw queue` (from the spool directory) shows the same, from the engine's status file.
+    let mut offline = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            offline = site.queue();
+            offline["rates"]["relays"][&relay]["last_error"] == error.as_str()
+        }),
+        "{offline}"
+    );
+    let human = SMTPW.output(&["queue", "--spool", site.spool.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("relays (last error, next retry):") && text.contains(&relay),
+        "{text}"
+    );
+    let (_, human, _) = ctl(addr, &["queue"]);
+    assert!(
+        human.contains(&relay) && human.contains("last error"),
+        "{human}"
+    );
+    kid.term_and_wait(Duration::from_secs(20));
+}

@@ -183,6 +183,22 @@ fn cancel_fails_the_rest_of_a_job_with_the_reason_in_the_ledger() {
     let mut kid = start(&site, addr);
     assert!(wait_until(Duration::from_secs(20), || lines(&site).len() == 30));
     let job = lines(&site)[0].job.to_string();
+    // The job as `ctl jobs` lists it: 15 delivered, 15 deferred.
+    let (code, out, err) = ctl(addr, &["jobs", "--state", "deferred", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let jobs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let j = &jobs["jobs"][0];
+    assert_eq!(j["id"].to_string(), job, "{jobs}");
+    assert_eq!(
+        (
+            &j["recipients"],
+            &j["delivered"],
+            &j["queued"],
+            &j["deferred"]
+        ),
+        (&30.into(), &15.into(), &15.into(), &15.into()),
+        "{jobs}"
+    );
     let (code, out, err) = ctl(
         addr,
         &[

@@ -257,15 +257,45 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Step {
-        Add { id: i64, pool: usize, delay: i64 },
-        BeginClaim { pools: u32 },
-        FinishClaim { pick: usize },
-        AbortClaim { pick: usize },
-        DropClaim { pick: usize },
-        Release { pick: usize, delay: Option<i64> },
-        MarkCompleting { pick: usize },
-        Complete { pick: usize, retry_in: Option<i64> },
-        Tick { ms: i64 },
+        Add {
+            id: i64,
+            pool: usize,
+            delay: i64,
+        },
+        BeginClaim {
+            pools: u32,
+        },
+        FinishClaim {
+            pick: usize,
+        },
+        AbortClaim {
+            pick: usize,
+        },
+        DropClaim {
+            pick: usize,
+        },
+        Release {
+            pick: usize,
+            delay: Option<i64>,
+        },
+        MarkCompleting {
+            pick: usize,
+        },
+        Complete {
+            pick: usize,
+            retry_in: Option<i64>,
+        },
+        Tick {
+            ms: i64,
+        },
+        /// An operator's flush of some pools.
+        Flush {
+            pools: u32,
+        },
+        /// A cancel's claim of one given copy.
+        ClaimOf {
+            pick: usize,
+        },
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -282,6 +312,8 @@ mod tests {
             3 => (any::<usize>(), proptest::option::of(1i64..50))
                 .prop_map(|(pick, retry_in)| Step::Complete { pick, retry_in }),
             2 => (1i64..30).prop_map(|ms| Step::Tick { ms }),
+            1 => (1u32..8).prop_map(|pools| Step::Flush { pools }),
+            2 => any::<usize>().prop_map(|pick| Step::ClaimOf { pick }),
         ]
     }
 
@@ -412,6 +444,29 @@ mod tests {
                         }
                     }
                     Step::Tick { ms } => now += ms,
+                    Step::Flush { pools } => {
+                        let set = pool_set(pools);
+                        let mut n = 0;
+                        for (_, (p, place)) in model.iter_mut() {
+                            if matches!(place, Place::Deferred(_)) && set.contains(*p) {
+                                *place = Place::Ready;
+                                n += 1;
+                            }
+                        }
+                        prop_assert_eq!(idx.flush(set), n, "every deferred copy of the pools");
+                    }
+                    Step::ClaimOf { pick } => {
+                        if let Some(id) = model.keys().nth(pick % model.len().max(1)).copied() {
+                            let (p, place) = model[&id];
+                            let held = matches!(place, Place::Claiming | Place::InFlight | Place::Completing);
+                            prop_assert_eq!(idx.is_held(id), held);
+                            let waiting = matches!(place, Place::Ready | Place::Deferred(_));
+                            prop_assert_eq!(idx.begin_claim_of(id), waiting.then_some(p));
+                            if waiting {
+                                model.get_mut(&id).expect("known").1 = Place::Claiming;
+                            }
+                        }
+                    }
                 }
                 prop_assert_eq!(idx.queued_copies(), model.len() as u64);
                 let due = model

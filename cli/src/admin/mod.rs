@@ -217,7 +217,7 @@ pub fn pools_named(
             }
         }
         (None, Some(r)) => {
-            let cfg = &state.engine.config;
+            let cfg = state.engine.current_config();
             let names = |h: &smtpw_engine::config::HostPort| {
                 r.eq_ignore_ascii_case(&h.to_string()) || r.eq_ignore_ascii_case(&h.host)
             };

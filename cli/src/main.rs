@@ -4,11 +4,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod config_cmd;
+mod ctl_cmd;
 #[cfg(feature = "demo")]
 mod demo_cmd;
 mod queue_cmd;
+mod reload;
 mod run_cmd;
+mod sdnotify;
 mod submit_cmd;
 
 #[derive(Parser, Debug)]
@@ -36,6 +40,9 @@ enum Command {
     Submit(submit_cmd::SubmitArgs),
     /// Show what a spool holds: copies and recipients per pool and state.
     Queue(queue_cmd::QueueArgs),
+    /// Control a running `smtpw run` through its admin endpoint: queue, jobs, suspend, resume,
+    /// flush, cancel.
+    Ctl(ctl_cmd::CtlArgs),
     /// Deliver a sample 10,000-recipient job to two in-process IIS-like relays: no setup.
     #[cfg(feature = "demo")]
     Demo(demo_cmd::DemoArgs),
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd::run(args),
         Command::Submit(args) => submit_cmd::run(args),
         Command::Queue(args) => queue_cmd::run(args),
+        Command::Ctl(args) => ctl_cmd::run(args),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo_cmd::run(args),
     };

@@ -244,6 +244,32 @@ fn engine_line(
     }
 }
 
+/// Per relay with trouble: the last error (and when), and the next retry after a failed
+/// connection.
+pub fn render_relays(
+    relays: &std::collections::BTreeMap<String, smtpw_engine::metrics::RelayStatus>,
+) -> String {
+    use smtpw_engine::text::escape_controls;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if relays.is_empty() {
+        return out;
+    }
+    out.push_str("relays (last error, next retry):\n");
+    for (name, r) in relays {
+        let at = r.last_error_at.map(|t| t.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}: {} ({at}); next retry {}",
+            escape_controls(name),
+            escape_controls(r.last_error.as_deref().unwrap_or("none")),
+            r.next_retry
+                .map_or_else(|| "when work comes".to_string(), |t| t.to_string())
+        );
+    }
+    out
+}
+
 /// Run `smtpw queue`.
 pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
     if !args.spool.is_dir() {
@@ -268,6 +294,9 @@ pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(r) = &rates {
             write!(out, "{}", render_rates(r))?;
+        }
+        if let Some(r) = &rates {
+            write!(out, "{}", render_relays(&r.status.relays))?;
         }
     }
     out.flush()?;

@@ -68,6 +68,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1024, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub transaction_min_rate: u64,
+    /// Serve the admin endpoint (GET /metrics, the JSON API `smtpw ctl` uses) on ADDR:PORT,
+    /// instead of smtpw.toml's [admin] address. Loopback only unless [admin] token_file is set.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
@@ -132,7 +136,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // a while) then stops the engine cleanly instead of killing the process.
         let mut signals = Signals::install();
         let clock = SystemClock::shared();
+        let metrics = smtpw_engine::metrics::Metrics::new();
         let opts = SpoolOptions {
+            metrics: metrics.clone(),
             ledger_path: args.ledger.clone(),
             lifetime: Duration::from_secs(args.lifetime_hours * 3600),
             ..SpoolOptions::from_site(&config)
@@ -158,7 +164,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             per_worker_rate_split: args.per_worker_rate_split,
             ..EngineOptions::default()
         };
+        let admin = settings.admin.clone();
         eopts.settings = settings;
+        eopts.metrics = metrics.clone();
         eopts.client.pipelining = !args.no_pipelining;
         eopts.client.helo_name = helo.name;
         eopts.drain_timeout = Duration::from_secs(args.drain_timeout);
@@ -176,6 +184,42 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .options(eopts)
                 .build(),
         );
+        let reloader = Arc::new(crate::reload::Reloader {
+            config: args.config.clone(),
+            settings: args.settings.clone(),
+            engine: engine.clone(),
+        });
+        // SIGHUP: reload (OPS-8).
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        info!("SIGHUP: reloading SITE.CFG and smtpw.toml");
+                        let r = reloader.clone();
+                        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot listen for SIGHUP: no reload by signal"),
+        }
+        let admin_addr = args.admin.or(admin.as_ref().map(|a| a.address));
+        if let Some(addr) = admin_addr {
+            let state = Arc::new(crate::admin::AdminState {
+                engine: engine.clone(),
+                metrics,
+                token: admin.and_then(|a| a.token),
+                reloader,
+                queue_cache: tokio::sync::Mutex::new(None),
+            });
+            if let Err(e) = crate::admin::start(addr, state).await {
+                eprintln!("smtpw: error: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+        // Started: the spool is open, the admin endpoint listens (systemd Type=notify).
+        crate::sdnotify::notify("READY=1");
         let stopper = engine.shutdown().clone();
         let drain_timeout = engine.options().drain_timeout;
         tokio::spawn(async move {
@@ -185,6 +229,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "signal received: finishing transactions in flight (for at most the drain timeout; \
                  then they go back to the queue), then stopping (signal again to stop at once)"
             );
+            crate::sdnotify::notify("STOPPING=1");
             stopper.cancel();
             // A second signal stops at once: nothing is lost (QUEUE-1), the transactions
             // still in flight are simply repeated by the next run.
@@ -193,6 +238,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             std::process::exit(EXIT_FORCED);
         });
         let summary = engine.run().await;
+        crate::sdnotify::notify("STOPPING=1");
         info!(
             delivered = summary.delivered,
             failed = summary.failed,

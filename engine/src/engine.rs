@@ -50,6 +50,11 @@ pub struct EngineOptions {
     pub drain_timeout: Duration,
     /// How the SMTP client talks to the relays (HELO name, time-outs, PIPELINING).
     pub client: ClientConfig,
+    /// What `GET /metrics` shows; give the spool the same one ([`SpoolOptions::metrics`]) so
+    /// that the recipients counted are the ledger's.
+    ///
+    /// [`SpoolOptions::metrics`]: crate::spool::SpoolOptions::metrics
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How long a stop waits for the transactions in flight by default.
@@ -68,6 +73,7 @@ impl Default for EngineOptions {
             per_worker_rate_split: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             client: ClientConfig::default(),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 }
@@ -103,6 +109,57 @@ pub struct RunSummary {
     pub left_in_incoming: Vec<SetAside>,
 }
 
+/// A worker (or, `spec` = `None`, the synchronous path) of the running crew, and its own stop.
+struct Member {
+    spec: Option<crate::config::WorkerSpec>,
+    stop: CancellationToken,
+}
+
+/// What a reload changed, one line each (what the log says).
+pub fn describe_changes(old: &SiteConfig, new: &SiteConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in &old.workers {
+        if !new.workers.contains(w) {
+            out.push(format!(
+                "worker {} ({}, pools {}) finishes its transaction and stops",
+                w.id, w.primary, w.pools
+            ));
+        }
+    }
+    for w in &new.workers {
+        if !old.workers.contains(w) {
+            out.push(format!(
+                "worker {} ({}, pools {}) starts",
+                w.id, w.primary, w.pools
+            ));
+        }
+    }
+    if old.max_bsmtp != new.max_bsmtp {
+        out.push(format!("MAXBSMTP {} -> {}", old.max_bsmtp, new.max_bsmtp));
+    }
+    if old.rate_limits != new.rate_limits {
+        out.push(format!(
+            "rate limits {:?} -> {:?} (every worker starts again with them)",
+            old.rate_limits, new.rate_limits
+        ));
+    }
+    if old.sync_forward != new.sync_forward {
+        out.push(format!(
+            "SMTP_FORWARD {} -> {}",
+            old.sync_forward
+                .as_ref()
+                .map_or("none".into(), |h| h.to_string()),
+            new.sync_forward
+                .as_ref()
+                .map_or("none".into(), |h| h.to_string())
+        ));
+    }
+    if out.is_empty() && old != new {
+        out.push("settings that take effect at the next start only (spool, ledger, node)".into());
+    }
+    out
+}
+
 /// A running engine: the workers, the synchronous fallback and the intake loop over one spool.
 /// Build it with [`Engine::builder`].
 pub struct Engine<S: Spool> {
@@ -111,6 +168,10 @@ pub struct Engine<S: Spool> {
     stats: Arc<DeliveryStats>,
     shutdown: CancellationToken,
     opts: EngineOptions,
+    /// The operator's suspensions of pools and relays (kept in the spool directory).
+    suspensions: Arc<crate::suspend::Suspensions>,
+    /// The configuration in force (the one given, then each reload's).
+    reload_tx: tokio::sync::watch::Sender<Arc<SiteConfig>>,
     connector: Arc<dyn Connector>,
     clock: SharedClock,
     spool_dir: PathBuf,
@@ -149,7 +210,14 @@ impl<S: Spool> EngineBuilder<S> {
 
     /// The engine, not yet running: call [`Engine::run`] or [`Engine::run_until`].
     pub fn build(self) -> Engine<S> {
+        let suspensions = crate::suspend::Suspensions::load(&self.spool_dir).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the suspensions; starting with none (the file is \
+                replaced at the next suspend)");
+            crate::suspend::Suspensions::empty(&self.spool_dir)
+        });
         Engine {
+            suspensions: Arc::new(suspensions),
+            reload_tx: tokio::sync::watch::Sender::new(Arc::new(self.config.clone())),
             config: self.config,
             spool: self.spool,
             stats: Arc::new(DeliveryStats::default()),
@@ -218,18 +286,52 @@ impl<S: Spool> Engine<S> {
         }
     }
 
+    /// The operator's suspensions of pools and relays.
+    pub fn suspensions(&self) -> &Arc<crate::suspend::Suspensions> {
+        &self.suspensions
+    }
+
+    /// Apply a new SITE.CFG, already read and validated (OPS-8): workers it no longer has finish
+    /// their transaction and stop, new ones start; a change of MAXBSMTP or the rate limits
+    /// starts every worker again with them (each finishing its transaction first). Returns what
+    /// changed (also logged), empty when nothing did.
+    pub fn reload(&self, new: SiteConfig) -> Vec<String> {
+        let old = self.reload_tx.borrow().clone();
+        let changes = describe_changes(&old, &new);
+        for c in &changes {
+            info!("reload: {c}");
+        }
+        if changes.is_empty() {
+            info!("reload: nothing changed");
+        } else {
+            self.reload_tx.send_replace(Arc::new(new));
+        }
+        changes
+    }
+
+    /// The SITE.CFG in force (the last reload's).
+    pub fn current_config(&self) -> Arc<SiteConfig> {
+        self.reload_tx.borrow().clone()
+    }
+
+    /// The engine's clock (what suspensions and retries are timed by).
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// Runs until [`Engine::shutdown`] is cancelled (or until the queue is empty with `until_empty`).
     pub async fn run(&self) -> RunSummary {
         let cfg = &self.config;
         let reach = Arc::new(Reachability::default());
         let relay_limits = Arc::new(RelayLimits::default());
-        let unserved = cfg.unserved_pools();
         // One meter of bytes sent, shared by every limiter, kept in SPOOL/rate-status.json.
         let meter = Arc::new(RateMeter::new());
-        let shared = Arc::new(
+        let mut shared = Arc::new(
             RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth).with_meter(meter.clone()),
         );
-        RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now()).log_report();
+        let rates = RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now());
+        rates.log_report();
+        self.opts.metrics.set_rates(rates);
         // Fires `drain_timeout` after a stop is requested: the workers then cut off what they
         // are still sending. (In a JoinSet: aborted when `run` ends or is dropped.)
         let cutoff = CancellationToken::new();
@@ -246,25 +348,10 @@ impl<S: Spool> Engine<S> {
                 cutoff.cancel();
             }
         });
-        let ctx_for = |limiter: Arc<RateLimiter>| {
-            Arc::new(WorkerContext {
-                spool: self.spool.clone(),
-                connector: self.connector.clone(),
-                clock: self.clock.clone(),
-                limiter,
-                client: self.opts.client.clone(),
-                max_bsmtp: cfg.max_bsmtp as usize,
-                shutdown: self.shutdown.clone(),
-                cutoff: cutoff.clone(),
-                stats: self.stats.clone(),
-                reachability: reach.clone(),
-                relay_limits: relay_limits.clone(),
-                idle_poll: self.opts.idle_poll,
-            })
-        };
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(keep_status(
-            cfg.clone(),
+            self.opts.metrics.clone(),
+            self.reload_tx.subscribe(),
             self.opts.per_worker_rate_split,
             meter.clone(),
             self.clock.clone(),
@@ -272,61 +359,152 @@ impl<S: Spool> Engine<S> {
             self.opts.status_interval,
             self.shutdown.clone(),
         ));
-        let mut serving = [0usize; Pool::COUNT];
-        for w in &cfg.workers {
-            for p in w.pools.iter() {
-                serving[p.index()] += 1;
+        // The workers, started again as reloads change them (OPS-8).
+        let mut reloads = self.reload_tx.subscribe();
+        reloads.mark_unchanged();
+        let crew = async {
+            let mut crew: Vec<Member> = Vec::new();
+            let mut running = tokio::task::JoinSet::new();
+            let mut current: Option<Arc<SiteConfig>> = None;
+            let mut next = Some(Arc::new(cfg.clone()));
+            loop {
+                if let Some(cfg) = next.take() {
+                    let keep_all = current.as_ref().is_some_and(|c| {
+                        c.max_bsmtp == cfg.max_bsmtp
+                            && c.rate_limits == cfg.rate_limits
+                            && (!self.opts.per_worker_rate_split
+                                || c.workers.len() == cfg.workers.len())
+                    });
+                    // Retire what the new configuration does not have as it is: each finishes
+                    // its transaction (and records it), then stops.
+                    crew.retain(|m| {
+                        let kept = keep_all
+                            && match &m.spec {
+                                Some(w) => cfg.workers.contains(w),
+                                None => current.as_ref().is_some_and(|c| {
+                                    c.sync_forward == cfg.sync_forward && c.workers == cfg.workers
+                                }),
+                            };
+                        if !kept {
+                            m.stop.cancel();
+                        }
+                        kept
+                    });
+                    let limiter = if keep_all {
+                        shared.clone()
+                    } else {
+                        Arc::new(
+                            RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth)
+                                .with_meter(meter.clone()),
+                        )
+                    };
+                    if !keep_all {
+                        shared = limiter.clone();
+                    }
+                    let ctx_for = |limiter: Arc<RateLimiter>, stop: CancellationToken| {
+                        Arc::new(WorkerContext {
+                            spool: self.spool.clone(),
+                            connector: self.connector.clone(),
+                            clock: self.clock.clone(),
+                            limiter,
+                            client: self.opts.client.clone(),
+                            max_bsmtp: cfg.max_bsmtp as usize,
+                            shutdown: stop.clone(),
+                            cutoff: cutoff.clone(),
+                            stats: self.stats.clone(),
+                            reachability: reach.clone(),
+                            relay_limits: relay_limits.clone(),
+                            idle_poll: self.opts.idle_poll,
+                            metrics: self.opts.metrics.clone(),
+                            suspensions: self.suspensions.clone(),
+                        })
+                    };
+                    let mut serving = [0usize; Pool::COUNT];
+                    for w in &cfg.workers {
+                        for p in w.pools.iter() {
+                            serving[p.index()] += 1;
+                        }
+                    }
+                    for w in &cfg.workers {
+                        if crew.iter().any(|m| m.spec.as_ref() == Some(w)) {
+                            continue;
+                        }
+                        let limiter = if self.opts.per_worker_rate_split {
+                            Arc::new(
+                                RateLimiter::per_worker_share(
+                                    &cfg.rate_limits,
+                                    cfg.workers.len(),
+                                    &serving,
+                                    self.opts.rate_depth,
+                                )
+                                .with_meter(meter.clone()),
+                            )
+                        } else {
+                            limiter.clone()
+                        };
+                        let stop = self.shutdown.child_token();
+                        running.spawn(worker::run(
+                            Role::Worker(w.clone()),
+                            ctx_for(limiter, stop.clone()),
+                        ));
+                        crew.push(Member {
+                            spec: Some(w.clone()),
+                            stop,
+                        });
+                    }
+                    let has_sync = crew.iter().any(|m| m.spec.is_none());
+                    match &cfg.sync_forward {
+                        Some(target) if !has_sync => {
+                            let always = if cfg.workers.is_empty() {
+                                PoolSet::ALL
+                            } else {
+                                cfg.unserved_pools()
+                            };
+                            info!(host = %target, "synchronous path (SMTP_FORWARD) ready");
+                            let stop = self.shutdown.child_token();
+                            running.spawn(worker::run(
+                                Role::Sync {
+                                    target: target.clone(),
+                                    always,
+                                    workers: cfg.workers.clone(),
+                                    grace: self.opts.sync_grace,
+                                },
+                                ctx_for(limiter.clone(), stop.clone()),
+                            ));
+                            crew.push(Member { spec: None, stop });
+                        }
+                        None if cfg.workers.is_empty() => {
+                            warn!("neither SMTP_FORWARD nor SMTP_FORWARD_n is set: nothing can be delivered");
+                        }
+                        _ => {}
+                    }
+                    current = Some(cfg);
+                }
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    changed = reloads.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        next = Some(reloads.borrow_and_update().clone());
+                    }
+                    // Retired workers end here as they finish.
+                    Some(_) = running.join_next(), if !running.is_empty() => {}
+                }
             }
-        }
-        for w in &cfg.workers {
-            let limiter = if self.opts.per_worker_rate_split {
-                Arc::new(
-                    RateLimiter::per_worker_share(
-                        &cfg.rate_limits,
-                        cfg.workers.len(),
-                        &serving,
-                        self.opts.rate_depth,
-                    )
-                    .with_meter(meter.clone()),
-                )
-            } else {
-                shared.clone()
-            };
-            tasks.spawn(worker::run(Role::Worker(w.clone()), ctx_for(limiter)));
-        }
-        match &cfg.sync_forward {
-            Some(target) => {
-                let always = if cfg.workers.is_empty() {
-                    PoolSet::ALL
-                } else {
-                    unserved
-                };
-                info!(host = %target, "synchronous path (SMTP_FORWARD) ready");
-                tasks.spawn(worker::run(
-                    Role::Sync {
-                        target: target.clone(),
-                        always,
-                        workers: cfg.workers.clone(),
-                        grace: self.opts.sync_grace,
-                    },
-                    ctx_for(shared.clone()),
-                ));
-            }
-            None if cfg.workers.is_empty() => {
-                warn!("neither SMTP_FORWARD nor SMTP_FORWARD_n is set: nothing can be delivered");
-            }
-            None => {}
-        }
+            while running.join_next().await.is_some() {}
+        };
         // The intake loop, and the until-empty watch: it ends the run.
-        let left_in_incoming = Intake {
+        let intake = Intake {
             spool: self.spool.clone(),
             incoming: self.spool_dir.join(crate::spool::INCOMING),
             interval: self.opts.ingest_interval,
             until_empty: self.opts.until_empty,
             shutdown: self.shutdown.clone(),
+            metrics: self.opts.metrics.clone(),
         }
-        .run()
-        .await;
+        .run();
+        let (left_in_incoming, ()) = tokio::join!(intake, crew);
         while tasks.join_next().await.is_some() {}
         drain_deadline.abort_all();
         if cutoff.is_cancelled() {

@@ -37,6 +37,8 @@ pub struct Intake<S: Spool> {
     pub until_empty: bool,
     /// The run's stop: the loop ends when it is cancelled, and cancels it with `until_empty`.
     pub shutdown: CancellationToken,
+    /// Counts the jobs taken in (`smtpw_ingest_jobs_total{source="file"}`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl<S: Spool> Intake<S> {
@@ -50,6 +52,7 @@ impl<S: Spool> Intake<S> {
             interval,
             until_empty,
             shutdown,
+            metrics,
         } = self;
         let mut failures = ConditionLog::default();
         loop {
@@ -59,6 +62,8 @@ impl<S: Spool> Intake<S> {
                         log_ingest_notice(&n, interval);
                     }
                     log_ingest_report(&r);
+                    metrics.ingested("file", "accepted", r.jobs);
+                    metrics.ingested("file", "quarantined", r.quarantined.len() as u64);
                     Some(r.stuck)
                 }
                 Err(e) => {

@@ -84,6 +84,7 @@ pub mod engine;
 pub(crate) mod intake;
 pub mod job;
 pub mod ledger;
+pub mod metrics;
 pub mod net;
 pub mod outcome;
 pub mod ratelimit;
@@ -91,6 +92,7 @@ pub mod route;
 pub mod settings;
 pub mod smtp;
 pub mod spool;
+pub mod suspend;
 pub mod text;
 pub(crate) mod worker;
 

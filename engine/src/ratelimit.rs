@@ -379,6 +379,10 @@ pub struct RateStatus {
     /// Whether SMTP_FORWARD is set (without it, unserved pools' mail stays queued).
     #[serde(default)]
     pub sync_forward: bool,
+    /// Per relay with trouble: its last error and next retry (what `smtpw queue` shows of the
+    /// relays; filled in by the running engine).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub relays: std::collections::BTreeMap<String, crate::metrics::RelayStatus>,
 }
 
 impl RateStatus {
@@ -440,6 +444,7 @@ impl RateStatus {
             pools,
             unserved: cfg.unserved_pools().to_string(),
             sync_forward: cfg.sync_forward.is_some(),
+            relays: std::collections::BTreeMap::new(),
         }
     }
 
@@ -527,9 +532,12 @@ impl RateStatus {
 /// How often the engine repeats that pools are served by no worker (without SMTP_FORWARD).
 pub const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(3600);
 
-/// Keep `SPOOL/rate-status.json` current: every `every` until `shutdown`, then once more.
+/// Keep `SPOOL/rate-status.json` (and the metrics' rate gauges) current: every `every` until
+/// `shutdown`, then once more.
+#[allow(clippy::too_many_arguments)]
 pub async fn keep_status(
-    cfg: SiteConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+    cfg: tokio::sync::watch::Receiver<Arc<SiteConfig>>,
     per_worker_split: bool,
     meter: Arc<RateMeter>,
     clock: SharedClock,
@@ -548,7 +556,11 @@ pub async fn keep_status(
             _ = tokio::time::sleep(every) => false,
         };
         let reading = meter.reading(Instant::now(), METER_WINDOW);
-        let st = RateStatus::new(&cfg, per_worker_split, Some(&reading), clock.now());
+        // The configuration in force (a reload changes it).
+        let now_cfg = cfg.borrow().clone();
+        let mut st = RateStatus::new(&now_cfg, per_worker_split, Some(&reading), clock.now());
+        metrics.set_rates(st.clone());
+        st.relays = metrics.relays();
         let notice = match st.write(&spool_dir) {
             Ok(()) => write_failures.succeeded(Instant::now()),
             Err(e) => write_failures.failed(e.to_string(), Instant::now()),

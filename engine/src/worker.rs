@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::SharedClock;
 use crate::config::{HostPort, Pool, PoolSet, TimeOfDay, WorkerSpec};
+use crate::metrics::{ConnectionGuard, Metrics, WorkerState};
 use crate::net::{BoxFuture, Connector};
 use crate::ratelimit::RateLimiter;
 use crate::route::{route, Via};
@@ -208,6 +209,10 @@ pub struct WorkerContext<S: Spool> {
     pub relay_limits: Arc<RelayLimits>,
     /// How long to wait for work before looking again (new copies also wake workers at once).
     pub idle_poll: Duration,
+    /// Connections, transactions, replies, relay errors and worker states (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
+    /// Pools and relays the operator suspended: left out of every claim and connection.
+    pub suspensions: Arc<crate::suspend::Suspensions>,
 }
 
 /// An open connection and where it goes.
@@ -215,6 +220,8 @@ struct Open {
     client: Client,
     target: HostPort,
     opened: tokio::time::Instant,
+    /// Counted in `smtpw_connections` while open.
+    _counted: ConnectionGuard,
 }
 
 /// What a worker is: its spec, or the synchronous fallback path.
@@ -248,6 +255,8 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     // No host could be reached at the last try.
     let mut stranded = false;
     let mut pending = Completions::default();
+    let slot = ctx.metrics.worker_slot();
+    let state = |s: WorkerState| ctx.metrics.worker_state(slot, s);
     loop {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -257,8 +266,9 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         tokio::pin!(notified);
         notified.as_mut().enable();
 
-        // Which hosts, which pools, now.
+        // Which hosts, which pools, now, less what the operator suspended (OPS-5).
         let (targets, pools, limited) = plan(&role, &ctx);
+        let (targets, pools, held) = ctx.suspensions.filter(targets, pools, ctx.clock.now());
         if let Role::Sync {
             target,
             always,
@@ -270,12 +280,21 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             if pools.is_empty() {
                 // Nothing to do until some pool is stranded: look again soon (the grace period
                 // of a stranded pool ends without any notification).
+                state(WorkerState::Idle);
                 close(&ctx, &mut open).await;
                 idle(&ctx, notified, None, ctx.idle_poll).await;
                 continue;
             }
         }
+        if held && (targets.is_empty() || pools.is_empty()) {
+            // Suspended: nothing to do until the suspension ends (by itself, or a resume).
+            state(WorkerState::Suspended);
+            close(&ctx, &mut open).await;
+            idle(&ctx, notified, None, ctx.idle_poll).await;
+            continue;
+        }
         if targets.is_empty() || pools.is_empty() {
+            state(WorkerState::OutsideWindow);
             close(&ctx, &mut open).await;
             // Inactive (outside every window with no failover): look again at the next minute.
             let now = ctx.clock.local_time();
@@ -313,6 +332,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                     continue;
                 }
                 if stranded && open.is_none() {
+                    state(WorkerState::BackingOff);
                     // No host was reachable at the last try and there is nothing to deliver
                     // (the sync path may have taken it all): look for the hosts anyway, on the
                     // same back-off schedule, so that the pool stops counting as stranded as
@@ -326,6 +346,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                         None,
                         &mut pending,
                         &mut backoff,
+                        slot,
                     )
                     .await
                     {
@@ -339,6 +360,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                     }
                     continue;
                 }
+                state(WorkerState::Idle);
                 idle(&ctx, notified, Some(pools), ctx.idle_poll).await;
                 continue;
             }
@@ -348,6 +370,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                 continue;
             }
         };
+        state(WorkerState::Active);
         // An idle connection may have been closed by the relay (idle time-out, 421).
         if let Some(o) = open.as_mut() {
             if !o.client.check_alive().await {
@@ -364,6 +387,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
                 Some(&copy),
                 &mut pending,
                 &mut backoff,
+                slot,
             )
             .await
             {
@@ -410,6 +434,7 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
     pending.drain(&ctx, &name).await;
     // At a stop, QUIT is a courtesy: a relay slow to answer it does not hold the stop up.
     let _ = tokio::time::timeout(QUIT_AT_STOP, close(&ctx, &mut open)).await;
+    ctx.metrics.worker_gone(slot);
     debug!(worker = %name, "stopped");
 }
 
@@ -494,6 +519,7 @@ async fn connect_or_back_off<S: Spool>(
     copy: Option<&ClaimedCopy>,
     pending: &mut Completions,
     backoff: &mut Duration,
+    slot: usize,
 ) -> Attempt {
     let connected = tokio::select! {
         biased;
@@ -516,6 +542,13 @@ async fn connect_or_back_off<S: Spool>(
         }
         Err(reason) => reason,
     };
+    // Each host is tried again once the back-off is over (shown by `smtpw ctl queue`).
+    if let Ok(wait) = jiff::SignedDuration::try_from(*backoff) {
+        let again = ctx.clock.now().checked_add(wait).ok();
+        for t in targets {
+            ctx.metrics.relay_retry(&t.to_string(), again);
+        }
+    }
     match copy {
         Some(c) if ctx.spool.has_expired(c.job_created, ctx.clock.now()) => {
             let copies = expire_unreachable(ctx, name, pools, c, &reason, pending).await;
@@ -528,6 +561,7 @@ async fn connect_or_back_off<S: Spool>(
         }
         None => warn!(worker = %name, retry_in = ?*backoff, "still no host reachable"),
     }
+    ctx.metrics.worker_state(slot, WorkerState::BackingOff);
     let stopped = tokio::select! {
         _ = ctx.shutdown.cancelled() => true,
         _ = tokio::time::sleep(*backoff) => false,
@@ -608,10 +642,13 @@ async fn connect<S: Spool>(
                         client.set_learned_rcpt_limit(l);
                     }
                     debug!(worker = %name, host = %target, "connected");
+                    let relay = target.to_string();
+                    ctx.metrics.relay_reached(&relay);
                     return Ok(Open {
                         client,
                         target: target.clone(),
                         opened: tokio::time::Instant::now(),
+                        _counted: ctx.metrics.connected(&relay),
                     });
                 }
                 Err(e) => e.to_string(),
@@ -619,6 +656,8 @@ async fn connect<S: Spool>(
             Err(e) => ConnectError::Io(e).to_string(),
         };
         ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics
+            .relay_error(&target.to_string(), &error, ctx.clock.now(), None);
         warn!(worker = %name, host = %target, error = %error, "host unreachable");
         failures.push((target, error));
     }
@@ -743,6 +782,23 @@ async fn deliver<S: Spool>(
             gate,
         )
         .await;
+    let host = o.target.to_string();
+    {
+        let outcomes: Vec<Outcome> = d.results.iter().map(|r| r.outcome).collect();
+        let codes: Vec<u16> = d.results.iter().map(|r| r.reply.code).collect();
+        let result = crate::metrics::transaction_result(&outcomes, d.connection_lost.is_some());
+        ctx.metrics.transaction(&host, result, &codes);
+        let trouble = d.connection_lost.as_ref().or_else(|| {
+            d.results
+                .iter()
+                .find(|r| r.outcome != Outcome::Delivered)
+                .map(|r| &r.reply)
+        });
+        if let Some(r) = trouble {
+            ctx.metrics
+                .relay_error(&host, &r.to_string(), ctx.clock.now(), None);
+        }
+    }
     let rcpts: Vec<RcptOutcome> = d
         .results
         .into_iter()
@@ -751,7 +807,6 @@ async fn deliver<S: Spool>(
             reply: r.reply.to_string(),
         })
         .collect();
-    let host = o.target.to_string();
     ctx.stats
         .record(&host, &rcpts, d.too_many_recoveries, d.transactions);
     if let Some(l) = o.client.learned_rcpt_limit() {

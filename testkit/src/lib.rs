@@ -27,6 +27,7 @@
 
 use std::fmt;
 
+pub mod admin;
 pub mod assert;
 pub mod hostile;
 pub mod ledger;

@@ -117,6 +117,11 @@ impl Smtpw {
     /// `smtpw submit` of one job (a short message) to `rcpts`, its files written in `dir`;
     /// panics unless it exits 0.
     pub fn submit(&self, dir: &Path, spool: &Path, rcpts: &[String]) {
+        self.submit_to_pool(dir, spool, rcpts, None);
+    }
+
+    /// [`Smtpw::submit`] into `pool` (`None`: the default).
+    pub fn submit_to_pool(&self, dir: &Path, spool: &Path, rcpts: &[String], pool: Option<char>) {
         let list = dir.join("rcpts.txt");
         let mut text = rcpts.join("\n");
         text.push('\n');
@@ -128,7 +133,7 @@ impl Smtpw {
         )
         .unwrap();
         let out = self
-            .submit_cmd(spool, "owner@lists.example", &list, None, &msg)
+            .submit_cmd(spool, "owner@lists.example", &list, pool, &msg)
             .output()
             .unwrap();
         assert!(
@@ -136,6 +141,17 @@ impl Smtpw {
             "smtpw submit: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `smtpw ctl --admin ADDR ARGS...`.
+    pub fn ctl(&self, admin: std::net::SocketAddr, args: &[&str]) -> std::process::Output {
+        self.command()
+            .arg("ctl")
+            .arg("--admin")
+            .arg(admin.to_string())
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// `smtpw queue --json --spool SPOOL`.

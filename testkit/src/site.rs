@@ -49,6 +49,13 @@ impl Site {
         self.submitted.extend_from_slice(rcpts);
     }
 
+    /// `smtpw submit --pool POOL` of one job to `rcpts`.
+    pub fn submit_to_pool(&mut self, rcpts: &[String], pool: char) {
+        self.smtpw
+            .submit_to_pool(self.dir.path(), &self.spool, rcpts, Some(pool));
+        self.submitted.extend_from_slice(rcpts);
+    }
+
     /// `smtpw run EXTRA...` on this site, logs appended to [`Site::log`].
     pub fn run_cmd(&self, until_empty: bool, extra: &[String]) -> Command {
         let mut c =

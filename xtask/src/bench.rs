@@ -8,7 +8,8 @@
 //! - `smtpw`: a pre-loaded spool, `smtpw run --until-empty` -> the same `smtp-sink`;
 //! - `mock` / `mock+journal`: smtpw -> mock-mta without / with its JSON-lines journal;
 //! - `wan` / `wan-nopipe`: smtpw -> mock-mta answering every write 1 ms late, with and without
-//!   PIPELINING.
+//!   PIPELINING;
+//! - `smtpw+scrape`: as `smtpw`, with the admin endpoint scraped (`GET /metrics`) every 100 ms.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -38,7 +39,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "TEXT,..")]
     filter: Option<String>,
     /// Only these variants (comma-separated names: physical, smtpw, baseline, mock,
-    /// mock+journal, wan, wan-nopipe).
+    /// mock+journal, wan, wan-nopipe, smtpw+scrape).
     #[arg(long, value_name = "NAME,..")]
     variants: Option<String>,
     /// Recipients per cell and run (before the per-cell bounds).
@@ -158,6 +159,7 @@ enum Variant {
     MockJournal,
     Wan,
     WanNoPipe,
+    Scraped,
 }
 
 impl Variant {
@@ -171,6 +173,7 @@ impl Variant {
             Variant::MockJournal => "mock+journal",
             Variant::Wan => "wan",
             Variant::WanNoPipe => "wan-nopipe",
+            Variant::Scraped => "smtpw+scrape",
         }
     }
     fn what(self) -> &'static str {
@@ -186,6 +189,9 @@ impl Variant {
             Variant::MockJournal => "smtpw -> mock-mta with --journal (JSON lines)",
             Variant::Wan => "smtpw -> mock-mta replying 1 ms late per write, PIPELINING",
             Variant::WanNoPipe => "as wan, smtpw run --no-pipelining",
+            Variant::Scraped => {
+                "as smtpw, with --admin and GET /metrics every 100 ms during the run"
+            }
         }
     }
 }
@@ -465,6 +471,35 @@ fn ledger_counts(path: &Path) -> anyhow::Result<(u64, u64)> {
 
 /// `smtpw run --until-empty` on a copy of the pre-loaded spool `tpl`; the time is from the start
 /// of the process to the last ledger write (the moment the queue became empty).
+/// Scrape `GET /metrics` at `addr` every [`SCRAPE_EVERY`] until `stop`; returns the scrapes
+/// answered.
+fn scrape_metrics(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    use std::io::Write as _;
+    let mut answered = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let mut body = Vec::new();
+            if s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_end(&mut body).is_ok()
+                && body.starts_with(b"HTTP/1.1 200")
+            {
+                answered += 1;
+            }
+        }
+        std::thread::sleep(SCRAPE_EVERY.saturating_sub(t.elapsed()));
+    }
+    answered
+}
+
+/// How often `smtpw+scrape` scrapes the metrics.
+const SCRAPE_EVERY: Duration = Duration::from_millis(100);
+
 fn run_smtpw(
     smtpw: &Path,
     tpl: &Path,
@@ -472,6 +507,18 @@ fn run_smtpw(
     port: u16,
     cell: &Cell,
     pipelining: bool,
+) -> anyhow::Result<Sample> {
+    run_smtpw_with(smtpw, tpl, dir, port, cell, pipelining, false)
+}
+
+fn run_smtpw_with(
+    smtpw: &Path,
+    tpl: &Path,
+    dir: &Path,
+    port: u16,
+    cell: &Cell,
+    pipelining: bool,
+    scrape: bool,
 ) -> anyhow::Result<Sample> {
     let _ = std::fs::remove_dir_all(dir);
     let spool = dir.join("spool");
@@ -487,6 +534,10 @@ fn run_smtpw(
     if !pipelining {
         c.arg("--no-pipelining");
     }
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    if scrape {
+        c.arg("--admin").arg(admin.to_string());
+    }
     c.env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -494,8 +545,26 @@ fn run_smtpw(
     let start = SystemTime::now();
     let t0 = Instant::now();
     let mut child = c.spawn().context("starting smtpw")?;
-    let u = wait_usage(&mut child, RUN_LIMIT)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = scrape.then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || scrape_metrics(admin, stop))
+    });
+    let u = wait_usage(&mut child, RUN_LIMIT);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.map(|t| t.join().unwrap_or(0));
+    let u = u?;
     let wall = t0.elapsed().as_secs_f64();
+    if let Some(n) = scrapes {
+        // At least one scrape per second of the run: the endpoint was really read meanwhile.
+        if (n as f64) < wall.floor() {
+            bail!(
+                "only {n} scrapes answered in {wall:.1} s; see {}",
+                dir.join("smtpw.log").display()
+            );
+        }
+        eprintln!("    smtpw+scrape: {n} scrapes in {wall:.1} s");
+    }
     if !u.ok {
         bail!("smtpw failed; see {}", dir.join("smtpw.log").display());
     }
@@ -726,7 +795,16 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
     if a.quick {
         for (w, r, s) in [(10, 100, 20 * 1024), (32, 1, 2 * 1024), (1, 1000, 2 * 1024)] {
             let vars = if (w, r) == (10, 100) {
-                vec![Physical, Smtpw, Postfix, Mock, MockJournal, Wan, WanNoPipe]
+                vec![
+                    Physical,
+                    Smtpw,
+                    Scraped,
+                    Postfix,
+                    Mock,
+                    MockJournal,
+                    Wan,
+                    WanNoPipe,
+                ]
             } else {
                 vec![Physical, Smtpw]
             };
@@ -737,7 +815,16 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
             for r in [1, 100, 1000] {
                 for s in [2 * 1024, 20 * 1024, 200 * 1024] {
                     let vars = if w == 10 && s == 20 * 1024 {
-                        vec![Physical, Smtpw, Postfix, Mock, MockJournal, Wan, WanNoPipe]
+                        vec![
+                            Physical,
+                            Smtpw,
+                            Scraped,
+                            Postfix,
+                            Mock,
+                            MockJournal,
+                            Wan,
+                            WanNoPipe,
+                        ]
                     } else if s == 20 * 1024 && r == 100 {
                         vec![Physical, Smtpw, Postfix]
                     } else if w == 10 {
@@ -838,6 +925,9 @@ fn matrix(
                 let r = match row.variant {
                     Variant::Physical => run_source(tools, sink_port, &cell),
                     Variant::Smtpw => run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true),
+                    Variant::Scraped => {
+                        run_smtpw_with(&bins.smtpw, &tpl, &dir, sink_port, &cell, true, true)
+                    }
                     Variant::Postfix => match pf.as_mut() {
                         Some(p) => p.run(tools, &cell, RUN_LIMIT),
                         None => bail!("no Postfix instance"),
@@ -924,8 +1014,8 @@ fn write_key_ratios(md: &mut String, rows: &[Row]) {
     let _ = writeln!(
         md,
         "\n## Key ratios (recipients/s, medians)\n\n\
-         | cell | smtpw / physical | smtpw / postfix | wan / mock (PIPELINING) | wan-nopipe / mock | mock+journal / mock |{}\n\
-         |---|---:|---:|---:|---:|---:|{}",
+         | cell | smtpw / physical | smtpw / postfix | wan / mock (PIPELINING) | wan-nopipe / mock | mock+journal / mock | smtpw+scrape / smtpw |{}\n\
+         |---|---:|---:|---:|---:|---:|---:|{}",
         if baseline { " baseline / smtpw |" } else { "" },
         if baseline { "---:|" } else { "" }
     );
@@ -938,12 +1028,13 @@ fn write_key_ratios(md: &mut String, rows: &[Row]) {
         let g = |v| rate(rows, l, v);
         let _ = writeln!(
             md,
-            "| {l} | {} | {} | {} | {} | {} |{}",
+            "| {l} | {} | {} | {} | {} | {} | {} |{}",
             f(g(Smtpw), g(Physical)),
             f(g(Smtpw), g(Postfix)),
             f(g(Wan), g(Mock)),
             f(g(WanNoPipe), g(Mock)),
             f(g(MockJournal), g(Mock)),
+            f(g(Scraped), g(Smtpw)),
             if baseline {
                 format!(" {} |", f(g(Baseline), g(Smtpw)))
             } else {
@@ -965,6 +1056,7 @@ fn write_matrix(md: &mut String, rows: &[Row], ingests: &[(String, Ingest)]) {
         Variant::MockJournal,
         Variant::Wan,
         Variant::WanNoPipe,
+        Variant::Scraped,
     ] {
         if rows.iter().any(|r| r.variant == v) {
             let _ = writeln!(md, "- `{}`: {}", v.name(), v.what());
@@ -1056,6 +1148,7 @@ fn chart(rows: &[Row]) -> String {
         (Variant::MockJournal, "#98df8a"),
         (Variant::Wan, "#ff7f0e"),
         (Variant::WanNoPipe, "#d62728"),
+        (Variant::Scraped, "#17becf"),
     ];
     let mut labels: Vec<String> = Vec::new();
     for r in rows {

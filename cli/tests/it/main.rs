@@ -9,15 +9,19 @@ use smtpw_testkit::proc::Smtpw;
 /// The binary under test (its path exists only in this package's test crates).
 pub const SMTPW: Smtpw = Smtpw::new(env!("CARGO_BIN_EXE_smtpw"));
 
+mod admin;
 mod cli_edges;
 mod config_cli;
 mod config_limits;
+mod ctl;
 mod edge;
 mod engine_cli;
 mod engine_crash;
 mod incoming_cli;
 mod ingest_edges;
 mod pools_report;
+mod reload;
+mod service;
 mod spool_cli;
 mod spool_damage;
 mod spool_emptiness;

@@ -102,6 +102,36 @@ impl Index {
         Some((id, p))
     }
 
+    /// An operator's flush: every deferred copy of `pools` is claimable now. Returns how many.
+    pub(super) fn flush(&mut self, pools: PoolSet) -> u64 {
+        let mut n = 0;
+        for p in pools.iter() {
+            let d = std::mem::take(&mut self.deferred[p.index()]);
+            n += d.len() as u64;
+            self.ready[p.index()].extend(d.into_iter().map(|(_, id)| id));
+        }
+        n
+    }
+
+    /// Take one queued copy that no worker holds (claimable or deferred) for a claim, as
+    /// [`Index::begin_claim`] does; `None` if it is not waiting (in flight, or unknown).
+    pub(super) fn begin_claim_of(&mut self, id: i64) -> Option<Pool> {
+        let p = Pool::all().find(|p| {
+            self.ready[p.index()].remove(&id) || {
+                let d = &mut self.deferred[p.index()];
+                let hit = d.iter().find(|(_, i)| *i == id).copied();
+                hit.is_some_and(|k| d.remove(&k))
+            }
+        })?;
+        self.claiming.insert(id, p);
+        Some(p)
+    }
+
+    /// Whether copy `id` is held by a worker (being claimed or in flight).
+    pub(super) fn is_held(&self, id: i64) -> bool {
+        self.claiming.contains_key(&id) || self.in_flight.contains_key(&id)
+    }
+
     /// The copy was read: it is in flight.
     pub(super) fn finish_claim(&mut self, id: i64, f: InFlight) {
         if self.claiming.remove(&id).is_some() {
@@ -227,15 +257,45 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Step {
-        Add { id: i64, pool: usize, delay: i64 },
-        BeginClaim { pools: u32 },
-        FinishClaim { pick: usize },
-        AbortClaim { pick: usize },
-        DropClaim { pick: usize },
-        Release { pick: usize, delay: Option<i64> },
-        MarkCompleting { pick: usize },
-        Complete { pick: usize, retry_in: Option<i64> },
-        Tick { ms: i64 },
+        Add {
+            id: i64,
+            pool: usize,
+            delay: i64,
+        },
+        BeginClaim {
+            pools: u32,
+        },
+        FinishClaim {
+            pick: usize,
+        },
+        AbortClaim {
+            pick: usize,
+        },
+        DropClaim {
+            pick: usize,
+        },
+        Release {
+            pick: usize,
+            delay: Option<i64>,
+        },
+        MarkCompleting {
+            pick: usize,
+        },
+        Complete {
+            pick: usize,
+            retry_in: Option<i64>,
+        },
+        Tick {
+            ms: i64,
+        },
+        /// An operator's flush of some pools.
+        Flush {
+            pools: u32,
+        },
+        /// A cancel's claim of one given copy.
+        ClaimOf {
+            pick: usize,
+        },
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -252,6 +312,8 @@ mod tests {
             3 => (any::<usize>(), proptest::option::of(1i64..50))
                 .prop_map(|(pick, retry_in)| Step::Complete { pick, retry_in }),
             2 => (1i64..30).prop_map(|ms| Step::Tick { ms }),
+            1 => (1u32..8).prop_map(|pools| Step::Flush { pools }),
+            2 => any::<usize>().prop_map(|pick| Step::ClaimOf { pick }),
         ]
     }
 
@@ -382,6 +444,29 @@ mod tests {
                         }
                     }
                     Step::Tick { ms } => now += ms,
+                    Step::Flush { pools } => {
+                        let set = pool_set(pools);
+                        let mut n = 0;
+                        for (_, (p, place)) in model.iter_mut() {
+                            if matches!(place, Place::Deferred(_)) && set.contains(*p) {
+                                *place = Place::Ready;
+                                n += 1;
+                            }
+                        }
+                        prop_assert_eq!(idx.flush(set), n, "every deferred copy of the pools");
+                    }
+                    Step::ClaimOf { pick } => {
+                        if let Some(id) = model.keys().nth(pick % model.len().max(1)).copied() {
+                            let (p, place) = model[&id];
+                            let held = matches!(place, Place::Claiming | Place::InFlight | Place::Completing);
+                            prop_assert_eq!(idx.is_held(id), held);
+                            let waiting = matches!(place, Place::Ready | Place::Deferred(_));
+                            prop_assert_eq!(idx.begin_claim_of(id), waiting.then_some(p));
+                            if waiting {
+                                model.get_mut(&id).expect("known").1 = Place::Claiming;
+                            }
+                        }
+                    }
                 }
                 prop_assert_eq!(idx.queued_copies(), model.len() as u64);
                 let due = model

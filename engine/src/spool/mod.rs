@@ -79,6 +79,9 @@ pub struct SpoolOptions {
     pub ledger_path: Option<PathBuf>,
     /// Largest message (unstuffed, CRLF) a job may carry; larger jobs are quarantined.
     pub max_message_bytes: u64,
+    /// Where the outcomes recorded are counted ([`crate::metrics::Metrics::recorded`], once
+    /// durable): share it with the engine's.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for SpoolOptions {
@@ -92,6 +95,7 @@ impl Default for SpoolOptions {
             lifetime: Duration::from_secs(5 * 24 * 3600),
             ledger_path: None,
             max_message_bytes: 64 * 1024 * 1024,
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 }
@@ -462,6 +466,49 @@ pub trait Spool: Send + Sync + 'static {
     }
     /// Copies and recipients per pool and state, and totals.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, SpoolError>> + Send;
+    /// An operator's flush (OPS-6): every deferred copy of `pools` becomes claimable now, in
+    /// memory and in the store (so a restart keeps it due). Wakes idle workers. Returns how many.
+    fn flush(&self, pools: PoolSet) -> impl Future<Output = Result<u64, SpoolError>> + Send;
+    /// For an operator's cancel (OPS-7): claim every queued copy of job `job_id` that no worker
+    /// holds, as [`Spool::claim`] would (the caller completes each, its recipients failed).
+    /// Also returns how many of the job's copies are held by workers right now (in flight):
+    /// those are left alone; call again once they are back.
+    fn claim_job(
+        &self,
+        job_id: i64,
+    ) -> impl Future<Output = Result<(Vec<ClaimedCopy>, u64), SpoolError>> + Send;
+    /// The queued jobs (oldest first), at most `limit`, of `pool` if given: what
+    /// `GET /api/v1/jobs` lists.
+    fn jobs(
+        &self,
+        pool: Option<Pool>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<JobSummary>, SpoolError>> + Send;
+}
+
+/// A queued job as an operator lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobSummary {
+    /// The job's id (as in the ledger and the listener's 250 reply).
+    pub id: i64,
+    /// The delivery pool it goes through.
+    pub pool: Pool,
+    /// Envelope sender.
+    pub mail_from: String,
+    /// When it was queued.
+    pub created: jiff::Timestamp,
+    /// Recipients in all, delivered, failed, and still queued (ready, deferred or in flight).
+    pub recipients: u64,
+    /// Recipients delivered.
+    pub delivered: u64,
+    /// Recipients failed.
+    pub failed: u64,
+    /// Recipients still queued.
+    pub queued: u64,
+    /// Of the queued: those waiting for a retry time.
+    pub deferred: u64,
+    /// Copies still queued.
+    pub copies: u64,
 }
 
 static SUBMIT_SEQ: AtomicU64 = AtomicU64::new(0);

@@ -33,8 +33,8 @@ use super::check;
 use super::index::{InFlight, Index, JobInfo};
 use super::policy::{self, Attempt, Fate};
 use super::{
-    ClaimedCopy, CopyResult, CopyState, IngestReport, PoolStats, QueueStats, Spool, SpoolError,
-    SpoolOptions, DB_FILE, INCOMING, LEDGER_FILE, LOCK_FILE, QUARANTINE,
+    ClaimedCopy, CopyResult, CopyState, IngestReport, JobSummary, PoolStats, QueueStats, Spool,
+    SpoolError, SpoolOptions, DB_FILE, INCOMING, LEDGER_FILE, LOCK_FILE, QUARANTINE,
 };
 use crate::clock::SharedClock;
 use crate::config::{Pool, PoolSet};
@@ -336,6 +336,36 @@ impl SqliteSpool {
             .map_err(|e| self.shared().locate(e))
     }
 
+    /// The second half of a claim begun in the index: read the copy, and put it in flight.
+    /// `None` (and forgotten) when the database does not have it.
+    fn finish_claim(&self, copy_id: i64) -> Result<Option<ClaimedCopy>, SpoolError> {
+        let sh = self.shared();
+        let read = match self.read_copy(copy_id) {
+            Ok(r) => r,
+            Err(e) => {
+                lock(&sh.index).abort_claim(copy_id);
+                return Err(e);
+            }
+        };
+        let Some((fl, job)) = read else {
+            lock(&sh.index).drop_claim(copy_id);
+            return Ok(None);
+        };
+        let rcpts: Vec<String> = fl.rcpts.split('\n').map(str::to_owned).collect();
+        let claimed = ClaimedCopy {
+            copy_id,
+            job_id: fl.job_id,
+            pool: fl.pool,
+            mail_from: job.mail_from.clone(),
+            rcpts,
+            message: job.message.clone(),
+            attempts: fl.attempts,
+            job_created: job.created,
+        };
+        lock(&sh.index).finish_claim(copy_id, fl);
+        Ok(Some(claimed))
+    }
+
     fn read_copy(&self, copy_id: i64) -> Result<Option<(InFlight, Arc<JobInfo>)>, SpoolError> {
         let sh = self.shared();
         let reader = lock(&sh.reader);
@@ -432,31 +462,11 @@ impl Spool for SqliteSpool {
                 let Some((copy_id, _)) = taken else {
                     return Ok(None);
                 };
-                let read = match me.read_copy(copy_id) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        lock(&sh.index).abort_claim(copy_id);
-                        return Err(e);
-                    }
-                };
-                // A copy the index knows but the database does not: skip it.
-                let Some((fl, job)) = read else {
-                    lock(&sh.index).drop_claim(copy_id);
-                    continue;
-                };
-                let rcpts: Vec<String> = fl.rcpts.split('\n').map(str::to_owned).collect();
-                let claimed = ClaimedCopy {
-                    copy_id,
-                    job_id: fl.job_id,
-                    pool: fl.pool,
-                    mail_from: job.mail_from.clone(),
-                    rcpts,
-                    message: job.message.clone(),
-                    attempts: fl.attempts,
-                    job_created: job.created,
-                };
-                lock(&sh.index).finish_claim(copy_id, fl);
-                return Ok(Some(claimed));
+                match me.finish_claim(copy_id)? {
+                    Some(c) => return Ok(Some(c)),
+                    // A copy the index knows but the database does not: skipped.
+                    None => continue,
+                }
             }
         }
     }
@@ -544,6 +554,43 @@ impl Spool for SqliteSpool {
         lock(&self.shared().recording_error).clone()
     }
 
+    fn flush(
+        &self,
+        pools: PoolSet,
+    ) -> impl std::future::Future<Output = Result<u64, SpoolError>> + Send {
+        let me = self.clone();
+        async move {
+            tokio::task::spawn_blocking(move || me.flush_now(pools))
+                .await
+                .map_err(|e| SpoolError::io("flush task", std::io::Error::other(e)))?
+        }
+    }
+
+    fn claim_job(
+        &self,
+        job_id: i64,
+    ) -> impl std::future::Future<Output = Result<(Vec<ClaimedCopy>, u64), SpoolError>> + Send {
+        let me = self.clone();
+        async move {
+            tokio::task::spawn_blocking(move || me.claim_job_now(job_id))
+                .await
+                .map_err(|e| SpoolError::io("cancel task", std::io::Error::other(e)))?
+        }
+    }
+
+    fn jobs(
+        &self,
+        pool: Option<Pool>,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<JobSummary>, SpoolError>> + Send {
+        let me = self.clone();
+        async move {
+            tokio::task::spawn_blocking(move || me.jobs_now(pool, limit))
+                .await
+                .map_err(|e| SpoolError::io("jobs task", std::io::Error::other(e)))?
+        }
+    }
+
     fn stats(&self) -> impl std::future::Future<Output = Result<QueueStats, SpoolError>> + Send {
         let me = self.clone();
         async move {
@@ -587,6 +634,91 @@ impl Spool for SqliteSpool {
             stats.pools.sort_by_key(|s| (s.pool, s.state));
             Ok(stats)
         }
+    }
+}
+
+impl SqliteSpool {
+    fn flush_now(&self, pools: PoolSet) -> Result<u64, SpoolError> {
+        let sh = self.shared();
+        let now = ms(sh.clock.now());
+        let list: Vec<String> = pools.iter().map(|p| p.index().to_string()).collect();
+        {
+            let db = lock(&sh.db);
+            db.execute(
+                &format!(
+                    "UPDATE copies SET not_before = ?1 WHERE not_before > ?1 AND pool IN ({})",
+                    list.join(",")
+                ),
+                [now],
+            )
+            .map_err(|e| sh.locate(SpoolError::Db(e)))?;
+        }
+        let n = lock(&sh.index).flush(pools);
+        sh.notify.notify_waiters();
+        Ok(n)
+    }
+
+    fn claim_job_now(&self, job_id: i64) -> Result<(Vec<ClaimedCopy>, u64), SpoolError> {
+        let sh = self.shared();
+        let ids: Vec<i64> = {
+            let reader = lock(&sh.reader);
+            let mut st = reader.prepare_cached("SELECT id FROM copies WHERE job_id = ?1")?;
+            let ids = st
+                .query_map([job_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids
+        };
+        let (mut claimed, mut held) = (Vec::new(), 0);
+        for id in ids {
+            let taken = {
+                let mut idx = lock(&sh.index);
+                if idx.is_held(id) {
+                    held += 1;
+                    continue;
+                }
+                idx.begin_claim_of(id)
+            };
+            if taken.is_some() {
+                if let Some(c) = self.finish_claim(id)? {
+                    claimed.push(c);
+                }
+            }
+        }
+        Ok((claimed, held))
+    }
+
+    fn jobs_now(&self, pool: Option<Pool>, limit: usize) -> Result<Vec<JobSummary>, SpoolError> {
+        let sh = self.shared();
+        let now = ms(sh.clock.now());
+        let reader = lock(&sh.reader);
+        let mut st = reader.prepare_cached(
+            "SELECT j.id, j.pool, j.mail_from, j.created, j.rcpts, j.delivered, j.failed,
+                    COALESCE(SUM(c.n), 0), COALESCE(SUM(CASE WHEN c.not_before > ?1 THEN c.n END), 0),
+                    COUNT(c.id)
+             FROM jobs j LEFT JOIN copies c ON c.job_id = j.id
+             WHERE ?2 < 0 OR j.pool = ?2
+             GROUP BY j.id ORDER BY j.id LIMIT ?3",
+        )?;
+        let pool_i = pool.map_or(-1, |p| p.index() as i64);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let rows = st
+            .query_map(params![now, pool_i, limit], |r| {
+                Ok(JobSummary {
+                    id: r.get(0)?,
+                    pool: pool_of(r.get(1)?),
+                    mail_from: r.get(2)?,
+                    created: ts(r.get(3)?),
+                    recipients: n(r.get(4)?),
+                    delivered: n(r.get(5)?),
+                    failed: n(r.get(6)?),
+                    queued: n(r.get(7)?),
+                    deferred: n(r.get(8)?),
+                    copies: n(r.get(9)?),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 }
 
@@ -787,6 +919,9 @@ struct Plan {
     /// When the deferred recipients are tried again (ms), if there are any.
     not_before: i64,
     now: i64,
+    /// The copy's pool, and how old its job is at `now` (seconds): for the metrics.
+    pool: Pool,
+    age_secs: f64,
     reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
@@ -937,6 +1072,8 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             // When the copy is next tried: set exactly when a recipient is deferred.
             not_before: decision.next_attempt.map_or(0, ms),
             now: ms(req.now),
+            pool,
+            age_secs: req.now.duration_since(job_created).as_secs_f64(),
             reply: req.reply,
         };
         let mut line_error = None;
@@ -1010,6 +1147,23 @@ fn finish(sh: &Shared, plans: Vec<Plan>, done_jobs: Vec<i64>) {
         idx.uncache_job(j);
     }
     drop(idx);
+    // Counted once durable, as the ledger has them (OPS-3).
+    for p in &plans {
+        let outcomes = std::iter::repeat_n(
+            crate::outcome::Outcome::Delivered,
+            usize::try_from(p.delivered).unwrap_or(0),
+        )
+        .chain(std::iter::repeat_n(
+            crate::outcome::Outcome::Failed,
+            p.failed.len(),
+        ))
+        .chain(std::iter::repeat_n(
+            crate::outcome::Outcome::Deferred,
+            p.deferred.len(),
+        ))
+        .map(|o| (o, p.age_secs));
+        sh.opts.metrics.recorded(&p.pool.to_string(), outcomes);
+    }
     for p in plans {
         let _ = p.reply.send(Ok(()));
     }

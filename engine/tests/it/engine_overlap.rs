@@ -65,6 +65,22 @@ impl Spool for GatedSpool {
     fn stats(&self) -> impl Future<Output = Result<QueueStats, SpoolError>> + Send {
         self.inner.stats()
     }
+    fn flush(&self, pools: PoolSet) -> impl Future<Output = Result<u64, SpoolError>> + Send {
+        self.inner.flush(pools)
+    }
+    fn claim_job(
+        &self,
+        job_id: i64,
+    ) -> impl Future<Output = Result<(Vec<ClaimedCopy>, u64), SpoolError>> + Send {
+        self.inner.claim_job(job_id)
+    }
+    fn jobs(
+        &self,
+        pool: Option<smtpw_engine::config::Pool>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<smtpw_engine::spool::JobSummary>, SpoolError>> + Send {
+        self.inner.jobs(pool, limit)
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@ use smtpw_testkit::proc::Smtpw;
 pub const SMTPW: Smtpw = Smtpw::new(env!("CARGO_BIN_EXE_smtpw"));
 
 mod cli_edges;
+mod cluster_pg;
 mod config_cli;
 mod config_limits;
 mod edge;

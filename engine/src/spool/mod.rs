@@ -39,10 +39,12 @@ mod index;
 mod ingest;
 mod owner;
 pub mod policy;
+pub mod postgres;
 mod sqlite;
 
 pub use ingest::{is_job_name, list_incoming, EntryKind, IncomingFile, ASIDE_FIRST, ASIDE_MAX};
 pub use owner::{engine_state, EngineState};
+pub use postgres::{PgOptions, PgSpool};
 pub use sqlite::{read_stats, SqliteSpool};
 
 /// Folder names inside a spool directory.
@@ -291,6 +293,10 @@ pub enum SpoolError {
     WriterGone,
     #[error("copy {0}: its outcomes could not be recorded before the spool closed ({1}); it stays queued and the next run sends it again")]
     Unrecorded(i64, String),
+    #[error("PostgreSQL spool: {0}")]
+    Postgres(String),
+    #[error("a live node named {0} already uses this spool database (two nodes cannot share a name: give this one another NODE=, or stop the other)")]
+    NodeTaken(String),
     #[error("spool database is corrupt: {0}")]
     Corrupt(String),
     #[error("{}", damaged_message(.dir, .file, .problem))]

@@ -1,0 +1,236 @@
+//! The PostgreSQL spool with the binaries users run (CLU-1..CLU-4): a private PostgreSQL from
+//! testkit (or the server `SMTPW_TEST_DATABASE_URL` names); without PostgreSQL each test says
+//! loudly that it skipped and how to install it.
+//!
+//! `cargo test -p smtpw --test it cluster_pg:: -- --nocapture` prints the figures.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mock_mta::MockConfig;
+use smtpw_testkit::ledger::ledgered;
+use smtpw_testkit::postgres::Postgres;
+use smtpw_testkit::proc::{log_to, num, received, repeat_bound_per_crash, Kid, LoopbackMock};
+use smtpw_testkit::workload::recipients;
+
+use crate::SMTPW;
+
+/// A node's files: SITE.CFG, its own directory (incoming/, ledger.jsonl) and its log.
+struct Node {
+    cfg: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Node {
+    fn new(root: &Path, name: &str, port: u16, workers: u32, max_bsmtp: u32, extra: &str) -> Node {
+        let base = root.join(name);
+        std::fs::create_dir_all(&base).unwrap();
+        let cfg = base.join("SITE.CFG");
+        std::fs::write(
+            &cfg,
+            format!(
+                "NODE={name}\nSMTP_FORWARD=127.0.0.1:{port}\n\
+                 SMTP_FORWARD_1={workers}*127.0.0.1:{port}\nMAXBSMTP={max_bsmtp}\n{extra}"
+            ),
+        )
+        .unwrap();
+        Node {
+            cfg,
+            dir: base.join("node"),
+            log: base.join("smtpw.log"),
+        }
+    }
+
+    fn run_cmd(&self, url: &str, settings: Option<&Path>, until_empty: bool) -> Command {
+        let mut c = SMTPW.command();
+        c.arg("run")
+            .arg("--config")
+            .arg(&self.cfg)
+            .args(["--spool", url])
+            .arg("--incoming")
+            .arg(&self.dir);
+        if let Some(s) = settings {
+            c.arg("--settings").arg(s);
+        }
+        if until_empty {
+            c.arg("--until-empty");
+        }
+        c.env("RUST_LOG", "info");
+        log_to(&mut c, &self.log);
+        c
+    }
+
+    fn ledger(&self) -> PathBuf {
+        self.dir.join("ledger.jsonl")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn queue(url: &str) -> serde_json::Value {
+    let out = SMTPW
+        .command()
+        .args(["queue", "--json", "--spool", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtpw queue --spool URL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// One node on PostgreSQL delivers a job end to end: every recipient reaches the mock once, the
+/// ledger has a delivered line for each, and the cluster's queue says so.
+#[test]
+fn one_node_delivers_a_job_to_the_mock_exactly_once() {
+    let Some(pg) = Postgres::shared("cluster_pg::one_node_delivers_a_job_to_the_mock_exactly_once")
+    else {
+        return;
+    };
+    let url = pg.database("one_node");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let node = Node::new(root.path(), "N1.EXAMPLE.ORG", mock.port, 4, 50, "");
+    let all = recipients(3_000);
+    SMTPW.submit(root.path(), &node.dir, &all);
+    let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
+    let status = kid
+        .wait_for(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the run did not finish in 120 s; log:\n{}", node.log_text()));
+    assert!(status.success(), "exit {status}; log:\n{}", node.log_text());
+    assert!(mock.wait_idle(Duration::from_secs(10)));
+    let got = received(&mock);
+    assert_eq!(got.len(), all.len(), "recipients received at the mock");
+    assert!(
+        all.iter().all(|r| got.get(r) == Some(&1)),
+        "every recipient exactly once at the mock"
+    );
+    let led = ledgered(&node.ledger());
+    assert!(all.iter().all(|r| led.get(r) == Some(&1)), "ledger lines");
+    assert!(
+        !node.dir.join("incoming").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".MAIL")),
+        "the job file is removed once committed"
+    );
+    let q = queue(&url);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (0, all.len() as u64, 0),
+        "smtpw queue --spool URL: {q}"
+    );
+    let nodes = q["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{q}");
+    assert_eq!(nodes[0]["name"], "N1.EXAMPLE.ORG");
+    assert_eq!(nodes[0]["delivered"], all.len() as u64);
+}
+
+/// A SIGKILL mid-run loses nothing: the restarted node takes its own work back at once and
+/// delivers the rest; repeats at the relay stay within the transactions in flight at the kill.
+#[test]
+fn sigkill_of_a_node_mid_run_loses_nothing() {
+    let Some(pg) = Postgres::shared("cluster_pg::sigkill_of_a_node_mid_run_loses_nothing") else {
+        return;
+    };
+    const N: usize = 20_000;
+    const WORKERS: u32 = 4;
+    const MAX_BSMTP: u32 = 50;
+    let url = pg.database("sigkill");
+    let root = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    mc.faults.command_latency_ms.insert("DOT".into(), 20);
+    let mock = LoopbackMock::start(mc);
+    let node = Node::new(
+        root.path(),
+        "N1.EXAMPLE.ORG",
+        mock.port,
+        WORKERS,
+        MAX_BSMTP,
+        "",
+    );
+    let all = recipients(N);
+    SMTPW.submit(root.path(), &node.dir, &all);
+    let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
+    // Kill once delivery is under way.
+    let t0 = Instant::now();
+    while mock.mta.stats().recipients_accepted < 2_000 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(kid.kill(), "the node was still running at the kill");
+    let before = mock.mta.stats().recipients_accepted;
+    assert!(
+        before < N as u64,
+        "the kill came before the end ({before} delivered)"
+    );
+    // The restart (same name) takes its claimed copies back at once: no wait for node_timeout.
+    let t_restart = Instant::now();
+    let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
+    let status = kid.wait_for(Duration::from_secs(120)).unwrap_or_else(|| {
+        panic!(
+            "the restart did not finish in 120 s; log:\n{}",
+            node.log_text()
+        )
+    });
+    assert!(status.success(), "exit {status}; log:\n{}", node.log_text());
+    let restart = t_restart.elapsed();
+    assert!(mock.wait_idle(Duration::from_secs(10)));
+    let got = received(&mock);
+    let lost = all.iter().filter(|r| !got.contains_key(*r)).count();
+    let dups: u64 = got.values().map(|n| u64::from(n - 1)).sum();
+    let bound = repeat_bound_per_crash(WORKERS, MAX_BSMTP);
+    eprintln!(
+        "pg sigkill: {before} delivered before the kill, restart finished in {:.1} s, lost {lost}, \
+         repeats {dups} (bound {bound})",
+        restart.as_secs_f64()
+    );
+    assert_eq!(lost, 0, "recipients lost");
+    assert_eq!(got.len(), N, "no address the job did not have");
+    assert!(dups <= bound, "repeats {dups} > bound {bound}");
+    let q = queue(&url);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered")),
+        (0, N as u64),
+        "the database counts each recipient once: {q}"
+    );
+}
+
+/// Two live nodes cannot share a name: the second is refused with exit 2 and says why.
+#[test]
+fn a_second_live_node_with_the_same_name_is_refused() {
+    let Some(pg) = Postgres::shared("cluster_pg::a_second_live_node_with_the_same_name_is_refused")
+    else {
+        return;
+    };
+    let url = pg.database("same_name");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let a = Node::new(root.path(), "SAME", mock.port, 1, 50, "");
+    let mut first = Kid::spawn(a.run_cmd(&url, None, false), "smtpw run");
+    let t0 = Instant::now();
+    while !a.log_text().contains("joined the cluster") && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        a.log_text().contains("joined the cluster"),
+        "{}",
+        a.log_text()
+    );
+    let b = Node::new(&root.path().join("b"), "SAME", mock.port, 1, 50, "");
+    let st = b.run_cmd(&url, None, false).status().unwrap();
+    assert_eq!(st.code(), Some(2), "the second node exits 2");
+    assert!(
+        b.log_text()
+            .contains("a live node named SAME already uses this spool database"),
+        "{}",
+        b.log_text()
+    );
+    first.term_and_wait(Duration::from_secs(30));
+}

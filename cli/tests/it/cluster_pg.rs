@@ -234,3 +234,226 @@ fn a_second_live_node_with_the_same_name_is_refused() {
     );
     first.term_and_wait(Duration::from_secs(30));
 }
+
+/// smtpw.toml with `[cluster] node_timeout`.
+fn settings(dir: &Path, node_timeout: &str) -> PathBuf {
+    let p = dir.join("smtpw.toml");
+    std::fs::write(
+        &p,
+        format!("[cluster]\nnode_timeout = \"{node_timeout}\"\n"),
+    )
+    .unwrap();
+    p
+}
+
+fn wait_for_log(node: &Node, what: &str, limit: Duration) {
+    let t0 = Instant::now();
+    while !node.log_text().contains(what) && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        node.log_text().contains(what),
+        "{what:?} not in the log:\n{}",
+        node.log_text()
+    );
+}
+
+/// Recipients of the copies queued per node they are assigned to (DIST_FORWARD shares).
+fn assigned(url: &str) -> std::collections::HashMap<String, u64> {
+    smtpw_testkit::postgres::psql(
+        url,
+        "SELECT COALESCE(assigned_to, '-') || '=' || sum(n) FROM copies GROUP BY assigned_to",
+    )
+    .lines()
+    .filter_map(|l| l.split_once('='))
+    .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+    .collect()
+}
+
+/// DIST-4, CLU-3: a `0*SELF` primary shares a 30,000-recipient job between two distribute
+/// workers weighted 1 and 2 (within 3% of 1:2; the primary delivers none); a SIGKILL of the
+/// heavier worker mid-run loses nothing: its remaining share goes to the other once it has been
+/// silent for node_timeout; restarted, it rejoins (alive, and takes its share of a new job).
+#[test]
+fn three_nodes_share_by_weight_and_survive_a_sigkill() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::three_nodes_share_by_weight_and_survive_a_sigkill")
+    else {
+        return;
+    };
+    const N: usize = 30_000;
+    const MAX_BSMTP: u32 = 50;
+    const WORKERS: u32 = 4;
+    let url = pg.database("three_nodes");
+    let root = tempfile::tempdir().unwrap();
+    let toml = settings(root.path(), "3s");
+    let slow = || {
+        let mut mc = MockConfig::iis();
+        mc.faults.command_latency_ms.insert("DOT".into(), 25);
+        LoopbackMock::start(mc)
+    };
+    let (mp, m1, m2) = (slow(), slow(), slow());
+    let w1 = Node::new(
+        root.path(),
+        "W1.EXAMPLE.ORG",
+        m1.port,
+        WORKERS,
+        MAX_BSMTP,
+        "",
+    );
+    let w2 = Node::new(
+        root.path(),
+        "W2.EXAMPLE.ORG",
+        m2.port,
+        WORKERS,
+        MAX_BSMTP,
+        "",
+    );
+    let p = Node::new(
+        root.path(),
+        "P.EXAMPLE.ORG",
+        mp.port,
+        WORKERS,
+        MAX_BSMTP,
+        "DIST_FORWARD=0*SELF W1.EXAMPLE.ORG 2*W2.EXAMPLE.ORG\n",
+    );
+    let mut k1 = Kid::spawn(w1.run_cmd(&url, Some(&toml), false), "smtpw run W1");
+    let mut k2 = Kid::spawn(w2.run_cmd(&url, Some(&toml), false), "smtpw run W2");
+    wait_for_log(&w1, "joined the cluster", Duration::from_secs(30));
+    wait_for_log(&w2, "joined the cluster", Duration::from_secs(30));
+    let mut kp = Kid::spawn(p.run_cmd(&url, Some(&toml), false), "smtpw run P");
+    wait_for_log(&p, "joined the cluster", Duration::from_secs(30));
+    let all = recipients(N);
+    SMTPW.submit(root.path(), &p.dir, &all);
+    // The shares, as assigned at ingest (before anything is delivered, the copies hold them all).
+    let t0 = Instant::now();
+    let shares = loop {
+        let a = assigned(&url);
+        if a.values().sum::<u64>() >= N as u64 || t0.elapsed() > Duration::from_secs(30) {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let s1 = shares.get("W1.EXAMPLE.ORG").copied().unwrap_or(0) as f64;
+    let s2 = shares.get("W2.EXAMPLE.ORG").copied().unwrap_or(0) as f64;
+    eprintln!("three nodes: shares at ingest {shares:?}");
+    assert_eq!(
+        shares.get("P.EXAMPLE.ORG"),
+        None,
+        "the 0*SELF primary has no share"
+    );
+    // Some copies may already be done by the time of the query: shares are compared in ratio.
+    assert!(
+        (s2 / s1 - 2.0).abs() <= 2.0 * 0.03,
+        "W2:W1 = {:.3}, expected 2 within 3%",
+        s2 / s1
+    );
+    // Kill W2 once it is well into its share.
+    let t0 = Instant::now();
+    while m2.mta.stats().recipients_accepted < 3_000 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(k2.kill(), "W2 was still running at the kill");
+    let killed_at = Instant::now();
+    let w2_before = m2.mta.stats().recipients_accepted;
+    assert!(
+        w2_before < 20_000,
+        "the kill came before W2's share was done"
+    );
+    // Everything is delivered: W1 takes W2's rest after the grace.
+    let t0 = Instant::now();
+    let done = |m1: &LoopbackMock, m2: &LoopbackMock| {
+        let mut got = received(m1);
+        for (k, v) in received(m2) {
+            *got.entry(k).or_default() += v;
+        }
+        got
+    };
+    while done(&m1, &m2).len() < N && t0.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = killed_at.elapsed();
+    let got = done(&m1, &m2);
+    let lost = all.iter().filter(|r| !got.contains_key(*r)).count();
+    let dups: u64 = got.values().map(|n| u64::from(n - 1)).sum();
+    let bound = repeat_bound_per_crash(WORKERS, MAX_BSMTP);
+    let (d1, d2) = (
+        m1.mta.stats().recipients_accepted,
+        m2.mta.stats().recipients_accepted,
+    );
+    eprintln!(
+        "three nodes: W1 delivered {d1}, W2 {d2} ({w2_before} before its kill); the rest done \
+         {:.1} s after the kill (node_timeout 3 s); lost {lost}, repeats {dups} (bound {bound}); \
+         primary {}",
+        took.as_secs_f64(),
+        mp.mta.stats().recipients_accepted
+    );
+    assert_eq!(lost, 0, "recipients lost");
+    assert!(dups <= bound, "repeats {dups} > bound {bound}");
+    assert_eq!(
+        mp.mta.stats().recipients_accepted,
+        0,
+        "the primary delivers none"
+    );
+    assert!(
+        d1 as f64 > s1 + 1_000.0,
+        "W1 delivered W2's rest ({d1} > its share {s1})"
+    );
+    // W2 restarted rejoins: alive again, and it takes its share of a new job.
+    let alive = |q: &serde_json::Value, name: &str| {
+        q["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == name && n["alive"] == true)
+    };
+    let mut k2 = Kid::spawn(w2.run_cmd(&url, Some(&toml), false), "smtpw run W2 again");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    while w2.log_text().matches("joined the cluster").count() < 2
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The new job comes by `smtpw submit --spool URL --via P` (as if P had ingested it).
+    let more = recipients(N + 3_000)[N..].to_vec();
+    let list = root.path().join("more.txt");
+    std::fs::write(&list, more.join("\n")).unwrap();
+    let msg = root.path().join("more.eml");
+    std::fs::write(&msg, "Subject: more\n\nHello again.\n").unwrap();
+    let out = SMTPW
+        .command()
+        .args(["submit", "--spool", &url, "--via", "P.EXAMPLE.ORG"])
+        .args(["--from", "owner@lists.example", "--rcpts"])
+        .arg(&list)
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtpw submit --via: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("via P.EXAMPLE.ORG (3000 recipients, 60 copies)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let t0 = Instant::now();
+    while m2.mta.stats().recipients_accepted < d2 + 1_500 && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let w2_new = m2.mta.stats().recipients_accepted - d2;
+    eprintln!("three nodes: W2 restarted delivered {w2_new} of a new job of 3000");
+    assert!(
+        w2_new >= 1_500,
+        "the restarted W2 takes its share of a new job"
+    );
+    let q = queue(&url);
+    assert!(alive(&q, "W2.EXAMPLE.ORG"), "{q}");
+    for k in [&mut kp, &mut k1, &mut k2] {
+        k.term_and_wait(Duration::from_secs(30));
+    }
+}

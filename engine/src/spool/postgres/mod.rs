@@ -80,6 +80,18 @@ pub struct PgOptions {
     pub workers: i32,
 }
 
+impl PgOptions {
+    /// Whether this node takes over the work of dead nodes: every node that delivers does; a
+    /// primary whose DIST_FORWARD says `0*SELF` delivers nothing of the shares, not even a dead
+    /// node's (DIST-4).
+    pub fn takes_over(&self) -> bool {
+        !self
+            .dist_forward
+            .iter()
+            .any(|e| e.host.eq_ignore_ascii_case(crate::config::SELF) && e.weight == 0)
+    }
+}
+
 impl std::fmt::Debug for PgOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgOptions")
@@ -233,13 +245,14 @@ impl PgSpool {
         if !got {
             return Err(SpoolError::NodeTaken(pg.node.clone()));
         }
+        let profile = serde_json::to_string(&Profile::of(&opts, &pg)).unwrap_or_default();
         node_db
             .execute(
-                "INSERT INTO nodes(name, heartbeat, started, workers) \
-                 VALUES ($1, clock_timestamp(), clock_timestamp(), $2) \
+                "INSERT INTO nodes(name, heartbeat, started, workers, profile) \
+                 VALUES ($1, clock_timestamp(), clock_timestamp(), $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET heartbeat = clock_timestamp(), \
-                 started = clock_timestamp(), workers = $2",
-                &[&pg.node, &pg.workers],
+                 started = clock_timestamp(), workers = $2, profile = $3",
+                &[&pg.node, &pg.workers, &profile],
             )
             .await
             .map_err(pg_error)?;
@@ -359,7 +372,7 @@ impl PgSpool {
         let tx = db.transaction().await.map_err(pg_error)?;
         let mut split = splitter(sh, &tx).await?;
         let now = sh.clock.now();
-        let (job_id, mine) = insert_job(
+        let (job_id, mine, _) = insert_job(
             sh,
             &tx,
             &mut split,
@@ -427,8 +440,8 @@ async fn splitter(
     Ok(share::Splitter::new(nodes))
 }
 
-/// Insert a job and its copies (within the caller's transaction). Returns the job's id and how
-/// many of its copies this node may deliver.
+/// Insert a job and its copies (within the caller's transaction). Returns the job's id, how
+/// many of its copies this node may deliver, and how many copies it has.
 #[allow(clippy::too_many_arguments)]
 async fn insert_job(
     sh: &Shared,
@@ -440,7 +453,7 @@ async fn insert_job(
     message: Vec<u8>,
     source: &str,
     now: Timestamp,
-) -> Result<(i64, u64), SpoolError> {
+) -> Result<(i64, u64, u64), SpoolError> {
     let pool_i = pool_index(pool);
     let n = rcpts.len() as i64;
     let job_id: i64 = tx
@@ -492,7 +505,7 @@ async fn insert_job(
     )
     .await
     .map_err(pg_error)?;
-    Ok((job_id, mine))
+    Ok((job_id, mine, plan.len() as u64))
 }
 
 fn pool_index(p: Pool) -> i16 {
@@ -513,10 +526,10 @@ async fn recount(sh: &Shared, db: &Client) -> Result<(), SpoolError> {
     let sql =
         "WITH dead AS (SELECT name FROM nodes WHERE heartbeat < clock_timestamp() - make_interval(secs => $2)) \
          SELECT count(*) FROM copies WHERE \
-         (claimed_by IS NULL OR claimed_by = $1 OR claimed_by IN (SELECT name FROM dead)) AND \
-         (assigned_to IS NULL OR assigned_to = $1 OR assigned_to IN (SELECT name FROM dead))";
+         (claimed_by IS NULL OR claimed_by = $1 OR ($3 AND claimed_by IN (SELECT name FROM dead))) AND \
+         (assigned_to IS NULL OR assigned_to = $1 OR ($3 AND assigned_to IN (SELECT name FROM dead)))";
     let n: i64 = db
-        .query_one(sql, &[&sh.pg.node, &secs])
+        .query_one(sql, &[&sh.pg.node, &secs, &sh.pg.takes_over()])
         .await
         .map_err(pg_error)?
         .get(0);
@@ -618,8 +631,8 @@ impl Spool for PgSpool {
             let sql = format!(
                 "WITH {DEAD}, c AS (SELECT id FROM copies \
                    WHERE pool = ANY($2) AND not_before <= $3 \
-                   AND (claimed_by IS NULL OR claimed_by IN (SELECT name FROM dead)) \
-                   AND (assigned_to IS NULL OR assigned_to = $1 OR assigned_to IN (SELECT name FROM dead)) \
+                   AND (claimed_by IS NULL OR ($6 AND claimed_by IN (SELECT name FROM dead))) \
+                   AND (assigned_to IS NULL OR assigned_to = $1 OR ($6 AND assigned_to IN (SELECT name FROM dead))) \
                    ORDER BY id LIMIT $5 FOR UPDATE OF copies SKIP LOCKED) \
                  UPDATE copies SET claimed_by = $1 FROM c WHERE copies.id = c.id \
                  RETURNING copies.id, copies.job_id, copies.pool, copies.rcpts, copies.attempts"
@@ -627,7 +640,14 @@ impl Spool for PgSpool {
             let rows = db
                 .query(
                     &sql,
-                    &[&sh.pg.node, &pool_list, &now, &secs, &sh.pg.claim_batch],
+                    &[
+                        &sh.pg.node,
+                        &pool_list,
+                        &now,
+                        &secs,
+                        &sh.pg.claim_batch,
+                        &sh.pg.takes_over(),
+                    ],
                 )
                 .await
                 .map_err(pg_error)?;
@@ -897,8 +917,7 @@ async fn ingest_dir(sh: &Shared, dir: &Path) -> Result<IngestReport, SpoolError>
             for (h, rcpts, message) in jobs {
                 let pool = h.pool.unwrap_or(sh.opts.default_pool);
                 let n = rcpts.len() as u64;
-                let copies = rcpts.len().div_ceil(sh.opts.max_bsmtp.max(1) as usize) as u64;
-                let (_, m) = insert_job(
+                let (_, m, copies) = insert_job(
                     sh,
                     &tx,
                     &mut split,
@@ -1059,22 +1078,80 @@ pub async fn cluster_stats(
     Ok((stats, nodes))
 }
 
-/// Queue a job without a running node (`smtpw submit --spool URL --via NODE`): as if `via` had
-/// ingested it, its copies shared out by `dist_forward` (`via`'s DIST_FORWARD).
+/// What `smtpw submit --via NODE` needs of a node to split a job as it would: kept in
+/// `nodes.profile` by each node when it starts.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Profile {
+    dist_forward: Vec<(String, u32)>,
+    max_bsmtp: u32,
+    sort_recipients: u8,
+    default_pool: usize,
+    node_timeout_ms: u64,
+}
+
+impl Profile {
+    fn of(opts: &SpoolOptions, pg: &PgOptions) -> Self {
+        Self {
+            dist_forward: pg
+                .dist_forward
+                .iter()
+                .map(|e| (e.host.clone(), e.weight))
+                .collect(),
+            max_bsmtp: opts.max_bsmtp,
+            sort_recipients: opts.sort_recipients,
+            default_pool: opts.default_pool.index(),
+            node_timeout_ms: u64::try_from(pg.node_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// A job to queue directly in the database.
+#[derive(Debug)]
+pub struct DirectJob {
+    pub mail_from: String,
+    pub pool: Option<Pool>,
+    pub rcpts: Vec<String>,
+    /// The message, unstuffed, CRLF line endings.
+    pub message: Vec<u8>,
+}
+
+/// Queue a job without running a node (`smtpw submit --spool URL --via NODE`): as if `via` had
+/// ingested it, split by `via`'s DIST_FORWARD, MAXBSMTP and SORT_RECIPIENTS (as it recorded them
+/// when it last started). One transaction; returns the job's id and its copies once committed.
 pub async fn submit_via(
     url: &str,
     via: &str,
-    opts: SpoolOptions,
-    dist_forward: Vec<DistEntry>,
-    node_timeout: Duration,
     clock: SharedClock,
-    job: (&str, Option<Pool>, Vec<String>, Vec<u8>),
-) -> Result<i64, SpoolError> {
+    job: DirectJob,
+) -> Result<(i64, u64), SpoolError> {
     let mut db = connect(url).await?;
     schema::migrate(&mut db).await?;
+    let profile: Option<String> = db
+        .query_opt("SELECT profile FROM nodes WHERE name = $1", &[&via])
+        .await
+        .map_err(pg_error)?
+        .map(|r| r.get(0));
+    let Some(profile) = profile else {
+        return Err(SpoolError::Postgres(format!(
+            "no node named {via} has ever joined this spool; start it once (smtpw run with \
+             NODE={via}) so that its DIST_FORWARD and MAXBSMTP are known"
+        )));
+    };
+    let profile: Profile = serde_json::from_str(&profile)
+        .map_err(|e| SpoolError::Corrupt(format!("node {via}'s profile in the database: {e}")))?;
+    let opts = SpoolOptions {
+        max_bsmtp: profile.max_bsmtp,
+        sort_recipients: profile.sort_recipients,
+        default_pool: Pool::from_index(profile.default_pool).unwrap_or(Pool::DEFAULT),
+        ..SpoolOptions::default()
+    };
     let mut pg = PgOptions::new(url, via);
-    pg.dist_forward = dist_forward;
-    pg.node_timeout = node_timeout;
+    pg.dist_forward = profile
+        .dist_forward
+        .into_iter()
+        .map(|(host, weight)| DistEntry { host, weight })
+        .collect();
+    pg.node_timeout = Duration::from_millis(profile.node_timeout_ms);
     let sh = Shared {
         opts,
         pg,
@@ -1089,23 +1166,22 @@ pub async fn submit_via(
         last_beat: Mutex::new(Instant::now()),
         ledger_path: PathBuf::new(),
     };
-    let (mail_from, pool, rcpts, message) = job;
     let tx = db.transaction().await.map_err(pg_error)?;
     let mut split = splitter(&sh, &tx).await?;
-    let (id, _) = insert_job(
+    let (id, _, copies) = insert_job(
         &sh,
         &tx,
         &mut split,
-        mail_from,
-        pool.unwrap_or(sh.opts.default_pool),
-        &rcpts,
-        message,
+        &job.mail_from,
+        job.pool.unwrap_or(sh.opts.default_pool),
+        &job.rcpts,
+        job.message,
         "submit",
         sh.clock.now(),
     )
     .await?;
     tx.commit().await.map_err(pg_error)?;
-    Ok(id)
+    Ok((id, copies))
 }
 
 // ---- the writer ----

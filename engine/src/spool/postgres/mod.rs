@@ -1,4 +1,4 @@
-//! The PostgreSQL spool (CLU-1..CLU-6): several `smtpw run` nodes share one queue in a
+//! The PostgreSQL spool (CLU-1..CLU-5): several `smtpw run` nodes share one queue in a
 //! PostgreSQL database, each named by SITE.CFG's `NODE=`.
 //!
 //! Tables (see `schema.rs`, versioned): `jobs` (the message once per job, its counters),

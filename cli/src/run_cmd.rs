@@ -170,6 +170,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         });
         match where_ {
             SpoolAt::Dir(dir) => {
+                if eopts.settings.cluster.rate_limit.is_some() {
+                    warn!("[cluster] rate_limit applies to a database spool's nodes; with a spool directory it is not used (SMTP_RATE_LIMIT is)");
+                }
                 let spool = match SqliteSpool::open(&dir, opts, clock.clone()) {
                     Ok(s) => Arc::new(s),
                     Err(SpoolError::Locked(dir, lock)) => {
@@ -203,6 +206,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     );
                     return Ok(ExitCode::from(2));
                 };
+                if let Some(limits) = eopts.settings.cluster.rate_limit.clone() {
+                    let limit = smtpw_engine::spool::postgres::limit::ClusterLimit::open(
+                        url.expose(),
+                        &limits,
+                    )
+                    .await
+                    .context("setting up [cluster] rate_limit")?;
+                    info!("[cluster] rate_limit is shared with every node of the spool");
+                    eopts.shared_limit = Some(limit);
+                }
                 let mut pg = PgOptions::new(url.expose(), node);
                 pg.node_timeout = eopts.settings.cluster.node_timeout;
                 pg.dist_forward = config.dist_forward.clone();

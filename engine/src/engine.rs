@@ -44,6 +44,8 @@ pub struct EngineOptions {
     /// being recorded are still awaited, so nothing the relay decided is lost.
     pub drain_timeout: Duration,
     pub client: ClientConfig,
+    /// A rate limit shared with the other nodes of a cluster (RATE-6), on top of SITE.CFG's.
+    pub shared_limit: Option<Arc<dyn crate::ratelimit::SharedLimit>>,
 }
 
 /// How long a stop waits for the transactions in flight by default.
@@ -62,6 +64,7 @@ impl Default for EngineOptions {
             per_worker_rate_split: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             client: ClientConfig::default(),
+            shared_limit: None,
         }
     }
 }
@@ -130,7 +133,9 @@ impl<S: Spool> Engine<S> {
         // One meter of bytes sent, shared by every limiter, kept in SPOOL/rate-status.json.
         let meter = Arc::new(RateMeter::new());
         let shared = Arc::new(
-            RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth).with_meter(meter.clone()),
+            RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth)
+                .with_meter(meter.clone())
+                .with_shared(self.opts.shared_limit.clone()),
         );
         RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now()).log_report();
         // Fires `drain_timeout` after a stop is requested: the workers then cut off what they
@@ -190,7 +195,8 @@ impl<S: Spool> Engine<S> {
                         &serving,
                         self.opts.rate_depth,
                     )
-                    .with_meter(meter.clone()),
+                    .with_meter(meter.clone())
+                    .with_shared(self.opts.shared_limit.clone()),
                 )
             } else {
                 shared.clone()

@@ -457,3 +457,88 @@ fn three_nodes_share_by_weight_and_survive_a_sigkill() {
         k.term_and_wait(Duration::from_secs(30));
     }
 }
+
+/// RATE-6: `[cluster] rate_limit` is shared by every node: two nodes, each with its own backlog
+/// and its own relay, together send at the limit (2 Mbit/s) within 2% over every 10 s window, in
+/// real time over loopback.
+#[test]
+fn the_cluster_rate_limit_holds_across_two_nodes() {
+    use smtpw_testkit::rate::{all_points, window_extremes, MBPS};
+    let Some(pg) = Postgres::shared("cluster_pg::the_cluster_rate_limit_holds_across_two_nodes")
+    else {
+        return;
+    };
+    let url = pg.database("cluster_rate");
+    let root = tempfile::tempdir().unwrap();
+    let toml = root.path().join("smtpw.toml");
+    std::fs::write(
+        &toml,
+        "[cluster]\nnode_timeout = \"10s\"\nrate_limit = \"2Mbps\"\n",
+    )
+    .unwrap();
+    let mock = || {
+        LoopbackMock::start(MockConfig::with_profile(mock_mta::Profile {
+            max_session_kb: None,
+            ..mock_mta::Profile::iis()
+        }))
+    };
+    let (ma, mb) = (mock(), mock());
+    let a = Node::new(root.path(), "A.EXAMPLE.ORG", ma.port, 2, 1, "");
+    let b = Node::new(root.path(), "B.EXAMPLE.ORG", mb.port, 2, 1, "");
+    // About 3.2 MB per node: at 2 Mbit/s together, some 25 s of sending.
+    let sizes = smtpw_testkit::workload::sizes(42, 1_000, 4_000, 7);
+    for (node, tag) in [(&a, "a"), (&b, "b")] {
+        for (j, size) in sizes.iter().enumerate() {
+            let list = root.path().join(format!("r{tag}{j}.txt"));
+            let rcpts: Vec<String> = (0..30).map(|i| format!("u{j}x{i}@{tag}.example")).collect();
+            std::fs::write(&list, rcpts.join("\n")).unwrap();
+            let msg = root.path().join(format!("m{tag}{j}.eml"));
+            let mut m = String::from("From: a@lists.example.org\nSubject: rate\n\n");
+            while m.len() < *size {
+                m.push_str("0123456789 abcdefghijklmnopqrstuvwxyz 0123456789 ABCDEFGHIJKLMNOP\n");
+            }
+            std::fs::write(&msg, m).unwrap();
+            let out = SMTPW
+                .submit_cmd(&node.dir, "owner@lists.example.org", &list, None, &msg)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let mut ka = Kid::spawn(a.run_cmd(&url, Some(&toml), true), "smtpw run A");
+    let mut kb = Kid::spawn(b.run_cmd(&url, Some(&toml), true), "smtpw run B");
+    for (k, n) in [(&mut ka, &a), (&mut kb, &b)] {
+        let st = k
+            .wait_for(Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("not done in 120 s; log:\n{}", n.log_text()));
+        assert!(st.success(), "exit {st}; log:\n{}", n.log_text());
+    }
+    let (ja, jb) = (ma.mta.journal(), mb.mta.journal());
+    let pa = all_points(std::slice::from_ref(&ja));
+    let pb = all_points(std::slice::from_ref(&jb));
+    let p = all_points(&[ja, jb]);
+    assert_eq!(p.len(), 2 * 42 * 30, "every copy delivered");
+    // While both nodes send: from 1 s after the later start to the earlier end.
+    let from = pa[0].at_ns.max(pb[0].at_ns) + 1_000_000_000;
+    let to = pa[pa.len() - 1].at_ns.min(pb[pb.len() - 1].at_ns);
+    let limit = (2 * MBPS) as f64;
+    let ex = window_extremes(&p, Duration::from_secs(10), from, to);
+    eprintln!(
+        "cluster rate: two nodes, {:.1} s together, 10 s windows: {}",
+        (to - from) as f64 / 1e9,
+        ex.describe(limit)
+    );
+    assert!(
+        ex.windows > 0,
+        "at least one 10 s window while both nodes send"
+    );
+    assert!(
+        ex.worst_error(limit) <= 0.02,
+        "10 s windows within 2% of 2 Mbit/s: {}",
+        ex.describe(limit)
+    );
+}

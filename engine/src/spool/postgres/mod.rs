@@ -48,6 +48,7 @@ use crate::config::{DistEntry, Pool, PoolSet};
 use crate::job::{JobError, JobReader};
 use crate::ledger::{Ledger, LedgerLineRef};
 
+pub mod limit;
 pub mod schema;
 pub mod share;
 
@@ -654,39 +655,44 @@ impl Spool for PgSpool {
             if rows.is_empty() {
                 return Ok(None);
             }
-            let mut missing: Vec<i64> = Vec::new();
-            let mut got = Vec::with_capacity(rows.len());
-            {
-                let st = lock(&sh.state);
+            // Into the buffer first: from then on the writer keeps their jobs' messages cached
+            // (it forgets only those of jobs no held copy refers to).
+            let missing: Vec<i64> = {
+                let mut st = lock(&sh.state);
                 for r in &rows {
-                    let job_id: i64 = r.get(1);
-                    if !st.jobs.contains_key(&job_id) && !missing.contains(&job_id) {
-                        missing.push(job_id);
-                    }
                     let rcpts: String = r.get(3);
-                    got.push((
+                    st.buffer.insert(
                         r.get::<_, i64>(0),
                         Held {
-                            job_id,
+                            job_id: r.get(1),
                             pool: pool_of(r.get(2)),
                             rcpts: rcpts.split('\n').map(str::to_owned).collect(),
                             attempts: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
                         },
-                    ));
+                    );
                 }
-            }
-            let mut jobs = Vec::new();
+                let mut m: Vec<i64> = st
+                    .buffer
+                    .values()
+                    .map(|h| h.job_id)
+                    .filter(|j| !st.jobs.contains_key(j))
+                    .collect();
+                m.sort_unstable();
+                m.dedup();
+                m
+            };
             if !missing.is_empty() {
-                for r in db
+                let found = db
                     .query(
                         "SELECT id, mail_from, message, created FROM jobs WHERE id = ANY($1)",
                         &[&missing],
                     )
                     .await
-                    .map_err(pg_error)?
-                {
+                    .map_err(pg_error)?;
+                let mut st = lock(&sh.state);
+                for r in found {
                     let message: Vec<u8> = r.get(2);
-                    jobs.push((
+                    st.jobs.insert(
                         r.get::<_, i64>(0),
                         Arc::new(JobInfo {
                             mail_from: r.get(1),
@@ -694,19 +700,16 @@ impl Spool for PgSpool {
                             created: Timestamp::from_millisecond(r.get(3))
                                 .unwrap_or(Timestamp::UNIX_EPOCH),
                         }),
-                    ));
+                    );
                 }
-            }
-            drop(db);
-            {
-                let mut st = lock(&sh.state);
-                for (id, j) in jobs {
-                    st.jobs.insert(id, j);
-                }
-                for (id, h) in got {
-                    if st.jobs.contains_key(&h.job_id) {
-                        st.buffer.insert(id, h);
-                    } else {
+                let orphans: Vec<i64> = st
+                    .buffer
+                    .iter()
+                    .filter(|(_, h)| !st.jobs.contains_key(&h.job_id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in orphans {
+                    if let Some(h) = st.buffer.remove(&id) {
                         tracing::error!(
                             copy = id,
                             job = h.job_id,
@@ -715,6 +718,7 @@ impl Spool for PgSpool {
                     }
                 }
             }
+            drop(db);
             Ok(take(sh, pools))
         }
     }
@@ -814,7 +818,7 @@ fn take(sh: &Shared, pools: PoolSet) -> Option<ClaimedCopy> {
     let id = st
         .buffer
         .iter()
-        .find(|(_, h)| pools.contains(h.pool))
+        .find(|(_, h)| pools.contains(h.pool) && st.jobs.contains_key(&h.job_id))
         .map(|(id, _)| *id)?;
     let h = st.buffer.remove(&id)?;
     let job = st.jobs.get(&h.job_id)?.clone();

@@ -66,6 +66,10 @@ CREATE TABLE delivered_by(
   delivered BIGINT NOT NULL,
   failed BIGINT NOT NULL
 );
+CREATE TABLE rate_leases(
+  key TEXT PRIMARY KEY,
+  tat_us BIGINT NOT NULL
+);
 CREATE TABLE ingested(
   node TEXT NOT NULL,
   name TEXT NOT NULL,

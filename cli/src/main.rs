@@ -9,6 +9,7 @@ mod config_cmd;
 mod demo_cmd;
 mod queue_cmd;
 mod run_cmd;
+mod spool_cmd;
 mod submit_cmd;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,9 @@ enum Command {
     Submit(submit_cmd::SubmitArgs),
     /// Show what a spool holds: copies and recipients per pool and state.
     Queue(queue_cmd::QueueArgs),
+    /// Spool maintenance: `smtpw spool copy --from DIR --to URL`.
+    #[command(subcommand)]
+    Spool(spool_cmd::SpoolCommand),
     /// Deliver a sample 10,000-recipient job to two in-process IIS-like relays: no setup.
     #[cfg(feature = "demo")]
     Demo(demo_cmd::DemoArgs),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd::run(args),
         Command::Submit(args) => submit_cmd::run(args),
         Command::Queue(args) => queue_cmd::run(args),
+        Command::Spool(c) => spool_cmd::run(c),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo_cmd::run(args),
     };

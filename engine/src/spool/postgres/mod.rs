@@ -1,4 +1,4 @@
-//! The PostgreSQL spool (CLU-1..CLU-5): several `smtpw run` nodes share one queue in a
+//! The PostgreSQL spool (CLU-1..CLU-6): several `smtpw run` nodes share one queue in a
 //! PostgreSQL database, each named by SITE.CFG's `NODE=`.
 //!
 //! Tables (see `schema.rs`, versioned): `jobs` (the message once per job, its counters),
@@ -48,6 +48,7 @@ use crate::config::{DistEntry, Pool, PoolSet};
 use crate::job::{JobError, JobReader};
 use crate::ledger::{Ledger, LedgerLineRef};
 
+pub mod copy;
 pub mod limit;
 pub mod schema;
 pub mod share;

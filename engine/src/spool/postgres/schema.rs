@@ -70,6 +70,9 @@ CREATE TABLE rate_leases(
   key TEXT PRIMARY KEY,
   tat_us BIGINT NOT NULL
 );
+CREATE TABLE spool_copies(
+  source TEXT PRIMARY KEY
+);
 CREATE TABLE ingested(
   node TEXT NOT NULL,
   name TEXT NOT NULL,

@@ -1421,53 +1421,67 @@ async fn write_batch(
     let jd: Vec<i64> = per_job.values().map(|v| v.0).collect();
     let jf: Vec<i64> = per_job.values().map(|v| v.1).collect();
     let tx = db.transaction().await.map_err(pg_error)?;
-    tx.execute(
-        "UPDATE jobs j SET delivered = j.delivered + v.d, failed = j.failed + v.f \
-         FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS v(id, d, f) WHERE j.id = v.id",
-        &[&jobs, &jd, &jf],
-    )
-    .await
-    .map_err(pg_error)?;
-    if !f_job.is_empty() {
-        tx.execute(
-            "INSERT INTO failures(job_id, copy_id, rcpt, reply, time, expired, node) \
-             SELECT j, c, r, p, t, e, $7 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::bool[]) AS v(j, c, r, p, t, e)",
-            &[&f_job, &f_copy, &f_rcpt, &f_reply, &f_time, &f_exp, &sh.pg.node],
-        )
-        .await
-        .map_err(pg_error)?;
-    }
-    if !done.is_empty() {
-        tx.execute("DELETE FROM copies WHERE id = ANY($1)", &[&done])
+    // Sent together (pipelined on the one connection, executed in this order): one round trip
+    // for the batch's statements, then the commit.
+    let t = &tx;
+    tokio::try_join!(
+        async {
+            t.execute(
+                "UPDATE jobs j SET delivered = j.delivered + v.d, failed = j.failed + v.f \
+                 FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS v(id, d, f) WHERE j.id = v.id",
+                &[&jobs, &jd, &jf],
+            )
             .await
-            .map_err(pg_error)?;
-    }
-    if !d_id.is_empty() {
-        tx.execute(
-            "UPDATE copies c SET rcpts = v.r, replies = v.p, n = v.n, attempts = c.attempts + 1, \
-             not_before = v.nb, claimed_by = NULL \
-             FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[], $5::int8[]) AS v(id, r, p, n, nb) WHERE c.id = v.id",
-            &[&d_id, &d_rcpts, &d_replies, &d_n, &d_nb],
-        )
-        .await
-        .map_err(pg_error)?;
-    }
-    tx.execute(
-        "INSERT INTO delivered_by(node, delivered, failed) VALUES ($1, $2, $3) \
-         ON CONFLICT (node) DO UPDATE SET delivered = delivered_by.delivered + excluded.delivered, \
-         failed = delivered_by.failed + excluded.failed",
-        &[&sh.pg.node, &delivered, &failed],
+        },
+        async {
+            if f_job.is_empty() {
+                return Ok(0);
+            }
+            t.execute(
+                "INSERT INTO failures(job_id, copy_id, rcpt, reply, time, expired, node) \
+                 SELECT j, c, r, p, ti, e, $7 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::bool[]) AS v(j, c, r, p, ti, e)",
+                &[&f_job, &f_copy, &f_rcpt, &f_reply, &f_time, &f_exp, &sh.pg.node],
+            )
+            .await
+        },
+        async {
+            if done.is_empty() {
+                return Ok(0);
+            }
+            t.execute("DELETE FROM copies WHERE id = ANY($1)", &[&done]).await
+        },
+        async {
+            if d_id.is_empty() {
+                return Ok(0);
+            }
+            t.execute(
+                "UPDATE copies c SET rcpts = v.r, replies = v.p, n = v.n, attempts = c.attempts + 1, \
+                 not_before = v.nb, claimed_by = NULL \
+                 FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[], $5::int8[]) AS v(id, r, p, n, nb) WHERE c.id = v.id",
+                &[&d_id, &d_rcpts, &d_replies, &d_n, &d_nb],
+            )
+            .await
+        },
+        async {
+            t.execute(
+                "INSERT INTO delivered_by(node, delivered, failed) VALUES ($1, $2, $3) \
+                 ON CONFLICT (node) DO UPDATE SET delivered = delivered_by.delivered + excluded.delivered, \
+                 failed = delivered_by.failed + excluded.failed",
+                &[&sh.pg.node, &delivered, &failed],
+            )
+            .await
+        },
+        async {
+            t.execute(
+                "WITH d AS (DELETE FROM jobs j WHERE j.id = ANY($1) \
+                   AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.job_id = j.id) RETURNING pool, delivered, failed) \
+                 INSERT INTO totals(pool, delivered, failed) SELECT pool, sum(delivered), sum(failed) FROM d GROUP BY pool \
+                 ON CONFLICT (pool) DO UPDATE SET delivered = totals.delivered + excluded.delivered, failed = totals.failed + excluded.failed",
+                &[&jobs],
+            )
+            .await
+        },
     )
-    .await
-    .map_err(pg_error)?;
-    tx.execute(
-        "WITH d AS (DELETE FROM jobs j WHERE j.id = ANY($1) \
-           AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.job_id = j.id) RETURNING pool, delivered, failed) \
-         INSERT INTO totals(pool, delivered, failed) SELECT pool, sum(delivered), sum(failed) FROM d GROUP BY pool \
-         ON CONFLICT (pool) DO UPDATE SET delivered = totals.delivered + excluded.delivered, failed = totals.failed + excluded.failed",
-        &[&jobs],
-    )
-    .await
     .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     Ok(())

@@ -114,6 +114,12 @@ fn one_node_delivers_a_job_to_the_mock_exactly_once() {
     let led = ledgered(&node.ledger());
     assert!(all.iter().all(|r| led.get(r) == Some(&1)), "ledger lines");
     assert!(
+        smtpw_engine::ledger::read_ledger(&node.ledger())
+            .unwrap()
+            .all(|l| l.node.as_deref() == Some("N1.EXAMPLE.ORG")),
+        "every ledger line names the node"
+    );
+    assert!(
         !node.dir.join("incoming").read_dir().unwrap().any(|e| e
             .unwrap()
             .file_name()

@@ -282,7 +282,8 @@ impl PgSpool {
             .or_else(|| pg.local_dir.as_ref().map(|d| d.join(LEDGER_FILE)))
             .unwrap_or_else(|| PathBuf::from(format!("ledger-{}.jsonl", pg.node)));
         let ledger = Ledger::open(&ledger_path)
-            .map_err(|e| SpoolError::io(format!("opening ledger {}", ledger_path.display()), e))?;
+            .map_err(|e| SpoolError::io(format!("opening ledger {}", ledger_path.display()), e))?
+            .with_node(&pg.node);
         let claim_db = connect(&pg.url).await?;
         let ingest_db = connect(&pg.url).await?;
         let writer_db = connect(&pg.url).await?;
@@ -1421,8 +1422,9 @@ async fn write_batch(
     let jd: Vec<i64> = per_job.values().map(|v| v.0).collect();
     let jf: Vec<i64> = per_job.values().map(|v| v.1).collect();
     let tx = db.transaction().await.map_err(pg_error)?;
-    // Sent together (pipelined on the one connection, executed in this order): one round trip
-    // for the batch's statements, then the commit.
+    // Independent statements (different rows and tables), sent together on the one connection:
+    // tokio-postgres does not promise the order in which pipelined statements run, so the step
+    // that depends on them (folding finished jobs) waits for them all.
     let t = &tx;
     tokio::try_join!(
         async {
@@ -1471,17 +1473,18 @@ async fn write_batch(
             )
             .await
         },
-        async {
-            t.execute(
-                "WITH d AS (DELETE FROM jobs j WHERE j.id = ANY($1) \
-                   AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.job_id = j.id) RETURNING pool, delivered, failed) \
-                 INSERT INTO totals(pool, delivered, failed) SELECT pool, sum(delivered), sum(failed) FROM d GROUP BY pool \
-                 ON CONFLICT (pool) DO UPDATE SET delivered = totals.delivered + excluded.delivered, failed = totals.failed + excluded.failed",
-                &[&jobs],
-            )
-            .await
-        },
     )
+    .map_err(pg_error)?;
+    // Once the counters are added and the copies gone: the jobs left without copies move their
+    // counters into the per-pool totals.
+    t.execute(
+        "WITH d AS (DELETE FROM jobs j WHERE j.id = ANY($1) \
+           AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.job_id = j.id) RETURNING pool, delivered, failed) \
+         INSERT INTO totals(pool, delivered, failed) SELECT pool, sum(delivered), sum(failed) FROM d GROUP BY pool \
+         ON CONFLICT (pool) DO UPDATE SET delivered = totals.delivered + excluded.delivered, failed = totals.failed + excluded.failed",
+        &[&jobs],
+    )
+    .await
     .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     Ok(())

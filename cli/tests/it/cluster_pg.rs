@@ -683,3 +683,43 @@ fn postgres_delivers_at_least_half_the_rate_of_sqlite() {
         N as f64 / lite
     );
 }
+
+/// DIST-4: a node named in DIST_FORWARD that has never joined the spool gets no share, and the
+/// log says so: the ingesting node (SELF) delivers the whole job.
+#[test]
+fn a_node_that_never_started_gets_no_share_and_the_log_says_so() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::a_node_that_never_started_gets_no_share_and_the_log_says_so")
+    else {
+        return;
+    };
+    let url = pg.database("ghost");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let p = Node::new(
+        root.path(),
+        "P.EXAMPLE.ORG",
+        mock.port,
+        2,
+        50,
+        "DIST_FORWARD=SELF 3*GHOST.EXAMPLE.ORG\n",
+    );
+    let all = recipients(500);
+    SMTPW.submit(root.path(), &p.dir, &all);
+    let mut kid = Kid::spawn(p.run_cmd(&url, None, true), "smtpw run");
+    let st = kid
+        .wait_for(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("not done; log:\n{}", p.log_text()));
+    assert!(st.success(), "{}", p.log_text());
+    assert_eq!(
+        received(&mock).len(),
+        all.len(),
+        "SELF delivered the whole job"
+    );
+    assert!(
+        p.log_text()
+            .contains("DIST_FORWARD node GHOST.EXAMPLE.ORG gets no share: it has never started or has been silent"),
+        "{}",
+        p.log_text()
+    );
+}

@@ -13,6 +13,7 @@ mod queue_cmd;
 mod reload;
 mod run_cmd;
 mod sdnotify;
+mod spool_cmd;
 mod submit_cmd;
 
 #[derive(Parser, Debug)]
@@ -43,6 +44,9 @@ enum Command {
     /// Control a running `smtpw run` through its admin endpoint: queue, jobs, suspend, resume,
     /// flush, cancel.
     Ctl(ctl_cmd::CtlArgs),
+    /// Spool maintenance: `smtpw spool copy --from DIR --to URL`.
+    #[command(subcommand)]
+    Spool(spool_cmd::SpoolCommand),
     /// Deliver a sample 10,000-recipient job to two in-process IIS-like relays: no setup.
     #[cfg(feature = "demo")]
     Demo(demo_cmd::DemoArgs),
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Submit(args) => submit_cmd::run(args),
         Command::Queue(args) => queue_cmd::run(args),
         Command::Ctl(args) => ctl_cmd::run(args),
+        Command::Spool(c) => spool_cmd::run(c),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo_cmd::run(args),
     };

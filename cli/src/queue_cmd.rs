@@ -15,9 +15,15 @@ pub const STALE_AFTER_SECS: u64 = 10;
 /// Arguments of `smtpw queue`.
 #[derive(clap::Args, Debug)]
 pub struct QueueArgs {
-    /// The spool directory.
-    #[arg(long, value_name = "DIR")]
+    /// The spool directory, or a database spool's URL (postgres://USER@HOST/DB): then the
+    /// whole cluster's queue and each node ("nodes": alive, last heartbeat, workers, copies
+    /// claimed and assigned, recipients delivered and failed).
+    #[arg(long, value_name = "DIR|URL")]
     pub spool: PathBuf,
+    /// With a database spool: how long a node may be silent before it counts as dead
+    /// (smtpw.toml's [cluster] node_timeout, default 60 s).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub node_timeout: u64,
     /// Print JSON: {"queued", "delivered", "failed", ..., "pools": [...]}, counted in recipients,
     /// and "rates": the engine's rate report (configured and achieved over the last minute).
     #[arg(long)]
@@ -272,6 +278,13 @@ pub fn render_relays(
 
 /// Run `smtpw queue`.
 pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
+    if let Some(url) = args
+        .spool
+        .to_str()
+        .filter(|s| smtpw_engine::spool::postgres::is_url(s))
+    {
+        return cluster(url, &args);
+    }
     if !args.spool.is_dir() {
         anyhow::bail!("{} is not a directory", args.spool.display());
     }
@@ -297,6 +310,54 @@ pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(r) = &rates {
             write!(out, "{}", render_relays(&r.status.relays))?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smtpw queue --spool URL`: the cluster's queue and its nodes.
+fn cluster(url: &str, args: &QueueArgs) -> anyhow::Result<ExitCode> {
+    let now = SystemClock::new().now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let (st, nodes) = rt
+        .block_on(smtpw_engine::spool::postgres::cluster_stats(
+            url,
+            std::time::Duration::from_secs(args.node_timeout),
+            now,
+        ))
+        .with_context(|| {
+            format!(
+                "reading the spool {}",
+                smtpw_engine::settings::redact_url(url)
+            )
+        })?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut v = serde_json::to_value(&st)?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("nodes".to_string(), serde_json::to_value(&nodes)?);
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        write!(out, "{}", render(&st))?;
+        writeln!(out, "nodes:")?;
+        for n in &nodes {
+            writeln!(
+                out,
+                "  {:<24} {:<5} heartbeat {:>6.1} s ago  workers {:>3}  claimed {:>6}  assigned {:>6}  delivered {:>9}  failed {:>7}",
+                n.name,
+                if n.alive { "alive" } else { "dead" },
+                n.heartbeat_age_secs,
+                n.workers,
+                n.claimed,
+                n.assigned,
+                n.delivered,
+                n.failed
+            )?;
         }
     }
     out.flush()?;

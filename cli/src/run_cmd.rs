@@ -14,7 +14,7 @@ use smtpw_engine::engine::{Engine, EngineOptions};
 use smtpw_engine::net::TcpConnector;
 use smtpw_engine::settings::Settings;
 use smtpw_engine::smtp::{helo, TxnDeadline};
-use smtpw_engine::spool::{Spool, SpoolError, SpoolOptions, SqliteSpool};
+use smtpw_engine::spool::{PgOptions, PgSpool, Spool, SpoolError, SpoolOptions, SqliteSpool};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -25,9 +25,16 @@ pub struct RunArgs {
     /// cluster). Without it, every relay gets the defaults.
     #[arg(long, value_name = "FILE")]
     pub settings: Option<PathBuf>,
-    /// The spool directory (created if missing): incoming/, quarantine/, spool.db.
-    #[arg(long)]
-    pub spool: PathBuf,
+    /// The spool: a directory (created if missing: incoming/, quarantine/, spool.db), or a
+    /// PostgreSQL database `postgres://USER@HOST/DB` shared by several nodes (SITE.CFG's NODE=
+    /// names this one). Default: smtpw.toml's `[spool] url` or `path`.
+    #[arg(long, value_name = "DIR|URL")]
+    pub spool: Option<PathBuf>,
+    /// With a database spool: this node's own directory; jobs dropped in DIR/incoming/ are
+    /// ingested (bad ones go to DIR/quarantine/), and the ledger is DIR/ledger.jsonl unless
+    /// --ledger says otherwise. Required with a database spool.
+    #[arg(long, value_name = "DIR")]
+    pub incoming: Option<PathBuf>,
     /// Where per-recipient outcomes go (JSON lines); default SPOOL/ledger.jsonl.
     #[arg(long)]
     pub ledger: Option<PathBuf>,
@@ -134,7 +141,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         // Take over SIGTERM/Ctrl-C first: a signal during start-up (opening a large spool takes
         // a while) then stops the engine cleanly instead of killing the process.
-        let mut signals = Signals::install();
+        let signals = Signals::install();
         let clock = SystemClock::shared();
         let metrics = smtpw_engine::metrics::Metrics::new();
         let opts = SpoolOptions {
@@ -143,19 +150,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             lifetime: Duration::from_secs(args.lifetime_hours * 3600),
             ..SpoolOptions::from_site(&config)
         };
-        let spool = match SqliteSpool::open(&args.spool, opts, clock.clone()) {
-            Ok(s) => Arc::new(s),
-            Err(SpoolError::Locked(dir, lock)) => {
-                anyhow::bail!(
-                    "the spool {} is in use by another process (it holds {}); stop that \
-                     `smtpw run` first, or give this one another --spool",
-                    dir.display(),
-                    lock.display()
-                );
-            }
+        let where_ = match spool_location(&args, &settings) {
+            Ok(w) => w,
             Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("opening the spool {}", args.spool.display())))
+                eprintln!("smtpw: error: {e}");
+                return Ok(ExitCode::from(2));
             }
         };
         let mut eopts = EngineOptions {
@@ -177,107 +176,233 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let connector = Arc::new(TcpConnector {
             connect_timeout: Duration::from_secs(args.connect_timeout),
         });
-        let engine = Arc::new(
-            Engine::builder(config, spool, args.spool.clone())
-                .connector(connector)
-                .clock(clock)
-                .options(eopts)
-                .build(),
-        );
-        let reloader = Arc::new(crate::reload::Reloader {
-            config: args.config.clone(),
-            settings: args.settings.clone(),
-            engine: engine.clone(),
-        });
-        // SIGHUP: reload (OPS-8).
-        #[cfg(unix)]
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut hup) => {
-                let reloader = reloader.clone();
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        info!("SIGHUP: reloading SITE.CFG and smtpw.toml");
-                        let r = reloader.clone();
-                        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+        match where_ {
+            SpoolAt::Dir(dir) => {
+                if eopts.settings.cluster.rate_limit.is_some() {
+                    warn!("[cluster] rate_limit applies to a database spool's nodes; with a spool directory it is not used (SMTP_RATE_LIMIT is)");
+                }
+                let spool = match SqliteSpool::open(&dir, opts, clock.clone()) {
+                    Ok(s) => Arc::new(s),
+                    Err(SpoolError::Locked(dir, lock)) => {
+                        anyhow::bail!(
+                            "the spool {} is in use by another process (it holds {}); stop that \
+                             `smtpw run` first, or give this one another --spool",
+                            dir.display(),
+                            lock.display()
+                        );
                     }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("opening the spool {}", dir.display())))
+                    }
+                };
+                let engine = Arc::new(
+                    Engine::builder(config, spool, dir)
+                        .connector(connector)
+                        .clock(clock)
+                        .options(eopts)
+                        .build(),
+                );
+                let reloader = Arc::new(crate::reload::Reloader {
+                    config: args.config.clone(),
+                    settings: args.settings.clone(),
+                    engine: engine.clone(),
                 });
+                // SIGHUP: reload (OPS-8).
+                #[cfg(unix)]
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    Ok(mut hup) => {
+                        let reloader = reloader.clone();
+                        tokio::spawn(async move {
+                            while hup.recv().await.is_some() {
+                                info!("SIGHUP: reloading SITE.CFG and smtpw.toml");
+                                let r = reloader.clone();
+                                let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                            }
+                        });
+                    }
+                    Err(e) => warn!(error = %e, "cannot listen for SIGHUP: no reload by signal"),
+                }
+                let admin_addr = args.admin.or(admin.as_ref().map(|a| a.address));
+                if let Some(addr) = admin_addr {
+                    let state = Arc::new(crate::admin::AdminState {
+                        engine: engine.clone(),
+                        metrics,
+                        token: admin.and_then(|a| a.token),
+                        reloader,
+                        queue_cache: tokio::sync::Mutex::new(None),
+                    });
+                    if let Err(e) = crate::admin::start(addr, state).await {
+                        eprintln!("smtpw: error: {e:#}");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+                // Started: the spool is open, the admin endpoint listens (systemd Type=notify).
+                serve(engine, signals).await
             }
-            Err(e) => warn!(error = %e, "cannot listen for SIGHUP: no reload by signal"),
-        }
-        let admin_addr = args.admin.or(admin.as_ref().map(|a| a.address));
-        if let Some(addr) = admin_addr {
-            let state = Arc::new(crate::admin::AdminState {
-                engine: engine.clone(),
-                metrics,
-                token: admin.and_then(|a| a.token),
-                reloader,
-                queue_cache: tokio::sync::Mutex::new(None),
-            });
-            if let Err(e) = crate::admin::start(addr, state).await {
-                eprintln!("smtpw: error: {e:#}");
-                return Ok(ExitCode::from(2));
+            SpoolAt::Db(url) => {
+                let Some(node) = config.node.clone() else {
+                    eprintln!(
+                        "smtpw: error: a database spool needs SITE.CFG's NODE= (this node's name \
+                         in the cluster)"
+                    );
+                    return Ok(ExitCode::from(2));
+                };
+                let Some(local) = args.incoming.clone() else {
+                    eprintln!(
+                        "smtpw: error: a database spool needs --incoming DIR (this node's own \
+                         directory: DIR/incoming/, DIR/quarantine/, DIR/ledger.jsonl)"
+                    );
+                    return Ok(ExitCode::from(2));
+                };
+                if let Some(limits) = eopts.settings.cluster.rate_limit.clone() {
+                    let limit = smtpw_engine::spool::postgres::limit::ClusterLimit::open(
+                        url.expose(),
+                        &limits,
+                    )
+                    .await
+                    .context("setting up [cluster] rate_limit")?;
+                    info!("[cluster] rate_limit is shared with every node of the spool");
+                    eopts.shared_limit = Some(limit);
+                }
+                let mut pg = PgOptions::new(url.expose(), node);
+                pg.node_timeout = eopts.settings.cluster.node_timeout;
+                pg.dist_forward = config.dist_forward.clone();
+                pg.local_dir = Some(local.clone());
+                pg.workers = i32::try_from(config.workers.len()).unwrap_or(i32::MAX);
+                let spool = match PgSpool::open(opts, pg, clock.clone()).await {
+                    Ok(s) => Arc::new(s),
+                    Err(e @ SpoolError::NodeTaken(_)) => {
+                        eprintln!("smtpw: error: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "opening the spool {}",
+                            smtpw_engine::settings::redact_url(url.expose())
+                        )))
+                    }
+                };
+                info!(node = %spool.node(), ledger = %spool.ledger_path().display(), "joined the cluster");
+                if args.admin.is_some() || admin.is_some() {
+                    warn!("the admin endpoint and live reload are not available on a database spool yet; running without them");
+                }
+                let engine = Arc::new(
+                    Engine::builder(config, spool.clone(), local)
+                        .connector(connector)
+                        .clock(clock)
+                        .options(eopts)
+                        .build(),
+                );
+                let code = serve(engine, signals).await;
+                if let Err(e) = spool.close().await {
+                    warn!(error = %e, "could not give back the copies this node held; the other nodes take them after node_timeout");
+                }
+                code
             }
         }
-        // Started: the spool is open, the admin endpoint listens (systemd Type=notify).
-        crate::sdnotify::notify("READY=1");
-        let stopper = engine.shutdown().clone();
-        let drain_timeout = engine.options().drain_timeout;
-        tokio::spawn(async move {
-            signals.recv().await;
-            info!(
-                drain_timeout = ?drain_timeout,
-                "signal received: finishing transactions in flight (for at most the drain timeout; \
-                 then they go back to the queue), then stopping (signal again to stop at once)"
-            );
-            crate::sdnotify::notify("STOPPING=1");
-            stopper.cancel();
-            // A second signal stops at once: nothing is lost (QUEUE-1), the transactions
-            // still in flight are simply repeated by the next run.
-            signals.recv().await;
-            warn!("second signal: stopping now; the transactions in flight will be repeated by the next run");
-            std::process::exit(EXIT_FORCED);
-        });
-        let summary = engine.run().await;
-        crate::sdnotify::notify("STOPPING=1");
-        info!(
-            delivered = summary.delivered,
-            failed = summary.failed,
-            deferred = summary.deferred,
-            copies = summary.copies,
-            "stopped"
-        );
-        if summary.unrecorded_at_stop > 0 {
-            eprintln!(
-                "smtpw: stopped with the outcomes of {} cop{} delivered but not recorded (the                  spool could not write: {}); the next run delivers {} again",
-                summary.unrecorded_at_stop,
-                if summary.unrecorded_at_stop == 1 { "y" } else { "ies" },
-                engine
-                    .spool()
-                    .recording_error()
-                    .unwrap_or_else(|| "see the log".to_owned()),
-                if summary.unrecorded_at_stop == 1 { "it" } else { "them" },
-            );
-            return Ok(ExitCode::from(EXIT_UNRECORDED));
-        }
-        let left = &summary.left_in_incoming;
-        if !left.is_empty() {
-            use smtpw_engine::text::escape_controls;
-            let list: Vec<String> = left
-                .iter()
-                .map(|s| format!("{} ({})", escape_controls(&s.name), escape_controls(&s.reason)))
-                .collect();
-            eprintln!(
-                "smtpw: --until-empty: {} file{} in incoming can be neither read nor moved to \
-                 quarantine, so {} not sent: {}",
-                left.len(),
-                if left.len() == 1 { "" } else { "s" },
-                if left.len() == 1 { "it was" } else { "they were" },
-                list.join("; ")
-            );
-            return Ok(ExitCode::from(EXIT_LEFT_IN_INCOMING));
-        }
-        Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Where the spool is.
+enum SpoolAt {
+    Dir(PathBuf),
+    Db(smtpw_engine::settings::Secret),
+}
+
+/// --spool, else smtpw.toml's `[spool] url` or `path`.
+fn spool_location(args: &RunArgs, settings: &Settings) -> Result<SpoolAt, String> {
+    if let Some(s) = &args.spool {
+        return Ok(
+            match s
+                .to_str()
+                .filter(|s| smtpw_engine::spool::postgres::is_url(s))
+            {
+                Some(url) => SpoolAt::Db(smtpw_engine::settings::Secret::new(url.to_owned())),
+                None => SpoolAt::Dir(s.clone()),
+            },
+        );
+    }
+    if let Some(u) = &settings.spool.url {
+        return Ok(SpoolAt::Db(u.clone()));
+    }
+    if let Some(p) = &settings.spool.path {
+        return Ok(SpoolAt::Dir(p.clone()));
+    }
+    Err("no spool: give --spool DIR|URL, or [spool] path or url in smtpw.toml".into())
+}
+
+/// Run the engine until it stops; the exit status.
+async fn serve<S: Spool>(engine: Arc<Engine<S>>, mut signals: Signals) -> anyhow::Result<ExitCode> {
+    // Started: the spool is open, the admin endpoint listens (systemd Type=notify).
+    crate::sdnotify::notify("READY=1");
+    let stopper = engine.shutdown().clone();
+    let drain_timeout = engine.options().drain_timeout;
+    tokio::spawn(async move {
+        signals.recv().await;
+        info!(
+            drain_timeout = ?drain_timeout,
+            "signal received: finishing transactions in flight (for at most the drain timeout; \
+             then they go back to the queue), then stopping (signal again to stop at once)"
+        );
+        crate::sdnotify::notify("STOPPING=1");
+        stopper.cancel();
+        // A second signal stops at once: nothing is lost (QUEUE-1), the transactions
+        // still in flight are simply repeated by the next run.
+        signals.recv().await;
+        warn!("second signal: stopping now; the transactions in flight will be repeated by the next run");
+        std::process::exit(EXIT_FORCED);
+    });
+    let summary = engine.run().await;
+    crate::sdnotify::notify("STOPPING=1");
+    info!(
+        delivered = summary.delivered,
+        failed = summary.failed,
+        deferred = summary.deferred,
+        copies = summary.copies,
+        "stopped"
+    );
+    if summary.unrecorded_at_stop > 0 {
+        eprintln!(
+            "smtpw: stopped with the outcomes of {} cop{} delivered but not recorded (the spool could not write: {}); the next run delivers {} again",
+            summary.unrecorded_at_stop,
+            if summary.unrecorded_at_stop == 1 { "y" } else { "ies" },
+            engine
+                .spool()
+                .recording_error()
+                .unwrap_or_else(|| "see the log".to_owned()),
+            if summary.unrecorded_at_stop == 1 { "it" } else { "them" },
+        );
+        return Ok(ExitCode::from(EXIT_UNRECORDED));
+    }
+    let left = &summary.left_in_incoming;
+    if !left.is_empty() {
+        use smtpw_engine::text::escape_controls;
+        let list: Vec<String> = left
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({})",
+                    escape_controls(&s.name),
+                    escape_controls(&s.reason)
+                )
+            })
+            .collect();
+        eprintln!(
+            "smtpw: --until-empty: {} file{} in incoming can be neither read nor moved to \
+             quarantine, so {} not sent: {}",
+            left.len(),
+            if left.len() == 1 { "" } else { "s" },
+            if left.len() == 1 {
+                "it was"
+            } else {
+                "they were"
+            },
+            list.join("; ")
+        );
+        return Ok(ExitCode::from(EXIT_LEFT_IN_INCOMING));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), listened to from the moment of [`Signals::install`].

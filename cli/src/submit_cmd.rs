@@ -13,9 +13,14 @@ use smtpw_engine::spool::SubmitError;
 /// Arguments of `smtpw submit`.
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
-    /// The spool directory (the job goes to DIR/incoming).
-    #[arg(long, value_name = "DIR")]
+    /// The spool directory (the job goes to DIR/incoming), or a database spool's URL
+    /// (postgres://USER@HOST/DB; then --via is needed).
+    #[arg(long, value_name = "DIR|URL")]
     pub spool: PathBuf,
+    /// With a database spool: queue the job as if node NODE had ingested it (its copies shared
+    /// out by that node's DIST_FORWARD, split by its MAXBSMTP and SORT_RECIPIENTS).
+    #[arg(long, value_name = "NODE")]
+    pub via: Option<String>,
     /// Envelope sender (MAIL FROM); "" for the null sender.
     #[arg(long, value_name = "ADDR")]
     pub from: String,
@@ -148,7 +153,52 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         buf: Vec::with_capacity(256),
         count: 0,
     };
-    let message = open(&args.message)?;
+    let mut message = open(&args.message)?;
+    if let Some(url) = args
+        .spool
+        .to_str()
+        .filter(|s| smtpw_engine::spool::postgres::is_url(s))
+    {
+        let Some(via) = args.via.clone() else {
+            bail!("a database spool needs --via NODE: the node whose share-out the job takes");
+        };
+        let rcpts: Vec<String> = rcpts.by_ref().collect::<anyhow::Result<_>>()?;
+        let mut raw = Vec::new();
+        message
+            .read_to_end(&mut raw)
+            .with_context(|| format!("reading {}", args.message))?;
+        let job = smtpw_engine::spool::postgres::DirectJob {
+            mail_from: args.from.clone(),
+            pool: args.pool,
+            rcpts,
+            message: smtpw_engine::job::to_crlf(&raw),
+        };
+        let n = job.rcpts.len();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let (id, copies) = rt
+            .block_on(smtpw_engine::spool::postgres::submit_via(
+                url,
+                &via,
+                smtpw_engine::clock::SystemClock::shared(),
+                job,
+            ))
+            .with_context(|| {
+                format!("submitting to {}", smtpw_engine::settings::redact_url(url))
+            })?;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "queued job {id} via {via} ({n} recipients, {copies} copies)"
+        )?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.via.is_some() {
+        bail!("--via is for a database spool (--spool postgres://...)");
+    }
     let path = match smtpw_engine::spool::try_submit(
         &args.spool,
         &args.from,

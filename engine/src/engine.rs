@@ -55,6 +55,8 @@ pub struct EngineOptions {
     ///
     /// [`SpoolOptions::metrics`]: crate::spool::SpoolOptions::metrics
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// A rate limit shared with the other nodes of a cluster (RATE-6), on top of SITE.CFG's.
+    pub shared_limit: Option<Arc<dyn crate::ratelimit::SharedLimit>>,
 }
 
 /// How long a stop waits for the transactions in flight by default.
@@ -74,6 +76,7 @@ impl Default for EngineOptions {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             client: ClientConfig::default(),
             metrics: crate::metrics::Metrics::new(),
+            shared_limit: None,
         }
     }
 }
@@ -327,7 +330,9 @@ impl<S: Spool> Engine<S> {
         // One meter of bytes sent, shared by every limiter, kept in SPOOL/rate-status.json.
         let meter = Arc::new(RateMeter::new());
         let mut shared = Arc::new(
-            RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth).with_meter(meter.clone()),
+            RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth)
+                .with_meter(meter.clone())
+                .with_shared(self.opts.shared_limit.clone()),
         );
         let rates = RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now());
         rates.log_report();
@@ -395,7 +400,8 @@ impl<S: Spool> Engine<S> {
                     } else {
                         Arc::new(
                             RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth)
-                                .with_meter(meter.clone()),
+                                .with_meter(meter.clone())
+                                .with_shared(self.opts.shared_limit.clone()),
                         )
                     };
                     if !keep_all {
@@ -437,7 +443,8 @@ impl<S: Spool> Engine<S> {
                                     &serving,
                                     self.opts.rate_depth,
                                 )
-                                .with_meter(meter.clone()),
+                                .with_meter(meter.clone())
+                                .with_shared(self.opts.shared_limit.clone()),
                             )
                         } else {
                             limiter.clone()

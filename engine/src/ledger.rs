@@ -46,6 +46,9 @@ pub struct LedgerLine {
     /// For `failed`: true when it failed because the job outlived its lifetime.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expired: bool,
+    /// On a database spool: the node that recorded the outcome (CLU-5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A ledger line borrowing its texts: what the spool's writer pushes ([`Ledger::push`] writes the
@@ -92,6 +95,8 @@ struct WireLine<'a> {
     retry_at: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     expired: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
 }
 
 /// The text of the last time written in one field, as [`Timestamp`]'s `Display` (and so its
@@ -148,9 +153,17 @@ pub struct Ledger {
     /// The last `time` and `retry_at` pushed, as text.
     time: TimeText,
     retry_at: TimeText,
+    /// Written on every line when set ([`Ledger::with_node`]).
+    node: Option<String>,
 }
 
 impl Ledger {
+    /// Every line this ledger writes names `node` (a database spool's node, CLU-5).
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_owned());
+        self
+    }
+
     /// Open (create) the ledger for appending.
     pub fn open(path: &Path) -> io::Result<Self> {
         if let Some(parent) = path.parent() {
@@ -178,6 +191,7 @@ impl Ledger {
             cut_back_to: None,
             time: TimeText::default(),
             retry_at: TimeText::default(),
+            node: None,
         })
     }
 
@@ -219,6 +233,7 @@ impl Ledger {
             attempts: line.attempts,
             retry_at,
             expired: line.expired,
+            node: self.node.as_deref(),
         };
         let mark = self.buf.len();
         if let Err(e) = serde_json::to_writer(&mut self.buf, &wire) {
@@ -349,6 +364,22 @@ mod tests {
         assert_eq!(back.len(), 3);
         assert_eq!(back[1].retry_at, Some(retry));
         assert_eq!(back[2].time, now);
+        assert_eq!(back[0].node, None);
+        // A database spool's node names itself on every line, last.
+        let q = dir.path().join("n.jsonl");
+        let mut l = Ledger::open(&q).unwrap().with_node("N1.EXAMPLE.ORG");
+        l.begin();
+        l.push(&delivered).unwrap();
+        l.commit().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&q).unwrap(),
+            concat!(
+                r#"{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"a@b.c","outcome":"delivered","relay":"mx1:25","reply":"250 2.6.0 Queued mail for delivery","attempts":1,"node":"N1.EXAMPLE.ORG"}"#,
+                "\n",
+            )
+        );
+        let back: Vec<LedgerLine> = read_ledger(&q).unwrap().collect();
+        assert_eq!(back[0].node.as_deref(), Some("N1.EXAMPLE.ORG"));
     }
 
     fn timestamp() -> impl Strategy<Value = Timestamp> {
@@ -388,6 +419,7 @@ mod tests {
                     attempts: 1,
                     retry_at: *retry_at,
                     expired: false,
+                    node: None,
                 };
                 let mark = l.buf.len();
                 l.push(&borrowed(&line)).unwrap();
@@ -423,6 +455,7 @@ mod tests {
             attempts: 1,
             retry_at: None,
             expired: true,
+            node: None,
         };
         l.append(std::slice::from_ref(&line)).unwrap();
         l.append(std::slice::from_ref(&line)).unwrap();
@@ -448,6 +481,7 @@ mod tests {
             attempts: 1,
             retry_at: None,
             expired: false,
+            node: None,
         };
         let mut l = Ledger::open(&p).unwrap();
         l.append(&[line("a@b")]).unwrap();
@@ -515,6 +549,7 @@ mod tests {
             attempts: 3,
             retry_at: retry.map(t),
             expired,
+            node: None,
         };
         // Times repeat and change from line to line, as in a batch of several copies.
         let lines = [

@@ -118,6 +118,13 @@ fn reserve_in(bucket: &Bucket, now: Instant, bits: u64) -> Instant {
     at
 }
 
+/// A limit shared with other processes (the nodes of a cluster, RATE-6): awaited after this
+/// process's own buckets.
+pub trait SharedLimit: Send + Sync + std::fmt::Debug {
+    /// Wait until a message of `bytes` in `pool` may be sent as far as the shared limit goes.
+    fn acquire(&self, pool: Pool, bytes: u64) -> crate::net::BoxFuture<'_, ()>;
+}
+
 /// The process-wide limiter: one overall bucket and one per limited pool, shared via `Arc` by every
 /// worker (RATE-4).
 #[derive(Debug, Default)]
@@ -126,6 +133,8 @@ pub struct RateLimiter {
     pools: Vec<Option<Bucket>>,
     /// What the workers actually sent, per pool (shared by the per-worker limiters of a split).
     meter: Arc<RateMeter>,
+    /// The cluster's limit, if any.
+    shared: Option<Arc<dyn SharedLimit>>,
 }
 
 impl RateLimiter {
@@ -139,7 +148,14 @@ impl RateLimiter {
             overall: limits.overall_bps.map(|bps| Bucket::new(bps, depth)),
             pools,
             meter: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// The same limiter, also waiting for a limit shared with other processes.
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedLimit>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// The same limiter, recording into `meter` (so per-worker limiters can share one meter).
@@ -218,6 +234,9 @@ impl RateLimiter {
         if self.overall.is_some() {
             let at = self.reserve_overall(bytes, Instant::now());
             tokio::time::sleep_until(at).await;
+        }
+        if let Some(s) = &self.shared {
+            s.acquire(pool, bytes).await;
         }
     }
 

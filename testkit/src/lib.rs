@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`topology`] | a SITE.CFG, in-process mocks behind a `MemoryConnector`, a spool, a virtual clock and the engine on the test's runtime |
 //! | [`workload`] | messages, recipients and BSMTP job streams; a seeded pseudo-random sequence |
+//! | [`postgres`] | a private PostgreSQL server (or the one `SMTPW_TEST_DATABASE_URL` names), one database per test |
 //! | [`proc`] | the real binaries as processes: the `smtpw` commands, children killed on drop, bounded waits, free ports, a mock-mta on loopback or as a process |
 //! | [`site`] | one spool driven through the `smtpw` binary as an operator would |
 //! | [`scripted`] | a scripted SMTP relay (in memory or on loopback) that records what it got |
@@ -32,6 +33,7 @@ pub mod assert;
 pub mod hostile;
 pub mod ledger;
 pub mod logs;
+pub mod postgres;
 pub mod proc;
 pub mod rate;
 pub mod scripted;

@@ -11,6 +11,7 @@ pub const SMTPW: Smtpw = Smtpw::new(env!("CARGO_BIN_EXE_smtpw"));
 
 mod admin;
 mod cli_edges;
+mod cluster_pg;
 mod config_cli;
 mod config_limits;
 mod ctl;

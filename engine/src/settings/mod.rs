@@ -55,7 +55,7 @@ pub use duration::{format_duration, parse_duration, DURATION_EXPECTED};
 pub use listen::{IpNet, ListenSettings, SenderPattern};
 pub use relays::{AuthMechanism, RelayAuth, RelaySettings, Relays, TlsMode};
 pub use secret::Secret;
-pub use spool::SpoolSettings;
+pub use spool::{redact_url, SpoolSettings};
 
 use crate::config::{Diagnostic, Severity};
 

@@ -168,7 +168,7 @@ impl Incoming<'_> {
 
 /// Open a job file for reading, never blocking: a FIFO (or anything else that is not a regular
 /// file by the time it is opened) is refused with what it is.
-fn open_job(path: &Path) -> Result<File, OpenError> {
+pub(super) fn open_job(path: &Path) -> Result<File, OpenError> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -182,7 +182,7 @@ fn open_job(path: &Path) -> Result<File, OpenError> {
     Ok(file)
 }
 
-enum OpenError {
+pub(super) enum OpenError {
     Io(std::io::Error),
     NotRegular(&'static str),
 }
@@ -666,37 +666,49 @@ impl Shared {
         line: u64,
         now: Timestamp,
     ) -> Result<Quarantined, SpoolError> {
-        let qdir = self.dir.join(QUARANTINE);
-        std::fs::create_dir_all(&qdir)
-            .map_err(|e| SpoolError::io(format!("creating {}", qdir.display()), e))?;
-        // `symlink_metadata`: a dangling link already in quarantine is taken too.
-        let taken = |p: &Path| std::fs::symlink_metadata(p).is_ok();
-        let mut dest = qdir.join(&f.name);
-        let mut k = 1;
-        while taken(&dest) {
-            dest = qdir.join(format!("{}.{k}", f.name));
-            k += 1;
-        }
-        let reason = format!("{}/{}: {why}", INCOMING, f.name);
-        let mut reason_path = dest.clone().into_os_string();
-        reason_path.push(".reason");
-        let reason_path = PathBuf::from(reason_path);
-        let text = format!(
-            "{reason}\nfile: {}/{}\nline: {line}\nquarantined: {}\n",
-            INCOMING, f.name, now
-        );
-        super::write_all(&reason_path, text.as_bytes()).inspect_err(|_| {
-            let _ = std::fs::remove_file(&reason_path);
-        })?;
-        if let Err(e) = std::fs::rename(&f.path, &dest) {
-            let _ = std::fs::remove_file(&reason_path);
-            return Err(SpoolError::io(
-                format!("moving {} to {}", f.path.display(), qdir.display()),
-                e,
-            ));
-        }
-        Ok(Quarantined { file: dest, reason })
+        quarantine(&self.dir, f, why, line, now)
     }
+}
+
+/// Move `f` to `DIR/quarantine/` (a free name: `NAME`, `NAME.1`, ...) with `NAME.reason` beside
+/// it. On failure nothing is left behind (no reason file without its entry).
+pub(super) fn quarantine(
+    dir: &Path,
+    f: &IncomingFile,
+    why: &str,
+    line: u64,
+    now: Timestamp,
+) -> Result<Quarantined, SpoolError> {
+    let qdir = dir.join(QUARANTINE);
+    std::fs::create_dir_all(&qdir)
+        .map_err(|e| SpoolError::io(format!("creating {}", qdir.display()), e))?;
+    // `symlink_metadata`: a dangling link already in quarantine is taken too.
+    let taken = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let mut dest = qdir.join(&f.name);
+    let mut k = 1;
+    while taken(&dest) {
+        dest = qdir.join(format!("{}.{k}", f.name));
+        k += 1;
+    }
+    let reason = format!("{}/{}: {why}", INCOMING, f.name);
+    let mut reason_path = dest.clone().into_os_string();
+    reason_path.push(".reason");
+    let reason_path = PathBuf::from(reason_path);
+    let text = format!(
+        "{reason}\nfile: {}/{}\nline: {line}\nquarantined: {}\n",
+        INCOMING, f.name, now
+    );
+    super::write_all(&reason_path, text.as_bytes()).inspect_err(|_| {
+        let _ = std::fs::remove_file(&reason_path);
+    })?;
+    if let Err(e) = std::fs::rename(&f.path, &dest) {
+        let _ = std::fs::remove_file(&reason_path);
+        return Err(SpoolError::io(
+            format!("moving {} to {}", f.path.display(), qdir.display()),
+            e,
+        ));
+    }
+    Ok(Quarantined { file: dest, reason })
 }
 
 fn set_aside(f: &IncomingFile, reason: String) -> SetAside {

@@ -39,10 +39,12 @@ mod index;
 mod ingest;
 mod owner;
 pub(crate) mod policy;
+pub mod postgres;
 mod sqlite;
 
 pub use ingest::{is_job_name, list_incoming, EntryKind, IncomingFile, ASIDE_FIRST, ASIDE_MAX};
 pub use owner::{engine_state, EngineState};
+pub use postgres::{PgOptions, PgSpool};
 pub use sqlite::{read_stats, SqliteSpool};
 
 /// Folder names inside a spool directory.
@@ -340,6 +342,12 @@ pub enum SpoolError {
     #[error("copy {0}: its outcomes could not be recorded before the spool closed ({1}); it stays queued and the next run sends it again")]
     /// A copy's outcomes were not recorded before the spool closed.
     Unrecorded(i64, String),
+    #[error("PostgreSQL spool: {0}")]
+    /// The PostgreSQL spool failed (the URL's password is never in the text).
+    Postgres(String),
+    #[error("a live node named {0} already uses this spool database (two nodes cannot share a name: give this one another NODE=, or stop the other)")]
+    /// Another live node already has this NODE name.
+    NodeTaken(String),
     #[error("spool database is corrupt: {0}")]
     /// The database or a job holds what smtpw never writes there.
     Corrupt(String),

@@ -1,0 +1,725 @@
+//! The PostgreSQL spool with the binaries users run (CLU-1..CLU-4): a private PostgreSQL from
+//! testkit (or the server `SMTPW_TEST_DATABASE_URL` names); without PostgreSQL each test says
+//! loudly that it skipped and how to install it.
+//!
+//! `cargo test -p smtpw --test it cluster_pg:: -- --nocapture` prints the figures.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mock_mta::MockConfig;
+use smtpw_testkit::ledger::ledgered;
+use smtpw_testkit::postgres::Postgres;
+use smtpw_testkit::proc::{log_to, num, received, repeat_bound_per_crash, Kid, LoopbackMock};
+use smtpw_testkit::workload::recipients;
+
+use crate::SMTPW;
+
+/// A node's files: SITE.CFG, its own directory (incoming/, ledger.jsonl) and its log.
+struct Node {
+    cfg: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Node {
+    fn new(root: &Path, name: &str, port: u16, workers: u32, max_bsmtp: u32, extra: &str) -> Node {
+        let base = root.join(name);
+        std::fs::create_dir_all(&base).unwrap();
+        let cfg = base.join("SITE.CFG");
+        std::fs::write(
+            &cfg,
+            format!(
+                "NODE={name}\nSMTP_FORWARD=127.0.0.1:{port}\n\
+                 SMTP_FORWARD_1={workers}*127.0.0.1:{port}\nMAXBSMTP={max_bsmtp}\n{extra}"
+            ),
+        )
+        .unwrap();
+        Node {
+            cfg,
+            dir: base.join("node"),
+            log: base.join("smtpw.log"),
+        }
+    }
+
+    fn run_cmd(&self, url: &str, settings: Option<&Path>, until_empty: bool) -> Command {
+        let mut c = SMTPW.command();
+        c.arg("run")
+            .arg("--config")
+            .arg(&self.cfg)
+            .args(["--spool", url])
+            .arg("--incoming")
+            .arg(&self.dir);
+        if let Some(s) = settings {
+            c.arg("--settings").arg(s);
+        }
+        if until_empty {
+            c.arg("--until-empty");
+        }
+        c.env("RUST_LOG", "info");
+        log_to(&mut c, &self.log);
+        c
+    }
+
+    fn ledger(&self) -> PathBuf {
+        self.dir.join("ledger.jsonl")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn queue(url: &str) -> serde_json::Value {
+    let out = SMTPW
+        .command()
+        .args(["queue", "--json", "--spool", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtpw queue --spool URL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// One node on PostgreSQL delivers a job end to end: every recipient reaches the mock once, the
+/// ledger has a delivered line for each, and the cluster's queue says so.
+#[test]
+fn one_node_delivers_a_job_to_the_mock_exactly_once() {
+    let Some(pg) = Postgres::shared("cluster_pg::one_node_delivers_a_job_to_the_mock_exactly_once")
+    else {
+        return;
+    };
+    let url = pg.database("one_node");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let node = Node::new(root.path(), "N1.EXAMPLE.ORG", mock.port, 4, 50, "");
+    let all = recipients(3_000);
+    SMTPW.submit(root.path(), &node.dir, &all);
+    let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
+    let status = kid
+        .wait_for(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the run did not finish in 120 s; log:\n{}", node.log_text()));
+    assert!(status.success(), "exit {status}; log:\n{}", node.log_text());
+    assert!(mock.wait_idle(Duration::from_secs(10)));
+    let got = received(&mock);
+    assert_eq!(got.len(), all.len(), "recipients received at the mock");
+    assert!(
+        all.iter().all(|r| got.get(r) == Some(&1)),
+        "every recipient exactly once at the mock"
+    );
+    let led = ledgered(&node.ledger());
+    assert!(all.iter().all(|r| led.get(r) == Some(&1)), "ledger lines");
+    assert!(
+        smtpw_engine::ledger::read_ledger(&node.ledger())
+            .unwrap()
+            .all(|l| l.node.as_deref() == Some("N1.EXAMPLE.ORG")),
+        "every ledger line names the node"
+    );
+    assert!(
+        !node.dir.join("incoming").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".MAIL")),
+        "the job file is removed once committed"
+    );
+    let q = queue(&url);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered"), num(&q, "failed")),
+        (0, all.len() as u64, 0),
+        "smtpw queue --spool URL: {q}"
+    );
+    let nodes = q["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{q}");
+    assert_eq!(nodes[0]["name"], "N1.EXAMPLE.ORG");
+    assert_eq!(nodes[0]["delivered"], all.len() as u64);
+}
+
+/// A SIGKILL mid-run loses nothing: the restarted node takes its own work back at once and
+/// delivers the rest; repeats at the relay stay within the transactions in flight at the kill.
+#[test]
+fn sigkill_of_a_node_mid_run_loses_nothing() {
+    let Some(pg) = Postgres::shared("cluster_pg::sigkill_of_a_node_mid_run_loses_nothing") else {
+        return;
+    };
+    const N: usize = 20_000;
+    const WORKERS: u32 = 4;
+    const MAX_BSMTP: u32 = 50;
+    let url = pg.database("sigkill");
+    let root = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    mc.faults.command_latency_ms.insert("DOT".into(), 20);
+    let mock = LoopbackMock::start(mc);
+    let node = Node::new(
+        root.path(),
+        "N1.EXAMPLE.ORG",
+        mock.port,
+        WORKERS,
+        MAX_BSMTP,
+        "",
+    );
+    let all = recipients(N);
+    SMTPW.submit(root.path(), &node.dir, &all);
+    let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
+    // Kill once delivery is under way.
+    let t0 = Instant::now();
+    while mock.mta.stats().recipients_accepted < 2_000 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(kid.kill(), "the node was still running at the kill");
+    let before = mock.mta.stats().recipients_accepted;
+    assert!(
+        before < N as u64,
+        "the kill came before the end ({before} delivered)"
+    );
+    // The restart (same name) takes its claimed copies back at once: no wait for node_timeout.
+    let t_restart = Instant::now();
+    let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
+    let status = kid.wait_for(Duration::from_secs(120)).unwrap_or_else(|| {
+        panic!(
+            "the restart did not finish in 120 s; log:\n{}",
+            node.log_text()
+        )
+    });
+    assert!(status.success(), "exit {status}; log:\n{}", node.log_text());
+    let restart = t_restart.elapsed();
+    assert!(mock.wait_idle(Duration::from_secs(10)));
+    let got = received(&mock);
+    let lost = all.iter().filter(|r| !got.contains_key(*r)).count();
+    let dups: u64 = got.values().map(|n| u64::from(n - 1)).sum();
+    let bound = repeat_bound_per_crash(WORKERS, MAX_BSMTP);
+    eprintln!(
+        "pg sigkill: {before} delivered before the kill, restart finished in {:.1} s, lost {lost}, \
+         repeats {dups} (bound {bound})",
+        restart.as_secs_f64()
+    );
+    assert_eq!(lost, 0, "recipients lost");
+    assert_eq!(got.len(), N, "no address the job did not have");
+    assert!(dups <= bound, "repeats {dups} > bound {bound}");
+    let q = queue(&url);
+    assert_eq!(
+        (num(&q, "queued"), num(&q, "delivered")),
+        (0, N as u64),
+        "the database counts each recipient once: {q}"
+    );
+}
+
+/// Two live nodes cannot share a name: the second is refused with exit 2 and says why.
+#[test]
+fn a_second_live_node_with_the_same_name_is_refused() {
+    let Some(pg) = Postgres::shared("cluster_pg::a_second_live_node_with_the_same_name_is_refused")
+    else {
+        return;
+    };
+    let url = pg.database("same_name");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let a = Node::new(root.path(), "SAME", mock.port, 1, 50, "");
+    let mut first = Kid::spawn(a.run_cmd(&url, None, false), "smtpw run");
+    let t0 = Instant::now();
+    while !a.log_text().contains("joined the cluster") && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        a.log_text().contains("joined the cluster"),
+        "{}",
+        a.log_text()
+    );
+    let b = Node::new(&root.path().join("b"), "SAME", mock.port, 1, 50, "");
+    let st = b.run_cmd(&url, None, false).status().unwrap();
+    assert_eq!(st.code(), Some(2), "the second node exits 2");
+    assert!(
+        b.log_text()
+            .contains("a live node named SAME already uses this spool database"),
+        "{}",
+        b.log_text()
+    );
+    first.term_and_wait(Duration::from_secs(30));
+}
+
+/// smtpw.toml with `[cluster] node_timeout`.
+fn settings(dir: &Path, node_timeout: &str) -> PathBuf {
+    let p = dir.join("smtpw.toml");
+    std::fs::write(
+        &p,
+        format!("[cluster]\nnode_timeout = \"{node_timeout}\"\n"),
+    )
+    .unwrap();
+    p
+}
+
+fn wait_for_log(node: &Node, what: &str, limit: Duration) {
+    let t0 = Instant::now();
+    while !node.log_text().contains(what) && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        node.log_text().contains(what),
+        "{what:?} not in the log:\n{}",
+        node.log_text()
+    );
+}
+
+/// Recipients of the copies queued per node they are assigned to (DIST_FORWARD shares).
+fn assigned(url: &str) -> std::collections::HashMap<String, u64> {
+    smtpw_testkit::postgres::psql(
+        url,
+        "SELECT COALESCE(assigned_to, '-') || '=' || sum(n) FROM copies GROUP BY assigned_to",
+    )
+    .lines()
+    .filter_map(|l| l.split_once('='))
+    .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+    .collect()
+}
+
+/// DIST-4, CLU-3: a `0*SELF` primary shares a 30,000-recipient job between two distribute
+/// workers weighted 1 and 2 (within 3% of 1:2; the primary delivers none); a SIGKILL of the
+/// heavier worker mid-run loses nothing: its remaining share goes to the other once it has been
+/// silent for node_timeout; restarted, it rejoins (alive, and takes its share of a new job).
+#[test]
+fn three_nodes_share_by_weight_and_survive_a_sigkill() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::three_nodes_share_by_weight_and_survive_a_sigkill")
+    else {
+        return;
+    };
+    const N: usize = 30_000;
+    const MAX_BSMTP: u32 = 50;
+    const WORKERS: u32 = 4;
+    let url = pg.database("three_nodes");
+    let root = tempfile::tempdir().unwrap();
+    let toml = settings(root.path(), "3s");
+    let slow = || {
+        let mut mc = MockConfig::iis();
+        mc.faults.command_latency_ms.insert("DOT".into(), 25);
+        LoopbackMock::start(mc)
+    };
+    let (mp, m1, m2) = (slow(), slow(), slow());
+    let w1 = Node::new(
+        root.path(),
+        "W1.EXAMPLE.ORG",
+        m1.port,
+        WORKERS,
+        MAX_BSMTP,
+        "",
+    );
+    let w2 = Node::new(
+        root.path(),
+        "W2.EXAMPLE.ORG",
+        m2.port,
+        WORKERS,
+        MAX_BSMTP,
+        "",
+    );
+    let p = Node::new(
+        root.path(),
+        "P.EXAMPLE.ORG",
+        mp.port,
+        WORKERS,
+        MAX_BSMTP,
+        "DIST_FORWARD=0*SELF W1.EXAMPLE.ORG 2*W2.EXAMPLE.ORG\n",
+    );
+    let mut k1 = Kid::spawn(w1.run_cmd(&url, Some(&toml), false), "smtpw run W1");
+    let mut k2 = Kid::spawn(w2.run_cmd(&url, Some(&toml), false), "smtpw run W2");
+    wait_for_log(&w1, "joined the cluster", Duration::from_secs(30));
+    wait_for_log(&w2, "joined the cluster", Duration::from_secs(30));
+    let mut kp = Kid::spawn(p.run_cmd(&url, Some(&toml), false), "smtpw run P");
+    wait_for_log(&p, "joined the cluster", Duration::from_secs(30));
+    let all = recipients(N);
+    SMTPW.submit(root.path(), &p.dir, &all);
+    // The shares, as assigned at ingest (before anything is delivered, the copies hold them all).
+    let t0 = Instant::now();
+    let shares = loop {
+        let a = assigned(&url);
+        if a.values().sum::<u64>() >= N as u64 || t0.elapsed() > Duration::from_secs(30) {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let s1 = shares.get("W1.EXAMPLE.ORG").copied().unwrap_or(0) as f64;
+    let s2 = shares.get("W2.EXAMPLE.ORG").copied().unwrap_or(0) as f64;
+    eprintln!("three nodes: shares at ingest {shares:?}");
+    assert_eq!(
+        shares.get("P.EXAMPLE.ORG"),
+        None,
+        "the 0*SELF primary has no share"
+    );
+    // Some copies may already be done by the time of the query: shares are compared in ratio.
+    assert!(
+        (s2 / s1 - 2.0).abs() <= 2.0 * 0.03,
+        "W2:W1 = {:.3}, expected 2 within 3%",
+        s2 / s1
+    );
+    // Kill W2 once it is well into its share.
+    let t0 = Instant::now();
+    while m2.mta.stats().recipients_accepted < 3_000 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(k2.kill(), "W2 was still running at the kill");
+    let killed_at = Instant::now();
+    let w2_before = m2.mta.stats().recipients_accepted;
+    assert!(
+        w2_before < 20_000,
+        "the kill came before W2's share was done"
+    );
+    // Everything is delivered: W1 takes W2's rest after the grace.
+    let t0 = Instant::now();
+    let done = |m1: &LoopbackMock, m2: &LoopbackMock| {
+        let mut got = received(m1);
+        for (k, v) in received(m2) {
+            *got.entry(k).or_default() += v;
+        }
+        got
+    };
+    while done(&m1, &m2).len() < N && t0.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = killed_at.elapsed();
+    let got = done(&m1, &m2);
+    let lost = all.iter().filter(|r| !got.contains_key(*r)).count();
+    let dups: u64 = got.values().map(|n| u64::from(n - 1)).sum();
+    let bound = repeat_bound_per_crash(WORKERS, MAX_BSMTP);
+    let (d1, d2) = (
+        m1.mta.stats().recipients_accepted,
+        m2.mta.stats().recipients_accepted,
+    );
+    eprintln!(
+        "three nodes: W1 delivered {d1}, W2 {d2} ({w2_before} before its kill); the rest done \
+         {:.1} s after the kill (node_timeout 3 s); lost {lost}, repeats {dups} (bound {bound}); \
+         primary {}",
+        took.as_secs_f64(),
+        mp.mta.stats().recipients_accepted
+    );
+    assert_eq!(lost, 0, "recipients lost");
+    assert!(dups <= bound, "repeats {dups} > bound {bound}");
+    assert_eq!(
+        mp.mta.stats().recipients_accepted,
+        0,
+        "the primary delivers none"
+    );
+    assert!(
+        d1 as f64 > s1 + 1_000.0,
+        "W1 delivered W2's rest ({d1} > its share {s1})"
+    );
+    // W2 restarted rejoins: alive again, and it takes its share of a new job.
+    let alive = |q: &serde_json::Value, name: &str| {
+        q["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == name && n["alive"] == true)
+    };
+    let mut k2 = Kid::spawn(w2.run_cmd(&url, Some(&toml), false), "smtpw run W2 again");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    while w2.log_text().matches("joined the cluster").count() < 2
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The new job comes by `smtpw submit --spool URL --via P` (as if P had ingested it).
+    let more = recipients(N + 3_000)[N..].to_vec();
+    let list = root.path().join("more.txt");
+    std::fs::write(&list, more.join("\n")).unwrap();
+    let msg = root.path().join("more.eml");
+    std::fs::write(&msg, "Subject: more\n\nHello again.\n").unwrap();
+    let out = SMTPW
+        .command()
+        .args(["submit", "--spool", &url, "--via", "P.EXAMPLE.ORG"])
+        .args(["--from", "owner@lists.example", "--rcpts"])
+        .arg(&list)
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtpw submit --via: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("via P.EXAMPLE.ORG (3000 recipients, 60 copies)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let t0 = Instant::now();
+    while m2.mta.stats().recipients_accepted < d2 + 1_500 && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let w2_new = m2.mta.stats().recipients_accepted - d2;
+    eprintln!("three nodes: W2 restarted delivered {w2_new} of a new job of 3000");
+    assert!(
+        w2_new >= 1_500,
+        "the restarted W2 takes its share of a new job"
+    );
+    let q = queue(&url);
+    assert!(alive(&q, "W2.EXAMPLE.ORG"), "{q}");
+    for k in [&mut kp, &mut k1, &mut k2] {
+        k.term_and_wait(Duration::from_secs(30));
+    }
+}
+
+/// RATE-6: `[cluster] rate_limit` is shared by every node: two nodes, each with its own backlog
+/// and its own relay, together send at the limit (2 Mbit/s) within 2% over every 10 s window, in
+/// real time over loopback.
+#[test]
+fn the_cluster_rate_limit_holds_across_two_nodes() {
+    use smtpw_testkit::rate::{all_points, window_extremes, MBPS};
+    let Some(pg) = Postgres::shared("cluster_pg::the_cluster_rate_limit_holds_across_two_nodes")
+    else {
+        return;
+    };
+    let url = pg.database("cluster_rate");
+    let root = tempfile::tempdir().unwrap();
+    let toml = root.path().join("smtpw.toml");
+    std::fs::write(
+        &toml,
+        "[cluster]\nnode_timeout = \"10s\"\nrate_limit = \"2Mbps\"\n",
+    )
+    .unwrap();
+    let mock = || {
+        LoopbackMock::start(MockConfig::with_profile(mock_mta::Profile {
+            max_session_kb: None,
+            ..mock_mta::Profile::iis()
+        }))
+    };
+    let (ma, mb) = (mock(), mock());
+    let a = Node::new(root.path(), "A.EXAMPLE.ORG", ma.port, 2, 1, "");
+    let b = Node::new(root.path(), "B.EXAMPLE.ORG", mb.port, 2, 1, "");
+    // About 3.2 MB per node: at 2 Mbit/s together, some 25 s of sending.
+    let sizes = smtpw_testkit::workload::sizes(42, 1_000, 4_000, 7);
+    for (node, tag) in [(&a, "a"), (&b, "b")] {
+        for (j, size) in sizes.iter().enumerate() {
+            let list = root.path().join(format!("r{tag}{j}.txt"));
+            let rcpts: Vec<String> = (0..30).map(|i| format!("u{j}x{i}@{tag}.example")).collect();
+            std::fs::write(&list, rcpts.join("\n")).unwrap();
+            let msg = root.path().join(format!("m{tag}{j}.eml"));
+            let mut m = String::from("From: a@lists.example.org\nSubject: rate\n\n");
+            while m.len() < *size {
+                m.push_str("0123456789 abcdefghijklmnopqrstuvwxyz 0123456789 ABCDEFGHIJKLMNOP\n");
+            }
+            std::fs::write(&msg, m).unwrap();
+            let out = SMTPW
+                .submit_cmd(&node.dir, "owner@lists.example.org", &list, None, &msg)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let mut ka = Kid::spawn(a.run_cmd(&url, Some(&toml), true), "smtpw run A");
+    let mut kb = Kid::spawn(b.run_cmd(&url, Some(&toml), true), "smtpw run B");
+    for (k, n) in [(&mut ka, &a), (&mut kb, &b)] {
+        let st = k
+            .wait_for(Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("not done in 120 s; log:\n{}", n.log_text()));
+        assert!(st.success(), "exit {st}; log:\n{}", n.log_text());
+    }
+    let (ja, jb) = (ma.mta.journal(), mb.mta.journal());
+    let pa = all_points(std::slice::from_ref(&ja));
+    let pb = all_points(std::slice::from_ref(&jb));
+    let p = all_points(&[ja, jb]);
+    assert_eq!(p.len(), 2 * 42 * 30, "every copy delivered");
+    // While both nodes send: from 1 s after the later start to the earlier end.
+    let from = pa[0].at_ns.max(pb[0].at_ns) + 1_000_000_000;
+    let to = pa[pa.len() - 1].at_ns.min(pb[pb.len() - 1].at_ns);
+    let limit = (2 * MBPS) as f64;
+    let ex = window_extremes(&p, Duration::from_secs(10), from, to);
+    eprintln!(
+        "cluster rate: two nodes, {:.1} s together, 10 s windows: {}",
+        (to - from) as f64 / 1e9,
+        ex.describe(limit)
+    );
+    assert!(
+        ex.windows > 0,
+        "at least one 10 s window while both nodes send"
+    );
+    assert!(
+        ex.worst_error(limit) <= 0.02,
+        "10 s windows within 2% of 2 Mbit/s: {}",
+        ex.describe(limit)
+    );
+}
+
+/// CLU-6: `smtpw spool copy --from DIR --to URL` moves a stopped spool's queued work (including
+/// a job still in DIR/incoming/) into the database; a second copy moves nothing; a node then
+/// delivers every recipient exactly once, and the directory has nothing left queued.
+#[test]
+fn spool_copy_moves_queued_work_without_loss_or_repeats() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::spool_copy_moves_queued_work_without_loss_or_repeats")
+    else {
+        return;
+    };
+    let url = pg.database("spool_copy");
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("spool");
+    let all = recipients(1_500);
+    SMTPW.submit(root.path(), &spool, &all[..1_000]);
+    SMTPW.submit(root.path(), &spool, &all[1_000..]);
+    let copy = || {
+        let out = SMTPW
+            .command()
+            .args(["spool", "copy", "--json", "--from"])
+            .arg(&spool)
+            .args(["--to", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = copy();
+    assert_eq!(
+        (num(&first, "jobs"), num(&first, "recipients")),
+        (2, 1_500),
+        "{first}"
+    );
+    let second = copy();
+    assert_eq!(
+        num(&second, "jobs"),
+        0,
+        "a second copy moves nothing: {second}"
+    );
+    let q = SMTPW.queue_json(&spool);
+    assert_eq!(num(&q, "queued"), 0, "nothing left in the directory: {q}");
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let node = Node::new(root.path(), "N1.EXAMPLE.ORG", mock.port, 4, 100, "");
+    let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
+    let st = kid
+        .wait_for(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("not done; log:\n{}", node.log_text()));
+    assert!(st.success(), "{}", node.log_text());
+    let got = received(&mock);
+    assert_eq!(got.len(), all.len());
+    assert!(
+        all.iter().all(|r| got.get(r) == Some(&1)),
+        "each exactly once"
+    );
+}
+
+/// One node on PostgreSQL against the SQLite spool, same job (20,000 recipients, 1,000 copies),
+/// same mock, through the binary: PostgreSQL must deliver at least half SQLite's recipients/s.
+/// Prints both rates and the extra time per copy the database costs. A measurement: it needs
+/// the machine to itself (run in parallel with the other tests it reads 0.47 where alone it reads
+/// 0.54-0.58), so it runs on demand:
+/// `cargo test -p smtpw --test it cluster_pg::postgres_delivers -- --ignored --nocapture`.
+#[test]
+#[ignore = "a throughput measurement: run alone with --ignored --nocapture"]
+fn postgres_delivers_at_least_half_the_rate_of_sqlite() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::postgres_delivers_at_least_half_the_rate_of_sqlite")
+    else {
+        return;
+    };
+    const N: usize = 20_000;
+    const MAX_BSMTP: u32 = 20;
+    let all = recipients(N);
+    let root = tempfile::tempdir().unwrap();
+    // SQLite.
+    let lite_mock = LoopbackMock::start(MockConfig::iis());
+    let lite_dir = root.path().join("lite");
+    std::fs::create_dir_all(&lite_dir).unwrap();
+    let cfg = smtpw_testkit::proc::write_site_cfg(&lite_dir, lite_mock.port, 8, MAX_BSMTP);
+    let spool = lite_dir.join("spool");
+    SMTPW.submit(&lite_dir, &spool, &all);
+    let log = lite_dir.join("smtpw.log");
+    let t0 = Instant::now();
+    let mut kid = Kid::spawn(
+        SMTPW.run_cmd(&cfg, &spool, &lite_dir.join("ledger.jsonl"), true, &log),
+        "smtpw run (SQLite)",
+    );
+    let st = kid
+        .wait_for(Duration::from_secs(180))
+        .expect("SQLite run ends");
+    assert!(st.success());
+    let lite = t0.elapsed().as_secs_f64();
+    assert_eq!(received(&lite_mock).len(), N);
+    // PostgreSQL.
+    let url = pg.database("vs_sqlite");
+    let pg_mock = LoopbackMock::start(MockConfig::iis());
+    let node = Node::new(
+        root.path(),
+        "N1.EXAMPLE.ORG",
+        pg_mock.port,
+        8,
+        MAX_BSMTP,
+        "",
+    );
+    SMTPW.submit(root.path(), &node.dir, &all);
+    let t0 = Instant::now();
+    let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run (PostgreSQL)");
+    let st = kid
+        .wait_for(Duration::from_secs(180))
+        .unwrap_or_else(|| panic!("PostgreSQL run did not end; log:\n{}", node.log_text()));
+    assert!(st.success(), "{}", node.log_text());
+    let pgs = t0.elapsed().as_secs_f64();
+    let got = received(&pg_mock);
+    assert!(all.iter().all(|r| got.get(r) == Some(&1)));
+    let copies = (N / MAX_BSMTP as usize) as f64;
+    eprintln!(
+        "spools: SQLite {:.0} rcpt/s ({lite:.2} s), PostgreSQL {:.0} rcpt/s ({pgs:.2} s): ratio \
+         {:.2}; the database costs {:+.2} ms per copy",
+        N as f64 / lite,
+        N as f64 / pgs,
+        lite / pgs,
+        (pgs - lite) * 1000.0 / copies
+    );
+    assert!(
+        lite / pgs >= 0.5,
+        "PostgreSQL {:.0} rcpt/s < half of SQLite's {:.0}",
+        N as f64 / pgs,
+        N as f64 / lite
+    );
+}
+
+/// DIST-4: a node named in DIST_FORWARD that has never joined the spool gets no share, and the
+/// log says so: the ingesting node (SELF) delivers the whole job.
+#[test]
+fn a_node_that_never_started_gets_no_share_and_the_log_says_so() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::a_node_that_never_started_gets_no_share_and_the_log_says_so")
+    else {
+        return;
+    };
+    let url = pg.database("ghost");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let p = Node::new(
+        root.path(),
+        "P.EXAMPLE.ORG",
+        mock.port,
+        2,
+        50,
+        "DIST_FORWARD=SELF 3*GHOST.EXAMPLE.ORG\n",
+    );
+    let all = recipients(500);
+    SMTPW.submit(root.path(), &p.dir, &all);
+    let mut kid = Kid::spawn(p.run_cmd(&url, None, true), "smtpw run");
+    let st = kid
+        .wait_for(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("not done; log:\n{}", p.log_text()));
+    assert!(st.success(), "{}", p.log_text());
+    assert_eq!(
+        received(&mock).len(),
+        all.len(),
+        "SELF delivered the whole job"
+    );
+    assert!(
+        p.log_text()
+            .contains("DIST_FORWARD node GHOST.EXAMPLE.ORG gets no share: it has never started or has been silent"),
+        "{}",
+        p.log_text()
+    );
+}

@@ -38,11 +38,13 @@ pub mod ledger;
 pub mod net;
 pub mod outcome;
 pub mod ratelimit;
+pub mod relay;
 pub mod route;
 pub mod settings;
 pub mod smtp;
 pub mod spool;
 pub mod text;
+pub mod tls;
 pub mod worker;
 
 pub use smtpw_clock as clock;

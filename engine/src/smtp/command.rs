@@ -31,6 +31,10 @@ pub enum Verb {
     Rset,
     Noop,
     Quit,
+    /// STARTTLS: its 220 hands the stream to the TLS handshake.
+    StartTls,
+    /// AUTH and each line that answers one of its 334 challenges.
+    Auth,
 }
 
 impl Verb {
@@ -47,6 +51,8 @@ impl Verb {
             Verb::Rset => "RSET",
             Verb::Noop => "NOOP",
             Verb::Quit => "QUIT",
+            Verb::StartTls => "STARTTLS",
+            Verb::Auth => "AUTH",
         }
     }
 
@@ -62,6 +68,8 @@ impl Verb {
             Verb::Data => t.data_init,
             Verb::EndOfData => t.data_term,
             Verb::Quit => t.quit,
+            // Part of the handshake: EHLO's time-out.
+            Verb::StartTls | Verb::Auth => t.ehlo,
         }
     }
 
@@ -92,6 +100,7 @@ pub enum Command<'a> {
     Rset,
     Noop,
     Quit,
+    StartTls,
 }
 
 impl Command<'_> {
@@ -106,6 +115,7 @@ impl Command<'_> {
             Command::Rset => Verb::Rset,
             Command::Noop => Verb::Noop,
             Command::Quit => Verb::Quit,
+            Command::StartTls => Verb::StartTls,
         }
     }
 
@@ -136,6 +146,7 @@ impl Command<'_> {
             Command::Rset => out.extend_from_slice(b"RSET"),
             Command::Noop => out.extend_from_slice(b"NOOP"),
             Command::Quit => out.extend_from_slice(b"QUIT"),
+            Command::StartTls => out.extend_from_slice(b"STARTTLS"),
         }
         out.extend_from_slice(b"\r\n");
     }

@@ -38,7 +38,7 @@ pub use journal::{Journal, RcptRecord, SessionRecord, TransactionRecord};
 pub use profile::{IpNet, OverCap, OversizeData, Profile};
 pub use server::MockServer;
 pub use session::{dot_stuff, Unstuffer};
-pub use tls::{AuthConfig, TlsConfig};
+pub use tls::{AuthConfig, TestCertificates, TlsConfig};
 pub use w3c::{W3cConfig, W3cFieldSet};
 
 /// Everything a mock is configured with. Deserializes from TOML (every field optional; the

@@ -114,10 +114,62 @@ pub(crate) fn server(cfg: &TlsConfig, hostname: &str) -> Result<Option<TlsServer
     }))
 }
 
-/// A CA and a server certificate signed by it for `hostname`, `localhost` and `127.0.0.1`.
+/// A CA and a server certificate it signed, as PEM: for a TLS peer a test starts (aiosmtpd,
+/// Postfix) and the client that must trust it.
+#[derive(Debug, Clone)]
+pub struct TestCertificates {
+    /// The CA certificate: what a client trusts.
+    pub ca_pem: String,
+    /// The server certificate, then the CA's.
+    pub chain_pem: String,
+    /// The server's private key (PKCS#8).
+    pub key_pem: String,
+}
+
+impl TestCertificates {
+    /// For `hostname`, `localhost` and `127.0.0.1`.
+    pub fn generate(hostname: &str) -> Result<Self, MockError> {
+        let (chain, _key, ca_pem, key_pem) = generate_parts(hostname)?;
+        let chain_pem = chain
+            .iter()
+            .map(|c| pem_of("CERTIFICATE", c))
+            .collect::<String>();
+        Ok(Self {
+            ca_pem,
+            chain_pem,
+            key_pem,
+        })
+    }
+}
+
+fn pem_of(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut s = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        s.push_str(&String::from_utf8_lossy(chunk));
+        s.push('\n');
+    }
+    s.push_str(&format!("-----END {label}-----\n"));
+    s
+}
+
 fn generate(
     hostname: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String), MockError> {
+    let (chain, key, ca, _) = generate_parts(hostname)?;
+    Ok((chain, key, ca))
+}
+
+type Parts = (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    String,
+    String,
+);
+
+/// A CA and a server certificate signed by it for `hostname`, `localhost` and `127.0.0.1`.
+fn generate_parts(hostname: &str) -> Result<Parts, MockError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -152,6 +204,7 @@ fn generate(
         vec![leaf_cert.der().clone(), ca_cert.der().clone()],
         key,
         ca_cert.pem(),
+        leaf_key.serialize_pem(),
     ))
 }
 

@@ -8,7 +8,9 @@
 //! - `smtpw`: a pre-loaded spool, `smtpw run --until-empty` -> the same `smtp-sink`;
 //! - `mock` / `mock+journal`: smtpw -> mock-mta without / with its JSON-lines journal;
 //! - `wan` / `wan-nopipe`: smtpw -> mock-mta answering every write 1 ms late, with and without
-//!   PIPELINING.
+//!   PIPELINING;
+//! - `tls`: smtpw -> mock-mta over STARTTLS (`tls = "required"` in a settings file trusting the
+//!   CA the mock generates): the cost of TLS next to `mock`.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -38,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "TEXT,..")]
     filter: Option<String>,
     /// Only these variants (comma-separated names: physical, smtpw, baseline, mock,
-    /// mock+journal, wan, wan-nopipe).
+    /// mock+journal, wan, wan-nopipe, tls).
     #[arg(long, value_name = "NAME,..")]
     variants: Option<String>,
     /// Recipients per cell and run (before the per-cell bounds).
@@ -158,6 +160,7 @@ enum Variant {
     MockJournal,
     Wan,
     WanNoPipe,
+    Tls,
 }
 
 impl Variant {
@@ -171,6 +174,7 @@ impl Variant {
             Variant::MockJournal => "mock+journal",
             Variant::Wan => "wan",
             Variant::WanNoPipe => "wan-nopipe",
+            Variant::Tls => "tls",
         }
     }
     fn what(self) -> &'static str {
@@ -186,6 +190,9 @@ impl Variant {
             Variant::MockJournal => "smtpw -> mock-mta with --journal (JSON lines)",
             Variant::Wan => "smtpw -> mock-mta replying 1 ms late per write, PIPELINING",
             Variant::WanNoPipe => "as wan, smtpw run --no-pipelining",
+            Variant::Tls => {
+                "smtpw -> mock-mta over STARTTLS (tls = \"required\", the mock's CA trusted)"
+            }
         }
     }
 }
@@ -302,18 +309,25 @@ fn start_sink(tools: &Tools) -> anyhow::Result<(Guard, u16)> {
     Ok((Guard(Some(child)), port))
 }
 
+/// A mock-mta on a free port; with `tls`, offering STARTTLS with a certificate signed by a CA
+/// it writes to `dir/mock-ca.pem`.
 fn start_mock(
     bins: &Bins,
     dir: &Path,
     journal: bool,
     latency_ms: u64,
+    tls: bool,
 ) -> anyhow::Result<(Guard, u16)> {
     let port = free_port()?;
     let toml = dir.join("mock.toml");
-    std::fs::write(
-        &toml,
-        format!("[faults]\nreply_latency_ms = {latency_ms}\n"),
-    )?;
+    let mut text = format!("[faults]\nreply_latency_ms = {latency_ms}\n");
+    if tls {
+        text.push_str(&format!(
+            "[tls]\nstarttls = true\nca_file_out = {:?}\n",
+            dir.join("mock-ca.pem").display().to_string()
+        ));
+    }
+    std::fs::write(&toml, text)?;
     let mut c = Command::new(&bins.mock);
     c.arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -472,6 +486,7 @@ fn run_smtpw(
     port: u16,
     cell: &Cell,
     pipelining: bool,
+    settings: Option<&Path>,
 ) -> anyhow::Result<Sample> {
     let _ = std::fs::remove_dir_all(dir);
     let spool = dir.join("spool");
@@ -486,6 +501,9 @@ fn run_smtpw(
         .arg("--until-empty");
     if !pipelining {
         c.arg("--no-pipelining");
+    }
+    if let Some(st) = settings {
+        c.arg("--settings").arg(st);
     }
     c.env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -726,7 +744,16 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
     if a.quick {
         for (w, r, s) in [(10, 100, 20 * 1024), (32, 1, 2 * 1024), (1, 1000, 2 * 1024)] {
             let vars = if (w, r) == (10, 100) {
-                vec![Physical, Smtpw, Postfix, Mock, MockJournal, Wan, WanNoPipe]
+                vec![
+                    Physical,
+                    Smtpw,
+                    Postfix,
+                    Mock,
+                    MockJournal,
+                    Wan,
+                    WanNoPipe,
+                    Tls,
+                ]
             } else {
                 vec![Physical, Smtpw]
             };
@@ -737,7 +764,16 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
             for r in [1, 100, 1000] {
                 for s in [2 * 1024, 20 * 1024, 200 * 1024] {
                     let vars = if w == 10 && s == 20 * 1024 {
-                        vec![Physical, Smtpw, Postfix, Mock, MockJournal, Wan, WanNoPipe]
+                        vec![
+                            Physical,
+                            Smtpw,
+                            Postfix,
+                            Mock,
+                            MockJournal,
+                            Wan,
+                            WanNoPipe,
+                            Tls,
+                        ]
                     } else if s == 20 * 1024 && r == 100 {
                         vec![Physical, Smtpw, Postfix]
                     } else if w == 10 {
@@ -837,13 +873,15 @@ fn matrix(
                 std::fs::create_dir_all(&dir)?;
                 let r = match row.variant {
                     Variant::Physical => run_source(tools, sink_port, &cell),
-                    Variant::Smtpw => run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true),
+                    Variant::Smtpw => {
+                        run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true, None)
+                    }
                     Variant::Postfix => match pf.as_mut() {
                         Some(p) => p.run(tools, &cell, RUN_LIMIT),
                         None => bail!("no Postfix instance"),
                     },
                     Variant::Baseline => match &bins.baseline {
-                        Some(b) => run_smtpw(b, &tpl, &dir, sink_port, &cell, true),
+                        Some(b) => run_smtpw(b, &tpl, &dir, sink_port, &cell, true, None),
                         None => bail!("no --baseline binary"),
                     },
                     v => {
@@ -856,7 +894,18 @@ fn matrix(
                         let mock_dir = work.join("mock");
                         let _ = std::fs::remove_dir_all(&mock_dir);
                         std::fs::create_dir_all(&mock_dir)?;
-                        let (_mock, port) = start_mock(bins, &mock_dir, journal, lat)?;
+                        let tls = v == Variant::Tls;
+                        let (_mock, port) = start_mock(bins, &mock_dir, journal, lat, tls)?;
+                        let settings = if tls {
+                            let p = mock_dir.join("smtpw.toml");
+                            std::fs::write(
+                                &p,
+                                "[relays.\"127.0.0.1\"]\ntls = \"required\"\nca_file = \"mock-ca.pem\"\n",
+                            )?;
+                            Some(p)
+                        } else {
+                            None
+                        };
                         run_smtpw(
                             &bins.smtpw,
                             &tpl,
@@ -864,6 +913,7 @@ fn matrix(
                             port,
                             &cell,
                             v != Variant::WanNoPipe,
+                            settings.as_deref(),
                         )
                     }
                 };
@@ -1184,7 +1234,7 @@ fn scale(tools: &Tools, bins: &Bins, work: &Path, md: &mut String) -> anyhow::Re
         // The spool is already in place: run on it directly (no template copy).
         let tpl = dir.join("tpl");
         std::fs::rename(&spool, &tpl)?;
-        let r = run_smtpw(&bins.smtpw, &tpl, &dir.join("run"), port, &cell, true);
+        let r = run_smtpw(&bins.smtpw, &tpl, &dir.join("run"), port, &cell, true, None);
         match r {
             Ok(s) => {
                 eprintln!(

@@ -308,6 +308,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_token_is_fetched_once_and_again_after_a_refused_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("runs");
+        let cmd = format!(
+            "echo x >> '{}'; echo tok-$(wc -l < '{}')",
+            count.display(),
+            count.display()
+        );
+        let mut relays = Relays::default();
+        relays.by_key.insert(
+            "smtp.example.org".into(),
+            RelaySettings {
+                tls: TlsMode::None,
+                auth: Some(RelayAuth::OAuth2 {
+                    username: "lists@example.org".into(),
+                    token_command: cmd,
+                }),
+                allow_plaintext_auth: true,
+                ..RelaySettings::default()
+            },
+        );
+        let p = RelayPolicy::new(relays);
+        let host = HostPort::new("smtp.example.org", 587);
+        let token = |s: Security| match s.auth.map(|a| a.secret) {
+            Some(CredentialSecret::Token(t)) => t.expose().to_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(token(p.security(&host).await.unwrap()), "tok-1");
+        assert_eq!(token(p.security(&host).await.unwrap()), "tok-1");
+        p.login_refused(&host);
+        assert_eq!(token(p.security(&host).await.unwrap()), "tok-2");
+        // Another relay without credentials is not affected.
+        let other = HostPort::new("other.example.org", 25);
+        p.login_refused(&other);
+        assert!(p.security(&other).await.unwrap().auth.is_none());
+        assert_eq!(token(p.security(&host).await.unwrap()), "tok-2");
+    }
+
+    #[tokio::test]
     async fn a_token_is_the_trimmed_output_and_failures_never_show_the_output() {
         let t = run_token_command("echo '  ya29.tok  '", Duration::from_secs(10), 1024)
             .await

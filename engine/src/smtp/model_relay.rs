@@ -376,6 +376,19 @@ impl Relay {
         self.say(&r);
     }
 
+    /// [`Relay::receive`] for tests that step a machine by hand.
+    pub(crate) fn receive_for_test(&mut self, bytes: &[u8]) -> Written {
+        self.receive(bytes, false)
+    }
+
+    /// The next reply (a test stepping by hand: it must be owed).
+    pub(crate) fn answer_for_test(&mut self, what: &'static str) -> Reply {
+        match self.answer(what) {
+            Ok(r) => r,
+            Err(lost) => panic!("no {what} reply: {lost:?}"),
+        }
+    }
+
     /// The next reply, or why none comes.
     fn answer(&mut self, what: &'static str) -> Result<Reply, Lost> {
         if let Some(r) = self.st.replies.pop_front() {

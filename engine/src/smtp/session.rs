@@ -203,8 +203,8 @@ struct WriteSpec {
     until_reply: bool,
 }
 
-/// One SMTP session's state (see the module documentation).
-#[derive(Debug)]
+/// One SMTP session's state (see the module documentation). Its `Debug` leaves out the output
+/// buffer, which may hold an AUTH line (a password in base64).
 pub(crate) struct Session {
     cfg: ClientConfig,
     phase: Phase,
@@ -236,6 +236,21 @@ pub(crate) struct Session {
     auth: Option<Auth>,
     /// The user the relay accepted with AUTH.
     authenticated: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("phase", &self.phase)
+            .field("caps", &self.caps)
+            .field("tls", &self.tls)
+            .field("authenticated", &self.authenticated)
+            .field("messages", &self.messages)
+            .field("owed", &self.owed)
+            .field("usable", &self.usable)
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {

@@ -331,3 +331,35 @@ fn the_implicit_mode_starts_encrypted_and_never_says_starttls() {
     assert_eq!(relay.commands(), ["EHLO lists.example.org"]);
     assert_eq!(s.tls_version(), Some("TLSv1.3"));
 }
+
+#[test]
+fn debug_never_shows_an_auth_line_being_written() {
+    let mut ehlo: Vec<&str> = IIS_EHLO.to_vec();
+    ehlo.push("AUTH PLAIN LOGIN");
+    let mut relay = start(Relay::new(&ehlo));
+    let mut s = Session::with_security(
+        &cfg(),
+        SessionSecurity {
+            mode: TlsMode::Implicit,
+            tls: Some("TLSv1.3"),
+            auth: lists_password(),
+            allow_plaintext_auth: false,
+        },
+    );
+    // Greeting, then EHLO written and answered: the AUTH line is in the output buffer.
+    for _ in 0..3 {
+        match s.next() {
+            Step::Write { .. } => {
+                let w = relay.receive_for_test(s.output());
+                s.on_written(w);
+            }
+            Step::Read { what, .. } => s.on_reply(relay.answer_for_test(what)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(s.next(), Step::Write { what: "AUTH", .. }));
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"\0lists\0pw");
+    assert!(String::from_utf8_lossy(s.output()).contains(&b64));
+    let shown = format!("{s:?}");
+    assert!(!shown.contains(&b64) && !shown.contains("pw\""), "{shown}");
+}

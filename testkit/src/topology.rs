@@ -61,6 +61,23 @@ pub fn fast_options() -> EngineOptions {
     }
 }
 
+/// [`fast_options`] with settings giving `relay` to the host `host` (as written in SITE.CFG):
+/// its TLS mode, trust anchors and AUTH (`[relays."host"]` of smtpw.toml).
+pub fn options_with_relay(
+    host: &str,
+    relay: smtpw_engine::settings::RelaySettings,
+) -> EngineOptions {
+    let mut relays = smtpw_engine::settings::Relays::default();
+    relays.by_key.insert(host.to_ascii_lowercase(), relay);
+    EngineOptions {
+        settings: smtpw_engine::settings::Settings {
+            relays,
+            ..smtpw_engine::settings::Settings::default()
+        },
+        ..fast_options()
+    }
+}
+
 /// A mock that behaves like IIS with a latency after the final dot (so that copies take time
 /// and workers run side by side).
 pub fn iis_with_dot_latency(ms: u64) -> MockConfig {

@@ -19,12 +19,12 @@ use std::time::Duration;
 use jiff::civil::date;
 use mock_mta::{MockConfig, MockMta};
 use smtpw_engine::engine::EngineOptions;
-use smtpw_engine::settings::{RelayAuth, RelaySettings, Relays, Secret, Settings, TlsMode};
+use smtpw_engine::settings::{RelayAuth, RelaySettings, Secret, TlsMode};
 use smtpw_engine::spool::Spool;
 use smtpw_testkit::assert::exactly_once;
 use smtpw_testkit::logs::LogCapture;
 use smtpw_testkit::proc::MockProcess;
-use smtpw_testkit::topology::{fast_options, Topology};
+use smtpw_testkit::topology::{options_with_relay, Topology};
 
 use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
@@ -76,15 +76,7 @@ fn topology(m: MockConfig) -> Topology {
 }
 
 fn options(relay: RelaySettings) -> EngineOptions {
-    let mut relays = Relays::default();
-    relays.by_key.insert(HOST.into(), relay);
-    EngineOptions {
-        settings: Settings {
-            relays,
-            ..Settings::default()
-        },
-        ..fast_options()
-    }
+    options_with_relay(HOST, relay)
 }
 
 fn write_ca(dir: &Path, name: &str, pem: Option<&str>) -> Result<std::path::PathBuf, Failure> {

@@ -15,7 +15,7 @@ use mock_mta::TestCertificates;
 use smtpw_engine::clock::SystemClock;
 use smtpw_engine::engine::{Engine, EngineOptions};
 use smtpw_engine::net::TcpConnector;
-use smtpw_engine::settings::{RelayAuth, RelaySettings, Relays, Secret, Settings, TlsMode};
+use smtpw_engine::settings::{RelayAuth, RelaySettings, Secret, TlsMode};
 use smtpw_engine::spool::{Spool, SpoolOptions, SqliteSpool};
 use smtpw_testkit::postfix::PostfixInstance;
 use smtpw_testkit::proc::free_port;
@@ -61,15 +61,9 @@ async fn deliver(port: u16, relay: RelaySettings, dir: &Path, limit: Duration) -
         smtpw_testkit::workload::message(2000).as_bytes(),
     )
     .unwrap();
-    let mut relays = Relays::default();
-    relays.by_key.insert("127.0.0.1".into(), relay);
     let opts = EngineOptions {
         until_empty: true,
-        settings: Settings {
-            relays,
-            ..Settings::default()
-        },
-        ..smtpw_testkit::topology::fast_options()
+        ..smtpw_testkit::topology::options_with_relay("127.0.0.1", relay)
     };
     let engine = Engine::new(
         cfg,

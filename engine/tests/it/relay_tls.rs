@@ -9,10 +9,10 @@ use std::time::Duration;
 use jiff::civil::date;
 use mock_mta::{MockConfig, MockMta};
 use smtpw_engine::engine::EngineOptions;
-use smtpw_engine::settings::{RelayAuth, RelaySettings, Relays, Secret, Settings, TlsMode};
+use smtpw_engine::settings::{RelayAuth, RelaySettings, Secret, TlsMode};
 use smtpw_engine::spool::Spool;
 use smtpw_testkit::logs::LogCapture;
-use smtpw_testkit::topology::{fast_options, Topology};
+use smtpw_testkit::topology::{options_with_relay, Topology};
 
 const HOST: &str = "a.example.org";
 const HP: &str = "a.example.org:25";
@@ -57,15 +57,7 @@ fn untrusted_ca(h: &Topology) -> PathBuf {
 }
 
 fn options(relay: RelaySettings) -> EngineOptions {
-    let mut relays = Relays::default();
-    relays.by_key.insert(HOST.into(), relay);
-    EngineOptions {
-        settings: Settings {
-            relays,
-            ..Settings::default()
-        },
-        ..fast_options()
-    }
+    options_with_relay(HOST, relay)
 }
 
 fn password(user: &str, pw: &str) -> Option<RelayAuth> {

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use smtpw_engine::config::{self, ConfigError, SiteConfig, TimeOfDay};
+use smtpw_engine::relay::RelayRow;
 use smtpw_engine::route;
+use smtpw_engine::settings::Settings;
 
 /// Exit status for a configuration that cannot be used.
 const BAD_FILE: u8 = 2;
@@ -29,6 +31,10 @@ pub struct CheckArgs {
     /// Print the resolved configuration as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The smtpw settings file (smtpw.toml): also check it and show, per worker host, its TLS
+    /// mode and AUTH user (never a secret).
+    #[arg(long, value_name = "SMTPW.TOML")]
+    pub settings: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -90,14 +96,89 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    let settings = match &args.settings {
+        None => None,
+        Some(path) => match Settings::load(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(BAD_FILE));
+            }
+        },
+    };
+    let relays = settings
+        .as_ref()
+        .map(|s| smtpw_engine::relay::relay_rows(&cfg, &s.relays));
+    if let (Some(s), Some((_, unmatched))) = (&settings, &relays) {
+        let mut err = std::io::stderr().lock();
+        for w in &s.warnings {
+            writeln!(err, "{w}")?;
+        }
+        for k in unmatched {
+            writeln!(
+                err,
+                "warning: [relays.\"{}\"] names no host of {}",
+                smtpw_engine::text::escape_controls(k),
+                smtpw_engine::text::escape_controls(&args.file.display().to_string())
+            )?;
+        }
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &cfg.view())?;
+        let mut v = serde_json::to_value(cfg.view())?;
+        if let (Some((rows, unmatched)), Some(obj)) = (&relays, v.as_object_mut()) {
+            obj.insert("relays".into(), serde_json::to_value(rows)?);
+            obj.insert("unmatched_relays".into(), serde_json::to_value(unmatched)?);
+        }
+        serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
     } else {
         write!(out, "{}", cfg.to_table())?;
+        if let Some((rows, _)) = &relays {
+            write_relays(&mut out, rows)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The relays table: per worker host, TLS mode and AUTH user (TXN-10).
+fn write_relays(out: &mut impl std::io::Write, rows: &[RelayRow]) -> std::io::Result<()> {
+    writeln!(out, "\nRelays (smtpw.toml):")?;
+    let head = ["WHERE", "HOST", "TLS", "AUTH USER", "MECHANISM", "SETTINGS"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.role.clone(),
+                r.host.clone(),
+                r.tls.as_str().to_owned(),
+                r.user.clone().unwrap_or_else(|| "-".into()),
+                r.mechanism.clone().unwrap_or_else(|| "-".into()),
+                r.settings.clone(),
+            ]
+        })
+        .collect();
+    let mut width = head.map(str::len);
+    for c in &cells {
+        for (w, v) in width.iter_mut().zip(c) {
+            *w = (*w).max(v.len());
+        }
+    }
+    let line = |out: &mut dyn std::io::Write, c: [&str; 6]| -> std::io::Result<()> {
+        let mut s = String::from(" ");
+        for (v, w) in c.iter().zip(width) {
+            s.push_str(&format!(" {v:<w$}"));
+        }
+        writeln!(out, "{}", s.trim_end())
+    };
+    line(out, head)?;
+    for c in &cells {
+        line(
+            out,
+            [&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]].map(String::as_str),
+        )?;
+    }
+    Ok(())
 }
 
 pub fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {

@@ -121,6 +121,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
+    for k in smtpw_engine::relay::relay_rows(&config, &settings.relays).1 {
+        tracing::warn!(
+            "[relays.\"{}\"] names no host of the configuration",
+            smtpw_engine::text::escape_controls(&k)
+        );
+    }
     let helo = match helo::choose(
         args.helo_name.as_deref(),
         config.node.as_deref(),

@@ -327,6 +327,9 @@ impl<S: Spool> Engine<S> {
         let cfg = &self.config;
         let reach = Arc::new(Reachability::default());
         let relay_limits = Arc::new(RelayLimits::default());
+        let relays = Arc::new(crate::relay::RelayPolicy::new(
+            self.opts.settings.relays.clone(),
+        ));
         // One meter of bytes sent, shared by every limiter, kept in SPOOL/rate-status.json.
         let meter = Arc::new(RateMeter::new());
         let mut shared = Arc::new(
@@ -420,6 +423,7 @@ impl<S: Spool> Engine<S> {
                             stats: self.stats.clone(),
                             reachability: reach.clone(),
                             relay_limits: relay_limits.clone(),
+                            relays: relays.clone(),
                             idle_poll: self.opts.idle_poll,
                             metrics: self.opts.metrics.clone(),
                             suspensions: self.suspensions.clone(),

@@ -4,6 +4,8 @@
 //!
 //! A line:
 //! `{"time":"2026-11-22T07:30:00.123Z","job":1,"copy":3,"pool":"-","rcpt":"a@b.c","outcome":"delivered","relay":"mx1:25","reply":"250 2.6.0 Queued mail for delivery","attempts":1}`
+//! `tls` (e.g. `"tls":"TLSv1.3"`, after `relay`) says the transaction went over TLS and which
+//! version; absent: plaintext.
 //! `outcome` is `delivered`, `failed` or `deferred` (then `retry_at` says when it is tried again;
 //! `expired: true` on a `failed` line means the job outlived the configured lifetime).
 
@@ -36,6 +38,9 @@ pub struct LedgerLine {
     pub outcome: Outcome,
     /// `host:port` of the relay that answered, if any.
     pub relay: Option<String>,
+    /// The TLS version of the transaction (`TLSv1.3`); absent: plaintext (TXN-11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     /// The reply that decided it (or the synthetic one, e.g. a lost connection).
     pub reply: String,
     /// Attempts of this copy so far, this one included.
@@ -69,6 +74,8 @@ pub struct LedgerLineRef<'a> {
     pub outcome: Outcome,
     /// See [`LedgerLine::relay`].
     pub relay: Option<&'a str>,
+    /// See [`LedgerLine::tls`].
+    pub tls: Option<&'a str>,
     /// See [`LedgerLine::reply`].
     pub reply: &'a str,
     /// See [`LedgerLine::attempts`].
@@ -89,6 +96,8 @@ struct WireLine<'a> {
     rcpt: &'a str,
     outcome: Outcome,
     relay: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a str>,
     reply: &'a str,
     attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,6 +238,7 @@ impl Ledger {
             rcpt: line.rcpt,
             outcome: line.outcome,
             relay: line.relay,
+            tls: line.tls,
             reply: line.reply,
             attempts: line.attempts,
             retry_at,
@@ -318,6 +328,7 @@ mod tests {
             rcpt: "a@b.c",
             outcome: Outcome::Delivered,
             relay: Some("mx1:25"),
+            tls: None,
             reply: "250 2.6.0 Queued mail for delivery",
             attempts: 1,
             retry_at: None,
@@ -335,6 +346,7 @@ mod tests {
             rcpt: "g@h.i",
             outcome: Outcome::Failed,
             relay: None,
+            tls: None,
             reply: "451 4.3.0 later",
             attempts: 7,
             expired: true,
@@ -415,6 +427,7 @@ mod tests {
                     rcpt: "a@b".into(),
                     outcome: if retry_at.is_some() { Outcome::Deferred } else { Outcome::Delivered },
                     relay: None,
+                    tls: None,
                     reply: "250 ok".into(),
                     attempts: 1,
                     retry_at: *retry_at,
@@ -451,6 +464,7 @@ mod tests {
             rcpt: "a@b".into(),
             outcome: Outcome::Failed,
             relay: Some("h:25".into()),
+            tls: None,
             reply: "550 no".into(),
             attempts: 1,
             retry_at: None,
@@ -477,6 +491,7 @@ mod tests {
             rcpt: rcpt.into(),
             outcome: Outcome::Delivered,
             relay: Some("h:25".into()),
+            tls: None,
             reply: "250 ok".into(),
             attempts: 1,
             retry_at: None,
@@ -528,6 +543,7 @@ mod tests {
             rcpt: &o.rcpt,
             outcome: o.outcome,
             relay: o.relay.as_deref(),
+            tls: o.tls.as_deref(),
             reply: &o.reply,
             attempts: o.attempts,
             retry_at: o.retry_at,
@@ -545,6 +561,7 @@ mod tests {
             rcpt: "a@b".into(),
             outcome: Outcome::Deferred,
             relay: None,
+            tls: None,
             reply: "451 later".into(),
             attempts: 3,
             retry_at: retry.map(t),

@@ -88,12 +88,14 @@ pub mod metrics;
 pub mod net;
 pub mod outcome;
 pub mod ratelimit;
+pub mod relay;
 pub mod route;
 pub mod settings;
 pub mod smtp;
 pub mod spool;
 pub mod suspend;
 pub mod text;
+pub mod tls;
 pub(crate) mod worker;
 
 pub use smtpw_clock as clock;

@@ -207,6 +207,8 @@ pub struct WorkerContext<S: Spool> {
     pub stats: Arc<DeliveryStats>,
     pub reachability: Arc<Reachability>,
     pub relay_limits: Arc<RelayLimits>,
+    /// Each relay's TLS and AUTH (TXN-10 to TXN-12).
+    pub relays: Arc<crate::relay::RelayPolicy>,
     /// How long to wait for work before looking again (new copies also wake workers at once).
     pub idle_poll: Duration,
     /// Connections, transactions, replies, relay errors and worker states (`GET /metrics`).
@@ -600,7 +602,14 @@ async fn expire_unreachable<S: Spool>(
                 reply: reply.clone(),
             })
             .collect();
-        (c.copy_id, CopyResult { relay: None, rcpts })
+        (
+            c.copy_id,
+            CopyResult {
+                relay: None,
+                tls: None,
+                rcpts,
+            },
+        )
     };
     let (id, result) = complete(first);
     pending.push(ctx, name, id, result).await;
@@ -635,25 +644,38 @@ async fn connect<S: Spool>(
     let mut failures: Vec<(&HostPort, String)> = Vec::with_capacity(targets.len());
     for target in targets {
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let error = match ctx.connector.connect(target).await {
-            Ok(stream) => match Client::handshake(stream, &ctx.client).await {
-                Ok(mut client) => {
-                    if let Some(l) = ctx.relay_limits.get(target) {
-                        client.set_learned_rcpt_limit(l);
+        let error = match ctx.relays.security(target).await {
+            // A ca_file that cannot be read, a token command that fails: nothing is sent.
+            Err(why) => why,
+            Ok(security) => match ctx.connector.connect(target).await {
+                Ok(stream) => match Client::connect(stream, &ctx.client, &security).await {
+                    Ok(mut client) => {
+                        if let Some(l) = ctx.relay_limits.get(target) {
+                            client.set_learned_rcpt_limit(l);
+                        }
+                        debug!(worker = %name, host = %target,
+                            tls = client.tls_version().unwrap_or("none"),
+                            user = client.authenticated().unwrap_or("-"), "connected");
+                        let relay = target.to_string();
+                        ctx.metrics.relay_reached(&relay);
+                        return Ok(Open {
+                            client,
+                            target: target.clone(),
+                            opened: tokio::time::Instant::now(),
+                            _counted: ctx.metrics.connected(&relay),
+                        });
                     }
-                    debug!(worker = %name, host = %target, "connected");
-                    let relay = target.to_string();
-                    ctx.metrics.relay_reached(&relay);
-                    return Ok(Open {
-                        client,
-                        target: target.clone(),
-                        opened: tokio::time::Instant::now(),
-                        _counted: ctx.metrics.connected(&relay),
-                    });
-                }
-                Err(e) => e.to_string(),
+                    Err(e) => {
+                        if matches!(e, ConnectError::AuthRefused { .. }) {
+                            // Our configuration's fault (TXN-12): an OAuth 2 token is fetched
+                            // again for the next try.
+                            ctx.relays.login_refused(target);
+                        }
+                        e.to_string()
+                    }
+                },
+                Err(e) => ConnectError::Io(e).to_string(),
             },
-            Err(e) => ConnectError::Io(e).to_string(),
         };
         ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
         ctx.metrics
@@ -818,10 +840,14 @@ async fn deliver<S: Spool>(
     if d.too_many_recoveries > 0 {
         info!(worker = %name, host = %host, learned = ?o.client.learned_rcpt_limit(), "relay limited recipients; rest sent in the next transaction");
     }
+    let tls = o.client.tls_version();
+    debug!(worker = %name, host = %host, copy = copy.copy_id, tls = tls.unwrap_or("none"),
+        transactions = d.transactions, "copy sent");
     Some((
         copy.copy_id,
         CopyResult {
             relay: Some(host),
+            tls,
             rcpts,
         },
     ))

@@ -42,6 +42,7 @@ async fn pipelined_transactions_are_one_write_group_each() {
                 enhanced_status_codes: true,
                 eight_bit_mime: true,
                 esmtp: true,
+                ..Capabilities::default()
             }
         );
         let to = rcpts(3);

@@ -54,6 +54,12 @@ pub struct TransactionRecord {
     pub data_started_at: Option<Timestamp>,
     /// When the transaction ended.
     pub ended_at: Timestamp,
+    /// The TLS version the transaction went over (`TLSv1.3`); absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// The user the client authenticated as (AUTH); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl TransactionRecord {
@@ -252,6 +258,8 @@ pub enum JournalFileError {
 
 /// A line of the JSON-lines journal file: what the mock writes (borrowing) and what
 /// [`Journal::read_file`] reads (owning).
+// One line at a time is written or read: the size of the transaction variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum JournalLine<'a> {
@@ -462,6 +470,8 @@ mod tests {
             started_at: at(t),
             data_started_at: Some(at(t + 1)),
             ended_at: at(t + 2),
+            tls: None,
+            user: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod profile;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod w3c;
 
 use std::future::Future;
@@ -37,6 +38,7 @@ pub use journal::{Journal, RcptRecord, SessionRecord, TransactionRecord};
 pub use profile::{IpNet, OverCap, OversizeData, Profile};
 pub use server::MockServer;
 pub use session::{dot_stuff, Unstuffer};
+pub use tls::{AuthConfig, TestCertificates, TlsConfig};
 pub use w3c::{W3cConfig, W3cFieldSet};
 
 /// Everything a mock is configured with. Deserializes from TOML (every field optional; the
@@ -59,6 +61,10 @@ pub struct MockConfig {
     pub keep_bodies: bool,
     /// Write the IIS W3C log.
     pub w3c: Option<W3cConfig>,
+    /// STARTTLS, implicit TLS.
+    pub tls: TlsConfig,
+    /// SMTP AUTH.
+    pub auth: AuthConfig,
 }
 
 impl Default for MockConfig {
@@ -86,6 +92,8 @@ impl MockConfig {
             keep_journal: true,
             keep_bodies: false,
             w3c: None,
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 
@@ -210,6 +218,7 @@ pub(crate) struct Shared {
     pub notify: Notify,
     pub shutdown: watch::Sender<bool>,
     pub computer_name: String,
+    pub tls: Option<tls::TlsServer>,
 }
 
 /// Decrements the open-connection count when a session ends.
@@ -262,7 +271,13 @@ impl MockMta {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!("{e}; going on without files");
-                Self::from_parts(config, clock, journal::JournalSink::memory(true), None)
+                Self::from_parts(
+                    config,
+                    clock,
+                    journal::JournalSink::memory(true),
+                    None,
+                    None,
+                )
             }
         }
     }
@@ -290,7 +305,8 @@ impl MockMta {
             }
             _ => None,
         };
-        Ok(Self::from_parts(config, clock, journal, w3c))
+        let tls = tls::server(&config.tls, &config.hostname)?;
+        Ok(Self::from_parts(config, clock, journal, w3c, tls))
     }
 
     fn from_parts(
@@ -298,6 +314,7 @@ impl MockMta {
         clock: SharedClock,
         journal: journal::JournalSink,
         w3c: Option<w3c::W3cLog>,
+        tls: Option<tls::TlsServer>,
     ) -> Self {
         let relay = config
             .profile
@@ -329,6 +346,7 @@ impl MockMta {
                 notify: Notify::new(),
                 shutdown: watch::channel(false).0,
                 computer_name,
+                tls,
                 config,
             }),
         }
@@ -380,6 +398,11 @@ impl MockMta {
     /// Accept TCP connections on `addr` (port 0 picks one).
     pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<MockServer> {
         server::listen(self.clone(), addr).await
+    }
+
+    /// The CA (PEM) a client must trust to verify this mock's certificate (`None` without TLS).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.inner.tls.as_ref().map(|t| t.ca_pem.as_str())
     }
 
     /// A snapshot of the journal.

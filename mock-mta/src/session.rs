@@ -214,6 +214,25 @@ struct Session {
     relay_ok: bool,
     /// Inside a command line already answered as too long: drop input up to its LF.
     discarding: bool,
+    /// The negotiated TLS version once the session is encrypted.
+    tls: Option<String>,
+    /// STARTTLS was accepted: the stream is to be wrapped in TLS before anything else is read.
+    upgrade: bool,
+    /// The user authenticated with AUTH.
+    user: Option<String>,
+    /// An AUTH exchange waits for the client's next line.
+    auth_wait: Option<AuthWait>,
+}
+
+/// The step of an AUTH exchange the next line answers.
+#[derive(Debug)]
+enum AuthWait {
+    /// `334` after `AUTH PLAIN` without an initial response.
+    Plain,
+    /// `334 VXNlcm5hbWU6` ("Username:").
+    LoginUser,
+    /// `334 UGFzc3dvcmQ6` ("Password:") for this user.
+    LoginPass(String),
 }
 
 /// Run one session to its end.
@@ -285,9 +304,44 @@ pub(crate) async fn run<S>(
         rng,
         relay_ok,
         discarding: false,
+        tls: None,
+        upgrade: false,
+        user: None,
+        auth_wait: None,
     };
-    let reason = s.run(&mut stream).await;
-    let _ = stream.shutdown().await;
+    let reason = match shared.tls.as_ref() {
+        Some(t) if shared.config.tls.implicit => match t.acceptor.accept(stream).await {
+            Ok(mut tls) => {
+                s.tls = Some(crate::tls::version_name(tls.get_ref().1.protocol_version()));
+                let r = s.run(&mut tls, true).await;
+                let _ = tls.shutdown().await;
+                r
+            }
+            Err(_) => "tls-failed",
+        },
+        _ => {
+            let r = s.run(&mut stream, true).await;
+            if s.upgrade {
+                s.upgrade = false;
+                match shared.tls.as_ref() {
+                    Some(t) => match t.acceptor.accept(stream).await {
+                        Ok(mut tls) => {
+                            s.tls =
+                                Some(crate::tls::version_name(tls.get_ref().1.protocol_version()));
+                            let r = s.run(&mut tls, false).await;
+                            let _ = tls.shutdown().await;
+                            r
+                        }
+                        Err(_) => "tls-failed",
+                    },
+                    None => r,
+                }
+            } else {
+                let _ = stream.shutdown().await;
+                r
+            }
+        }
+    };
     s.end_txn();
     shared.journal.session_end(
         id,
@@ -373,11 +427,19 @@ impl Session {
         }
     }
 
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> &'static str {
+    /// Serve the session over `stream` (greeting first when `greet`) until it ends, or until
+    /// STARTTLS is accepted (then [`Session::upgrade`] is set and the 220 has been flushed).
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        greet: bool,
+    ) -> &'static str {
         let mut shutdown = self.shared.shutdown.subscribe();
-        if let Flow::Close(r) = self.greeting() {
-            let _ = self.flush(stream).await;
-            return r;
+        if greet {
+            if let Flow::Close(r) = self.greeting() {
+                let _ = self.flush(stream).await;
+                return r;
+            }
         }
         let idle = Duration::from_secs(self.shared.config.profile.idle_timeout_secs);
         let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -388,6 +450,10 @@ impl Session {
             }
             if self.flush(stream).await.is_err() {
                 return "io-error";
+            }
+            if self.upgrade {
+                // What the client sent after STARTTLS in clear is dropped (RFC 3207 §4.2).
+                return "starttls";
             }
             if *shutdown.borrow() {
                 self.reply(REPLY_421);
@@ -439,6 +505,10 @@ impl Session {
                     let line = buf.split_to(nl + 1);
                     if let Flow::Close(r) = self.command(&line).await {
                         return Some(r);
+                    }
+                    if self.upgrade {
+                        buf.clear();
+                        return None;
                     }
                 }
                 Mode::Data(u) => {
@@ -567,6 +637,11 @@ impl Session {
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
+        if let Some(wait) = self.auth_wait.take() {
+            let text = String::from_utf8_lossy(line);
+            self.auth_continue(wait, text.trim_end_matches(['\r', '\n']));
+            return Flow::Continue;
+        }
         let started = self.shared.clock.now();
         let parsed = Request::parse(&mut line.iter());
         let text = String::from_utf8_lossy(line);
@@ -580,7 +655,14 @@ impl Session {
                     .to_ascii_uppercase(),
             ),
         };
-        let query = text.get(verb.len()..).unwrap_or("");
+        // AUTH's arguments carry credentials: only the mechanism is logged.
+        let query = if verb == "AUTH" {
+            text.get(verb.len()..)
+                .and_then(|q| q.split_whitespace().next())
+                .unwrap_or("")
+        } else {
+            text.get(verb.len()..).unwrap_or("")
+        };
         // Faults in force now (the schedule may have moved since the last command).
         self.faults = self.shared.faults();
         self.active = self.faults.active(self.shared.clock.local_time());
@@ -650,6 +732,17 @@ impl Session {
                         lines.push(format!("250-{k}"));
                     }
                 }
+                if self.shared.tls.is_some()
+                    && self.shared.config.tls.starttls
+                    && self.tls.is_none()
+                {
+                    lines.push("250-STARTTLS".into());
+                }
+                if !self.shared.config.auth.users.is_empty() {
+                    // IIS's two lines.
+                    lines.push("250-AUTH=LOGIN".into());
+                    lines.push("250-AUTH GSSAPI NTLM LOGIN PLAIN".into());
+                }
                 lines.push("250 OK".into());
                 for l in lines {
                     self.reply(&l);
@@ -707,17 +800,115 @@ impl Session {
                 Flow::Continue
             }
             Request::StartTls => {
-                self.reply("454 4.7.0 TLS not available due to temporary reason");
+                if self.shared.tls.is_some()
+                    && self.shared.config.tls.starttls
+                    && self.tls.is_none()
+                {
+                    self.end_txn();
+                    self.reply("220 2.0.0 SMTP server ready");
+                    // RFC 3207 §4.2: everything learned before is forgotten.
+                    self.helo = None;
+                    self.upgrade = true;
+                } else if self.tls.is_some() {
+                    self.reply("503 5.5.1 TLS already active");
+                } else {
+                    self.reply("454 4.7.0 TLS not available due to temporary reason");
+                }
                 Flow::Continue
             }
-            Request::Auth { .. } => {
-                self.reply("504 5.7.4 Unrecognized authentication type");
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                self.auth(mechanism, &initial_response);
                 Flow::Continue
             }
             _ => {
                 self.reply("502 5.3.3 Command not implemented");
                 Flow::Continue
             }
+        }
+    }
+
+    /// AUTH (RFC 4954): LOGIN and PLAIN against the configured users.
+    fn auth(&mut self, mechanism: u64, initial: &str) {
+        if self.shared.config.auth.users.is_empty() {
+            self.reply("504 5.7.4 Unrecognized authentication type");
+            return;
+        }
+        if self.helo.is_none() {
+            self.reply("503 5.5.2 Send hello first");
+            return;
+        }
+        if self.shared.config.tls.require && self.tls.is_none() {
+            self.reply("530 5.7.0 Must issue a STARTTLS command first");
+            return;
+        }
+        if self.user.is_some() {
+            self.reply("503 5.5.2 Already authenticated");
+            return;
+        }
+        if mechanism == smtp_proto::AUTH_PLAIN {
+            if initial.is_empty() {
+                self.reply("334 ");
+                self.auth_wait = Some(AuthWait::Plain);
+            } else {
+                self.auth_continue(AuthWait::Plain, initial);
+            }
+        } else if mechanism == smtp_proto::AUTH_LOGIN {
+            if initial.is_empty() {
+                self.reply("334 VXNlcm5hbWU6");
+                self.auth_wait = Some(AuthWait::LoginUser);
+            } else {
+                self.auth_continue(AuthWait::LoginUser, initial);
+            }
+        } else {
+            self.reply("504 5.7.4 Unrecognized authentication type");
+        }
+    }
+
+    fn auth_continue(&mut self, wait: AuthWait, line: &str) {
+        if line == "*" {
+            self.reply("501 5.7.0 Authentication cancelled");
+            return;
+        }
+        let Some(text) = crate::tls::b64_text(line) else {
+            self.reply("501 5.5.2 Cannot decode response");
+            return;
+        };
+        match wait {
+            AuthWait::LoginUser => {
+                self.reply("334 UGFzc3dvcmQ6");
+                self.auth_wait = Some(AuthWait::LoginPass(text));
+            }
+            AuthWait::LoginPass(user) => self.auth_check(user, &text),
+            AuthWait::Plain => {
+                // authzid NUL authcid NUL passwd
+                let mut parts = text.split('\0');
+                let (_authz, user, pass) = (parts.next(), parts.next(), parts.next());
+                match (user, pass) {
+                    (Some(u), Some(p)) => self.auth_check(u.to_owned(), p),
+                    _ => {
+                        self.reply("501 5.5.2 Cannot decode response");
+                    }
+                }
+            }
+        }
+    }
+
+    fn auth_check(&mut self, user: String, pass: &str) {
+        if self
+            .shared
+            .config
+            .auth
+            .users
+            .get(&user)
+            .is_some_and(|p| p == pass)
+        {
+            self.reply("235 2.7.0 Authentication successful");
+            self.user = Some(user);
+        } else {
+            self.reply("535 5.7.3 Authentication unsuccessful");
         }
     }
 
@@ -733,6 +924,14 @@ impl Session {
         }
         if self.txn.is_some() {
             self.reply("503 5.5.2 Sender already specified");
+            return Flow::Continue;
+        }
+        if self.shared.config.tls.require && self.tls.is_none() {
+            self.reply("530 5.7.0 Must issue a STARTTLS command first");
+            return Flow::Continue;
+        }
+        if self.shared.config.auth.require && self.user.is_none() {
+            self.reply("530 5.7.1 Client was not authenticated");
             return Flow::Continue;
         }
         let cap = [
@@ -773,6 +972,8 @@ impl Session {
                 started_at: now,
                 data_started_at: None,
                 ended_at: now,
+                tls: self.tls.clone(),
+                user: self.user.clone(),
             },
             accepted: 0,
             data_mono: None,

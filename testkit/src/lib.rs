@@ -13,6 +13,7 @@
 //! | [`rate`] | achieved rates at the mocks over sliding windows |
 //! | [`tmpfs`] | a small file system that really fills up |
 //! | [`logs`] | `tracing` output captured for assertions |
+//! | [`postfix`] | a private Postfix instance with TLS on a loopback port (a real peer) |
 //! | [`assert`] | exactly-once delivery, saying what is missing, repeated or unexpected |
 //!
 //! Fixture errors (a bad test SITE.CFG, a port that cannot be bound) panic with what went wrong:
@@ -33,6 +34,8 @@ pub mod assert;
 pub mod hostile;
 pub mod ledger;
 pub mod logs;
+pub mod postfix;
+pub mod postfix_master;
 pub mod postgres;
 pub mod proc;
 pub mod rate;

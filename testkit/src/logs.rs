@@ -11,10 +11,15 @@ pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 impl LogCapture {
     /// Install for the current thread until the guard drops.
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        self.install_at(tracing::Level::INFO)
+    }
+
+    /// [`LogCapture::install`] at `level` and above (TRACE: every line there is).
+    pub fn install_at(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
         let sub = tracing_subscriber::fmt()
             .with_writer(self.clone())
             .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
+            .with_max_level(level)
             .finish();
         tracing::subscriber::set_default(sub)
     }

@@ -61,6 +61,23 @@ pub fn fast_options() -> EngineOptions {
     }
 }
 
+/// [`fast_options`] with settings giving `relay` to the host `host` (as written in SITE.CFG):
+/// its TLS mode, trust anchors and AUTH (`[relays."host"]` of smtpw.toml).
+pub fn options_with_relay(
+    host: &str,
+    relay: smtpw_engine::settings::RelaySettings,
+) -> EngineOptions {
+    let mut relays = smtpw_engine::settings::Relays::default();
+    relays.by_key.insert(host.to_ascii_lowercase(), relay);
+    EngineOptions {
+        settings: smtpw_engine::settings::Settings {
+            relays,
+            ..smtpw_engine::settings::Settings::default()
+        },
+        ..fast_options()
+    }
+}
+
 /// A mock that behaves like IIS with a latency after the final dot (so that copies take time
 /// and workers run side by side).
 pub fn iis_with_dot_latency(ms: u64) -> MockConfig {
@@ -346,6 +363,55 @@ impl Topology {
             .values()
             .flat_map(|m| m.journal().delivered_recipients())
             .collect()
+    }
+
+    /// From now on, every byte smtpw sends to the mock `hp` is also recorded in the returned
+    /// buffer (a tap between the two ends of the in-memory connection): what crossed the
+    /// "network", to show what was or was not sent in clear.
+    pub fn capture_client_bytes(&self, hp: &str) -> Arc<std::sync::Mutex<Vec<u8>>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let m = self.mock(hp).clone();
+        let idx = self.mocks.keys().position(|k| k == hp).unwrap_or(0);
+        let peer = SocketAddr::from(([127, 0, 0, (idx + 1).min(250) as u8], 40000));
+        let rec = seen.clone();
+        self.connector.route(host_port(hp), move |client_side| {
+            if m.is_refusing() {
+                return Err(std::io::ErrorKind::ConnectionRefused.into());
+            }
+            let (tap, server_side) = tokio::io::duplex(64 * 1024);
+            let m = m.clone();
+            tokio::spawn(async move { m.serve_stream(server_side, peer).await });
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = tokio::io::split(client_side);
+                let (mut tr, mut tw) = tokio::io::split(tap);
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                rec.lock()
+                                    .expect("capture lock")
+                                    .extend_from_slice(&buf[..n]);
+                                if tw.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = tw.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut tr, &mut cw).await;
+                    let _ = cw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+            Ok(())
+        });
+        seen
     }
 
     /// Recipients delivered per address, across all mocks.

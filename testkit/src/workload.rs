@@ -135,6 +135,7 @@ pub const ODD_ENTRIES: [&str; 7] = [
 pub fn all_delivered(relay: &str, n: usize, reply: &str) -> CopyResult {
     CopyResult {
         relay: Some(relay.into()),
+        tls: None,
         rcpts: vec![
             RcptOutcome {
                 outcome: Outcome::Delivered,

@@ -10,6 +10,8 @@
 //! - `wan` / `wan-nopipe`: smtpw -> mock-mta answering every write 1 ms late, with and without
 //!   PIPELINING;
 //! - `smtpw+scrape`: as `smtpw`, with the admin endpoint scraped (`GET /metrics`) every 100 ms.
+//! - `tls`: smtpw -> mock-mta over STARTTLS (`tls = "required"` in a settings file trusting the
+//!   CA the mock generates): the cost of TLS next to `mock`.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -39,7 +41,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "TEXT,..")]
     filter: Option<String>,
     /// Only these variants (comma-separated names: physical, smtpw, baseline, mock,
-    /// mock+journal, wan, wan-nopipe, smtpw+scrape).
+    /// mock+journal, wan, wan-nopipe, smtpw+scrape, tls).
     #[arg(long, value_name = "NAME,..")]
     variants: Option<String>,
     /// Recipients per cell and run (before the per-cell bounds).
@@ -160,6 +162,7 @@ enum Variant {
     Wan,
     WanNoPipe,
     Scraped,
+    Tls,
 }
 
 impl Variant {
@@ -174,6 +177,7 @@ impl Variant {
             Variant::Wan => "wan",
             Variant::WanNoPipe => "wan-nopipe",
             Variant::Scraped => "smtpw+scrape",
+            Variant::Tls => "tls",
         }
     }
     fn what(self) -> &'static str {
@@ -191,6 +195,9 @@ impl Variant {
             Variant::WanNoPipe => "as wan, smtpw run --no-pipelining",
             Variant::Scraped => {
                 "as smtpw, with --admin and GET /metrics every 100 ms during the run"
+            }
+            Variant::Tls => {
+                "smtpw -> mock-mta over STARTTLS (tls = \"required\", the mock's CA trusted)"
             }
         }
     }
@@ -308,18 +315,25 @@ fn start_sink(tools: &Tools) -> anyhow::Result<(Guard, u16)> {
     Ok((Guard(Some(child)), port))
 }
 
+/// A mock-mta on a free port; with `tls`, offering STARTTLS with a certificate signed by a CA
+/// it writes to `dir/mock-ca.pem`.
 fn start_mock(
     bins: &Bins,
     dir: &Path,
     journal: bool,
     latency_ms: u64,
+    tls: bool,
 ) -> anyhow::Result<(Guard, u16)> {
     let port = free_port()?;
     let toml = dir.join("mock.toml");
-    std::fs::write(
-        &toml,
-        format!("[faults]\nreply_latency_ms = {latency_ms}\n"),
-    )?;
+    let mut text = format!("[faults]\nreply_latency_ms = {latency_ms}\n");
+    if tls {
+        text.push_str(&format!(
+            "[tls]\nstarttls = true\nca_file_out = {:?}\n",
+            dir.join("mock-ca.pem").display().to_string()
+        ));
+    }
+    std::fs::write(&toml, text)?;
     let mut c = Command::new(&bins.mock);
     c.arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -507,8 +521,23 @@ fn run_smtpw(
     port: u16,
     cell: &Cell,
     pipelining: bool,
+    settings: Option<&Path>,
 ) -> anyhow::Result<Sample> {
-    run_smtpw_with(smtpw, tpl, dir, port, cell, pipelining, false)
+    let how = How {
+        pipelining,
+        scrape: false,
+        settings,
+    };
+    run_smtpw_with(smtpw, tpl, dir, port, cell, how)
+}
+
+/// How `smtpw run` is started for a sample.
+struct How<'a> {
+    pipelining: bool,
+    /// Scrape its admin endpoint every [`SCRAPE_EVERY`] meanwhile.
+    scrape: bool,
+    /// A settings file (`--settings`).
+    settings: Option<&'a Path>,
 }
 
 fn run_smtpw_with(
@@ -517,9 +546,13 @@ fn run_smtpw_with(
     dir: &Path,
     port: u16,
     cell: &Cell,
-    pipelining: bool,
-    scrape: bool,
+    how: How<'_>,
 ) -> anyhow::Result<Sample> {
+    let How {
+        pipelining,
+        scrape,
+        settings,
+    } = how;
     let _ = std::fs::remove_dir_all(dir);
     let spool = dir.join("spool");
     copy_dir(tpl, &spool)?;
@@ -537,6 +570,9 @@ fn run_smtpw_with(
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     if scrape {
         c.arg("--admin").arg(admin.to_string());
+    }
+    if let Some(st) = settings {
+        c.arg("--settings").arg(st);
     }
     c.env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -804,6 +840,7 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
                     MockJournal,
                     Wan,
                     WanNoPipe,
+                    Tls,
                 ]
             } else {
                 vec![Physical, Smtpw]
@@ -824,6 +861,7 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
                             MockJournal,
                             Wan,
                             WanNoPipe,
+                            Tls,
                         ]
                     } else if s == 20 * 1024 && r == 100 {
                         vec![Physical, Smtpw, Postfix]
@@ -924,16 +962,23 @@ fn matrix(
                 std::fs::create_dir_all(&dir)?;
                 let r = match row.variant {
                     Variant::Physical => run_source(tools, sink_port, &cell),
-                    Variant::Smtpw => run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true),
+                    Variant::Smtpw => {
+                        run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true, None)
+                    }
                     Variant::Scraped => {
-                        run_smtpw_with(&bins.smtpw, &tpl, &dir, sink_port, &cell, true, true)
+                        let how = How {
+                            pipelining: true,
+                            scrape: true,
+                            settings: None,
+                        };
+                        run_smtpw_with(&bins.smtpw, &tpl, &dir, sink_port, &cell, how)
                     }
                     Variant::Postfix => match pf.as_mut() {
                         Some(p) => p.run(tools, &cell, RUN_LIMIT),
                         None => bail!("no Postfix instance"),
                     },
                     Variant::Baseline => match &bins.baseline {
-                        Some(b) => run_smtpw(b, &tpl, &dir, sink_port, &cell, true),
+                        Some(b) => run_smtpw(b, &tpl, &dir, sink_port, &cell, true, None),
                         None => bail!("no --baseline binary"),
                     },
                     v => {
@@ -946,7 +991,18 @@ fn matrix(
                         let mock_dir = work.join("mock");
                         let _ = std::fs::remove_dir_all(&mock_dir);
                         std::fs::create_dir_all(&mock_dir)?;
-                        let (_mock, port) = start_mock(bins, &mock_dir, journal, lat)?;
+                        let tls = v == Variant::Tls;
+                        let (_mock, port) = start_mock(bins, &mock_dir, journal, lat, tls)?;
+                        let settings = if tls {
+                            let p = mock_dir.join("smtpw.toml");
+                            std::fs::write(
+                                &p,
+                                "[relays.\"127.0.0.1\"]\ntls = \"required\"\nca_file = \"mock-ca.pem\"\n",
+                            )?;
+                            Some(p)
+                        } else {
+                            None
+                        };
                         run_smtpw(
                             &bins.smtpw,
                             &tpl,
@@ -954,6 +1010,7 @@ fn matrix(
                             port,
                             &cell,
                             v != Variant::WanNoPipe,
+                            settings.as_deref(),
                         )
                     }
                 };
@@ -1277,7 +1334,7 @@ fn scale(tools: &Tools, bins: &Bins, work: &Path, md: &mut String) -> anyhow::Re
         // The spool is already in place: run on it directly (no template copy).
         let tpl = dir.join("tpl");
         std::fs::rename(&spool, &tpl)?;
-        let r = run_smtpw(&bins.smtpw, &tpl, &dir.join("run"), port, &cell, true);
+        let r = run_smtpw(&bins.smtpw, &tpl, &dir.join("run"), port, &cell, true, None);
         match r {
             Ok(s) => {
                 eprintln!(

@@ -15,6 +15,9 @@ use anyhow::{bail, Context as _};
 
 use crate::bench::{free_port, is_root, Cell, Sample, Tools};
 
+#[path = "../../testkit/src/postfix_master.rs"]
+mod postfix_master;
+
 const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "hold"];
 
 /// Why Postfix cannot be run here, or `None` when it can.
@@ -75,22 +78,7 @@ impl Instance {
         }
         let port = free_port()?;
         let master = std::fs::read_to_string("/etc/postfix/master.cf")?;
-        let mut mc = String::new();
-        for line in master.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let service = !line.starts_with(['#', ' ', '\t']) && f.len() >= 8;
-            if service && f[0] == "smtp" && f[1] == "inet" {
-                mc.push_str(&format!("127.0.0.1:{port} inet n - n - - smtpd\n"));
-            } else if service && ["unix", "inet", "fifo", "pass", "unix-dgram"].contains(&f[1]) {
-                let mut g = f.clone();
-                g[4] = "n"; // no chroot: the instance has no chroot tree
-                mc.push_str(&g.join(" "));
-                mc.push('\n');
-            } else {
-                mc.push_str(line);
-                mc.push('\n');
-            }
-        }
+        let mc = postfix_master::master_cf(&master, port);
         std::fs::write(dir.join("etc/master.cf"), mc)?;
         let d = dir.display();
         let w = cell.workers;

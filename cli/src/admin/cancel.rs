@@ -53,7 +53,14 @@ pub async fn post(state: &AdminState, job: i64, req: Request<Incoming>) -> Reply
                 .collect();
             let n = c.rcpts.len() as u64;
             match spool
-                .complete(c.copy_id, CopyResult { relay: None, rcpts })
+                .complete(
+                    c.copy_id,
+                    CopyResult {
+                        relay: None,
+                        tls: None,
+                        rcpts,
+                    },
+                )
                 .await
             {
                 Ok(()) => {

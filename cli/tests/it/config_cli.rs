@@ -211,3 +211,75 @@ fn check_with_an_override_file() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["max_bsmtp"], 250);
 }
+
+#[test]
+fn check_with_settings_shows_tls_and_auth_user_per_host_never_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = write(
+        dir.path(),
+        "SITE.CFG",
+        "SMTP_FORWARD=sync.example.org\nSMTP_FORWARD_1=2*relay.example.org:587;backup.example.org\n",
+    );
+    let pass = write(dir.path(), "relay.pass", "Sekr1t-pass-4471\n");
+    let mut perms = std::fs::metadata(&pass).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&pass, perms).unwrap();
+    let settings = write(
+        dir.path(),
+        "smtpw.toml",
+        "[relays.\"relay.example.org\"]\ntls = \"required\"\nusername = \"lists\"\npassword_file = \"relay.pass\"\nmechanism = \"LOGIN\"\n\n[relays.\"typo.example.org\"]\ntls = \"none\"\n",
+    );
+    let (s, c) = (site.display().to_string(), settings.display().to_string());
+    let out = SMTPW.output(&["config", "check", &s, "--settings", &c]);
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{se}");
+    let row = so
+        .lines()
+        .find(|l| l.contains("SMTP_FORWARD_1 primary"))
+        .unwrap_or_else(|| panic!("{so}"));
+    for want in ["relay.example.org:587", "required", "lists", "LOGIN"] {
+        assert!(row.contains(want), "{want} in {row}");
+    }
+    let relays = so
+        .split("Relays (smtpw.toml):")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{so}"));
+    let sync = relays
+        .lines()
+        .find(|l| l.contains("sync.example.org:25"))
+        .unwrap_or_else(|| panic!("{relays}"));
+    assert!(
+        sync.contains("opportunistic") && sync.contains(" *"),
+        "{sync}"
+    );
+    assert!(
+        se.contains("[relays.\"typo.example.org\"] names no host"),
+        "{se}"
+    );
+    let out = SMTPW.output(&["config", "check", "--json", &s, "--settings", &c]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["relays"][1]["user"], "lists");
+    assert_eq!(j["relays"][1]["tls"], "required");
+    assert_eq!(j["unmatched_relays"][0], "typo.example.org");
+    let all = format!("{so}{se}{}", text(&out.stdout));
+    assert!(!all.contains("Sekr1t"), "the password was shown");
+
+    // What the settings refuse, config check refuses: AUTH with tls = "none".
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[relays.\"relay.example.org\"]\ntls = \"none\"\nusername = \"lists\"\npassword = \"Sekr1t-pass-4471\"\n",
+    );
+    let out = SMTPW.output(&[
+        "config",
+        "check",
+        &s,
+        "--settings",
+        &bad.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let se = text(&out.stderr);
+    assert!(se.contains("in clear"), "{se}");
+    assert!(!se.contains("Sekr1t"), "{se}");
+}

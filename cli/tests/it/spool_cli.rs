@@ -78,6 +78,7 @@ fn submit_then_queue_while_the_spool_is_owned() {
         );
         let res = CopyResult {
             relay: Some("mx:25".into()),
+            tls: None,
             rcpts: vec![
                 RcptOutcome {
                     outcome: Outcome::Delivered,

@@ -12,6 +12,7 @@ pub mod failover;
 pub mod pools;
 pub mod rates;
 pub mod replies;
+pub mod tls;
 pub mod windows;
 pub mod workers;
 
@@ -28,5 +29,6 @@ pub fn all() -> Vec<Scenario> {
     v.push(replies::scenario());
     v.push(pools::scenario());
     v.push(rates::scenario());
+    v.push(tls::scenario());
     v
 }

@@ -30,6 +30,10 @@ pub enum Verb {
     EndOfData,
     Rset,
     Quit,
+    /// STARTTLS: its 220 hands the stream to the TLS handshake.
+    StartTls,
+    /// AUTH and each line that answers one of its 334 challenges.
+    Auth,
 }
 
 impl Verb {
@@ -45,6 +49,8 @@ impl Verb {
             Verb::EndOfData => "end of data",
             Verb::Rset => "RSET",
             Verb::Quit => "QUIT",
+            Verb::StartTls => "STARTTLS",
+            Verb::Auth => "AUTH",
         }
     }
 
@@ -60,6 +66,8 @@ impl Verb {
             Verb::Data => t.data_init,
             Verb::EndOfData => t.data_term,
             Verb::Quit => t.quit,
+            // Part of the handshake: EHLO's time-out.
+            Verb::StartTls | Verb::Auth => t.ehlo,
         }
     }
 
@@ -89,6 +97,7 @@ pub enum Command<'a> {
     Data,
     Rset,
     Quit,
+    StartTls,
 }
 
 impl Command<'_> {
@@ -102,6 +111,7 @@ impl Command<'_> {
             Command::Data => Verb::Data,
             Command::Rset => Verb::Rset,
             Command::Quit => Verb::Quit,
+            Command::StartTls => Verb::StartTls,
         }
     }
 
@@ -131,6 +141,7 @@ impl Command<'_> {
             Command::Data => out.extend_from_slice(b"DATA"),
             Command::Rset => out.extend_from_slice(b"RSET"),
             Command::Quit => out.extend_from_slice(b"QUIT"),
+            Command::StartTls => out.extend_from_slice(b"STARTTLS"),
         }
         out.extend_from_slice(b"\r\n");
     }

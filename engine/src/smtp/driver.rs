@@ -21,14 +21,44 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::auth::Credentials;
 use super::reply::{parse_reply, Capabilities, Reply};
-use super::session::{Lost, Machine, Session, Step, Written};
+use super::session::{Lost, Machine, Session, SessionSecurity, Step, Written};
 use super::txn::{Deliver, Delivery};
 use super::{ClientConfig, ConnectError, DataGate, NoGate};
 use crate::net::BoxStream;
+use crate::settings::TlsMode;
+use crate::tls::TlsTarget;
+
+/// How a connection is protected and authenticated (TXN-11, TXN-12): the relay's TLS mode, what
+/// a TLS handshake needs (absent: TLS is not possible, so `opportunistic` means plaintext and
+/// `required`/`implicit` fail), and the AUTH credentials.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// The relay's TLS mode.
+    pub mode: TlsMode,
+    /// What a handshake needs; `None`: TLS is not possible.
+    pub tls: Option<TlsTarget>,
+    /// Who to log in as, if anyone.
+    pub auth: Option<Credentials>,
+    /// Whether AUTH may be sent without TLS (the settings say so explicitly).
+    pub allow_plaintext_auth: bool,
+}
+
+impl Security {
+    /// Plaintext, no AUTH (what [`Client::handshake`] does).
+    pub fn plaintext() -> Self {
+        Self {
+            mode: TlsMode::None,
+            tls: None,
+            auth: None,
+            allow_plaintext_auth: false,
+        }
+    }
+}
 
 /// Bytes of unread server output we are willing to hold (a pipelined group of a few thousand
 /// RCPTs has replies of a few hundred KiB at most).
@@ -36,7 +66,7 @@ const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 
 /// One SMTP connection, after the greeting and EHLO.
 pub struct Client {
-    io: Io<BoxStream>,
+    io: Io,
     session: Session,
 }
 
@@ -51,16 +81,64 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Read the greeting (220 required), then EHLO; HELO when EHLO gets a 5yz.
+    /// Read the greeting (220 required), then EHLO; HELO when EHLO gets a 5yz. Plaintext, no
+    /// AUTH.
     pub async fn handshake(stream: BoxStream, cfg: &ClientConfig) -> Result<Client, ConnectError> {
+        Self::connect(stream, cfg, &Security::plaintext()).await
+    }
+
+    /// The handshake with TLS and AUTH as `security` says: TLS first (implicit), the greeting,
+    /// EHLO, STARTTLS and EHLO again (opportunistic, required), AUTH.
+    pub async fn connect(
+        stream: BoxStream,
+        cfg: &ClientConfig,
+        security: &Security,
+    ) -> Result<Client, ConnectError> {
+        let mode = match (security.mode, &security.tls) {
+            (TlsMode::Required | TlsMode::Implicit, None) => {
+                return Err(ConnectError::TlsRequired(
+                    "no TLS client is set up for this relay".into(),
+                ))
+            }
+            (TlsMode::Opportunistic, None) => TlsMode::None,
+            (m, _) => m,
+        };
+        let mut io = Io::new(stream, security.tls.clone());
+        let mut tls = None;
+        if mode == TlsMode::Implicit {
+            match io.upgrade(cfg.timeouts.greeting).await {
+                Ok(v) => tls = Some(v),
+                Err(why) => {
+                    return Err(ConnectError::TlsRequired(format!(
+                        "TLS handshake failed: {why}"
+                    )))
+                }
+            }
+        }
+        let sec = SessionSecurity {
+            mode,
+            tls,
+            auth: security.auth.clone(),
+            allow_plaintext_auth: security.allow_plaintext_auth,
+        };
         let mut c = Client {
-            io: Io::new(stream),
-            session: Session::new(cfg),
+            io,
+            session: Session::with_security(cfg, sec),
         };
         c.io.drive(&mut c.session, &NoGate).await;
         c.session.handshake_result()?;
-        tracing::debug!(caps = ?c.session.capabilities(), "SMTP session ready");
+        tracing::debug!(caps = ?c.session.capabilities(), tls = ?c.session.tls_version(), "SMTP session ready");
         Ok(c)
+    }
+
+    /// The TLS version the session runs under (`TLSv1.3`), `None` in plaintext.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        self.session.tls_version()
+    }
+
+    /// The user AUTH logged in as, if any.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.session.authenticated()
     }
 
     /// What the relay advertised in its EHLO reply.
@@ -154,19 +232,45 @@ enum Idle {
 }
 
 /// The byte-moving half of a client: a stream, its read buffer and the running deadline.
-struct Io<S> {
-    stream: S,
+struct Io {
+    stream: BoxStream,
     rbuf: BytesMut,
     /// The transaction under way must be over by then (the deadline's length, to report).
     deadline: Option<(Instant, Duration)>,
+    /// What a [`Step::Upgrade`] needs.
+    tls: Option<TlsTarget>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
-    fn new(stream: S) -> Self {
+impl Io {
+    /// Put the stream under TLS within `timeout`; the negotiated version, or why not.
+    async fn upgrade(&mut self, timeout: Duration) -> Result<&'static str, String> {
+        let Some(t) = self.tls.clone() else {
+            return Err("no TLS client is set up for this relay".into());
+        };
+        if !self.rbuf.is_empty() {
+            // Bytes the server sent after its 220 would be taken as said under TLS.
+            return Err("the relay sent data after its STARTTLS reply".into());
+        }
+        let placeholder: BoxStream =
+            Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()));
+        let plain = std::mem::replace(&mut self.stream, placeholder);
+        match tokio::time::timeout(timeout, t.connector.connect(t.name.clone(), plain)).await {
+            Err(_) => Err(format!("no TLS handshake within {timeout:?}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(tls)) => {
+                let version = crate::tls::version_name(tls.get_ref().1.protocol_version());
+                self.stream = Box::new(tls);
+                Ok(version)
+            }
+        }
+    }
+
+    fn new(stream: BoxStream, tls: Option<TlsTarget>) -> Self {
         Self {
             stream,
             rbuf: BytesMut::with_capacity(4096),
             deadline: None,
+            tls,
         }
     }
 
@@ -197,6 +301,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     Ok(r) => m.on_reply(r),
                     Err(lost) => m.on_lost(lost),
                 },
+                Step::Upgrade { timeout } => {
+                    let r = self.upgrade(timeout).await;
+                    m.on_upgraded(r);
+                }
                 Step::Done => break,
             }
         }

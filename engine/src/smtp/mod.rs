@@ -11,6 +11,7 @@
 //! - `driver`: [`Client`], which moves the bytes over any [`crate::net::BoxStream`] with the
 //!   per-command time-outs and the transaction deadline.
 
+pub mod auth;
 pub(crate) mod command;
 pub mod data;
 mod driver;
@@ -23,7 +24,8 @@ mod txn;
 
 use std::time::Duration;
 
-pub use driver::Client;
+pub use auth::{CredentialSecret, Credentials};
+pub use driver::{Client, Security};
 pub use reply::{classify_rcpt, parse_reply, Capabilities, RcptVerdict, Reply, ReplyError};
 pub use txn::{Delivery, RcptResult};
 
@@ -176,6 +178,34 @@ pub enum ConnectError {
     /// The server sent something that is not an SMTP reply.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// No TLS where the settings require it: STARTTLS not offered or refused, a handshake that
+    /// failed, a certificate that does not verify (TXN-11).
+    #[error("no TLS: {0}")]
+    TlsRequired(String),
+    /// AUTH is configured but the session is not encrypted: the credentials are not sent (TXN-12).
+    #[error("AUTH as {user} not attempted: the session is not encrypted (the relay offers no STARTTLS) and allow_plaintext_auth is not set")]
+    AuthNeedsTls {
+        /// The user the settings name.
+        user: String,
+    },
+    /// The relay offers AUTH, but no mechanism these credentials can use.
+    #[error("AUTH as {user} not possible: {why}")]
+    AuthUnavailable {
+        /// The user the settings name.
+        user: String,
+        /// What the relay offers and the settings ask for.
+        why: String,
+    },
+    /// The relay refused the login: our configuration's fault, not the recipients' (TXN-12).
+    #[error("the relay refused AUTH {mechanism} for user {user}: {reply}")]
+    AuthRefused {
+        /// The user the settings name.
+        user: String,
+        /// The mechanism tried.
+        mechanism: &'static str,
+        /// The relay's refusal.
+        reply: Reply,
+    },
 }
 
 /// Where the rate limiter plugs in: awaited before each transaction with the message size in

@@ -70,6 +70,10 @@ pub(crate) struct Relay {
     pub reply_in_data: Option<String>,
     /// Never answer a final dot.
     pub hang_at_end_of_data: bool,
+    /// The reply to STARTTLS.
+    pub starttls: String,
+    /// How the TLS handshake after a 220 to STARTTLS ends.
+    pub tls_handshake: Result<&'static str, String>,
 
     // What it got.
     /// Each write of commands, as lines.
@@ -97,6 +101,8 @@ pub(crate) struct Wire {
     replies: VecDeque<Reply>,
     closed: bool,
     silent: bool,
+    /// The session is under TLS.
+    tls: bool,
 }
 
 impl Relay {
@@ -118,6 +124,8 @@ impl Relay {
             close_in_data_after: None,
             reply_in_data: None,
             hang_at_end_of_data: false,
+            starttls: "220 2.0.0 Ready to start TLS".into(),
+            tls_handshake: Ok("TLSv1.3"),
             groups: Vec::new(),
             messages: Vec::new(),
             rcpts_per_txn: Vec::new(),
@@ -302,7 +310,8 @@ impl Relay {
             "EHLO" => match &self.ehlo {
                 Some(lines) => {
                     let mut r = String::from("250-mx.example.org Hello [127.0.0.1]");
-                    for l in lines {
+                    // STARTTLS is not offered again under TLS (RFC 3207 §4.2).
+                    for l in lines.iter().filter(|l| !(self.st.tls && *l == "STARTTLS")) {
                         r.push_str("\n250-");
                         r.push_str(l);
                     }
@@ -312,6 +321,7 @@ impl Relay {
                 None => "502 5.5.2 Command not recognized".into(),
             },
             "HELO" => self.helo.clone(),
+            "STARTTLS" => self.starttls.clone(),
             "MAIL" if self.st.in_txn => "503 5.5.1 Sender already specified".into(),
             "MAIL" => {
                 self.rcpts_per_txn.push(0);
@@ -366,6 +376,19 @@ impl Relay {
         self.say(&r);
     }
 
+    /// [`Relay::receive`] for tests that step a machine by hand.
+    pub(crate) fn receive_for_test(&mut self, bytes: &[u8]) -> Written {
+        self.receive(bytes, false)
+    }
+
+    /// The next reply (a test stepping by hand: it must be owed).
+    pub(crate) fn answer_for_test(&mut self, what: &'static str) -> Reply {
+        match self.answer(what) {
+            Ok(r) => r,
+            Err(lost) => panic!("no {what} reply: {lost:?}"),
+        }
+    }
+
     /// The next reply, or why none comes.
     fn answer(&mut self, what: &'static str) -> Result<Reply, Lost> {
         if let Some(r) = self.st.replies.pop_front() {
@@ -396,6 +419,12 @@ pub(crate) fn run<M: Machine>(m: &mut M, relay: &mut Relay) {
                 Ok(r) => m.on_reply(r),
                 Err(lost) => m.on_lost(lost),
             },
+            Step::Upgrade { .. } => {
+                let r = relay.tls_handshake.clone();
+                relay.st.tls = r.is_ok();
+                relay.groups.push(vec!["<TLS handshake>".into()]);
+                m.on_upgraded(r);
+            }
             Step::Done => return,
         }
     }

@@ -303,6 +303,11 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     /// The server answered EHLO (false after the HELO fallback).
     pub esmtp: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
+    /// The SASL mechanisms of `AUTH` lines (RFC 4954) and of the older `AUTH=` form IIS still
+    /// sends, upper case, each once.
+    pub auth: Vec<String>,
 }
 
 impl Capabilities {
@@ -326,6 +331,20 @@ impl Capabilities {
                 caps.enhanced_status_codes = true;
             } else if keyword.eq_ignore_ascii_case("8BITMIME") {
                 caps.eight_bit_mime = true;
+            } else if keyword.eq_ignore_ascii_case("STARTTLS") {
+                caps.starttls = true;
+            } else if keyword.eq_ignore_ascii_case("AUTH")
+                || keyword
+                    .get(..5)
+                    .is_some_and(|k| k.eq_ignore_ascii_case("AUTH="))
+            {
+                let first = keyword.get(5..).filter(|m| !m.is_empty());
+                for m in first.into_iter().chain(words) {
+                    let m = m.to_ascii_uppercase();
+                    if !caps.auth.contains(&m) {
+                        caps.auth.push(m);
+                    }
+                }
             }
         }
         caps
@@ -490,8 +509,16 @@ mod tests {
                 enhanced_status_codes: true,
                 eight_bit_mime: true,
                 esmtp: true,
+                starttls: false,
+                auth: vec!["GSSAPI".into(), "NTLM".into()],
             }
         );
+        // IIS with AUTH LOGIN: both forms, each mechanism once; STARTTLS.
+        let caps = Capabilities::from_ehlo(&parse_all(
+            "250-mx\r\n250-STARTTLS\r\n250-AUTH=LOGIN\r\n250-AUTH GSSAPI NTLM login\r\n250 OK\r\n",
+        ));
+        assert!(caps.starttls);
+        assert_eq!(caps.auth, ["LOGIN", "GSSAPI", "NTLM"]);
         let caps = Capabilities::from_ehlo(&parse_all("250-host\r\n250 SIZE\r\n"));
         assert_eq!(caps.size, Some(0));
         assert!(!caps.pipelining);

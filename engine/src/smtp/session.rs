@@ -24,9 +24,11 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::Duration;
 
+use super::auth::{self, Auth, AuthNext, Credentials};
 use super::command::{Command, MailParams, Verb};
 use super::reply::{Capabilities, Reply};
 use super::{ClientConfig, ConnectError, Timeouts};
+use crate::settings::TlsMode;
 
 /// What the driver does next for a [`Machine`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,10 @@ pub(crate) enum Step {
         timeout: Duration,
         what: &'static str,
     },
+    /// Put the stream under TLS within `timeout` (after STARTTLS's 220), then report with
+    /// [`Machine::on_upgraded`]. Bytes already read past the 220 are an attack (RFC 3207 §6):
+    /// the driver reports them as lost instead.
+    Upgrade { timeout: Duration },
     /// Nothing more to do.
     Done,
 }
@@ -127,6 +133,33 @@ pub(crate) trait Machine {
     fn on_reply(&mut self, reply: Reply);
     /// The connection is gone (or useless).
     fn on_lost(&mut self, lost: Lost);
+    /// A [`Step::Upgrade`] is over: the TLS version now in force, or why the handshake failed.
+    fn on_upgraded(&mut self, result: Result<&'static str, String>) {
+        if let Err(why) = result {
+            self.on_lost(Lost::Protocol(format!("TLS handshake failed: {why}")));
+        }
+    }
+}
+
+/// How a session protects itself and authenticates (TXN-11, TXN-12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionSecurity {
+    pub(crate) mode: TlsMode,
+    /// The stream is already encrypted (implicit TLS) with this version.
+    pub(crate) tls: Option<&'static str>,
+    pub(crate) auth: Option<Credentials>,
+    pub(crate) allow_plaintext_auth: bool,
+}
+
+impl Default for SessionSecurity {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::None,
+            tls: None,
+            auth: None,
+            allow_plaintext_auth: false,
+        }
+    }
 }
 
 /// A reply the server owes: what it answers, in which transaction, and (for RCPT) the place of
@@ -146,6 +179,12 @@ enum Phase {
     Ehlo,
     /// EHLO got a 5yz: HELO sent.
     Helo,
+    /// STARTTLS sent, its 220 awaited.
+    StartTls,
+    /// STARTTLS got its 220: the driver puts the stream under TLS, then EHLO again.
+    Upgrade,
+    /// AUTH under way.
+    Auth,
     /// The greeting was not 220: QUIT is written (best effort) and the handshake fails.
     Refused,
     /// Between transactions (or in them: a [`Deliver`](super::txn::Deliver) drives those).
@@ -164,8 +203,8 @@ struct WriteSpec {
     until_reply: bool,
 }
 
-/// One SMTP session's state (see the module documentation).
-#[derive(Debug)]
+/// One SMTP session's state (see the module documentation). Its `Debug` leaves out the output
+/// buffer, which may hold an AUTH line (a password in base64).
 pub(crate) struct Session {
     cfg: ClientConfig,
     phase: Phase,
@@ -191,11 +230,38 @@ pub(crate) struct Session {
     failure: Option<ConnectError>,
     /// Transactions started (their tags in [`Owed`]).
     txns: u32,
+    security: SessionSecurity,
+    /// The TLS version in force, once encrypted.
+    tls: Option<&'static str>,
+    auth: Option<Auth>,
+    /// The user the relay accepted with AUTH.
+    authenticated: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("phase", &self.phase)
+            .field("caps", &self.caps)
+            .field("tls", &self.tls)
+            .field("authenticated", &self.authenticated)
+            .field("messages", &self.messages)
+            .field("owed", &self.owed)
+            .field("usable", &self.usable)
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
     /// A session that waits for the server's greeting.
+    #[cfg(test)]
     pub(crate) fn new(cfg: &ClientConfig) -> Self {
+        Self::with_security(cfg, SessionSecurity::default())
+    }
+
+    /// A session that waits for the server's greeting, with TLS and AUTH as `security` says.
+    pub(crate) fn with_security(cfg: &ClientConfig, security: SessionSecurity) -> Self {
         let mut s = Self {
             cfg: cfg.clone(),
             phase: Phase::Greeting,
@@ -216,9 +282,23 @@ impl Session {
             lost: None,
             failure: None,
             txns: 0,
+            tls: security.tls,
+            security,
+            auth: None,
+            authenticated: None,
         };
         s.expect(Verb::Greeting, 0, 0);
         s
+    }
+
+    /// The TLS version in force (`None`: plaintext).
+    pub(crate) fn tls_version(&self) -> Option<&'static str> {
+        self.tls
+    }
+
+    /// The user AUTH logged in as.
+    pub(crate) fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
     }
 
     pub(crate) fn timeouts(&self) -> &Timeouts {
@@ -417,7 +497,7 @@ impl Session {
     fn on_ehlo(&mut self, ehlo: Reply) {
         if ehlo.is_positive() {
             self.caps = Capabilities::from_ehlo(&ehlo);
-            self.phase = Phase::Ready;
+            self.after_ehlo();
         } else if ehlo.is_permanent() {
             // WRK-8: HELO when EHLO is refused with 5yz.
             let name = self.cfg.helo_name.clone();
@@ -431,10 +511,114 @@ impl Session {
     fn on_helo(&mut self, helo: Reply) {
         if helo.is_positive() {
             self.caps = Capabilities::default();
-            self.phase = Phase::Ready;
+            self.after_ehlo();
         } else {
             self.fail(ConnectError::Helo(helo));
         }
+    }
+
+    /// The relay's capabilities are known: STARTTLS first when the mode asks for it and the
+    /// session is not encrypted yet (TXN-11), then AUTH when configured (TXN-12), then ready.
+    fn after_ehlo(&mut self) {
+        let mode = self.security.mode;
+        if self.tls.is_none() && matches!(mode, TlsMode::Opportunistic | TlsMode::Required) {
+            if self.caps.starttls {
+                self.send(Command::StartTls, 0, 0);
+                self.phase = Phase::StartTls;
+                return;
+            }
+            if mode == TlsMode::Required {
+                self.fail(ConnectError::TlsRequired(
+                    "the relay does not offer STARTTLS".into(),
+                ));
+                return;
+            }
+        }
+        self.start_auth();
+    }
+
+    fn start_auth(&mut self) {
+        let Some(creds) = self.security.auth.clone() else {
+            self.phase = Phase::Ready;
+            return;
+        };
+        if self.tls.is_none() && !self.security.allow_plaintext_auth {
+            // The credentials never cross the network in clear.
+            self.fail(ConnectError::AuthNeedsTls {
+                user: creds.username,
+            });
+            return;
+        }
+        match auth::choose(&creds, &self.caps.auth) {
+            Ok(Some(mechanism)) => {
+                let a = Auth::new(creds, mechanism);
+                let line = a.first_line();
+                self.queue_secret(&line, Verb::Auth);
+                self.auth = Some(a);
+                self.phase = Phase::Auth;
+            }
+            Ok(None) => {
+                tracing::debug!(user = %creds.username, "the relay offers no AUTH: going on without");
+                self.phase = Phase::Ready;
+            }
+            Err(why) => self.fail(ConnectError::AuthUnavailable {
+                user: creds.username,
+                why,
+            }),
+        }
+    }
+
+    fn on_starttls(&mut self, reply: Reply) {
+        if reply.code == 220 {
+            self.phase = Phase::Upgrade;
+        } else if self.security.mode == TlsMode::Required {
+            self.fail(ConnectError::TlsRequired(format!(
+                "the relay refused STARTTLS: {reply}"
+            )));
+        } else {
+            // Opportunistic: plaintext, as if STARTTLS had not been offered.
+            tracing::info!(%reply, "the relay refused STARTTLS; going on in plaintext");
+            self.caps.starttls = false;
+            self.start_auth();
+        }
+    }
+
+    fn on_auth(&mut self, reply: Reply) {
+        let Some(a) = self.auth.as_mut() else {
+            self.fail(ConnectError::Protocol(format!(
+                "an AUTH reply without AUTH: {reply}"
+            )));
+            return;
+        };
+        match a.on_reply(&reply) {
+            AuthNext::Send(line) => self.queue_secret(&line, Verb::Auth),
+            AuthNext::Done => {
+                self.authenticated = Some(a.username().to_owned());
+                self.auth = None;
+                self.phase = Phase::Ready;
+            }
+            AuthNext::Refused(reply) => {
+                let (user, mechanism) = (a.username().to_owned(), a.mechanism());
+                self.auth = None;
+                self.fail(ConnectError::AuthRefused {
+                    user,
+                    mechanism: mechanism.as_str(),
+                    reply,
+                });
+            }
+        }
+    }
+
+    /// Queue a line that carries a secret (never logged) and owe its reply.
+    fn queue_secret(&mut self, line: &[u8], verb: Verb) {
+        debug_assert!(self.out.is_empty());
+        self.spec = WriteSpec {
+            timeout: verb.timeout(&self.cfg.timeouts),
+            what: verb.name(),
+            until_reply: false,
+        };
+        self.out.extend_from_slice(line);
+        self.expect(verb, 0, 0);
     }
 }
 
@@ -445,9 +629,15 @@ impl Machine for Session {
             return w;
         }
         match self.phase {
-            Phase::Greeting | Phase::Ehlo | Phase::Helo | Phase::Quit => {
-                self.pending_read().unwrap_or(Step::Done)
-            }
+            Phase::Greeting
+            | Phase::Ehlo
+            | Phase::Helo
+            | Phase::StartTls
+            | Phase::Auth
+            | Phase::Quit => self.pending_read().unwrap_or(Step::Done),
+            Phase::Upgrade => Step::Upgrade {
+                timeout: self.cfg.timeouts.ehlo,
+            },
             Phase::Refused | Phase::Ready | Phase::Closed => Step::Done,
         }
     }
@@ -485,11 +675,32 @@ impl Machine for Session {
             (Phase::Greeting, Verb::Greeting) => self.on_greeting(reply),
             (Phase::Ehlo, Verb::Ehlo) => self.on_ehlo(reply),
             (Phase::Helo, Verb::Helo) => self.on_helo(reply),
+            (Phase::StartTls, Verb::StartTls) => self.on_starttls(reply),
+            (Phase::Auth, Verb::Auth) => self.on_auth(reply),
             (Phase::Quit, Verb::Quit) => self.phase = Phase::Closed,
             (phase, verb) => self.fail(ConnectError::Protocol(format!(
                 "a {} reply in phase {phase:?}: {reply}",
                 verb.name()
             ))),
+        }
+    }
+
+    fn on_upgraded(&mut self, result: Result<&'static str, String>) {
+        match result {
+            Ok(version) => {
+                // RFC 3207 §4.2: forget what the relay said in clear; EHLO again.
+                self.tls = Some(version);
+                self.caps = Capabilities::default();
+                let name = self.cfg.helo_name.clone();
+                self.send(Command::Ehlo(&name), 0, 0);
+                self.phase = Phase::Ehlo;
+            }
+            Err(why) => {
+                self.usable = false;
+                self.fail(ConnectError::TlsRequired(format!(
+                    "TLS handshake failed: {why}"
+                )));
+            }
         }
     }
 

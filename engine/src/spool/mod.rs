@@ -173,6 +173,8 @@ pub struct RcptOutcome {
 pub struct CopyResult {
     /// `host:port` of the relay, if one answered.
     pub relay: Option<String>,
+    /// The TLS version the transactions went over (`TLSv1.3`); `None`: plaintext (TXN-11).
+    pub tls: Option<&'static str>,
     /// One per [`ClaimedCopy::rcpts`], same order.
     pub rcpts: Vec<RcptOutcome>,
 }

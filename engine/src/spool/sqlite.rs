@@ -1099,6 +1099,7 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
                 rcpt,
                 outcome: r.fate.outcome(),
                 relay: req.result.relay.as_deref(),
+                tls: req.result.tls,
                 reply: r.reply,
                 attempts: decision.attempts,
                 retry_at: r.fate.retry_at(),
@@ -1284,6 +1285,7 @@ mod tests {
                 c.copy_id,
                 CopyResult {
                     relay: Some("mx1:25".into()),
+                    tls: None,
                     rcpts: vec![
                         rcpt(Outcome::Delivered, "250 2.6.0 Queued mail for delivery"),
                         rcpt(Outcome::Deferred, "451 4.3.0 \"later\""),
@@ -1302,6 +1304,7 @@ mod tests {
                 c.copy_id,
                 CopyResult {
                     relay: None,
+                    tls: None,
                     rcpts: vec![rcpt(Outcome::Deferred, "421 4.4.0 unreachable")],
                 },
             )

@@ -21,6 +21,8 @@ mod job_format;
 mod pools_urgent;
 mod rate_accuracy;
 mod rate_loopback;
+mod relay_real_peers;
+mod relay_tls;
 mod spool_chunk;
 mod spool_crash;
 mod spool_full;

@@ -196,6 +196,7 @@ fn a_failed_ledger_append_leaves_no_torn_line_and_its_retry_writes_each_line_onc
                     rcpt: &rcpt,
                     outcome: Outcome::Delivered,
                     relay: Some("mx:25"),
+                    tls: None,
                     reply: &reply,
                     attempts: 1,
                     retry_at: None,

@@ -166,6 +166,7 @@ async fn complete_records_outcomes_in_the_ledger_and_the_stats() {
     let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
     let res = CopyResult {
         relay: Some("mx1.example:25".into()),
+        tls: None,
         rcpts: vec![
             ok("250 2.1.5 a"),
             out(Outcome::Failed, "550 5.1.1 no such user"),
@@ -253,6 +254,7 @@ async fn deferrals_back_off_and_expire_after_the_lifetime() {
         let t0 = clock.now();
         let res = CopyResult {
             relay: None,
+            tls: None,
             rcpts: vec![
                 out(Outcome::Deferred, "451 later"),
                 out(Outcome::Deferred, "452 full"),
@@ -279,6 +281,7 @@ async fn deferrals_back_off_and_expire_after_the_lifetime() {
     let c = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
     let res = CopyResult {
         relay: Some("mx:25".into()),
+        tls: None,
         rcpts: vec![out(Outcome::Deferred, "451 still later"), ok("250 ok")],
     };
     spool.complete(c.copy_id, res).await.unwrap();

@@ -206,3 +206,160 @@ fn a_lost_session_keeps_the_first_reason() {
     assert!(!s.is_usable());
     assert_eq!(s.lost, Some(r421));
 }
+
+fn secured(
+    mode: TlsMode,
+    auth: Option<Credentials>,
+    relay: Relay,
+) -> (Session, Relay, Result<(), ConnectError>) {
+    let mut relay = start(relay);
+    let mut s = Session::with_security(
+        &cfg(),
+        SessionSecurity {
+            mode,
+            tls: None,
+            auth,
+            allow_plaintext_auth: false,
+        },
+    );
+    run(&mut s, &mut relay);
+    let r = s.handshake_result();
+    (s, relay, r)
+}
+
+fn with_starttls() -> Relay {
+    let mut ehlo: Vec<&str> = IIS_EHLO.to_vec();
+    ehlo.push("STARTTLS");
+    Relay::new(&ehlo)
+}
+
+fn lists_password() -> Option<Credentials> {
+    Some(Credentials {
+        username: "lists".into(),
+        secret: auth::CredentialSecret::Password(crate::settings::Secret::new("pw")),
+        mechanism: None,
+    })
+}
+
+#[test]
+fn starttls_when_offered_then_ehlo_again_with_what_was_learned_in_clear_forgotten() {
+    for mode in [TlsMode::Opportunistic, TlsMode::Required] {
+        let (s, relay, r) = secured(mode, None, with_starttls());
+        r.unwrap();
+        assert_eq!(s.tls_version(), Some("TLSv1.3"));
+        assert_eq!(
+            relay.commands(),
+            [
+                "EHLO lists.example.org",
+                "STARTTLS",
+                "<TLS handshake>",
+                "EHLO lists.example.org"
+            ]
+        );
+        // The capabilities are those of the second EHLO (no STARTTLS there).
+        assert!(!s.capabilities().starttls && s.capabilities().pipelining);
+    }
+}
+
+#[test]
+fn opportunistic_goes_on_in_plaintext_without_starttls_and_required_fails() {
+    let (s, relay, r) = secured(TlsMode::Opportunistic, None, Relay::pipelining());
+    r.unwrap();
+    assert_eq!(s.tls_version(), None);
+    assert_eq!(relay.commands(), ["EHLO lists.example.org"]);
+    let (_, relay, r) = secured(TlsMode::Required, None, Relay::pipelining());
+    assert!(
+        matches!(&r, Err(ConnectError::TlsRequired(why)) if why.contains("does not offer STARTTLS")),
+        "{r:?}"
+    );
+    assert_eq!(relay.commands(), ["EHLO lists.example.org"]);
+    // A refused STARTTLS: plaintext when opportunistic, unreachable when required.
+    let refusing = Relay {
+        starttls: "454 4.7.0 TLS not available due to temporary reason".into(),
+        ..with_starttls()
+    };
+    let (s, _, r) = secured(TlsMode::Opportunistic, None, refusing.clone());
+    r.unwrap();
+    assert_eq!(s.tls_version(), None);
+    let (_, relay, r) = secured(TlsMode::Required, None, refusing);
+    assert!(matches!(r, Err(ConnectError::TlsRequired(_))), "{r:?}");
+    assert_eq!(relay.commands(), ["EHLO lists.example.org", "STARTTLS"]);
+}
+
+#[test]
+fn a_failed_handshake_sends_nothing_more() {
+    let relay = Relay {
+        tls_handshake: Err("invalid peer certificate: UnknownIssuer".into()),
+        ..with_starttls()
+    };
+    let (s, relay, r) = secured(TlsMode::Required, lists_password(), relay);
+    assert!(
+        matches!(&r, Err(ConnectError::TlsRequired(why)) if why.contains("UnknownIssuer")),
+        "{r:?}"
+    );
+    assert!(!s.is_usable());
+    assert_eq!(
+        relay.commands(),
+        ["EHLO lists.example.org", "STARTTLS", "<TLS handshake>"]
+    );
+}
+
+#[test]
+fn auth_needs_tls_unless_allowed_and_follows_the_second_ehlo() {
+    // No STARTTLS offered: the credentials are not sent.
+    let mut ehlo: Vec<&str> = IIS_EHLO.to_vec();
+    ehlo.push("AUTH LOGIN PLAIN");
+    let (_, relay, r) = secured(TlsMode::Opportunistic, lists_password(), Relay::new(&ehlo));
+    assert!(matches!(r, Err(ConnectError::AuthNeedsTls { .. })), "{r:?}");
+    assert_eq!(relay.commands(), ["EHLO lists.example.org"]);
+}
+
+#[test]
+fn the_implicit_mode_starts_encrypted_and_never_says_starttls() {
+    let mut relay = start(with_starttls());
+    let mut s = Session::with_security(
+        &cfg(),
+        SessionSecurity {
+            mode: TlsMode::Implicit,
+            tls: Some("TLSv1.3"),
+            auth: None,
+            allow_plaintext_auth: false,
+        },
+    );
+    run(&mut s, &mut relay);
+    s.handshake_result().unwrap();
+    assert_eq!(relay.commands(), ["EHLO lists.example.org"]);
+    assert_eq!(s.tls_version(), Some("TLSv1.3"));
+}
+
+#[test]
+fn debug_never_shows_an_auth_line_being_written() {
+    let mut ehlo: Vec<&str> = IIS_EHLO.to_vec();
+    ehlo.push("AUTH PLAIN LOGIN");
+    let mut relay = start(Relay::new(&ehlo));
+    let mut s = Session::with_security(
+        &cfg(),
+        SessionSecurity {
+            mode: TlsMode::Implicit,
+            tls: Some("TLSv1.3"),
+            auth: lists_password(),
+            allow_plaintext_auth: false,
+        },
+    );
+    // Greeting, then EHLO written and answered: the AUTH line is in the output buffer.
+    for _ in 0..3 {
+        match s.next() {
+            Step::Write { .. } => {
+                let w = relay.receive_for_test(s.output());
+                s.on_written(w);
+            }
+            Step::Read { what, .. } => s.on_reply(relay.answer_for_test(what)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(s.next(), Step::Write { what: "AUTH", .. }));
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"\0lists\0pw");
+    assert!(String::from_utf8_lossy(s.output()).contains(&b64));
+    let shown = format!("{s:?}");
+    assert!(!shown.contains(&b64) && !shown.contains("pw\""), "{shown}");
+}

@@ -41,6 +41,7 @@ fn pipelined_each_transaction_is_one_group_and_the_next_starts_with_rset() {
             enhanced_status_codes: true,
             eight_bit_mime: true,
             esmtp: true,
+            ..Capabilities::default()
         }
     );
     let to = rcpts(3);

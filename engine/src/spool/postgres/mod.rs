@@ -1526,6 +1526,7 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
                 rcpt,
                 outcome: r.fate.outcome(),
                 relay: req.result.relay.as_deref(),
+                tls: req.result.tls,
                 reply: r.reply,
                 attempts: decision.attempts,
                 retry_at: r.fate.retry_at(),

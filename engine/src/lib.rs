@@ -14,6 +14,8 @@
 //!   [`settings`]: `smtpw.toml`, what smtpw adds (relays' TLS and AUTH, listener, admin, spool,
 //!   cluster).
 //! - [`job`]: the `.MAIL` job format (BSMTP): reading and writing, dot-stuffing, long lines.
+//! - [`listen`]: the SMTP listener list managers submit to (jobs stored through
+//!   [`spool::Spool::accept`]).
 //! - [`intake`]: the engine's ingest loop over `SPOOL/incoming/`, and when a batch run is done.
 //! - [`spool`]: the durable queue: the [`spool::Spool`] trait and the embedded SQLite spool
 //!   (file ingest, claims, the writer thread, the completion [`spool::policy`], damage checks);
@@ -35,6 +37,7 @@ pub mod engine;
 pub mod intake;
 pub mod job;
 pub mod ledger;
+pub mod listen;
 pub mod net;
 pub mod outcome;
 pub mod ratelimit;

@@ -11,8 +11,9 @@ use tracing::{info, warn};
 
 use smtpw_engine::clock::SystemClock;
 use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::listen::Listener;
 use smtpw_engine::net::TcpConnector;
-use smtpw_engine::settings::Settings;
+use smtpw_engine::settings::{ListenSettings, Settings};
 use smtpw_engine::smtp::{helo, TxnDeadline};
 use smtpw_engine::spool::{Spool, SpoolError, SpoolOptions, SqliteSpool};
 
@@ -68,6 +69,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1024, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub transaction_min_rate: u64,
+    /// Accept mail by SMTP on ADDRESS:PORT (repeatable): list managers hand their mail here.
+    /// Replaces the addresses of smtpw.toml's [listen] and keeps its other settings.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub listen: Vec<std::net::SocketAddr>,
 }
 
 /// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
@@ -158,6 +163,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             per_worker_rate_split: args.per_worker_rate_split,
             ..EngineOptions::default()
         };
+        let listen = match (&settings.listen, args.listen.is_empty()) {
+            (_, false) => Some(ListenSettings {
+                addresses: args.listen.clone(),
+                ..settings
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| ListenSettings::on(Vec::new()))
+            }),
+            (Some(l), true) => Some(l.clone()),
+            (None, true) => None,
+        };
+        let listener = match listen {
+            Some(l) => Some(
+                Listener::bind(l, helo.name.clone())
+                    .await
+                    .context("starting the SMTP listener")?,
+            ),
+            None => None,
+        };
         eopts.settings = settings;
         eopts.client.pipelining = !args.no_pipelining;
         eopts.client.helo_name = helo.name;
@@ -193,7 +217,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             warn!("second signal: stopping now; the transactions in flight will be repeated by the next run");
             std::process::exit(EXIT_FORCED);
         });
+        let listening = listener.map(|l| {
+            tokio::spawn(l.serve(engine.spool.clone(), engine.shutdown.clone()))
+        });
         let summary = engine.run().await;
+        if let Some(l) = listening {
+            // It stops with the engine; the messages being stored are awaited.
+            let _ = l.await;
+        }
         info!(
             delivered = summary.delivered,
             failed = summary.failed,

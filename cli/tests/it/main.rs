@@ -17,6 +17,7 @@ mod engine_cli;
 mod engine_crash;
 mod incoming_cli;
 mod ingest_edges;
+mod listen_cli;
 mod pools_report;
 mod spool_cli;
 mod spool_damage;

@@ -9,6 +9,7 @@ mod config_cmd;
 mod demo_cmd;
 mod queue_cmd;
 mod run_cmd;
+mod sendmail_cmd;
 mod submit_cmd;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,14 @@ enum Command {
     Submit(submit_cmd::SubmitArgs),
     /// Show what a spool holds: copies and recipients per pool and state.
     Queue(queue_cmd::QueueArgs),
+    /// The sendmail command line list managers use (also when run as a link named
+    /// `sendmail`): the message on standard input, queued durably before exit 0; 75 when it
+    /// cannot be. `smtpw sendmail [--spool DIR] [-t] [-i|-oi] [-f SENDER] [--] RCPT...`
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Deliver a sample 10,000-recipient job to two in-process IIS-like relays: no setup.
     #[cfg(feature = "demo")]
     Demo(demo_cmd::DemoArgs),
@@ -58,6 +67,22 @@ fn init_logging(json: bool, default: &str) {
 }
 
 fn main() -> ExitCode {
+    // Run as `sendmail` (a link), or `smtpw sendmail`: sendmail's own command line, which clap
+    // would not parse (`-oi`, `-fSENDER`, recipients after `--`).
+    let mut argv = std::env::args_os();
+    let program = argv.next().unwrap_or_default();
+    let named_sendmail = std::path::Path::new(&program)
+        .file_name()
+        .is_some_and(|n| n == "sendmail");
+    let rest: Vec<std::ffi::OsString> = argv.collect();
+    if named_sendmail {
+        init_logging(false, "warn");
+        return sendmail_cmd::run(rest);
+    }
+    if rest.first().is_some_and(|a| a == "sendmail") {
+        init_logging(false, "warn");
+        return sendmail_cmd::run(rest[1..].to_vec());
+    }
     let cli = Cli::parse();
     // The demo prints its own report; its progress is not worth INFO lines.
     #[cfg(feature = "demo")]
@@ -74,6 +99,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd::run(args),
         Command::Submit(args) => submit_cmd::run(args),
         Command::Queue(args) => queue_cmd::run(args),
+        Command::Sendmail { args } => return sendmail_cmd::run(args),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo_cmd::run(args),
     };

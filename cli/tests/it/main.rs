@@ -19,6 +19,7 @@ mod incoming_cli;
 mod ingest_edges;
 mod listen_cli;
 mod pools_report;
+mod sendmail_cli;
 mod spool_cli;
 mod spool_damage;
 mod spool_emptiness;

@@ -550,7 +550,7 @@ fn check_address(addr: &str, utf8: bool, code: &str, what: &str) -> Option<Strin
 
 /// Remove every `Delivery-Pool:` field (with its continuation lines) from the header section;
 /// the pool of the first one that names a pool.
-fn take_pool_header(message: Vec<u8>) -> (Vec<u8>, Option<Pool>) {
+pub fn take_pool_header(message: Vec<u8>) -> (Vec<u8>, Option<Pool>) {
     const NAME: &[u8] = b"delivery-pool:";
     // Cheap check first: most messages have no such field.
     let header_end = memchr::memmem::find(&message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);

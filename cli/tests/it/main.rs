@@ -18,6 +18,7 @@ mod engine_crash;
 mod incoming_cli;
 mod ingest_edges;
 mod listen_cli;
+mod listen_crash;
 mod pools_report;
 mod sendmail_cli;
 mod spool_cli;

@@ -1,6 +1,6 @@
 //! Jobs handed over whole ([`Spool::accept`](super::Spool::accept)): the SMTP listener's
 //! messages. One thread commits them in groups: while one commit syncs, the jobs that arrive
-//! wait for the next, so a disk flush is shared by every job that came meanwhile (INGEST-4).
+//! wait for the next, so a disk flush is shared by every job that came meanwhile (LISTEN-3).
 
 use std::sync::mpsc;
 

@@ -51,6 +51,11 @@ const TARGETS: &[Target] = &[
         max_len: 20_000,
         long_at_once: true,
     },
+    Target {
+        name: "listen_session",
+        max_len: 20_000,
+        long_at_once: true,
+    },
 ];
 
 /// An input that runs longer than this (seconds) counts as a hang, and fails the run.
@@ -63,7 +68,8 @@ pub struct FuzzArgs {
     /// How long each target runs, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
-    /// Only this target (repeat for several): site_cfg, job_reader, smtp_reply, mock_session.
+    /// Only this target (repeat for several): site_cfg, job_reader, smtp_reply, mock_session,
+    /// listen_session.
     #[arg(long = "target", value_name = "T")]
     targets: Vec<String>,
     /// Skip the build (use the binaries already built).

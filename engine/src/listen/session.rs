@@ -423,7 +423,11 @@ impl Session {
                 self.txn.message.len()
             ));
         }
+        // Chunks are raw: bare LFs become CRLF here, which may take the message over the limit.
         self.txn.message = crate::job::to_crlf(&self.txn.message);
+        if self.txn.message.len() as u64 > self.cfg.settings.max_message_bytes {
+            self.txn.too_big = true;
+        }
         self.end_of_message()
     }
 

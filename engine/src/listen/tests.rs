@@ -171,6 +171,18 @@ fn a_message_over_size_is_read_to_its_end_and_refused_with_552() {
 }
 
 #[test]
+fn bdat_bare_line_feeds_made_crlf_count_toward_the_size_limit() {
+    // 6000 bare LFs: 6000 bytes as sent, 12000 as stored (the limit is 10000).
+    let body = "\n".repeat(6000);
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT {} LAST\r\n{body}NOOP\r\n",
+        body.len()
+    );
+    let evs = run(input.as_bytes());
+    assert_eq!(codes(&evs), ["220", "250", "250", "250", "552", "250"]);
+}
+
+#[test]
 fn a_store_that_fails_is_answered_451_and_the_session_goes_on() {
     let input: &[u8] =
         b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@x>\r\n";

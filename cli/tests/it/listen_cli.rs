@@ -147,6 +147,14 @@ impl Site {
         m
     }
 
+    /// The ledger's job per delivered recipient, once it has `n` of them (at most 30 s).
+    fn ledger_complete(&self, n: usize) -> HashMap<String, i64> {
+        wait_until(Duration::from_secs(30), || {
+            ledger_jobs(&self.ledger).len() >= n
+        });
+        ledger_jobs(&self.ledger)
+    }
+
     fn bodies(&self) -> Vec<String> {
         self.mocks
             .values()
@@ -249,8 +257,9 @@ fn smtplib_messages_reach_the_relay_of_their_pool_and_refusals_store_nothing() {
     for n in r["never"].as_array().unwrap() {
         assert!(!got.contains_key(n.as_str().unwrap()));
     }
-    // The 250's job id is the job the ledger records.
-    let jobs = ledger_jobs(&site.ledger);
+    // The 250's job id is the job the ledger records (once the outcomes are recorded: the
+    // relay has them a moment before the ledger does).
+    let jobs = site.ledger_complete(want.len());
     for (rcpt, (_, job)) in &want {
         assert_eq!(jobs.get(rcpt), Some(job), "{rcpt}");
     }
@@ -311,4 +320,87 @@ fn a_pipelining_client_gets_every_reply_in_order_and_every_message_is_delivered(
         assert!(b.contains("\r\n.dot\r\n"), "dot-stuffing undone once: {b}");
     }
     site.stop();
+}
+
+/// lettre (Rust), another independent client: concurrent connections, many recipients per
+/// message; each 250 carries the job id.
+#[test]
+fn lettre_messages_are_acknowledged_with_their_job_id_and_delivered() {
+    use lettre::transport::smtp::AsyncSmtpTransport;
+    use lettre::{AsyncTransport, Message, Tokio1Executor};
+    let site = start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ids, all) = rt.block_on(async {
+        let t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(site.port)
+            .timeout(Some(Duration::from_secs(20)))
+            .build();
+        let mut ids = Vec::new();
+        let mut all = Vec::new();
+        let mut sends = Vec::new();
+        for i in 0..12 {
+            let mut b = Message::builder()
+                .from("List <owner-bulk-l@lists.example.org>".parse().unwrap())
+                .subject(format!("lettre {i}"));
+            for k in 0..30 {
+                let a = format!("lettre-{i}-{k}@dest.example");
+                b = b.to(a.parse().unwrap());
+                all.push(a);
+            }
+            let m = b.body(format!("message {i}\r\n.dot\r\n")).unwrap();
+            let t = t.clone();
+            sends.push(async move { t.send(m).await });
+        }
+        // A connection per message (lettre without its pool), three at a time: within the
+        // listener's connection cap (more would be told 421).
+        while !sends.is_empty() {
+            let now: Vec<_> = sends
+                .drain(..sends.len().min(MAX_CONNS as usize - 1))
+                .collect();
+            for r in futures_join(now).await {
+                let r = r.expect("lettre: accepted");
+                assert_eq!(r.code().to_string(), "250");
+                let text = r.message().next().unwrap().to_owned();
+                let id: i64 = text.rsplit(' ').next().unwrap().parse().unwrap();
+                ids.push(id);
+            }
+        }
+        (ids, all)
+    });
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 12, "a job id per message: {ids:?}");
+    site.wait_delivered(all.len());
+    let got = site.where_delivered();
+    for a in &all {
+        // owner-bulk-* is pool B by the sender map.
+        assert_eq!(got.get(a), Some(&vec!['B']), "{a}");
+    }
+    let jobs = site.ledger_complete(all.len());
+    for a in &all {
+        assert!(
+            unique.contains(&jobs[a]),
+            "{a}: job {} was answered",
+            jobs[a]
+        );
+    }
+    site.stop();
+}
+
+/// Run the futures at once (several of lettre's pooled connections busy together).
+async fn futures_join<F: std::future::Future + Send + 'static>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
 }

@@ -98,7 +98,11 @@ fn commit_group(
         tx.commit()?;
         Ok::<_, rusqlite::Error>(stored)
     })();
-    db.pragma_update(None, "synchronous", "NORMAL")?;
+    // Once committed, the jobs are stored whatever happens next: a failure to restore the
+    // pragma must not tell their clients otherwise (they would send them again).
+    if let Err(e) = db.pragma_update(None, "synchronous", "NORMAL") {
+        tracing::warn!(error = %e, "cannot restore synchronous=NORMAL after accepting jobs");
+    }
     Ok(result?)
 }
 

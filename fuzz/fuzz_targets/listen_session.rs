@@ -38,7 +38,7 @@ fn run(cfg: &SessionConfig, pieces: &[&[u8]], fail: bool) -> Vec<Ev> {
                 evs.push(Ev::Store(r));
                 id += 1;
                 let answer = if fail { Err(StoreError::DiskFull) } else { Ok(id) };
-                evs.push(Ev::Reply(s.stored(answer)));
+                evs.push(Ev::Reply(Session::stored(answer)));
             }
             Step::Close(r) => {
                 evs.push(Ev::Close(r));

@@ -167,6 +167,83 @@ impl Drop for OpenGuard {
     }
 }
 
+/// Messages a connection may have being stored at once: a pipelining client's messages are
+/// stored together up to this many, then their replies are written before more are taken.
+const MAX_PENDING_STORES: usize = 64;
+
+/// The replies of a connection, in order: text, and the places of replies still waiting for
+/// the spool.
+#[derive(Default)]
+struct Replies {
+    segments: Vec<Segment>,
+    stores: usize,
+}
+
+enum Segment {
+    Text(Vec<u8>),
+    /// A message being stored: its recipients, and the task storing it.
+    Store(
+        u64,
+        tokio::task::JoinHandle<Result<i64, crate::spool::SpoolError>>,
+    ),
+}
+
+impl Replies {
+    fn text(&mut self, r: &str) {
+        match self.segments.last_mut() {
+            Some(Segment::Text(t)) => t.extend_from_slice(r.as_bytes()),
+            _ => self.segments.push(Segment::Text(r.as_bytes().to_vec())),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Wait for the stores, in order, and write every reply. Err: the client has gone.
+    async fn flush(
+        &mut self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        stats: &ListenStats,
+    ) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        for seg in self.segments.drain(..) {
+            match seg {
+                Segment::Text(t) => out.extend_from_slice(&t),
+                Segment::Store(rcpts, task) => {
+                    let result = task.await.unwrap_or_else(|e| {
+                        Err(crate::spool::SpoolError::io(
+                            "storing a message",
+                            std::io::Error::other(e),
+                        ))
+                    });
+                    let answer = match result {
+                        Ok(id) => {
+                            stats.jobs.fetch_add(1, Ordering::Relaxed);
+                            stats.recipients.fetch_add(rcpts, Ordering::Relaxed);
+                            debug!(client = %peer, job = id, recipients = rcpts, "job accepted");
+                            Ok(id)
+                        }
+                        Err(e) => {
+                            stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                            warn!(client = %peer, recipients = rcpts, error = %escape_controls(&e.to_string()), "a message could not be stored; the client was told to try again later (451)");
+                            Err(if e.is_disk_full() {
+                                StoreError::DiskFull
+                            } else {
+                                StoreError::Other
+                            })
+                        }
+                    };
+                    out.extend_from_slice(Session::stored(answer).as_bytes());
+                }
+            }
+        }
+        self.stores = 0;
+        stream.write_all(&out).await
+    }
+}
+
 /// One client, from greeting to close.
 async fn connection<S: Spool>(
     mut stream: TcpStream,
@@ -179,11 +256,11 @@ async fn connection<S: Spool>(
     let allowed = cfg.settings.allows(peer.ip());
     let idle = cfg.settings.idle_timeout;
     let mut session = Session::new(cfg);
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut out = Replies::default();
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let source = format!("smtp:{peer}");
     match session.greeting(allowed, &peer.ip().to_string()) {
-        Step::Reply(r) => out.extend_from_slice(r.as_bytes()),
+        Step::Reply(r) => out.text(&r),
         Step::Close(r) => {
             stats.refused_clients.fetch_add(1, Ordering::Relaxed);
             warn!(client = %peer, "connection refused: the client is not in [listen] allow");
@@ -198,11 +275,10 @@ async fn connection<S: Spool>(
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         match session.step(&mut buf) {
-            Step::Reply(r) => out.extend_from_slice(r.as_bytes()),
+            Step::Reply(r) => out.text(&r),
             Step::Store(rcv) => {
                 let rcpts = rcv.rcpts.len() as u64;
-                let pool_by = rcv.pool_by;
-                let pool = rcv.pool;
+                debug!(client = %peer, recipients = rcpts, pool = %rcv.pool.map_or('-', |p| p.as_char()), pool_by = rcv.pool_by, "storing a message");
                 let job = NewJob {
                     mail_from: rcv.mail_from,
                     pool: rcv.pool,
@@ -210,38 +286,27 @@ async fn connection<S: Spool>(
                     message: bytes::Bytes::from(rcv.message),
                     source: source.clone(),
                 };
-                let result = spool.accept(job).await;
-                let answer = match result {
-                    Ok(id) => {
-                        stats.jobs.fetch_add(1, Ordering::Relaxed);
-                        stats.recipients.fetch_add(rcpts, Ordering::Relaxed);
-                        debug!(client = %peer, job = id, recipients = rcpts, pool = %pool.map_or('-', |p| p.as_char()), pool_by, "job accepted");
-                        Ok(id)
-                    }
-                    Err(e) => {
-                        stats.store_failures.fetch_add(1, Ordering::Relaxed);
-                        warn!(client = %peer, recipients = rcpts, error = %escape_controls(&e.to_string()), "a message could not be stored; the client was told to try again later (451)");
-                        Err(if e.is_disk_full() {
-                            StoreError::DiskFull
-                        } else {
-                            StoreError::Other
-                        })
-                    }
-                };
-                out.extend_from_slice(session.stored(answer).as_bytes());
+                let spool = spool.clone();
+                out.segments.push(Segment::Store(
+                    rcpts,
+                    tokio::spawn(async move { spool.accept(job).await }),
+                ));
+                out.stores += 1;
+                if out.stores >= MAX_PENDING_STORES
+                    && out.flush(&mut stream, peer, &stats).await.is_err()
+                {
+                    return;
+                }
             }
             Step::Close(r) => {
-                out.extend_from_slice(r.as_bytes());
-                let _ = stream.write_all(&out).await;
+                out.text(&r);
+                let _ = out.flush(&mut stream, peer, &stats).await;
                 let _ = stream.shutdown().await;
                 return;
             }
             Step::NeedInput => {
-                if !out.is_empty() {
-                    if stream.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    out.clear();
+                if !out.is_empty() && out.flush(&mut stream, peer, &stats).await.is_err() {
+                    return;
                 }
                 let read = tokio::select! {
                     _ = shutdown.cancelled(), if !session.in_message() => {

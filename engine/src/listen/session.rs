@@ -5,8 +5,10 @@
 //! chunk from the front of the buffer. Replies are queued by the driver and written when the
 //! machine needs input: that is PIPELINING (RFC 2920), since a pipelining client's commands are
 //! all in the buffer already. At the end of a message the machine hands out a [`Step::Store`]
-//! and waits: the driver stores the job durably and gives the result to [`Session::stored`],
-//! which makes the reply (LISTEN-3: 250 with the job id only once the job is committed).
+//! and goes on with the next command: the driver starts storing the job and keeps the reply's
+//! place; [`Session::stored`] makes the reply from the spool's answer (LISTEN-3: 250 with the
+//! job id only once the job is committed). Replies are written in order, so a pipelining client's
+//! messages are stored together (one group commit) and still answered one by one.
 //!
 //! The command parser is the engine's own, not `smtp-proto`'s (which the mock uses): the
 //! listener needs a private MAIL parameter (`XPOOL=`), must tell a malformed address (501) from
@@ -59,7 +61,8 @@ pub enum StoreError {
 pub enum Step {
     /// Queue this reply (CRLF-terminated, possibly several lines).
     Reply(String),
-    /// Store this message durably, then call [`Session::stored`] and queue its reply.
+    /// Store this message durably; its reply ([`Session::stored`]) comes next in the queue,
+    /// before the replies of the steps that follow.
     Store(Received),
     /// Write the queued replies (this one last) and close the connection.
     Close(String),
@@ -80,8 +83,6 @@ enum State {
         left: u64,
         last: bool,
     },
-    /// A Store was handed out; nothing is consumed until [`Session::stored`].
-    Storing,
     Closed,
 }
 
@@ -156,11 +157,6 @@ impl Session {
         )
     }
 
-    /// Whether the machine waits for [`Session::stored`].
-    pub fn is_storing(&self) -> bool {
-        self.state == State::Storing
-    }
-
     /// Whether the session has ended (a Close was handed out).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -181,17 +177,14 @@ impl Session {
     pub fn step(&mut self, buf: &mut Vec<u8>) -> Step {
         match self.state.clone() {
             State::Closed => Step::Close(String::new()),
-            State::Storing => Step::NeedInput,
             State::Command => self.command(buf),
             State::Data { at_line_start } => self.data(buf, at_line_start),
             State::Bdat { left, last } => self.bdat(buf, left, last),
         }
     }
 
-    /// The spool's answer for the message handed out by the last [`Step::Store`].
-    pub fn stored(&mut self, result: Result<i64, StoreError>) -> String {
-        self.state = State::Command;
-        self.txn = Txn::default();
+    /// The reply to a [`Step::Store`], from the spool's answer.
+    pub fn stored(result: Result<i64, StoreError>) -> String {
         match result {
             Ok(id) => format!("250 2.0.0 Ok: queued as {id}\r\n"),
             Err(StoreError::DiskFull) => {
@@ -493,7 +486,7 @@ impl Session {
         } else {
             (None, "default")
         };
-        self.state = State::Storing;
+        self.state = State::Command;
         Step::Store(Received {
             mail_from,
             rcpts: txn.rcpts,

@@ -43,7 +43,7 @@ fn run_with(chunks: &[&[u8]], answer: Result<i64, StoreError>) -> Vec<Ev> {
             Step::Reply(r) => evs.push(Ev::Reply(r)),
             Step::Store(rcv) => {
                 evs.push(Ev::Store(rcv));
-                evs.push(Ev::Reply(s.stored(answer.clone())));
+                evs.push(Ev::Reply(Session::stored(answer.clone())));
             }
             Step::Close(r) => {
                 evs.push(Ev::Close(r));

@@ -287,6 +287,10 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Ok(a) => a,
         Err(_) => return fail(EX_USAGE, "an argument is not UTF-8"),
     };
+    if args.first().is_some_and(|a| a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let a = match parse(&args) {
         Ok(a) => a,
         Err(e) => return fail(EX_USAGE, &format!("{e}\n{USAGE}")),

@@ -218,30 +218,40 @@ impl Replies {
                             std::io::Error::other(e),
                         ))
                     });
-                    let answer = match result {
-                        Ok(id) => {
-                            stats.jobs.fetch_add(1, Ordering::Relaxed);
-                            stats.recipients.fetch_add(rcpts, Ordering::Relaxed);
-                            debug!(client = %peer, job = id, recipients = rcpts, "job accepted");
-                            Ok(id)
-                        }
-                        Err(e) => {
-                            stats.store_failures.fetch_add(1, Ordering::Relaxed);
-                            warn!(client = %peer, recipients = rcpts, error = %escape_controls(&e.to_string()), "a message could not be stored; the client was told to try again later (451)");
-                            Err(if e.is_disk_full() {
-                                StoreError::DiskFull
-                            } else {
-                                StoreError::Other
-                            })
-                        }
-                    };
-                    out.extend_from_slice(Session::stored(answer).as_bytes());
+                    out.extend_from_slice(answer(result, rcpts, peer, stats).as_bytes());
                 }
             }
         }
         self.stores = 0;
         stream.write_all(&out).await
     }
+}
+
+/// The reply to a stored message, counted and (when it failed) logged.
+fn answer(
+    result: Result<i64, crate::spool::SpoolError>,
+    rcpts: u64,
+    peer: SocketAddr,
+    stats: &ListenStats,
+) -> String {
+    let answer = match result {
+        Ok(id) => {
+            stats.jobs.fetch_add(1, Ordering::Relaxed);
+            stats.recipients.fetch_add(rcpts, Ordering::Relaxed);
+            debug!(client = %peer, job = id, recipients = rcpts, "job accepted");
+            Ok(id)
+        }
+        Err(e) => {
+            stats.store_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(client = %peer, recipients = rcpts, error = %escape_controls(&e.to_string()), "a message could not be stored; the client was told to try again later (451)");
+            Err(if e.is_disk_full() {
+                StoreError::DiskFull
+            } else {
+                StoreError::Other
+            })
+        }
+    };
+    Session::stored(answer)
 }
 
 /// One client, from greeting to close.
@@ -286,6 +296,13 @@ async fn connection<S: Spool>(
                     message: bytes::Bytes::from(rcv.message),
                     source: source.clone(),
                 };
+                if buf.is_empty() && out.stores == 0 {
+                    // Nothing more is buffered: the client waits for this reply, so there is
+                    // nothing to store alongside; wait here (no task to hand it to).
+                    let result = spool.accept(job).await;
+                    out.text(&answer(result, rcpts, peer, &stats));
+                    continue;
+                }
                 let spool = spool.clone();
                 out.segments.push(Segment::Store(
                     rcpts,

@@ -121,7 +121,11 @@ async fn an_idle_client_gets_421_and_a_stop_tells_connected_clients_421() {
     assert!(got[1].starts_with("421 4.4.2 "), "{got:?}");
     // Not at once: after the idle time-out (the client's clock starts a little before the
     // server's, and tokio's timer may round down by a millisecond or so).
-    assert!(t0.elapsed() >= Duration::from_millis(250), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
 
     let (r, mut w) = TcpStream::connect(("127.0.0.1", port))
         .await

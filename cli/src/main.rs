@@ -13,6 +13,7 @@ mod queue_cmd;
 mod reload;
 mod run_cmd;
 mod sdnotify;
+mod sendmail_cmd;
 mod spool_cmd;
 mod submit_cmd;
 
@@ -47,6 +48,14 @@ enum Command {
     /// Spool maintenance: `smtpw spool copy --from DIR --to URL`.
     #[command(subcommand)]
     Spool(spool_cmd::SpoolCommand),
+    /// The sendmail command line list managers use (also when run as a link named
+    /// `sendmail`): the message on standard input, queued durably before exit 0; 75 when it
+    /// cannot be. `smtpw sendmail [--spool DIR] [-t] [-i|-oi] [-f SENDER] [--] RCPT...`
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Deliver a sample 10,000-recipient job to two in-process IIS-like relays: no setup.
     #[cfg(feature = "demo")]
     Demo(demo_cmd::DemoArgs),
@@ -69,6 +78,22 @@ fn init_logging(json: bool, default: &str) {
 }
 
 fn main() -> ExitCode {
+    // Run as `sendmail` (a link), or `smtpw sendmail`: sendmail's own command line, which clap
+    // would not parse (`-oi`, `-fSENDER`, recipients after `--`).
+    let mut argv = std::env::args_os();
+    let program = argv.next().unwrap_or_default();
+    let named_sendmail = std::path::Path::new(&program)
+        .file_name()
+        .is_some_and(|n| n == "sendmail");
+    let rest: Vec<std::ffi::OsString> = argv.collect();
+    if named_sendmail {
+        init_logging(false, "warn");
+        return sendmail_cmd::run(rest);
+    }
+    if rest.first().is_some_and(|a| a == "sendmail") {
+        init_logging(false, "warn");
+        return sendmail_cmd::run(rest[1..].to_vec());
+    }
     let cli = Cli::parse();
     // The demo prints its own report; its progress is not worth INFO lines.
     #[cfg(feature = "demo")]
@@ -87,6 +112,7 @@ fn main() -> ExitCode {
         Command::Queue(args) => queue_cmd::run(args),
         Command::Ctl(args) => ctl_cmd::run(args),
         Command::Spool(c) => spool_cmd::run(c),
+        Command::Sendmail { args } => return sendmail_cmd::run(args),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo_cmd::run(args),
     };

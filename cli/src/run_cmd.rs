@@ -11,8 +11,9 @@ use tracing::{info, warn};
 
 use smtpw_engine::clock::SystemClock;
 use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::listen::Listener;
 use smtpw_engine::net::TcpConnector;
-use smtpw_engine::settings::Settings;
+use smtpw_engine::settings::{ListenSettings, Settings};
 use smtpw_engine::smtp::{helo, TxnDeadline};
 use smtpw_engine::spool::{PgOptions, PgSpool, Spool, SpoolError, SpoolOptions, SqliteSpool};
 
@@ -79,6 +80,10 @@ pub struct RunArgs {
     /// instead of smtpw.toml's [admin] address. Loopback only unless [admin] token_file is set.
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin: Option<std::net::SocketAddr>,
+    /// Accept mail by SMTP on ADDRESS:PORT (repeatable): list managers hand their mail here.
+    /// Replaces the addresses of smtpw.toml's [listen] and keeps its other settings.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub listen: Vec<std::net::SocketAddr>,
 }
 
 /// Exit status after a second SIGTERM/Ctrl-C cut the drain short (128 + SIGINT, as shells do).
@@ -170,6 +175,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..EngineOptions::default()
         };
         let admin = settings.admin.clone();
+        let listen = match (&settings.listen, args.listen.is_empty()) {
+            (_, false) => Some(ListenSettings {
+                addresses: args.listen.clone(),
+                ..settings
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| ListenSettings::on(Vec::new()))
+            }),
+            (Some(l), true) => Some(l.clone()),
+            (None, true) => None,
+        };
+        let listener = match listen {
+            Some(l) => Some(
+                Listener::bind(l, helo.name.clone())
+                    .await
+                    .context("starting the SMTP listener")?,
+            ),
+            None => None,
+        };
         eopts.settings = settings;
         eopts.metrics = metrics.clone();
         eopts.client.pipelining = !args.no_pipelining;
@@ -244,7 +268,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 // Started: the spool is open, the admin endpoint listens (systemd Type=notify).
-                serve(engine, signals).await
+                serve(engine, signals, listener).await
             }
             SpoolAt::Db(url) => {
                 let Some(node) = config.node.clone() else {
@@ -300,7 +324,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .options(eopts)
                         .build(),
                 );
-                let code = serve(engine, signals).await;
+                let code = serve(engine, signals, listener).await;
                 if let Err(e) = spool.close().await {
                     warn!(error = %e, "could not give back the copies this node held; the other nodes take them after node_timeout");
                 }
@@ -339,7 +363,11 @@ fn spool_location(args: &RunArgs, settings: &Settings) -> Result<SpoolAt, String
 }
 
 /// Run the engine until it stops; the exit status.
-async fn serve<S: Spool>(engine: Arc<Engine<S>>, mut signals: Signals) -> anyhow::Result<ExitCode> {
+async fn serve<S: Spool>(
+    engine: Arc<Engine<S>>,
+    mut signals: Signals,
+    listener: Option<Listener>,
+) -> anyhow::Result<ExitCode> {
     // Started: the spool is open, the admin endpoint listens (systemd Type=notify).
     crate::sdnotify::notify("READY=1");
     let stopper = engine.shutdown().clone();
@@ -359,8 +387,14 @@ async fn serve<S: Spool>(engine: Arc<Engine<S>>, mut signals: Signals) -> anyhow
         warn!("second signal: stopping now; the transactions in flight will be repeated by the next run");
         std::process::exit(EXIT_FORCED);
     });
+    let listening =
+        listener.map(|l| tokio::spawn(l.serve(engine.spool().clone(), engine.shutdown().clone())));
     let summary = engine.run().await;
     crate::sdnotify::notify("STOPPING=1");
+    if let Some(l) = listening {
+        // It stops with the engine; the messages being stored are awaited.
+        let _ = l.await;
+    }
     info!(
         delivered = summary.delivered,
         failed = summary.failed,

@@ -61,6 +61,8 @@
 //!   [`settings`]: `smtpw.toml`, what smtpw adds (relays' TLS and AUTH, listener, admin, spool,
 //!   cluster).
 //! - [`job`]: the `.MAIL` job format (BSMTP): reading and writing, dot-stuffing, long lines.
+//! - [`listen`]: the SMTP listener list managers submit to (jobs stored through
+//!   [`spool::Spool::accept`]).
 //! - `intake`: the engine's ingest loop over `SPOOL/incoming/`, and when a batch run is done.
 //! - [`spool`]: the durable queue: the [`spool::Spool`] trait and the embedded SQLite spool
 //!   (file ingest, claims, the writer thread, the completion policy, damage checks);
@@ -84,6 +86,7 @@ pub mod engine;
 pub(crate) mod intake;
 pub mod job;
 pub mod ledger;
+pub mod listen;
 pub mod metrics;
 pub mod net;
 pub mod outcome;

@@ -60,6 +60,13 @@ pub struct BenchArgs {
     /// with the current one, for before/after figures of an optimisation.
     #[arg(long, value_name = "SMTPW")]
     baseline: Option<PathBuf>,
+    /// Also measure the SMTP listener's acceptance rate (variant `ingest-smtp`: smtp-source ->
+    /// `smtpw run --listen`, against smtp-source -> smtp-sink; and a pipelining client).
+    #[arg(long)]
+    ingest_smtp: bool,
+    /// Only the ingest-smtp measurement.
+    #[arg(long)]
+    ingest_smtp_only: bool,
     /// Where to write report.md and the charts (default: <target dir>/bench).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -221,7 +228,7 @@ struct Row {
     failed: Option<String>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -256,7 +263,7 @@ impl Row {
 }
 
 /// Spawned processes are killed on drop: nothing outlives the bench.
-struct Guard(Option<Child>);
+pub(crate) struct Guard(pub(crate) Option<Child>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -272,7 +279,7 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn wait_listening(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_listening(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -297,7 +304,7 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn start_sink(tools: &Tools) -> anyhow::Result<(Guard, u16)> {
+pub(crate) fn start_sink(tools: &Tools) -> anyhow::Result<(Guard, u16)> {
     let port = free_port()?;
     let mut c = Command::new(&tools.sink);
     if is_root() {
@@ -626,7 +633,7 @@ fn run_smtpw_with(
     })
 }
 
-fn run_source(tools: &Tools, port: u16, cell: &Cell) -> anyhow::Result<Sample> {
+pub(crate) fn run_source(tools: &Tools, port: u16, cell: &Cell) -> anyhow::Result<Sample> {
     // smtp-source adds its own headers (From, To, Date, Message-Id: about 150 bytes).
     let payload = cell.size.saturating_sub(150).max(1);
     let mut c = Command::new(&tools.source);
@@ -802,7 +809,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         tools.source.display()
     );
 
-    if !a.scale_only {
+    if a.ingest_smtp || a.ingest_smtp_only {
+        crate::bench_listen::ingest_smtp(&tools, &bins.smtpw, &work, runs, &mut md)?;
+    }
+    if !a.scale_only && !a.ingest_smtp_only {
         let rows = matrix(&a, &tools, &bins, &work, runs, &mut md)?;
         std::fs::write(out.join("chart.svg"), chart(&rows))?;
         let _ = writeln!(md, "\n![recipients/s per cell](chart.svg)\n");

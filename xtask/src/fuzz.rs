@@ -56,6 +56,11 @@ const TARGETS: &[Target] = &[
         max_len: 8192,
         long_at_once: false,
     },
+    Target {
+        name: "listen_session",
+        max_len: 20_000,
+        long_at_once: true,
+    },
 ];
 
 /// An input that runs longer than this (seconds) counts as a hang, and fails the run.
@@ -69,7 +74,7 @@ pub struct FuzzArgs {
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
     /// Only this target (repeat for several): site_cfg, job_reader, smtp_reply, mock_session,
-    /// settings_toml.
+    /// settings_toml, listen_session.
     #[arg(long = "target", value_name = "T")]
     targets: Vec<String>,
     /// Skip the build (use the binaries already built).

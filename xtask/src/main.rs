@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_listen;
 mod fuzz;
 mod postfix;
 

@@ -34,6 +34,7 @@ use serde::Serialize;
 use crate::config::{Pool, PoolSet, SiteConfig, DEFAULT_MAX_BSMTP};
 use crate::job::{JobWriter, WriteError};
 
+mod accept;
 mod check;
 mod index;
 mod ingest;
@@ -134,6 +135,21 @@ impl SpoolOptions {
             .unwrap_or(self.retry_max)
             .min(self.retry_max)
     }
+}
+
+/// A whole job handed to [`Spool::accept`]: what a listener received in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// Envelope sender, without brackets ("" for the null sender).
+    pub mail_from: String,
+    /// Its pool; `None`: the spool's default pool (DEFAULT_LIST_POOL).
+    pub pool: Option<Pool>,
+    /// At least one recipient, each a valid address.
+    pub rcpts: Vec<String>,
+    /// The message, unstuffed, CRLF line endings.
+    pub message: bytes::Bytes,
+    /// Where it came from, kept with the job (e.g. `smtp:127.0.0.1:40312`).
+    pub source: String,
 }
 
 /// A copy handed to a worker: one SMTP transaction's worth of a job.
@@ -474,6 +490,11 @@ pub trait Spool: Send + Sync + 'static {
     fn recording_error(&self) -> Option<String> {
         None
     }
+    /// Store a whole job (its copies split and ordered as ingest does) and return its id once
+    /// it is durable: committed and synced, so a crash after the answer loses nothing. Jobs
+    /// accepted at once share a commit (one disk flush for all of them). On error nothing of
+    /// the job is stored; [`SpoolError::is_disk_full`] says whether it is worth trying later.
+    fn accept(&self, job: NewJob) -> impl Future<Output = Result<i64, SpoolError>> + Send;
     /// Copies and recipients per pool and state, and totals.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, SpoolError>> + Send;
     /// An operator's flush (OPS-6): every deferred copy of `pools` becomes claimable now, in

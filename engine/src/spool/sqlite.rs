@@ -156,6 +156,8 @@ struct Inner {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+    accept_tx: Option<mpsc::Sender<super::accept::AcceptRequest>>,
+    acceptor: Option<JoinHandle<()>>,
     _lock: File,
 }
 
@@ -164,6 +166,10 @@ impl Drop for Inner {
         // A writer waiting to retry a batch it cannot record tries once more, then gives up.
         self.shared.closing.store(true, Ordering::SeqCst);
         self.tx.take();
+        self.accept_tx.take();
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
         if let Some(h) = self.writer.take() {
             h.thread().unpark();
             let _ = h.join();
@@ -295,11 +301,19 @@ impl SqliteSpool {
             .name("smtpw-spool-writer".into())
             .spawn(move || writer_loop(&w, ledger, rx))
             .map_err(|e| SpoolError::io("starting the spool writer", e))?;
+        let (accept_tx, accept_rx) = mpsc::channel();
+        let a = shared.clone();
+        let acceptor = std::thread::Builder::new()
+            .name("smtpw-spool-accept".into())
+            .spawn(move || super::accept::accept_loop(&a, accept_rx))
+            .map_err(|e| SpoolError::io("starting the spool's accept thread", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
                 tx: Some(tx),
                 writer: Some(writer),
+                accept_tx: Some(accept_tx),
+                acceptor: Some(acceptor),
                 _lock: lock_file,
             }),
         })
@@ -505,20 +519,7 @@ impl Spool for SqliteSpool {
                 reply,
             })
             .map_err(|_| SpoolError::WriterGone)?;
-            let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-            if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
-                // The daemon: the writer thread wakes this task directly (no hop through the
-                // blocking pool: two thread switches fewer per copy).
-                rx.await.unwrap_or(Err(SpoolError::WriterGone))
-            } else {
-                // Current-thread runtimes (paused-time tests): waiting in the blocking pool keeps
-                // paused time from auto-advancing while the writer syncs.
-                tokio::task::spawn_blocking(move || {
-                    rx.blocking_recv().unwrap_or(Err(SpoolError::WriterGone))
-                })
-                .await
-                .map_err(|_| SpoolError::WriterGone)?
-            }
+            wait_for_thread(rx).await
         }
     }
 
@@ -588,6 +589,20 @@ impl Spool for SqliteSpool {
             tokio::task::spawn_blocking(move || me.jobs_now(pool, limit))
                 .await
                 .map_err(|e| SpoolError::io("jobs task", std::io::Error::other(e)))?
+        }
+    }
+
+    fn accept(
+        &self,
+        job: super::NewJob,
+    ) -> impl std::future::Future<Output = Result<i64, SpoolError>> + Send {
+        let me = self.clone();
+        async move {
+            let (reply, rx) = oneshot::channel();
+            let tx = me.inner.accept_tx.as_ref().ok_or(SpoolError::WriterGone)?;
+            tx.send(super::accept::AcceptRequest { job, reply })
+                .map_err(|_| SpoolError::WriterGone)?;
+            wait_for_thread(rx).await
         }
     }
 
@@ -719,6 +734,26 @@ impl SqliteSpool {
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+}
+
+/// The answer of the writer or accept thread.
+async fn wait_for_thread<T: Send + 'static>(
+    rx: oneshot::Receiver<Result<T, SpoolError>>,
+) -> Result<T, SpoolError> {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+        // The daemon: the thread wakes this task directly (no hop through the blocking pool:
+        // two thread switches fewer per answer).
+        rx.await.unwrap_or(Err(SpoolError::WriterGone))
+    } else {
+        // Current-thread runtimes (paused-time tests): waiting in the blocking pool keeps
+        // paused time from auto-advancing while the thread syncs.
+        tokio::task::spawn_blocking(move || {
+            rx.blocking_recv().unwrap_or(Err(SpoolError::WriterGone))
+        })
+        .await
+        .map_err(|_| SpoolError::WriterGone)?
     }
 }
 

@@ -14,7 +14,7 @@ use smtpw_engine::engine::COMPLETIONS_OUTSTANDING;
 use smtpw_engine::engine::{Engine, EngineOptions};
 use smtpw_engine::ledger::Outcome;
 use smtpw_engine::spool::{
-    ClaimedCopy, CopyResult, IngestReport, QueueStats, Spool, SpoolError, SqliteSpool,
+    ClaimedCopy, CopyResult, IngestReport, NewJob, QueueStats, Spool, SpoolError, SqliteSpool,
 };
 use smtpw_testkit::scripted;
 use smtpw_testkit::topology::{fast_options, wait_for, Topology};
@@ -61,6 +61,9 @@ impl Spool for GatedSpool {
     }
     fn queued_copies(&self) -> u64 {
         self.inner.queued_copies()
+    }
+    fn accept(&self, job: NewJob) -> impl Future<Output = Result<i64, SpoolError>> + Send {
+        self.inner.accept(job)
     }
     fn stats(&self) -> impl Future<Output = Result<QueueStats, SpoolError>> + Send {
         self.inner.stats()

@@ -18,6 +18,7 @@ mod engine_stop;
 mod fuzz_regressions;
 mod ingest_edges;
 mod job_format;
+mod listen_edges;
 mod pools_urgent;
 mod rate_accuracy;
 mod rate_loopback;

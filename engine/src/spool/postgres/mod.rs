@@ -814,6 +814,25 @@ impl Spool for PgSpool {
         }
     }
 
+    /// One transaction per job (PostgreSQL's own group commit joins concurrent ones; this
+    /// spool serialises them on its ingest connection), committed before the answer.
+    fn accept(
+        &self,
+        job: crate::spool::NewJob,
+    ) -> impl std::future::Future<Output = Result<i64, SpoolError>> + Send {
+        let me = self.clone();
+        async move {
+            me.submit_job(
+                &job.mail_from,
+                job.pool,
+                job.rcpts,
+                job.message.to_vec(),
+                &job.source,
+            )
+            .await
+        }
+    }
+
     fn flush(
         &self,
         pools: PoolSet,

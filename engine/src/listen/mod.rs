@@ -1,0 +1,361 @@
+//! The SMTP listener (LISTEN-1..LISTEN-7): list managers that speak SMTP (Mailman, listmonk,
+//! Discourse...) hand their mail to smtpw here. [`session`] is the protocol, pure; this module
+//! only moves bytes between a socket and a session, stores jobs through [`Spool::accept`], and
+//! keeps the connection cap and the idle time-out.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::settings::ListenSettings;
+use crate::spool::{NewJob, Spool};
+use crate::text::escape_controls;
+
+pub mod session;
+
+pub use session::{Received, Session, SessionConfig, Step, StoreError};
+
+/// What the listener did since it started; read by the operations endpoint (counts of
+/// `smtpw_ingest_jobs_total{source="smtp"}` are `jobs` and `refused`...).
+#[derive(Debug, Default)]
+pub struct ListenStats {
+    /// Connections taken (under the cap, from an allowed client).
+    pub connections: AtomicU64,
+    /// Connections refused: client outside `allow`.
+    pub refused_clients: AtomicU64,
+    /// Connections refused: over `max_connections`.
+    pub over_cap: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicUsize,
+    /// Jobs committed to the spool (each answered 250).
+    pub jobs: AtomicU64,
+    /// Their recipients.
+    pub recipients: AtomicU64,
+    /// Messages the spool could not store (each answered 451).
+    pub store_failures: AtomicU64,
+}
+
+/// Why the listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        error: std::io::Error,
+    },
+}
+
+/// Bound sockets, ready to serve.
+pub struct Listener {
+    sockets: Vec<TcpListener>,
+    cfg: SessionConfig,
+    stats: Arc<ListenStats>,
+}
+
+impl Listener {
+    /// Bind every address of `settings` (nothing is served before [`Listener::serve`]).
+    pub async fn bind(settings: ListenSettings, hostname: String) -> Result<Self, ListenError> {
+        let mut sockets = Vec::new();
+        for &addr in &settings.addresses {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|error| ListenError::Bind { addr, error })?;
+            sockets.push(l);
+        }
+        Ok(Listener {
+            sockets,
+            cfg: SessionConfig {
+                hostname,
+                settings: Arc::new(settings),
+            },
+            stats: Arc::new(ListenStats::default()),
+        })
+    }
+
+    /// The addresses bound (with the ports the system chose for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Live counters of what it has accepted and refused.
+    pub fn stats(&self) -> Arc<ListenStats> {
+        self.stats.clone()
+    }
+
+    /// Serve until `shutdown`: then stop accepting, tell idle clients `421` and wait for the
+    /// messages being stored.
+    pub async fn serve<S: Spool>(self, spool: Arc<S>, shutdown: CancellationToken) {
+        for a in self.local_addrs() {
+            info!(address = %a, "listening for SMTP submissions");
+        }
+        let mut accepts = tokio::task::JoinSet::new();
+        for sock in self.sockets {
+            accepts.spawn(accept_loop(
+                sock,
+                self.cfg.clone(),
+                spool.clone(),
+                self.stats.clone(),
+                shutdown.clone(),
+            ));
+        }
+        while accepts.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_loop<S: Spool>(
+    sock: TcpListener,
+    cfg: SessionConfig,
+    spool: Arc<S>,
+    stats: Arc<ListenStats>,
+    shutdown: CancellationToken,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = sock.accept() => a,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: wait a little rather than spin.
+                warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let open = stats.open.fetch_add(1, Ordering::SeqCst);
+        let guard = OpenGuard(stats.clone());
+        if open >= cfg.settings.max_connections as usize {
+            stats.over_cap.fetch_add(1, Ordering::Relaxed);
+            warn!(client = %peer, max_connections = cfg.settings.max_connections, "connection refused: at the connection cap");
+            conns.spawn(async move {
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(Session::too_many_connections().as_bytes())
+                    .await;
+                let _ = stream.shutdown().await;
+                drop(guard);
+            });
+            continue;
+        }
+        let (cfg, spool, stats, shutdown) =
+            (cfg.clone(), spool.clone(), stats.clone(), shutdown.clone());
+        conns.spawn(async move {
+            connection(stream, peer, cfg, spool, stats, shutdown).await;
+            drop(guard);
+        });
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+/// Counts an open connection until dropped.
+struct OpenGuard(Arc<ListenStats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Messages a connection may have being stored at once: a pipelining client's messages are
+/// stored together up to this many, then their replies are written before more are taken.
+const MAX_PENDING_STORES: usize = 64;
+
+/// The replies of a connection, in order: text, and the places of replies still waiting for
+/// the spool.
+#[derive(Default)]
+struct Replies {
+    segments: Vec<Segment>,
+    stores: usize,
+}
+
+enum Segment {
+    Text(Vec<u8>),
+    /// A message being stored: its recipients, and the task storing it.
+    Store(
+        u64,
+        tokio::task::JoinHandle<Result<i64, crate::spool::SpoolError>>,
+    ),
+}
+
+impl Replies {
+    fn text(&mut self, r: &str) {
+        match self.segments.last_mut() {
+            Some(Segment::Text(t)) => t.extend_from_slice(r.as_bytes()),
+            _ => self.segments.push(Segment::Text(r.as_bytes().to_vec())),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Wait for the stores, in order, and write every reply. Err: the client has gone.
+    async fn flush(
+        &mut self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        stats: &ListenStats,
+    ) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        for seg in self.segments.drain(..) {
+            match seg {
+                Segment::Text(t) => out.extend_from_slice(&t),
+                Segment::Store(rcpts, task) => {
+                    let result = task.await.unwrap_or_else(|e| {
+                        Err(crate::spool::SpoolError::io(
+                            "storing a message",
+                            std::io::Error::other(e),
+                        ))
+                    });
+                    out.extend_from_slice(answer(result, rcpts, peer, stats).as_bytes());
+                }
+            }
+        }
+        self.stores = 0;
+        stream.write_all(&out).await
+    }
+}
+
+/// The reply to a stored message, counted and (when it failed) logged.
+fn answer(
+    result: Result<i64, crate::spool::SpoolError>,
+    rcpts: u64,
+    peer: SocketAddr,
+    stats: &ListenStats,
+) -> String {
+    let answer = match result {
+        Ok(id) => {
+            stats.jobs.fetch_add(1, Ordering::Relaxed);
+            stats.recipients.fetch_add(rcpts, Ordering::Relaxed);
+            debug!(client = %peer, job = id, recipients = rcpts, "job accepted");
+            Ok(id)
+        }
+        Err(e) => {
+            stats.store_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(client = %peer, recipients = rcpts, error = %escape_controls(&e.to_string()), "a message could not be stored; the client was told to try again later (451)");
+            Err(if e.is_disk_full() {
+                StoreError::DiskFull
+            } else {
+                StoreError::Other
+            })
+        }
+    };
+    Session::stored(answer)
+}
+
+/// One client, from greeting to close.
+async fn connection<S: Spool>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cfg: SessionConfig,
+    spool: Arc<S>,
+    stats: Arc<ListenStats>,
+    shutdown: CancellationToken,
+) {
+    let allowed = cfg.settings.allows(peer.ip());
+    let idle = cfg.settings.idle_timeout;
+    let mut session = Session::new(cfg);
+    let mut out = Replies::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let source = format!("smtp:{peer}");
+    match session.greeting(allowed, &peer.ip().to_string()) {
+        Step::Reply(r) => out.text(&r),
+        Step::Close(r) => {
+            stats.refused_clients.fetch_add(1, Ordering::Relaxed);
+            warn!(client = %peer, "connection refused: the client is not in [listen] allow");
+            let _ = stream.write_all(r.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        _ => {}
+    }
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    debug!(client = %peer, "connected");
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match session.step(&mut buf) {
+            Step::Reply(r) => out.text(&r),
+            Step::Store(rcv) => {
+                let rcpts = rcv.rcpts.len() as u64;
+                debug!(client = %peer, recipients = rcpts, pool = %rcv.pool.map_or('-', |p| p.as_char()), pool_by = rcv.pool_by, "storing a message");
+                let job = NewJob {
+                    mail_from: rcv.mail_from,
+                    pool: rcv.pool,
+                    rcpts: rcv.rcpts,
+                    message: bytes::Bytes::from(rcv.message),
+                    source: source.clone(),
+                };
+                if buf.is_empty() && out.stores == 0 {
+                    // Nothing more is buffered: the client waits for this reply, so there is
+                    // nothing to store alongside; wait here (no task to hand it to).
+                    let result = spool.accept(job).await;
+                    out.text(&answer(result, rcpts, peer, &stats));
+                    continue;
+                }
+                let spool = spool.clone();
+                out.segments.push(Segment::Store(
+                    rcpts,
+                    tokio::spawn(async move { spool.accept(job).await }),
+                ));
+                out.stores += 1;
+                if out.stores >= MAX_PENDING_STORES
+                    && out.flush(&mut stream, peer, &stats).await.is_err()
+                {
+                    return;
+                }
+            }
+            Step::Close(r) => {
+                out.text(&r);
+                let _ = out.flush(&mut stream, peer, &stats).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Step::NeedInput => {
+                if !out.is_empty() && out.flush(&mut stream, peer, &stats).await.is_err() {
+                    return;
+                }
+                let read = tokio::select! {
+                    _ = shutdown.cancelled(), if !session.in_message() => {
+                        let r = session.shutting_down();
+                        let _ = stream.write_all(r.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    r = tokio::time::timeout(idle, stream.read(&mut chunk)) => r,
+                };
+                match read {
+                    Err(_) => {
+                        let r = session.idle_timeout();
+                        debug!(client = %peer, "idle time-out");
+                        let _ = stream.write_all(r.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        session.eof();
+                        return;
+                    }
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! The listener's edges in process (LISTEN-3, LISTEN-6): a spool on a full disk answers 451 and
+//! stores nothing, then 250 once space returns; an idle client is told 421 4.4.2; a stop tells
+//! a connected client 421 4.3.2 and `serve` returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtpw_engine::clock::SystemClock;
+use smtpw_engine::listen::Listener;
+use smtpw_engine::settings::ListenSettings;
+use smtpw_engine::spool::{Spool, SpoolOptions, SqliteSpool};
+use smtpw_testkit::tmpfs::Tmpfs;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+fn settings() -> ListenSettings {
+    ListenSettings::on(vec!["127.0.0.1:0".parse().unwrap()])
+}
+
+/// Final reply lines (the last line of each reply) for `n` replies.
+async fn replies(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut line = String::new();
+    while out.len() < n {
+        line.clear();
+        if r.read_line(&mut line).await.unwrap() == 0 {
+            break;
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            out.push(line.trim_end().to_owned());
+        }
+    }
+    out
+}
+
+async fn transaction(port: u16, body_kb: usize) -> Vec<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut conv = String::from("EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: big\r\n\r\n");
+    for _ in 0..body_kb * 1024 / 100 {
+        conv.push_str(&"y".repeat(98));
+        conv.push_str("\r\n");
+    }
+    conv.push_str(".\r\nQUIT\r\n");
+    w.write_all(conv.as_bytes()).await.unwrap();
+    replies(&mut r, 7).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gets_451_and_nothing_stored_then_250_once_space_returns() {
+    let Some(disk) = Tmpfs::mount("listen_edges full disk", "6m") else {
+        return;
+    };
+    let spool = Arc::new(
+        SqliteSpool::open(
+            &disk.path.join("spool"),
+            SpoolOptions::default(),
+            SystemClock::shared(),
+        )
+        .unwrap(),
+    );
+    let l = Listener::bind(settings(), "mx.test".into()).await.unwrap();
+    let port = l.local_addrs()[0].port();
+    let stats = l.stats();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(l.serve(spool.clone(), stop.clone()));
+    let filler = disk.fill("filler");
+    let r = transaction(port, 1024).await;
+    assert_eq!(
+        &r[..5],
+        [
+            "220 mx.test ESMTP smtpw ready",
+            "250 XPOOL",
+            "250 2.1.0 Ok",
+            "250 2.1.5 Ok",
+            "354 End data with <CR><LF>.<CR><LF>"
+        ]
+    );
+    assert!(r[5].starts_with("451 4.3.1 "), "{r:?}");
+    assert_eq!(r[6], "221 2.0.0 Bye");
+    assert_eq!(spool.stats().await.unwrap().jobs, 0, "nothing half-stored");
+    std::fs::remove_file(&filler.path).unwrap();
+    let r = transaction(port, 1024).await;
+    assert!(r[5].starts_with("250 2.0.0 Ok: queued as "), "{r:?}");
+    let st = spool.stats().await.unwrap();
+    assert_eq!((st.jobs, st.queued), (1, 1));
+    assert_eq!(
+        stats
+            .store_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(stats.jobs.load(std::sync::atomic::Ordering::Relaxed), 1);
+    stop.cancel();
+    serving.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_gets_421_and_a_stop_tells_connected_clients_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(
+        SqliteSpool::open(dir.path(), SpoolOptions::default(), SystemClock::shared()).unwrap(),
+    );
+    let mut s = settings();
+    s.idle_timeout = Duration::from_millis(300);
+    let l = Listener::bind(s, "mx.test".into()).await.unwrap();
+    let port = l.local_addrs()[0].port();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(l.serve(spool, stop.clone()));
+
+    let (r, _w) = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = BufReader::new(r);
+    let t0 = std::time::Instant::now();
+    let got = replies(&mut r, 3).await;
+    assert_eq!(got.len(), 2, "then the connection closes: {got:?}");
+    assert!(got[1].starts_with("421 4.4.2 "), "{got:?}");
+    // Not at once: after the idle time-out (the client's clock starts a little before the
+    // server's, and tokio's timer may round down by a millisecond or so).
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    let (r, mut w) = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(b"EHLO c\r\n").await.unwrap();
+    assert_eq!(replies(&mut r, 2).await.len(), 2);
+    stop.cancel();
+    let got = replies(&mut r, 2).await;
+    assert!(got[0].starts_with("421 4.3.2 "), "{got:?}");
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("serve returns after a stop")
+        .unwrap();
+}

@@ -1,0 +1,233 @@
+//! `cargo xtask bench --ingest-smtp`: the SMTP listener's acceptance rate (LISTEN-3).
+//!
+//! Per cell (10 connections; 1 and 100 recipients per message; 2 KB), alternately `runs` times:
+//! - `physical`: `smtp-source` -> `smtp-sink`, the rate of a sink that throws mail away;
+//! - `ingest-smtp`: the same `smtp-source` -> `smtpw run --listen` (no relay configured, so only
+//!   the listener works): every 250 follows the job's commit; after the run the spool must hold
+//!   every message (checked with `smtpw queue --json`);
+//! - `ingest-smtp-pipelined`: our own pipelining client (each connection writes 50 whole
+//!   transactions at a time, then reads their replies) -> `smtpw run --listen`.
+//!
+//! The report gives messages/s (medians) and the ratio ingest-smtp / physical (the goal: >= 0.8).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::bench::{free_port, median, run_source, start_sink, wait_listening, Cell, Guard, Tools};
+
+const CONNECTIONS: u32 = 10;
+const SIZE: usize = 2048;
+/// Transactions a pipelining connection writes before reading their replies.
+const WINDOW: usize = 50;
+
+fn cells() -> [Cell; 2] {
+    [
+        Cell {
+            workers: CONNECTIONS,
+            rcpts: 1,
+            size: SIZE,
+            messages: 5000,
+        },
+        Cell {
+            workers: CONNECTIONS,
+            rcpts: 100,
+            size: SIZE,
+            messages: 1000,
+        },
+    ]
+}
+
+/// `smtpw run --listen` on a fresh spool, no relay: the listener alone.
+fn start_listener(smtpw: &Path, dir: &Path) -> anyhow::Result<(Guard, u16)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let cfg = dir.join("SITE.CFG");
+    // A relay nobody listens on (port 1: refused at once, then backed off): the listener is
+    // measured alone, not competing with deliveries.
+    std::fs::write(&cfg, "NODE=BENCH.EXAMPLE\r\nSMTP_FORWARD=127.0.0.1:1\r\n")?;
+    let port = free_port()?;
+    let mut c = Command::new(smtpw);
+    c.arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().context("starting smtpw run --listen")?;
+    wait_listening(port, &mut child, "smtpw run --listen")?;
+    Ok((Guard(Some(child)), port))
+}
+
+/// Jobs and recipients the spool holds (`smtpw queue --json`).
+fn committed(smtpw: &Path, spool: &Path) -> anyhow::Result<(u64, u64)> {
+    let out = Command::new(smtpw)
+        .args(["queue", "--json", "--spool"])
+        .arg(spool)
+        .output()
+        .context("smtpw queue")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("smtpw queue --json printed no JSON")?;
+    Ok((
+        v["jobs"].as_u64().unwrap_or(0),
+        v["queued"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// One pipelining connection: `n` messages of `cell`, `WINDOW` transactions per write.
+fn pipeline_conn(port: u16, cell: Cell, n: u64, id: u32) -> anyhow::Result<u64> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    // Replies until a final line; the code of the last line.
+    let mut reply = |r: &mut BufReader<TcpStream>| -> anyhow::Result<u16> {
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                bail!("the listener closed the connection");
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line.get(..3).unwrap_or("0").parse().unwrap_or(0));
+            }
+        }
+    };
+    reply(&mut r)?;
+    w.write_all(b"EHLO pipeliner.bench.example\r\n")?;
+    reply(&mut r)?;
+    let body = {
+        let mut b = String::from("From: bench@bench.example\r\nSubject: bench\r\n\r\n");
+        while b.len() + 80 < cell.size {
+            b.push_str(&"x".repeat(76));
+            b.push_str("\r\n");
+        }
+        b
+    };
+    let mut accepted = 0;
+    let mut sent = 0;
+    while sent < n {
+        let batch = (n - sent).min(WINDOW as u64);
+        let mut conv = String::new();
+        for k in 0..batch {
+            conv.push_str("MAIL FROM:<bench-owner@bench.example>\r\n");
+            for i in 0..cell.rcpts {
+                let _ = write!(conv, "RCPT TO:<u{id}-{}-{i}@d.bench.example>\r\n", sent + k);
+            }
+            conv.push_str("DATA\r\n");
+            conv.push_str(&body);
+            conv.push_str(".\r\n");
+        }
+        w.write_all(conv.as_bytes())?;
+        for _ in 0..batch {
+            reply(&mut r)?; // MAIL
+            for _ in 0..cell.rcpts {
+                reply(&mut r)?;
+            }
+            reply(&mut r)?; // 354
+            if reply(&mut r)? == 250 {
+                accepted += 1;
+            }
+        }
+        sent += batch;
+    }
+    w.write_all(b"QUIT\r\n")?;
+    Ok(accepted)
+}
+
+fn run_pipelined(port: u16, cell: Cell) -> anyhow::Result<(f64, u64)> {
+    let t0 = Instant::now();
+    let per = cell.messages / u64::from(cell.workers);
+    let handles: Vec<_> = (0..cell.workers)
+        .map(|id| std::thread::spawn(move || pipeline_conn(port, cell, per, id)))
+        .collect();
+    let mut accepted = 0;
+    for h in handles {
+        accepted += h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a pipelining client panicked"))??;
+    }
+    Ok((t0.elapsed().as_secs_f64(), accepted))
+}
+
+/// Run the ingest-smtp cells and append their section to `md`.
+pub(crate) fn ingest_smtp(
+    tools: &Tools,
+    smtpw: &Path,
+    work: &Path,
+    runs: usize,
+    md: &mut String,
+) -> anyhow::Result<()> {
+    let _ = writeln!(
+        md,
+        "\n### Ingest by SMTP (`ingest-smtp`)\n\n{CONNECTIONS} connections, 2 KB messages; \
+         `physical` is smtp-source -> smtp-sink, `ingest-smtp` the same smtp-source -> `smtpw run \
+         --listen` (its relay refuses connections: the listener alone; every 250 after its job's commit, and the \
+         spool checked to hold every message after the run), `pipelined` our own client writing \
+         {WINDOW} transactions per write. Medians of {runs} alternating runs.\n\n\
+         | recipients/msg | msgs | physical msgs/s | ingest-smtp msgs/s | ratio | pipelined msgs/s | committed jobs / recipients |\n\
+         |---:|---:|---:|---:|---:|---:|---|"
+    );
+    for cell in cells() {
+        let (mut phys, mut smtp, mut pipe) = (Vec::new(), Vec::new(), Vec::new());
+        let mut check = String::new();
+        for run in 0..runs {
+            eprintln!("  ingest-smtp r{} run {}/{runs}", cell.rcpts, run + 1);
+            let (_sink, sink_port) = start_sink(tools)?;
+            let s = run_source(tools, sink_port, &cell)?;
+            phys.push(cell.messages as f64 / s.secs);
+
+            let dir = work.join(format!("ingest-smtp-r{}", cell.rcpts));
+            let (guard, port) = start_listener(smtpw, &dir)?;
+            let s = run_source(tools, port, &cell)?;
+            drop(guard);
+            let (jobs, rcpts) = committed(smtpw, &dir.join("spool"))?;
+            if jobs != cell.messages || rcpts != cell.recipients() {
+                bail!(
+                    "ingest-smtp r{}: the spool holds {jobs} jobs / {rcpts} recipients, \
+                     expected {} / {}",
+                    cell.rcpts,
+                    cell.messages,
+                    cell.recipients()
+                );
+            }
+            check = format!("{jobs} / {rcpts}");
+            smtp.push(cell.messages as f64 / s.secs);
+
+            let (guard, port) = start_listener(smtpw, &dir)?;
+            let (secs, accepted) = run_pipelined(port, cell)?;
+            drop(guard);
+            let (jobs, _) = committed(smtpw, &dir.join("spool"))?;
+            if jobs != accepted {
+                bail!("pipelined: {accepted} answered 250 but the spool holds {jobs} jobs");
+            }
+            pipe.push(accepted as f64 / secs);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let (p, s, q) = (median(&mut phys), median(&mut smtp), median(&mut pipe));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {p:.0} | {s:.0} | {:.2} | {q:.0} | {check} |",
+            cell.rcpts,
+            cell.messages,
+            s / p
+        );
+        eprintln!(
+            "  ingest-smtp r{}: physical {p:.0} msgs/s, smtpw {s:.0} msgs/s (ratio {:.2}), pipelined {q:.0} msgs/s",
+            cell.rcpts,
+            s / p
+        );
+    }
+    Ok(())
+}

@@ -190,7 +190,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(l) => Some(
                 Listener::bind(l, helo.name.clone())
                     .await
-                    .context("starting the SMTP listener")?,
+                    .context("starting the SMTP listener")?
+                    .with_metrics(metrics.clone()),
             ),
             None => None,
         };

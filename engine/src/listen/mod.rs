@@ -38,6 +38,9 @@ pub struct ListenStats {
     pub recipients: AtomicU64,
     /// Messages the spool could not store (each answered 451).
     pub store_failures: AtomicU64,
+    /// Where jobs are also counted for `GET /metrics`
+    /// (`smtpw_ingest_jobs_total{source="smtp"}`), when the engine has one.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Why the listener cannot start.
@@ -91,6 +94,16 @@ impl Listener {
     /// Live counters of what it has accepted and refused.
     pub fn stats(&self) -> Arc<ListenStats> {
         self.stats.clone()
+    }
+
+    /// Also count the jobs it takes in `metrics` (`source="smtp"`: `accepted` for a 250,
+    /// `rejected` for a 451). Call before [`Listener::serve`].
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.stats = Arc::new(ListenStats {
+            metrics: Some(metrics),
+            ..ListenStats::default()
+        });
+        self
     }
 
     /// Serve until `shutdown`: then stop accepting, tell idle clients `421` and wait for the
@@ -242,11 +255,17 @@ fn answer(
         Ok(id) => {
             stats.jobs.fetch_add(1, Ordering::Relaxed);
             stats.recipients.fetch_add(rcpts, Ordering::Relaxed);
+            if let Some(m) = &stats.metrics {
+                m.ingested("smtp", "accepted", 1);
+            }
             debug!(client = %peer, job = id, recipients = rcpts, "job accepted");
             Ok(id)
         }
         Err(e) => {
             stats.store_failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &stats.metrics {
+                m.ingested("smtp", "rejected", 1);
+            }
             warn!(client = %peer, recipients = rcpts, error = %escape_controls(&e.to_string()), "a message could not be stored; the client was told to try again later (451)");
             Err(if e.is_disk_full() {
                 StoreError::DiskFull

@@ -61,7 +61,11 @@ async fn a_full_disk_gets_451_and_nothing_stored_then_250_once_space_returns() {
         )
         .unwrap(),
     );
-    let l = Listener::bind(settings(), "mx.test".into()).await.unwrap();
+    let metrics = smtpw_engine::metrics::Metrics::new();
+    let l = Listener::bind(settings(), "mx.test".into())
+        .await
+        .unwrap()
+        .with_metrics(metrics.clone());
     let port = l.local_addrs()[0].port();
     let stats = l.stats();
     let stop = CancellationToken::new();
@@ -93,6 +97,14 @@ async fn a_full_disk_gets_451_and_nothing_stored_then_250_once_space_returns() {
         1
     );
     assert_eq!(stats.jobs.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The same counts reach GET /metrics.
+    let text = metrics.render(None);
+    for line in [
+        "smtpw_ingest_jobs_total{source=\"smtp\",result=\"accepted\"} 1",
+        "smtpw_ingest_jobs_total{source=\"smtp\",result=\"rejected\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
     stop.cancel();
     serving.await.unwrap();
 }

@@ -20,6 +20,14 @@ impl Reloader {
     /// Read and check both files; apply them if both are good. `Ok`: what changed; `Err`: every
     /// error found (nothing was changed).
     pub fn reload(&self) -> Result<Vec<String>, String> {
+        // systemd's protocol: RELOADING=1 now, READY=1 once done (whatever the outcome).
+        crate::sdnotify::notify("RELOADING=1");
+        let r = self.read_and_apply();
+        crate::sdnotify::notify("READY=1");
+        r
+    }
+
+    fn read_and_apply(&self) -> Result<Vec<String>, String> {
         let mut errors = Vec::new();
         let config = smtpw_engine::config::load(&self.config)
             .map_err(|e| errors.push(e.to_string()))

@@ -1,5 +1,5 @@
-//! `smtpw run` under systemd (Type=notify): READY=1 once started, STOPPING=1 at a stop, sent as
-//! datagrams to $NOTIFY_SOCKET.
+//! `smtpw run` under systemd (Type=notify): READY=1 once started, RELOADING=1 then READY=1
+//! around a reload (SIGHUP), STOPPING=1 at a stop, sent as datagrams to $NOTIFY_SOCKET.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -19,7 +19,7 @@ fn next(sock: &UnixDatagram) -> String {
 }
 
 #[test]
-fn it_tells_systemd_ready_then_stopping() {
+fn it_tells_systemd_ready_reloading_then_stopping() {
     let mock = LoopbackMock::start(MockConfig::iis());
     let site = Site::new(SMTPW);
     site.point_at(mock.port, 1, 10);
@@ -30,6 +30,9 @@ fn it_tells_systemd_ready_then_stopping() {
     let mut cmd = site.run_cmd(false, &[]);
     cmd.env("NOTIFY_SOCKET", &path);
     let mut kid = Kid::spawn(cmd, "smtpw run");
+    assert_eq!(next(&sock), "READY=1", "{}", site.log_text());
+    kid.signal("HUP");
+    assert_eq!(next(&sock), "RELOADING=1", "{}", site.log_text());
     assert_eq!(next(&sock), "READY=1", "{}", site.log_text());
     kid.term();
     assert_eq!(next(&sock), "STOPPING=1", "{}", site.log_text());

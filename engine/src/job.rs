@@ -100,6 +100,44 @@ fn fold_pieces(line: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// A message (CRLF line endings) with every line longer than [`MAX_TEXT_LINE`] folded as ingest
+/// folds `.MAIL` files, and how many lines were; `None` when no line is too long (the message is
+/// kept as it is). Used for messages that arrive by SMTP.
+pub fn fold_long_lines(message: &[u8]) -> Option<(Vec<u8>, u64)> {
+    let too_long = message
+        .split(|b| *b == b'\n')
+        .any(|l| l.strip_suffix(b"\r").unwrap_or(l).len() > MAX_TEXT_LINE);
+    if !too_long {
+        return None;
+    }
+    let mut out = Vec::with_capacity(message.len() + message.len() / MAX_TEXT_LINE * 3);
+    let mut folded = 0;
+    let mut lines = message.split(|b| *b == b'\n').peekable();
+    while let Some(l) = lines.next() {
+        let last = lines.peek().is_none();
+        let (content, cr) = match l.strip_suffix(b"\r") {
+            Some(c) => (c, true),
+            None => (l, false),
+        };
+        let pieces = fold_pieces(content);
+        if pieces.len() > 1 {
+            folded += 1;
+        }
+        for (i, p) in pieces.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"\r\n ");
+            }
+            out.extend_from_slice(p);
+        }
+        if !last {
+            out.extend_from_slice(if cr { b"\r\n" } else { b"\n" });
+        } else if cr {
+            out.push(b'\r');
+        }
+    }
+    Some((out, folded))
+}
+
 /// Why a job could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -762,5 +800,31 @@ mod tests {
             JobError::Malformed { line, .. } => assert_eq!(line, 3),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn fold_long_lines_folds_what_ingest_folds_and_keeps_the_rest() {
+        let short = b"Subject: x\r\n\r\nbody\r\n".to_vec();
+        assert_eq!(fold_long_lines(&short), None);
+        let long = "y".repeat(2500);
+        let msg = format!("Subject: x\r\n\r\n{long}\r\nend\r\n").into_bytes();
+        let (out, n) = fold_long_lines(&msg).expect("a line over 998 bytes");
+        assert_eq!(n, 1);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        assert_eq!(lines[0], "Subject: x");
+        assert_eq!(lines[2].len(), 998);
+        assert_eq!(lines[3].len(), 998, "a space and 997 bytes");
+        assert!(lines[3].starts_with(' '));
+        assert_eq!(lines[4].len(), 1 + 2500 - 998 - 997);
+        assert_eq!(lines[5], "end");
+        assert!(text
+            .lines()
+            .all(|l| l.trim_end_matches('\r').len() <= MAX_TEXT_LINE));
+        // Nothing lost: the pieces put back together are the line.
+        assert_eq!(
+            format!("{}{}{}", lines[2], &lines[3][1..], &lines[4][1..]),
+            long
+        );
     }
 }

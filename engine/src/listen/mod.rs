@@ -312,11 +312,20 @@ async fn connection<S: Spool>(
             Step::Store(rcv) => {
                 let rcpts = rcv.rcpts.len() as u64;
                 debug!(client = %peer, recipients = rcpts, pool = %rcv.pool.map_or('-', |p| p.as_char()), pool_by = rcv.pool_by, "storing a message");
+                let message = match crate::job::fold_long_lines(&rcv.message) {
+                    None => rcv.message,
+                    Some((folded, lines)) => {
+                        // As ingest does for .MAIL files (JOB rules): relays refuse lines over
+                        // 1000 octets.
+                        warn!(client = %peer, lines, "message lines longer than 998 bytes folded");
+                        folded
+                    }
+                };
                 let job = NewJob {
                     mail_from: rcv.mail_from,
                     pool: rcv.pool,
                     rcpts: rcv.rcpts,
-                    message: bytes::Bytes::from(rcv.message),
+                    message: bytes::Bytes::from(message),
                     source: source.clone(),
                 };
                 if buf.is_empty() && out.stores == 0 {

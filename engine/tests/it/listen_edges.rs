@@ -154,3 +154,57 @@ async fn an_idle_client_gets_421_and_a_stop_tells_connected_clients_421() {
         .expect("serve returns after a stop")
         .unwrap();
 }
+
+/// A message line over 998 bytes is folded before it is stored, as ingest folds `.MAIL` files
+/// (JOB rules): what the relay will get has no line over 1000 octets, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_over_998_bytes_is_stored_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(
+        SqliteSpool::open(
+            &dir.path().join("spool"),
+            SpoolOptions::default(),
+            SystemClock::shared(),
+        )
+        .unwrap(),
+    );
+    let l = Listener::bind(settings(), "mx.test".into()).await.unwrap();
+    let port = l.local_addrs()[0].port();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(l.serve(spool.clone(), stop.clone()));
+    let long: String = (0..3000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let conv = format!(
+        "EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: long\r\n\r\n{long}\r\nend\r\n.\r\nQUIT\r\n"
+    );
+    w.write_all(conv.as_bytes()).await.unwrap();
+    let rep = replies(&mut r, 7).await;
+    assert!(rep[5].starts_with("250 2.0.0 Ok: queued as "), "{rep:?}");
+    let copy = spool
+        .claim(smtpw_engine::config::PoolSet::ALL)
+        .await
+        .unwrap()
+        .expect("the stored copy");
+    let text = String::from_utf8(copy.message.to_vec()).unwrap();
+    assert!(
+        text.split("\r\n").all(|l| l.len() <= 998),
+        "a line over 998 bytes was stored: {text:?}"
+    );
+    let body: Vec<&str> = text.split("\r\n").skip(2).collect();
+    let joined: String = body
+        .iter()
+        .take_while(|l| **l != "end")
+        .enumerate()
+        .map(|(i, l)| if i == 0 { *l } else { &l[1..] })
+        .collect();
+    assert_eq!(
+        joined, long,
+        "the folded pieces put back together are the line"
+    );
+    stop.cancel();
+    serving.await.unwrap();
+}

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use smtpw_engine::engine::Engine;
 use smtpw_engine::settings::Settings;
-use smtpw_engine::spool::SqliteSpool;
+use smtpw_engine::spool::Spool;
 
 /// What a reload reads, and the engine it applies to.
-pub struct Reloader {
+pub struct Reloader<S: Spool> {
     pub config: PathBuf,
     pub settings: Option<PathBuf>,
-    pub engine: Arc<Engine<SqliteSpool>>,
+    pub engine: Arc<Engine<S>>,
 }
 
-impl Reloader {
+impl<S: Spool> Reloader<S> {
     /// Read and check both files; apply them if both are good. `Ok`: what changed; `Err`: every
     /// error found (nothing was changed).
     pub fn reload(&self) -> Result<Vec<String>, String> {

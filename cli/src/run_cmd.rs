@@ -234,41 +234,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .options(eopts)
                         .build(),
                 );
-                let reloader = Arc::new(crate::reload::Reloader {
-                    config: args.config.clone(),
-                    settings: args.settings.clone(),
-                    engine: engine.clone(),
-                });
-                // SIGHUP: reload (OPS-8).
-                #[cfg(unix)]
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                    Ok(mut hup) => {
-                        let reloader = reloader.clone();
-                        tokio::spawn(async move {
-                            while hup.recv().await.is_some() {
-                                info!("SIGHUP: reloading SITE.CFG and smtpw.toml");
-                                let r = reloader.clone();
-                                let _ = tokio::task::spawn_blocking(move || r.reload()).await;
-                            }
-                        });
-                    }
-                    Err(e) => warn!(error = %e, "cannot listen for SIGHUP: no reload by signal"),
+                if let Err(code) = start_operations(&engine, &args, admin, metrics).await {
+                    return Ok(code);
                 }
-                let admin_addr = args.admin.or(admin.as_ref().map(|a| a.address));
-                if let Some(addr) = admin_addr {
-                    let state = Arc::new(crate::admin::AdminState {
-                        engine: engine.clone(),
-                        metrics,
-                        token: admin.and_then(|a| a.token),
-                        reloader,
-                        queue_cache: tokio::sync::Mutex::new(None),
-                    });
-                    if let Err(e) = crate::admin::start(addr, state).await {
-                        eprintln!("smtpw: error: {e:#}");
-                        return Ok(ExitCode::from(2));
-                    }
-                }
-                // Started: the spool is open, the admin endpoint listens (systemd Type=notify).
                 serve(engine, signals, listener).await
             }
             SpoolAt::Db(url) => {
@@ -315,9 +283,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     }
                 };
                 info!(node = %spool.node(), ledger = %spool.ledger_path().display(), "joined the cluster");
-                if args.admin.is_some() || admin.is_some() {
-                    warn!("the admin endpoint and live reload are not available on a database spool yet; running without them");
-                }
                 let engine = Arc::new(
                     Engine::builder(config, spool.clone(), local)
                         .connector(connector)
@@ -325,6 +290,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .options(eopts)
                         .build(),
                 );
+                if let Err(code) = start_operations(&engine, &args, admin, metrics).await {
+                    return Ok(code);
+                }
                 let code = serve(engine, signals, listener).await;
                 if let Err(e) = spool.close().await {
                     warn!(error = %e, "could not give back the copies this node held; the other nodes take them after node_timeout");
@@ -333,6 +301,51 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// Live reload by SIGHUP (OPS-8) and the admin endpoint (OPS-1) for a started engine; `Err`:
+/// the exit status when the admin endpoint cannot start.
+async fn start_operations<S: Spool>(
+    engine: &Arc<Engine<S>>,
+    args: &RunArgs,
+    admin: Option<smtpw_engine::settings::AdminSettings>,
+    metrics: Arc<smtpw_engine::metrics::Metrics>,
+) -> Result<(), ExitCode> {
+    let reloader = Arc::new(crate::reload::Reloader {
+        config: args.config.clone(),
+        settings: args.settings.clone(),
+        engine: engine.clone(),
+    });
+    // SIGHUP: reload (OPS-8).
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let reloader = reloader.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP: reloading SITE.CFG and smtpw.toml");
+                    let r = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "cannot listen for SIGHUP: no reload by signal"),
+    }
+    let admin_addr = args.admin.or(admin.as_ref().map(|a| a.address));
+    if let Some(addr) = admin_addr {
+        let state = Arc::new(crate::admin::AdminState {
+            engine: engine.clone(),
+            metrics,
+            token: admin.and_then(|a| a.token),
+            reloader,
+            queue_cache: tokio::sync::Mutex::new(None),
+        });
+        if let Err(e) = crate::admin::start(addr, state).await {
+            eprintln!("smtpw: error: {e:#}");
+            return Err(ExitCode::from(2));
+        }
+    }
+    Ok(())
 }
 
 /// Where the spool is.

@@ -201,6 +201,23 @@ impl Metrics {
         }
     }
 
+    /// One copy's recorded outcomes, by count: `delivered`, `failed` and `deferred` recipients
+    /// of pool `pool`, whose job was `age_secs` old (what both spools call once durable).
+    pub fn recorded_copy(
+        &self,
+        pool: &str,
+        delivered: usize,
+        failed: usize,
+        deferred: usize,
+        age_secs: f64,
+    ) {
+        let outcomes = std::iter::repeat_n(Outcome::Delivered, delivered)
+            .chain(std::iter::repeat_n(Outcome::Failed, failed))
+            .chain(std::iter::repeat_n(Outcome::Deferred, deferred))
+            .map(|o| (o, age_secs));
+        self.recorded(pool, outcomes);
+    }
+
     /// A copy's transaction with `relay` ended: `result` (see [`transaction_result`]) and the
     /// reply code that decided each recipient.
     pub fn transaction(&self, relay: &str, result: &'static str, codes: &[u16]) {

@@ -18,7 +18,7 @@ pub fn cancel_reply(by: &str, reason: &str) -> String {
     format!("554 5.7.0 Cancelled by the operator {by}: {reason}")
 }
 
-pub async fn post(state: &AdminState, job: i64, req: Request<Incoming>) -> Reply {
+pub async fn post<S: Spool>(state: &AdminState<S>, job: i64, req: Request<Incoming>) -> Reply {
     let body = match body_json(req).await {
         Ok(b) => b,
         Err(r) => return r,

@@ -7,7 +7,7 @@ use smtpw_engine::spool::Spool;
 
 use super::{body_json, error, json, pools_named, AdminState, Reply};
 
-pub async fn post(state: &AdminState, req: Request<Incoming>) -> Reply {
+pub async fn post<S: Spool>(state: &AdminState<S>, req: Request<Incoming>) -> Reply {
     let body = match body_json(req).await {
         Ok(b) => b,
         Err(r) => return r,

@@ -10,7 +10,7 @@ use super::{error, json, one_line, AdminState, Reply};
 const LIMIT_DEFAULT: usize = 100;
 const LIMIT_MAX: usize = 10_000;
 
-pub async fn get(state: &AdminState, query: &str) -> Reply {
+pub async fn get<S: Spool>(state: &AdminState<S>, query: &str) -> Reply {
     let (mut pool, mut only_deferred, mut limit) = (None, false, LIMIT_DEFAULT);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -11,7 +11,7 @@ use super::{AdminState, Reply};
 /// a scraper polling every 100 ms does not query the database (and hold up claims) each time.
 pub const QUEUE_FIGURES_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub async fn get(state: &AdminState) -> Reply {
+pub async fn get<S: Spool>(state: &AdminState<S>) -> Reply {
     // The queue's gauges come from the spool; when it cannot be read, the counters are still
     // served (and the queue series are left out rather than shown as zero).
     let queue = {

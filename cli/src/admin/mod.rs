@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use smtpw_engine::engine::Engine;
 use smtpw_engine::metrics::Metrics;
 use smtpw_engine::settings::Secret;
-use smtpw_engine::spool::SqliteSpool;
+use smtpw_engine::spool::Spool;
 
 mod cancel;
 mod flush;
@@ -30,11 +30,11 @@ mod resume;
 mod suspend;
 
 /// What every handler can reach.
-pub struct AdminState {
-    pub engine: Arc<Engine<SqliteSpool>>,
+pub struct AdminState<S: Spool> {
+    pub engine: Arc<Engine<S>>,
     pub metrics: Arc<Metrics>,
     pub token: Option<Secret>,
-    pub reloader: Arc<crate::reload::Reloader>,
+    pub reloader: Arc<crate::reload::Reloader<S>>,
     /// The spool's queue figures of the last scrape, and when they were read.
     pub queue_cache:
         tokio::sync::Mutex<Option<(std::time::Instant, smtpw_engine::spool::QueueStats)>>,
@@ -47,7 +47,10 @@ const BODY_MAX: usize = 64 * 1024;
 
 /// Bind `addr` (refused when it is not loopback and there is no token), then serve until the
 /// engine stops. Returns the address bound (a port 0 is resolved).
-pub async fn start(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
+pub async fn start<S: Spool>(
+    addr: SocketAddr,
+    state: Arc<AdminState<S>>,
+) -> anyhow::Result<SocketAddr> {
     if !addr.ip().is_loopback() && state.token.is_none() {
         anyhow::bail!(
             "the admin address {addr} is not a loopback address and no [admin] token_file is \
@@ -136,7 +139,7 @@ pub async fn body_json(req: Request<Incoming>) -> Result<serde_json::Value, Repl
     })
 }
 
-async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
+async fn handle<S: Spool>(state: &AdminState<S>, req: Request<Incoming>) -> Reply {
     if !authorized(state.token.as_ref(), &req) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -193,8 +196,8 @@ pub fn one_line(s: &str) -> String {
 
 /// The pools a `{pool}` or `{relay}` body names: one pool; the pools of the workers using a
 /// relay (every pool when SMTP_FORWARD names it); all pools when neither is given.
-pub fn pools_named(
-    state: &AdminState,
+pub fn pools_named<S: Spool>(
+    state: &AdminState<S>,
     body: &serde_json::Value,
 ) -> Result<smtpw_engine::config::PoolSet, Reply> {
     use smtpw_engine::config::{Pool, PoolSet};

@@ -6,7 +6,7 @@ use smtpw_engine::spool::Spool;
 
 use super::{error, json, AdminState, Reply};
 
-pub async fn get(state: &AdminState) -> Reply {
+pub async fn get<S: Spool>(state: &AdminState<S>) -> Reply {
     let stats = match state.engine.spool().stats().await {
         Ok(s) => s,
         Err(e) => {

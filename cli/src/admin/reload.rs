@@ -3,9 +3,11 @@
 
 use hyper::StatusCode;
 
+use smtpw_engine::spool::Spool;
+
 use super::{error, json, AdminState, Reply};
 
-pub async fn post(state: &AdminState) -> Reply {
+pub async fn post<S: Spool>(state: &AdminState<S>) -> Reply {
     let reloader = state.reloader.clone();
     match tokio::task::spawn_blocking(move || reloader.reload()).await {
         Ok(Ok(changes)) => json(StatusCode::OK, &serde_json::json!({ "changes": changes })),

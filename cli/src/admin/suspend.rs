@@ -9,7 +9,7 @@ use smtpw_engine::suspend::Suspension;
 
 use super::{body_json, error, json, one_line, pools_named, text_field, AdminState, Reply};
 
-pub async fn post(state: &AdminState, req: Request<Incoming>) -> Reply {
+pub async fn post<S: Spool>(state: &AdminState<S>, req: Request<Incoming>) -> Reply {
     let body = match body_json(req).await {
         Ok(b) => b,
         Err(r) => return r,

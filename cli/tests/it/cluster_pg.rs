@@ -723,3 +723,107 @@ fn a_node_that_never_started_gets_no_share_and_the_log_says_so() {
         p.log_text()
     );
 }
+
+/// The admin endpoint and `smtpw ctl` on a database spool: `ctl jobs` lists the job with its
+/// deferred recipients (from the database), `ctl flush` makes them due at once, and
+/// `GET /metrics` counts what the ledger says.
+#[test]
+fn admin_and_ctl_work_on_a_database_spool() {
+    let Some(pg) = Postgres::shared("cluster_pg::admin_and_ctl_work_on_a_database_spool") else {
+        return;
+    };
+    let url = pg.database("admin_ctl");
+    let root = tempfile::tempdir().unwrap();
+    let mut mc = MockConfig::iis();
+    mc.faults.rcpt_rules = vec![mock_mta::RcptRule {
+        pattern: "*@slow.example".into(),
+        code: 451,
+        text: None,
+    }];
+    let mock = LoopbackMock::start(mc);
+    let node = Node::new(root.path(), "A1.EXAMPLE.ORG", mock.port, 1, 50, "");
+    let mut all: Vec<String> = (0..15).map(|i| format!("f{i}@fast.example")).collect();
+    all.extend((0..15).map(|i| format!("s{i}@slow.example")));
+    SMTPW.submit(root.path(), &node.dir, &all);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", smtpw_testkit::proc::free_port())
+        .parse()
+        .unwrap();
+    let mut cmd = node.run_cmd(&url, None, false);
+    cmd.arg("--admin").arg(addr.to_string());
+    let mut kid = Kid::spawn(cmd, "smtpw run");
+    assert!(
+        smtpw_testkit::admin::wait_up(addr, Duration::from_secs(30)),
+        "{}",
+        node.log_text()
+    );
+    let ledger_lines = || {
+        smtpw_engine::ledger::read_ledger(&node.ledger())
+            .map(|l| l.collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert!(
+        smtpw_testkit::proc::wait_until(Duration::from_secs(30), || ledger_lines().len() == 30),
+        "{}",
+        node.log_text()
+    );
+    let ctl = |args: &[&str]| {
+        let out = SMTPW.ctl(addr, args);
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The ledger is synced before the database commits the batch: wait for the database too.
+    let mut jobs = serde_json::Value::Null;
+    let listed = smtpw_testkit::proc::wait_until(Duration::from_secs(15), || {
+        jobs = serde_json::from_str(&ctl(&["jobs", "--json"])).unwrap();
+        let j = &jobs["jobs"][0];
+        (
+            &j["recipients"],
+            &j["delivered"],
+            &j["queued"],
+            &j["deferred"],
+        ) == (&30.into(), &15.into(), &15.into(), &15.into())
+    });
+    assert!(
+        listed,
+        "ctl jobs never showed 15 delivered and 15 deferred: {jobs}"
+    );
+    mock.mta.set_faults(mock_mta::Faults::default());
+    let out = ctl(&["flush"]);
+    assert!(out.contains("\"flushed_copies\": 1"), "{out}");
+    assert!(
+        smtpw_testkit::proc::wait_until(Duration::from_secs(15), || {
+            ledger_lines()
+                .iter()
+                .filter(|l| l.outcome == smtpw_engine::ledger::Outcome::Delivered)
+                .count()
+                == 30
+        }),
+        "the flushed copy was not delivered at once; log:\n{}",
+        node.log_text()
+    );
+    // Counted once the database has committed (the ledger is synced just before).
+    let delivered = || -> f64 {
+        smtpw_testkit::admin::samples(&smtpw_testkit::admin::get(addr, "/metrics"))
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("smtpw_recipients_total{") && k.contains("outcome=\"delivered\"")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert!(
+        smtpw_testkit::proc::wait_until(Duration::from_secs(10), || delivered() == 30.0),
+        "GET /metrics delivered: {} of 30",
+        delivered()
+    );
+    kid.term_and_wait(Duration::from_secs(20));
+    let got = received(&mock);
+    assert!(
+        all.iter().all(|r| got.get(r) == Some(&1)),
+        "every recipient exactly once at the mock"
+    );
+}

@@ -1185,20 +1185,13 @@ fn finish(sh: &Shared, plans: Vec<Plan>, done_jobs: Vec<i64>) {
     drop(idx);
     // Counted once durable, as the ledger has them (OPS-3).
     for p in &plans {
-        let outcomes = std::iter::repeat_n(
-            crate::outcome::Outcome::Delivered,
+        sh.opts.metrics.recorded_copy(
+            &p.pool.to_string(),
             usize::try_from(p.delivered).unwrap_or(0),
-        )
-        .chain(std::iter::repeat_n(
-            crate::outcome::Outcome::Failed,
             p.failed.len(),
-        ))
-        .chain(std::iter::repeat_n(
-            crate::outcome::Outcome::Deferred,
             p.deferred.len(),
-        ))
-        .map(|o| (o, p.age_secs));
-        sh.opts.metrics.recorded(&p.pool.to_string(), outcomes);
+            p.age_secs,
+        );
     }
     for p in plans {
         let _ = p.reply.send(Ok(()));

@@ -1405,6 +1405,9 @@ struct Plan {
     deferred: Vec<(String, String)>,
     not_before: i64,
     now: i64,
+    /// The copy's pool and its job's age at `now` (seconds): for the metrics.
+    pool: Pool,
+    age_secs: f64,
     reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
@@ -1523,6 +1526,8 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             deferred: Vec::new(),
             not_before: 0,
             now: ms(req.now),
+            pool: h.pool,
+            age_secs: req.now.duration_since(job_created).as_secs_f64(),
             reply: req.reply,
         };
         let mut line_error = None;
@@ -1717,6 +1722,16 @@ fn finish(sh: &Shared, plans: Vec<Plan>) {
     st.queued = st.queued.max(held);
     drop(st);
     sh.generation.fetch_add(1, Ordering::SeqCst);
+    // Counted once durable, as the ledger has them (OPS-3), as the SQLite spool does.
+    for p in &plans {
+        sh.opts.metrics.recorded_copy(
+            &p.pool.to_string(),
+            usize::try_from(p.delivered).unwrap_or(0),
+            p.failed.len(),
+            p.deferred.len(),
+            p.age_secs,
+        );
+    }
     for p in plans {
         let _ = p.reply.send(Ok(()));
     }

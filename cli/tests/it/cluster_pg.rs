@@ -820,6 +820,38 @@ fn admin_and_ctl_work_on_a_database_spool() {
         "GET /metrics delivered: {} of 30",
         delivered()
     );
+    // Cancel: a second job whose recipients are deferred fails with the reason in the ledger.
+    mock.mta.set_faults(mock_mta::Faults {
+        rcpt_rules: vec![mock_mta::RcptRule {
+            pattern: "*@slow.example".into(),
+            code: 451,
+            text: None,
+        }],
+        ..mock_mta::Faults::default()
+    });
+    let late: Vec<String> = (0..5).map(|i| format!("late{i}@slow.example")).collect();
+    SMTPW.submit(root.path(), &node.dir, &late);
+    assert!(
+        // 15 delivered + 15 deferred, the 15 delivered after the flush, 5 deferred now.
+        smtpw_testkit::proc::wait_until(Duration::from_secs(30), || ledger_lines().len() == 50),
+        "{}",
+        node.log_text()
+    );
+    let job = ledger_lines()[49].job.to_string();
+    let out = ctl(&["--by", "carol", "cancel", &job, "--reason", "wrong list"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["cancelled_recipients"], 5, "{v}");
+    let failed: Vec<_> = ledger_lines()
+        .into_iter()
+        .filter(|l| l.outcome == smtpw_engine::ledger::Outcome::Failed)
+        .collect();
+    assert_eq!(failed.len(), 5, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|l| l.reply.contains("wrong list") && l.reply.contains("carol")),
+        "{failed:?}"
+    );
     kid.term_and_wait(Duration::from_secs(20));
     let got = received(&mock);
     assert!(

@@ -868,15 +868,15 @@ impl Spool for PgSpool {
             let db = sh.claim_db.lock().await;
             // Copies no node holds (or a dead node held) become this node's.
             let secs = sh.pg.node_timeout.as_secs_f64();
-            let sql = format!(
-                "WITH {DEAD}, c AS (SELECT id FROM copies \
+            let sql = "WITH dead AS (SELECT name FROM nodes \
+                   WHERE heartbeat < clock_timestamp() - make_interval(secs => $3)), \
+                 c AS (SELECT id FROM copies \
                    WHERE job_id = $2 AND (claimed_by IS NULL OR claimed_by IN (SELECT name FROM dead)) \
                    FOR UPDATE OF copies SKIP LOCKED) \
                  UPDATE copies SET claimed_by = $1 FROM c WHERE copies.id = c.id \
-                 RETURNING copies.id, copies.pool, copies.rcpts, copies.attempts"
-            );
+                 RETURNING copies.id, copies.pool, copies.rcpts, copies.attempts";
             let rows = db
-                .query(&sql, &[&sh.pg.node, &job_id, &secs])
+                .query(sql, &[&sh.pg.node, &job_id, &secs])
                 .await
                 .map_err(pg_error)?;
             let others: i64 = db

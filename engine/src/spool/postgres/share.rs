@@ -39,9 +39,9 @@ pub fn sharers(
     (out, left_out)
 }
 
-/// Splits copies among `sharers` by weight: each copy goes to the node furthest below its
-/// share of the recipients given out so far (ties to the earlier entry), so that after any
-/// prefix each node's recipients are within one copy of its exact share.
+/// Splits copies among `sharers` by weight: each copy goes to the node furthest below its exact
+/// share of the recipients given out once the copy is counted (ties to the earlier entry), so
+/// that after any prefix each node's recipients stay close to its exact share.
 #[derive(Debug)]
 pub struct Splitter {
     nodes: Vec<(String, u32)>,
@@ -57,22 +57,23 @@ impl Splitter {
 
     /// The node that takes a copy of `n` recipients; `None` when nobody takes a share.
     pub fn next(&mut self, n: u64) -> Option<&str> {
-        // Smallest given/weight, compared without division: a/w < b/v <=> a*v < b*w.
-        let mut best: Option<usize> = None;
+        // The node furthest below its exact share of everything given out once this copy is:
+        // deficit_i = (total + n) * w_i / W - given_i, compared scaled by W (no division).
+        let weight: u128 = self.nodes.iter().map(|(_, w)| u128::from(*w)).sum();
+        let total: u128 = self.given.iter().map(|g| u128::from(*g)).sum::<u128>() + u128::from(n);
+        let mut best: Option<(usize, i128)> = None;
         for (i, (_, w)) in self.nodes.iter().enumerate() {
             if *w == 0 {
                 continue;
             }
-            best = match best {
-                None => Some(i),
-                Some(b) => {
-                    let lhs = u128::from(self.given[i] + n) * u128::from(self.nodes[b].1);
-                    let rhs = u128::from(self.given[b] + n) * u128::from(*w);
-                    Some(if lhs < rhs { i } else { b })
-                }
-            };
+            let target = total * u128::from(*w);
+            let deficit = i128::try_from(target).unwrap_or(i128::MAX)
+                - i128::try_from(u128::from(self.given[i]) * weight).unwrap_or(i128::MAX);
+            if best.is_none_or(|(_, d)| deficit > d) {
+                best = Some((i, deficit));
+            }
         }
-        let i = best?;
+        let (i, _) = best?;
         self.given[i] += n;
         Some(self.nodes[i].0.as_str())
     }

@@ -865,14 +865,26 @@ impl Spool for PgSpool {
         let me = self.clone();
         async move {
             let sh = me.shared();
+            // A copy of the job a worker here holds is recorded (and its row unlocked) before it
+            // leaves `in_flight`: until then, leave the whole job alone and say how many are
+            // held (the caller asks again once they are back).
+            let held_here = lock(&sh.state)
+                .in_flight
+                .values()
+                .filter(|(h, _, _)| h.job_id == job_id)
+                .count() as u64;
+            if held_here > 0 {
+                return Ok((Vec::new(), held_here));
+            }
             let db = sh.claim_db.lock().await;
-            // Copies no node holds (or a dead node held) become this node's.
+            // Copies no node holds (or a dead node held) become this node's; rows another
+            // node's writer is committing are waited for (no SKIP LOCKED: a cancel is rare).
             let secs = sh.pg.node_timeout.as_secs_f64();
             let sql = "WITH dead AS (SELECT name FROM nodes \
                    WHERE heartbeat < clock_timestamp() - make_interval(secs => $3)), \
                  c AS (SELECT id FROM copies \
                    WHERE job_id = $2 AND (claimed_by IS NULL OR claimed_by IN (SELECT name FROM dead)) \
-                   FOR UPDATE OF copies SKIP LOCKED) \
+                   FOR UPDATE OF copies) \
                  UPDATE copies SET claimed_by = $1 FROM c WHERE copies.id = c.id \
                  RETURNING copies.id, copies.pool, copies.rcpts, copies.attempts";
             let rows = db

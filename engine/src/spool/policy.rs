@@ -108,6 +108,32 @@ impl<'a> Decision<'a> {
         }
     }
 
+    /// The ledger line of `rcpt` (whose part of the decision is `r`) in copy `copy` of job `job`,
+    /// pool `pool`, sent through the relay and TLS version `result` names: what both spools
+    /// write.
+    pub fn ledger_line<'b>(
+        &self,
+        r: RcptDecision<'b>,
+        rcpt: &'b str,
+        (job, copy, pool): (i64, i64, &'b str),
+        result: &'b super::CopyResult,
+    ) -> crate::ledger::LedgerLineRef<'b> {
+        crate::ledger::LedgerLineRef {
+            time: self.time,
+            job,
+            copy,
+            pool,
+            rcpt,
+            outcome: r.fate.outcome(),
+            relay: result.relay.as_deref(),
+            tls: result.tls,
+            reply: r.reply,
+            attempts: self.attempts,
+            retry_at: r.fate.retry_at(),
+            expired: r.fate.is_expired(),
+        }
+    }
+
     /// Each recipient's fate and reply, one per outcome of the attempt, in order.
     pub fn recipients(&self) -> impl ExactSizeIterator<Item = RcptDecision<'a>> + '_ {
         self.outcomes.iter().map(|o| RcptDecision {

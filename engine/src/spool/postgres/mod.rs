@@ -46,7 +46,7 @@ use crate::chunk::{chunk, SortMode};
 use crate::clock::SharedClock;
 use crate::config::{DistEntry, Pool, PoolSet};
 use crate::job::{JobError, JobReader};
-use crate::ledger::{Ledger, LedgerLineRef};
+use crate::ledger::Ledger;
 
 pub mod copy;
 pub mod limit;
@@ -1554,20 +1554,8 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
                 }
             }
             plan.rcpts += 1;
-            let line = LedgerLineRef {
-                time: decision.time,
-                job: h.job_id,
-                copy: req.copy_id,
-                pool: &pool_name,
-                rcpt,
-                outcome: r.fate.outcome(),
-                relay: req.result.relay.as_deref(),
-                tls: req.result.tls,
-                reply: r.reply,
-                attempts: decision.attempts,
-                retry_at: r.fate.retry_at(),
-                expired: r.fate.is_expired(),
-            };
+            let line =
+                decision.ledger_line(r, rcpt, (h.job_id, req.copy_id, &pool_name), &req.result);
             if let Err(e) = ledger.push(&line) {
                 line_error = Some(e);
                 break;

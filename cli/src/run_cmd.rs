@@ -17,6 +17,8 @@ use smtpw_engine::settings::{ListenSettings, Settings};
 use smtpw_engine::smtp::{helo, TxnDeadline};
 use smtpw_engine::spool::{PgOptions, PgSpool, Spool, SpoolError, SpoolOptions, SqliteSpool};
 
+use crate::spool_at::SpoolAt;
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// SITE.CFG (Windows `KEY=value` or unix `KEY="value"` form).
@@ -28,7 +30,7 @@ pub struct RunArgs {
     pub settings: Option<PathBuf>,
     /// The spool: a directory (created if missing: incoming/, quarantine/, spool.db), or a
     /// PostgreSQL database `postgres://USER@HOST/DB` shared by several nodes (SITE.CFG's NODE=
-    /// names this one). Default: smtpw.toml's `[spool] url` or `path`.
+    /// names this one). Default: `SMTPW_SPOOL`, else smtpw.toml's `[spool] url` or `path`.
     #[arg(long, value_name = "DIR|URL")]
     pub spool: Option<PathBuf>,
     /// With a database spool: this node's own directory; jobs dropped in DIR/incoming/ are
@@ -161,7 +163,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             lifetime: Duration::from_secs(args.lifetime_hours * 3600),
             ..SpoolOptions::from_site(&config)
         };
-        let where_ = match spool_location(&args, &settings) {
+        let where_ = match crate::spool_at::locate(args.spool.as_deref(), Some(&settings)) {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("smtpw: error: {e}");
@@ -346,34 +348,6 @@ async fn start_operations<S: Spool>(
         }
     }
     Ok(())
-}
-
-/// Where the spool is.
-enum SpoolAt {
-    Dir(PathBuf),
-    Db(smtpw_engine::settings::Secret),
-}
-
-/// --spool, else smtpw.toml's `[spool] url` or `path`.
-fn spool_location(args: &RunArgs, settings: &Settings) -> Result<SpoolAt, String> {
-    if let Some(s) = &args.spool {
-        return Ok(
-            match s
-                .to_str()
-                .filter(|s| smtpw_engine::spool::postgres::is_url(s))
-            {
-                Some(url) => SpoolAt::Db(smtpw_engine::settings::Secret::new(url.to_owned())),
-                None => SpoolAt::Dir(s.clone()),
-            },
-        );
-    }
-    if let Some(u) = &settings.spool.url {
-        return Ok(SpoolAt::Db(u.clone()));
-    }
-    if let Some(p) = &settings.spool.path {
-        return Ok(SpoolAt::Dir(p.clone()));
-    }
-    Err("no spool: give --spool DIR|URL, or [spool] path or url in smtpw.toml".into())
 }
 
 /// Run the engine until it stops; the exit status.

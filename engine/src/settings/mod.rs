@@ -27,6 +27,7 @@
 //!
 //! [spool]
 //! path = "/var/spool/smtpw"          # or url = "postgres://smtpw@db.example.org/smtpw"
+//! # via = "N1.EXAMPLE.ORG"           # with url: the node sendmail/submit queue through
 //!
 //! [cluster]
 //! node_timeout = "60s"

@@ -271,6 +271,20 @@ fn spool_and_cluster() {
 }
 
 #[test]
+fn spool_via_names_a_node_of_a_database_spool() {
+    let s = parse("[spool]\nurl = \"postgres://h/d\"\nvia = \"N1.EXAMPLE.ORG\"\n").unwrap();
+    assert_eq!(s.spool.via.as_deref(), Some("N1.EXAMPLE.ORG"));
+    assert_eq!(parse("[spool]\npath = \"/a\"\n").unwrap().spool.via, None);
+    let e = errors("[spool]\npath = \"/a\"\nvia = \"N1\"\n");
+    assert!(
+        e[0].starts_with("smtpw.toml:3:") && e[0].contains("no [spool] url"),
+        "{e:?}"
+    );
+    let e = errors("[spool]\nurl = \"postgres://h/d\"\nvia = \"a b\"\n");
+    assert!(e[0].contains("not a node name"), "{e:?}");
+}
+
+#[test]
 fn every_error_at_once() {
     let e = errors(
         r#"[relays."a.example"]

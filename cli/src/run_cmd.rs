@@ -269,6 +269,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let mut pg = PgOptions::new(url.expose(), node);
                 pg.node_timeout = eopts.settings.cluster.node_timeout;
                 pg.dist_forward = config.dist_forward.clone();
+                pg.dist_limits = smtpw_engine::spool::postgres::share::DistLimits::of(&config);
                 pg.local_dir = Some(local.clone());
                 pg.workers = i32::try_from(config.workers.len()).unwrap_or(i32::MAX);
                 let spool = match PgSpool::open(opts, pg, clock.clone()).await {

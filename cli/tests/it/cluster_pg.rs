@@ -859,3 +859,90 @@ fn admin_and_ctl_work_on_a_database_spool() {
         "every recipient exactly once at the mock"
     );
 }
+
+/// DIST-3 on the three-node kit: with `DIST_FORWARD=0*SELF W1 2*W2`, THRESHOLD 100 and MINSIZE
+/// 60, a 50-recipient job stays whole with the primary that ingests it; a 150-recipient job
+/// goes whole to W2 (W1's share, 50, would be under 60); a 300-recipient job splits 100:200.
+/// Counted at each node's relay.
+#[test]
+fn dist_forward_threshold_and_minsize_decide_who_delivers() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::dist_forward_threshold_and_minsize_decide_who_delivers")
+    else {
+        return;
+    };
+    let url = pg.database("dist_limits");
+    let root = tempfile::tempdir().unwrap();
+    let toml = settings(root.path(), "60s");
+    let (mp, m1, m2) = (
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+    );
+    let w1 = Node::new(root.path(), "W1.EXAMPLE.ORG", m1.port, 2, 10, "");
+    let w2 = Node::new(root.path(), "W2.EXAMPLE.ORG", m2.port, 2, 10, "");
+    let p = Node::new(
+        root.path(),
+        "P.EXAMPLE.ORG",
+        mp.port,
+        2,
+        10,
+        "DIST_FORWARD=0*SELF W1.EXAMPLE.ORG 2*W2.EXAMPLE.ORG\nDIST_FORWARD_THRESHOLD=100\n\
+         DIST_FORWARD_MINSIZE=60\n",
+    );
+    let mut k1 = Kid::spawn(w1.run_cmd(&url, Some(&toml), false), "smtpw run W1");
+    let mut k2 = Kid::spawn(w2.run_cmd(&url, Some(&toml), false), "smtpw run W2");
+    wait_for_log(&w1, "joined the cluster", Duration::from_secs(30));
+    wait_for_log(&w2, "joined the cluster", Duration::from_secs(30));
+    let mut kp = Kid::spawn(p.run_cmd(&url, Some(&toml), false), "smtpw run P");
+    wait_for_log(&p, "joined the cluster", Duration::from_secs(30));
+    let counts = || {
+        (
+            mp.mta.stats().recipients_accepted,
+            m1.mta.stats().recipients_accepted,
+            m2.mta.stats().recipients_accepted,
+        )
+    };
+    let mut sent = 0usize;
+    for (n, expect) in [(50, (50, 0, 0)), (150, (50, 0, 150)), (300, (50, 100, 350))] {
+        let list = root.path().join(format!("job{n}.txt"));
+        std::fs::write(&list, recipients(sent + n)[sent..].join("\n")).unwrap();
+        sent += n;
+        let msg = root.path().join("m.eml");
+        std::fs::write(&msg, "Subject: s\n\nHello.\n").unwrap();
+        let out = SMTPW
+            .command()
+            .args(["submit", "--spool", &url, "--via", "P.EXAMPLE.ORG"])
+            .args(["--from", "owner@lists.example", "--rcpts"])
+            .arg(&list)
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "smtpw submit --via: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t0 = Instant::now();
+        while {
+            let (a, b, c) = counts();
+            a + b + c < sent as u64
+        } && t0.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Settle: nothing more arrives for a job that is all delivered.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            counts(),
+            expect,
+            "(primary, W1, W2) after the job of {n}; logs:\n{}\n{}\n{}",
+            p.log_text(),
+            w1.log_text(),
+            w2.log_text()
+        );
+    }
+    for k in [&mut kp, &mut k1, &mut k2] {
+        k.term_and_wait(Duration::from_secs(30));
+    }
+}

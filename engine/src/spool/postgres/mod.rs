@@ -73,6 +73,8 @@ pub struct PgOptions {
     pub node_timeout: Duration,
     /// DIST_FORWARD: how this node shares out the copies of the jobs it ingests.
     pub dist_forward: Vec<DistEntry>,
+    /// DIST_FORWARD_THRESHOLD and _MINSIZE (DIST-3).
+    pub dist_limits: share::DistLimits,
     /// This node's own directory: `DIR/incoming/` (jobs it ingests), `DIR/quarantine/`, and the
     /// ledger by default. `None`: the node ingests nothing from files.
     pub local_dir: Option<PathBuf>,
@@ -112,6 +114,7 @@ impl PgOptions {
             node: node.into(),
             node_timeout: Duration::from_secs(60),
             dist_forward: Vec::new(),
+            dist_limits: share::DistLimits::default(),
             local_dir: None,
             claim_batch: 16,
             workers: 0,
@@ -441,7 +444,11 @@ async fn splitter(
     if nodes.is_empty() {
         tracing::warn!("no node of DIST_FORWARD is alive to take a share: the copies go to whichever node claims them first");
     }
-    Ok(share::Splitter::new(nodes))
+    Ok(share::Splitter::with_limits(
+        nodes,
+        sh.pg.node.clone(),
+        sh.pg.dist_limits,
+    ))
 }
 
 /// Insert a job and its copies (within the caller's transaction). Returns the job's id, how
@@ -484,9 +491,10 @@ async fn insert_job(
     );
     let mut ns: Vec<i32> = Vec::with_capacity(plan.len());
     let mut lists: Vec<String> = Vec::with_capacity(plan.len());
-    let mut to: Vec<Option<String>> = Vec::with_capacity(plan.len());
+    let sizes: Vec<u64> = plan.iter().map(|c| c.len() as u64).collect();
+    let to = split.split_job(&sizes);
     let mut mine = 0u64;
-    for c in &plan {
+    for (c, who) in plan.iter().zip(&to) {
         let mut list = String::new();
         for (k, &i) in c.iter().enumerate() {
             if k > 0 {
@@ -494,13 +502,11 @@ async fn insert_job(
             }
             list.push_str(&rcpts[i]);
         }
-        let who = split.next(c.len() as u64).map(str::to_owned);
         if who.as_deref().is_none_or(|w| w == sh.pg.node) {
             mine += 1;
         }
         ns.push(i32::try_from(c.len()).unwrap_or(i32::MAX));
         lists.push(list);
-        to.push(who);
     }
     tx.execute(
         "INSERT INTO copies(job_id, pool, n, rcpts, assigned_to) \
@@ -1305,6 +1311,9 @@ struct Profile {
     sort_recipients: u8,
     default_pool: usize,
     node_timeout_ms: u64,
+    /// Absent in the profiles of nodes from before DIST-3 was applied: no limits.
+    #[serde(default)]
+    dist_limits: share::DistLimits,
 }
 
 impl Profile {
@@ -1319,6 +1328,7 @@ impl Profile {
             sort_recipients: opts.sort_recipients,
             default_pool: opts.default_pool.index(),
             node_timeout_ms: u64::try_from(pg.node_timeout.as_millis()).unwrap_or(u64::MAX),
+            dist_limits: pg.dist_limits,
         }
     }
 }
@@ -1373,6 +1383,7 @@ pub async fn submit_via(
         .map(|(host, weight)| DistEntry { host, weight })
         .collect();
     pg.node_timeout = Duration::from_millis(profile.node_timeout_ms);
+    pg.dist_limits = profile.dist_limits;
     let sh = Shared {
         opts,
         pg,

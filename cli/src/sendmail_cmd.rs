@@ -130,6 +130,8 @@ fn memchr_nl(b: &[u8]) -> Option<usize> {
 pub struct Header {
     pub rcpts: Vec<String>,
     pub from: Option<String>,
+    /// Whether the header has a From field (whatever its value).
+    pub has_from: bool,
     pub message: Vec<u8>,
 }
 
@@ -177,12 +179,38 @@ pub fn scan_header(message: &[u8]) -> Header {
     for (name, value, _) in fields {
         match name.as_str() {
             "to" | "cc" | "bcc" => h.rcpts.extend(addresses(&value)),
-            "from" if h.from.is_none() => h.from = addresses(&value).into_iter().next(),
+            "from" => {
+                h.has_from = true;
+                if h.from.is_none() {
+                    h.from = addresses(&value).into_iter().next();
+                }
+            }
             _ => {}
         }
     }
     h.message = out;
     h
+}
+
+/// `-F NAME` for a message without a From field: `From: NAME <sender>` put before the header
+/// (LISTEN-8). The name loses its control characters (no header can be injected through it) and
+/// is quoted when it is more than words of RFC 5322 atoms.
+pub fn add_from(message: &[u8], name: &str, sender: &str) -> Vec<u8> {
+    let clean: String = name.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim();
+    let atom = |c: char| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~ ".contains(c);
+    let shown = if clean.chars().all(atom) {
+        clean.to_owned()
+    } else {
+        format!("\"{}\"", clean.replace('\\', "\\\\").replace('"', "\\\""))
+    };
+    let sender: String = sender.chars().filter(|c| !c.is_control()).collect();
+    let crlf = message.windows(2).any(|w| w == b"\r\n");
+    let mut out = Vec::with_capacity(message.len() + shown.len() + sender.len() + 12);
+    out.extend_from_slice(format!("From: {shown} <{sender}>").as_bytes());
+    out.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+    out.extend_from_slice(message);
+    out
 }
 
 /// The addresses of an address-list field: `Name <a@x>, b@y, group: c@z;`.
@@ -321,6 +349,17 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         .clone()
         .or(header.from.clone())
         .unwrap_or_else(login_address);
+    let message = match (&a.full_name, header.has_from) {
+        (Some(name), false) => {
+            let sender = if from.is_empty() {
+                login_address()
+            } else {
+                from.clone()
+            };
+            add_from(&message, name, &sender)
+        }
+        _ => message,
+    };
     let listen = settings.as_ref().and_then(|s| s.listen.as_ref());
     let pool: Option<Pool> = header_pool.or_else(|| listen.and_then(|l| l.pool_for_sender(&from)));
     let spool = match spool {
@@ -425,6 +464,25 @@ mod tests {
         assert_eq!(a.rcpts, ["c@z", "d@z"]);
         assert_eq!(parse(&v(&["-bs"])).unwrap_err(), "unknown option -bs");
         assert_eq!(parse(&v(&["-f"])).unwrap_err(), "-f needs a value");
+    }
+
+    #[test]
+    fn f_names_the_sender_in_a_from_field_the_message_lacks() {
+        assert_eq!(
+            add_from(b"Subject: s\n\nbody\n", "List Robot", "owner@l.example"),
+            b"From: List Robot <owner@l.example>\nSubject: s\n\nbody\n"
+        );
+        assert_eq!(
+            add_from(b"Subject: s\r\n\r\nb\r\n", "Smith, J. \"Jr\"", "o@l"),
+            b"From: \"Smith, J. \\\"Jr\\\"\" <o@l>\r\nSubject: s\r\n\r\nb\r\n"
+        );
+        // No header injection through the name.
+        assert_eq!(
+            add_from(b"\n", "Evil\r\nBcc: x@y", "o@l"),
+            b"From: \"EvilBcc: x@y\" <o@l>\n\n"
+        );
+        assert!(scan_header(b"FROM: x\n\n").has_from);
+        assert!(!scan_header(b"Subject: x\n\nFrom: body\n").has_from);
     }
 
     #[test]

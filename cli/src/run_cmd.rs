@@ -236,7 +236,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .options(eopts)
                         .build(),
                 );
-                if let Err(code) = start_operations(&engine, &args, admin, metrics).await {
+                if let Err(code) = start_operations(&engine, &args, admin, metrics, None).await {
                     return Ok(code);
                 }
                 serve(engine, signals, listener).await
@@ -293,7 +293,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .options(eopts)
                         .build(),
                 );
-                if let Err(code) = start_operations(&engine, &args, admin, metrics).await {
+                if let Err(code) =
+                    start_operations(&engine, &args, admin, metrics, Some(url.clone())).await
+                {
                     return Ok(code);
                 }
                 let code = serve(engine, signals, listener).await;
@@ -313,11 +315,13 @@ async fn start_operations<S: Spool>(
     args: &RunArgs,
     admin: Option<smtpw_engine::settings::AdminSettings>,
     metrics: Arc<smtpw_engine::metrics::Metrics>,
+    db_url: Option<smtpw_engine::settings::Secret>,
 ) -> Result<(), ExitCode> {
     let reloader = Arc::new(crate::reload::Reloader {
         config: args.config.clone(),
         settings: args.settings.clone(),
         engine: engine.clone(),
+        db_url,
     });
     // SIGHUP: reload (OPS-8).
     #[cfg(unix)]

@@ -486,7 +486,7 @@ async fn insert_job(
         .get(0);
     let plan = chunk(
         rcpts,
-        sh.opts.max_bsmtp.max(1),
+        sh.opts.split_size(),
         SortMode::from_setting(sh.opts.sort_recipients),
     );
     let mut ns: Vec<i32> = Vec::with_capacity(plan.len());
@@ -784,6 +784,13 @@ impl Spool for PgSpool {
 
     fn has_expired(&self, job_created: Timestamp, now: Timestamp) -> bool {
         self.shared().opts.expired(job_created, now)
+    }
+
+    fn set_max_bsmtp(&self, n: u32) {
+        self.shared()
+            .opts
+            .reloaded_max_bsmtp
+            .store(n, Ordering::Relaxed);
     }
 
     /// Not known without a query: idle workers look again every `idle_poll` (a deferral waits

@@ -286,6 +286,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     }
                 };
                 info!(node = %spool.node(), ledger = %spool.ledger_path().display(), "joined the cluster");
+                metrics.set_node(spool.node());
                 let engine = Arc::new(
                     Engine::builder(config, spool.clone(), local)
                         .connector(connector)

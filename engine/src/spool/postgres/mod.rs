@@ -168,6 +168,29 @@ struct State {
     jobs: HashMap<i64, Arc<JobInfo>>,
     /// Copies this node may deliver (from the database, kept current between counts).
     queued: u64,
+    /// Per pool, the earliest retry time (ms) of a deferred copy this node may deliver, as far
+    /// as it knows (its own deferrals, and each recount): idle workers wake for it.
+    due: [Option<i64>; Pool::COUNT],
+}
+
+impl State {
+    /// A copy of `pool` falls due at `at` (ms); times already past are forgotten.
+    fn note_due(&mut self, pool: Pool, at: i64, now: i64) {
+        let slot = &mut self.due[pool.index()];
+        *slot = match *slot {
+            Some(d) if d > now => Some(d.min(at)),
+            _ => Some(at),
+        };
+    }
+
+    /// The earliest known retry time of `pools` still to come after `now` (ms).
+    fn next_due(&self, pools: PoolSet, now: i64) -> Option<i64> {
+        pools
+            .iter()
+            .filter_map(|p| self.due[p.index()])
+            .filter(|d| *d > now)
+            .min()
+    }
 }
 
 struct Request {
@@ -543,10 +566,30 @@ async fn recount(sh: &Shared, db: &Client) -> Result<(), SpoolError> {
         .await
         .map_err(pg_error)?
         .get(0);
+    // The earliest retry time per pool of the deferred copies this node may deliver.
+    let now = ms(sh.clock.now());
+    let due_sql =
+        "WITH dead AS (SELECT name FROM nodes WHERE heartbeat < clock_timestamp() - make_interval(secs => $2)) \
+         SELECT pool, min(not_before) FROM copies WHERE not_before > $4 AND \
+         (claimed_by IS NULL OR claimed_by = $1 OR ($3 AND claimed_by IN (SELECT name FROM dead))) AND \
+         (assigned_to IS NULL OR assigned_to = $1 OR ($3 AND assigned_to IN (SELECT name FROM dead))) \
+         GROUP BY pool";
+    let rows = db
+        .query(due_sql, &[&sh.pg.node, &secs, &sh.pg.takes_over(), &now])
+        .await
+        .map_err(pg_error)?;
+    let mut due = [None; Pool::COUNT];
+    for r in rows {
+        let pool: i16 = r.get(0);
+        if let Some(slot) = usize::try_from(pool).ok().and_then(|i| due.get_mut(i)) {
+            *slot = Some(r.get::<_, i64>(1));
+        }
+    }
     let mut st = lock(&sh.state);
     if sh.generation.load(Ordering::SeqCst) == gen {
         let held = (st.buffer.len() + st.in_flight.len()) as u64;
         st.queued = u64::try_from(n).unwrap_or(0).max(held);
+        st.due = due;
     }
     Ok(())
 }
@@ -793,10 +836,18 @@ impl Spool for PgSpool {
             .store(n, Ordering::Relaxed);
     }
 
-    /// Not known without a query: idle workers look again every `idle_poll` (a deferral waits
-    /// 30 s at least, so a second more is nothing).
-    fn next_due(&self, _pools: PoolSet) -> Option<Timestamp> {
-        None
+    /// The earliest retry time this node knows of (its own deferrals, and each heartbeat's
+    /// count of the copies it may deliver): an idle worker wakes then rather than at its next
+    /// `idle_poll`. Copies other nodes defer or share out are seen at the next count.
+    fn next_due(&self, pools: PoolSet) -> Option<Timestamp> {
+        let sh = self.shared();
+        if sh.stalled.load(Ordering::SeqCst) {
+            return None;
+        }
+        let now = ms(sh.clock.now());
+        lock(&sh.state)
+            .next_due(pools, now)
+            .and_then(|d| Timestamp::from_millisecond(d).ok())
     }
 
     fn notify(&self) -> Arc<Notify> {
@@ -1725,6 +1776,8 @@ fn finish(sh: &Shared, plans: Vec<Plan>) {
         st.in_flight.remove(&p.copy_id);
         if p.deferred.is_empty() {
             gone += 1;
+        } else {
+            st.note_due(p.pool, p.not_before, p.now);
         }
     }
     // Forget the messages of jobs this node holds no copy of any more.
@@ -1752,5 +1805,34 @@ fn finish(sh: &Shared, plans: Vec<Plan>) {
     }
     for p in plans {
         let _ = p.reply.send(Ok(()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_earliest_retry_time_still_to_come_per_pool() {
+        let mut st = State::default();
+        let (a, b) = (Pool::from_char('A').unwrap(), Pool::from_char('B').unwrap());
+        assert_eq!(st.next_due(PoolSet::ALL, 0), None);
+        st.note_due(a, 5_000, 1_000);
+        st.note_due(a, 9_000, 1_000);
+        st.note_due(b, 3_000, 1_000);
+        assert_eq!(st.next_due(PoolSet::ALL, 1_000), Some(3_000));
+        assert_eq!(
+            st.next_due([a].into_iter().collect::<PoolSet>(), 1_000),
+            Some(5_000)
+        );
+        // A time gone by is no reason to wake: only what is still to come counts.
+        assert_eq!(st.next_due(PoolSet::ALL, 4_000), Some(5_000));
+        assert_eq!(st.next_due(PoolSet::ALL, 6_000), None);
+        // Past it, a later deferral replaces it instead of losing to the stale minimum.
+        st.note_due(a, 20_000, 6_000);
+        assert_eq!(
+            st.next_due([a].into_iter().collect::<PoolSet>(), 6_000),
+            Some(20_000)
+        );
     }
 }

@@ -946,3 +946,69 @@ fn dist_forward_threshold_and_minsize_decide_who_delivers() {
         k.term_and_wait(Duration::from_secs(30));
     }
 }
+
+/// OPS-8, RATE-6: a reload that sets `[cluster] rate_limit` on a database node sets it up in the
+/// database and the workers started again use it: the delivery after the reload leases its bits
+/// (rate_leases' `overall` row moves on); `ctl reload` names the change.
+#[test]
+fn a_reload_sets_the_cluster_rate_limit_and_the_node_uses_it() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::a_reload_sets_the_cluster_rate_limit_and_the_node_uses_it")
+    else {
+        return;
+    };
+    let url = pg.database("reload_rate");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let node = Node::new(root.path(), "R1.EXAMPLE.ORG", mock.port, 2, 10, "");
+    let toml = settings(root.path(), "60s");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", smtpw_testkit::proc::free_port())
+        .parse()
+        .unwrap();
+    let mut cmd = node.run_cmd(&url, Some(&toml), false);
+    cmd.arg("--admin").arg(addr.to_string());
+    let mut kid = Kid::spawn(cmd, "smtpw run");
+    assert!(
+        smtpw_testkit::admin::wait_up(addr, Duration::from_secs(30)),
+        "{}",
+        node.log_text()
+    );
+    let leases = || {
+        smtpw_testkit::postgres::psql(
+            &url,
+            "SELECT key || '=' || tat_us FROM rate_leases ORDER BY key",
+        )
+    };
+    assert_eq!(leases().trim(), "", "no cluster limit before the reload");
+    std::fs::write(
+        &toml,
+        "[cluster]\nnode_timeout = \"60s\"\nrate_limit = \"50Mbps\"\n",
+    )
+    .unwrap();
+    let out = SMTPW.ctl(addr, &["reload"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("[cluster] rate_limit none -> "), "{said}");
+    let all = recipients(100);
+    SMTPW.submit(root.path(), &node.dir, &all);
+    assert!(
+        smtpw_testkit::proc::wait_until(Duration::from_secs(30), || received(&mock).len() == 100),
+        "{}",
+        node.log_text()
+    );
+    let l = leases();
+    let tat: i64 = l
+        .trim()
+        .strip_prefix("overall=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the overall lease: {l:?}"));
+    assert!(
+        tat > 0,
+        "the delivery leased its bits from the database: {l}"
+    );
+    kid.term_and_wait(Duration::from_secs(30));
+}

@@ -1012,3 +1012,63 @@ fn a_reload_sets_the_cluster_rate_limit_and_the_node_uses_it() {
     );
     kid.term_and_wait(Duration::from_secs(30));
 }
+
+/// DIST-4 across jobs: 30 one-recipient jobs, each its own file (one transaction each, as every
+/// listener message is), split 10:20 between W1 and 2*W2 as the weights say; a splitter that
+/// started afresh for each gave all 30 to W2.
+#[test]
+fn one_recipient_jobs_one_at_a_time_are_shared_by_weight() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::one_recipient_jobs_one_at_a_time_are_shared_by_weight")
+    else {
+        return;
+    };
+    let url = pg.database("one_at_a_time");
+    let root = tempfile::tempdir().unwrap();
+    let toml = settings(root.path(), "60s");
+    let (mp, m1, m2) = (
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+    );
+    let w1 = Node::new(root.path(), "W1.EXAMPLE.ORG", m1.port, 1, 10, "");
+    let w2 = Node::new(root.path(), "W2.EXAMPLE.ORG", m2.port, 1, 10, "");
+    let p = Node::new(
+        root.path(),
+        "P.EXAMPLE.ORG",
+        mp.port,
+        1,
+        10,
+        "DIST_FORWARD=0*SELF W1.EXAMPLE.ORG 2*W2.EXAMPLE.ORG\n",
+    );
+    let mut k1 = Kid::spawn(w1.run_cmd(&url, Some(&toml), false), "smtpw run W1");
+    let mut k2 = Kid::spawn(w2.run_cmd(&url, Some(&toml), false), "smtpw run W2");
+    wait_for_log(&w1, "joined the cluster", Duration::from_secs(30));
+    wait_for_log(&w2, "joined the cluster", Duration::from_secs(30));
+    let mut kp = Kid::spawn(p.run_cmd(&url, Some(&toml), false), "smtpw run P");
+    wait_for_log(&p, "joined the cluster", Duration::from_secs(30));
+    let all = recipients(30);
+    for r in &all {
+        SMTPW.submit(root.path(), &p.dir, std::slice::from_ref(r));
+    }
+    let counts = || {
+        (
+            mp.mta.stats().recipients_accepted,
+            m1.mta.stats().recipients_accepted,
+            m2.mta.stats().recipients_accepted,
+        )
+    };
+    assert!(
+        smtpw_testkit::proc::wait_until(Duration::from_secs(60), || {
+            let (a, b, c) = counts();
+            a + b + c == 30
+        }),
+        "{:?}\n{}",
+        counts(),
+        p.log_text()
+    );
+    assert_eq!(counts(), (0, 10, 20), "(primary, W1, W2)");
+    for k in [&mut kp, &mut k1, &mut k2] {
+        k.term_and_wait(Duration::from_secs(30));
+    }
+}

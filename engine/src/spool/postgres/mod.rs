@@ -215,6 +215,9 @@ struct Shared {
     /// The last heartbeat that reached the database.
     last_beat: Mutex<Instant>,
     ledger_path: PathBuf,
+    /// Recipients this node has shared out to each node (lower-case name) since it started
+    /// (DIST-4): each job's split continues from them.
+    share_given: Mutex<HashMap<String, u64>>,
 }
 
 struct Inner {
@@ -327,6 +330,7 @@ impl PgSpool {
             stalled: AtomicBool::new(false),
             last_beat: Mutex::new(Instant::now()),
             ledger_path,
+            share_given: Mutex::new(HashMap::new()),
         });
         recount(&shared, &node_db).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -415,6 +419,7 @@ impl PgSpool {
         )
         .await?;
         tx.commit().await.map_err(pg_error)?;
+        split.remember(&mut lock(&sh.share_given));
         add_queued(sh, mine);
         sh.notify.notify_waiters();
         Ok(job_id)
@@ -467,11 +472,10 @@ async fn splitter(
     if nodes.is_empty() {
         tracing::warn!("no node of DIST_FORWARD is alive to take a share: the copies go to whichever node claims them first");
     }
-    Ok(share::Splitter::with_limits(
-        nodes,
-        sh.pg.node.clone(),
-        sh.pg.dist_limits,
-    ))
+    Ok(
+        share::Splitter::with_limits(nodes, sh.pg.node.clone(), sh.pg.dist_limits)
+            .continuing(&lock(&sh.share_given)),
+    )
 }
 
 /// Insert a job and its copies (within the caller's transaction). Returns the job's id, how
@@ -1219,6 +1223,7 @@ async fn ingest_dir(sh: &Shared, dir: &Path) -> Result<IngestReport, SpoolError>
             .await
             .map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)?;
+            split.remember(&mut lock(&sh.share_given));
             add_queued(sh, mine);
             sh.notify.notify_waiters();
             report.files += 1;
@@ -1455,6 +1460,7 @@ pub async fn submit_via(
         stalled: AtomicBool::new(false),
         last_beat: Mutex::new(Instant::now()),
         ledger_path: PathBuf::new(),
+        share_given: Mutex::new(HashMap::new()),
     };
     let tx = db.transaction().await.map_err(pg_error)?;
     let mut split = splitter(&sh, &tx).await?;

@@ -91,6 +91,23 @@ impl Splitter {
         }
     }
 
+    /// Starts from what this node gave out before (`prior`: recipients by lower-case node name,
+    /// see [`Splitter::remember`]), so that the shares stay in proportion across jobs taken in
+    /// one at a time (each listener message, each file), not only within one.
+    pub fn continuing(mut self, prior: &std::collections::HashMap<String, u64>) -> Self {
+        for (i, (name, _)) in self.nodes.iter().enumerate() {
+            self.given[i] = prior.get(&name.to_ascii_lowercase()).copied().unwrap_or(0);
+        }
+        self
+    }
+
+    /// Keep what has been given out, for the next [`Splitter::continuing`].
+    pub fn remember(&self, into: &mut std::collections::HashMap<String, u64>) {
+        for (i, (name, _)) in self.nodes.iter().enumerate() {
+            into.insert(name.to_ascii_lowercase(), self.given[i]);
+        }
+    }
+
     /// The node that takes a copy of `n` recipients; `None` when nobody takes a share.
     pub fn next(&mut self, n: u64) -> Option<&str> {
         let i = pick(&self.nodes, &self.given, n, |_| true)?;
@@ -228,6 +245,26 @@ mod tests {
         let mut s = Splitter::with_limits(nodes, "P".into(), limits);
         let w = s.split_job(&[15; 7]);
         assert!(w.iter().all(|w| w.as_deref() == Some("B")), "{w:?}");
+    }
+
+    #[test]
+    fn one_copy_jobs_taken_one_at_a_time_still_follow_the_weights() {
+        // Each job its own transaction (a listener message, a file): a fresh splitter per job
+        // gave every one-copy job to the heaviest node; carried over, 30 jobs split 10:20.
+        let nodes = vec![("W1".to_string(), 1), ("W2".to_string(), 2)];
+        let mut kept = std::collections::HashMap::new();
+        let mut got = [0u32; 2];
+        for _ in 0..30 {
+            let mut s = Splitter::with_limits(nodes.clone(), "P".into(), DistLimits::default())
+                .continuing(&kept);
+            match s.split_job(&[1])[0].as_deref() {
+                Some("W1") => got[0] += 1,
+                Some("W2") => got[1] += 1,
+                other => panic!("{other:?}"),
+            }
+            s.remember(&mut kept);
+        }
+        assert_eq!(got, [10, 20]);
     }
 
     proptest! {

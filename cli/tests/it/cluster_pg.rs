@@ -1072,3 +1072,73 @@ fn one_recipient_jobs_one_at_a_time_are_shared_by_weight() {
         k.term_and_wait(Duration::from_secs(30));
     }
 }
+
+/// OPS-8: a reloaded MAXBSMTP reaches the node's profile (within a heartbeat), so `submit --via`
+/// splits the next job as the node now does: 30 recipients in 3 copies before, 6 after.
+#[test]
+fn submit_via_splits_by_the_reloaded_maxbsmtp() {
+    let Some(pg) = Postgres::shared("cluster_pg::submit_via_splits_by_the_reloaded_maxbsmtp")
+    else {
+        return;
+    };
+    let url = pg.database("via_reload");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let node = Node::new(root.path(), "V1.EXAMPLE.ORG", mock.port, 1, 10, "");
+    let toml = settings(root.path(), "3s");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", smtpw_testkit::proc::free_port())
+        .parse()
+        .unwrap();
+    let mut cmd = node.run_cmd(&url, Some(&toml), false);
+    cmd.arg("--admin").arg(addr.to_string());
+    let mut kid = Kid::spawn(cmd, "smtpw run");
+    assert!(
+        smtpw_testkit::admin::wait_up(addr, Duration::from_secs(30)),
+        "{}",
+        node.log_text()
+    );
+    let msg = root.path().join("m.eml");
+    std::fs::write(&msg, "Subject: s\n\nHello.\n").unwrap();
+    let via = |from: usize| {
+        let list = root.path().join(format!("l{from}.txt"));
+        std::fs::write(&list, recipients(from + 30)[from..].join("\n")).unwrap();
+        let out = SMTPW
+            .command()
+            .args(["submit", "--spool", &url, "--via", "V1.EXAMPLE.ORG"])
+            .args(["--from", "owner@lists.example", "--rcpts"])
+            .arg(&list)
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(via(0).contains("(30 recipients, 3 copies)"));
+    std::fs::write(
+        &node.cfg,
+        format!(
+            "NODE=V1.EXAMPLE.ORG\nSMTP_FORWARD=127.0.0.1:{p}\nSMTP_FORWARD_1=1*127.0.0.1:{p}\nMAXBSMTP=5\n",
+            p = mock.port
+        ),
+    )
+    .unwrap();
+    let out = SMTPW.ctl(addr, &["reload"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("MAXBSMTP 10 -> 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The heartbeat (every 500 ms with node_timeout 3 s) records the new profile.
+    let (mut said, mut next) = (String::new(), 30);
+    let ok = smtpw_testkit::proc::wait_until(Duration::from_secs(10), || {
+        said = via(next);
+        next += 30;
+        said.contains("(30 recipients, 6 copies)")
+    });
+    assert!(ok, "{said}");
+    kid.term_and_wait(Duration::from_secs(30));
+}

@@ -604,6 +604,8 @@ async fn recount(sh: &Shared, db: &Client) -> Result<(), SpoolError> {
 async fn heartbeat(sh: Arc<Shared>, db: Client) {
     let beat = sh.pg.beat();
     let mut failing: Option<String> = None;
+    // The profile as written at start; rewritten when a reload changes it (MAXBSMTP).
+    let mut profile = serde_json::to_string(&Profile::of(&sh.opts, &sh.pg)).unwrap_or_default();
     loop {
         tokio::time::sleep(beat).await;
         let renewed = db
@@ -626,6 +628,21 @@ async fn heartbeat(sh: Arc<Shared>, db: Client) {
                     failing = Some(e);
                 }
                 continue;
+            }
+        }
+        let now_profile = serde_json::to_string(&Profile::of(&sh.opts, &sh.pg)).unwrap_or_default();
+        if now_profile != profile {
+            match db
+                .execute(
+                    "UPDATE nodes SET profile = $2 WHERE name = $1",
+                    &[&sh.pg.node, &now_profile],
+                )
+                .await
+            {
+                Ok(_) => profile = now_profile,
+                Err(e) => {
+                    tracing::warn!(error = %schema::describe(&e), "cannot record this node's new profile (submit --via splits as before until it can)");
+                }
             }
         }
         let before = lock(&sh.state).queued;
@@ -1387,7 +1404,8 @@ impl Profile {
                 .iter()
                 .map(|e| (e.host.clone(), e.weight))
                 .collect(),
-            max_bsmtp: opts.max_bsmtp,
+            // As a reload last set it (OPS-8): `submit --via` splits as the node does now.
+            max_bsmtp: opts.split_size(),
             sort_recipients: opts.sort_recipients,
             default_pool: opts.default_pool.index(),
             node_timeout_ms: u64::try_from(pg.node_timeout.as_millis()).unwrap_or(u64::MAX),

@@ -14,6 +14,7 @@ mod reload;
 mod run_cmd;
 mod sdnotify;
 mod sendmail_cmd;
+mod spool_at;
 mod spool_cmd;
 mod submit_cmd;
 

@@ -17,13 +17,18 @@ pub const STALE_AFTER_SECS: u64 = 10;
 pub struct QueueArgs {
     /// The spool directory, or a database spool's URL (postgres://USER@HOST/DB): then the
     /// whole cluster's queue and each node ("nodes": alive, last heartbeat, workers, copies
-    /// claimed and assigned, recipients delivered and failed).
+    /// claimed and assigned, recipients delivered and failed). Default: `SMTPW_SPOOL`, else the
+    /// settings file's `[spool] url` or `path`.
     #[arg(long, value_name = "DIR|URL")]
-    pub spool: PathBuf,
-    /// With a database spool: how long a node may be silent before it counts as dead
-    /// (smtpw.toml's [cluster] node_timeout, default 60 s).
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub node_timeout: u64,
+    pub spool: Option<PathBuf>,
+    /// smtpw.toml, for `[spool]` and `[cluster] node_timeout` (default: `SMTPW_SETTINGS`, else
+    /// /etc/smtpw/smtpw.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+    /// With a database spool: how long a node may be silent before it counts as dead (default:
+    /// the settings file's [cluster] node_timeout, else 60 s).
+    #[arg(long, value_name = "SECS")]
+    pub node_timeout: Option<u64>,
     /// Print JSON: {"queued", "delivered", "failed", ..., "pools": [...]}, counted in recipients,
     /// and "rates": the engine's rate report (configured and achieved over the last minute).
     #[arg(long)]
@@ -278,21 +283,33 @@ pub fn render_relays(
 
 /// Run `smtpw queue`.
 pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
-    if let Some(url) = args
-        .spool
-        .to_str()
-        .filter(|s| smtpw_engine::spool::postgres::is_url(s))
+    let settings = crate::spool_at::load_settings(args.settings.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spool = match crate::spool_at::locate(args.spool.as_deref(), settings.as_ref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
     {
-        return cluster(url, &args);
-    }
-    if !args.spool.is_dir() {
-        anyhow::bail!("{} is not a directory", args.spool.display());
+        crate::spool_at::SpoolAt::Dir(d) => d,
+        crate::spool_at::SpoolAt::Db(url) => {
+            let timeout = args.node_timeout.map_or_else(
+                || {
+                    settings.as_ref().map_or(
+                        smtpw_engine::settings::ClusterSettings::DEFAULT_NODE_TIMEOUT,
+                        |s| s.cluster.node_timeout,
+                    )
+                },
+                std::time::Duration::from_secs,
+            );
+            return cluster(url.expose(), timeout, &args);
+        }
+    };
+    if !spool.is_dir() {
+        anyhow::bail!("{} is not a directory", spool.display());
     }
     let now = SystemClock::new().now();
-    let st = read_stats(&args.spool, now)
-        .with_context(|| format!("reading the spool {}", args.spool.display()))?;
-    let engine = engine_state(&args.spool);
-    let rates = rates(&args.spool, args.config.as_deref(), now, engine)?;
+    let st = read_stats(&spool, now)
+        .with_context(|| format!("reading the spool {}", spool.display()))?;
+    let engine = engine_state(&spool);
+    let rates = rates(&spool, args.config.as_deref(), now, engine)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut v = serde_json::to_value(&st)?;
@@ -302,7 +319,7 @@ pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         write!(out, "{}", render(&st))?;
-        if let Some(line) = engine_line(&args.spool, engine, now) {
+        if let Some(line) = engine_line(&spool, engine, now) {
             writeln!(out, "{line}")?;
         }
         if let Some(r) = &rates {
@@ -317,7 +334,11 @@ pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `smtpw queue --spool URL`: the cluster's queue and its nodes.
-fn cluster(url: &str, args: &QueueArgs) -> anyhow::Result<ExitCode> {
+fn cluster(
+    url: &str,
+    node_timeout: std::time::Duration,
+    args: &QueueArgs,
+) -> anyhow::Result<ExitCode> {
     let now = SystemClock::new().now();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -326,7 +347,7 @@ fn cluster(url: &str, args: &QueueArgs) -> anyhow::Result<ExitCode> {
     let (st, nodes) = rt
         .block_on(smtpw_engine::spool::postgres::cluster_stats(
             url,
-            std::time::Duration::from_secs(args.node_timeout),
+            node_timeout,
             now,
         ))
         .with_context(|| {

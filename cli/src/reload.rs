@@ -1,6 +1,7 @@
 //! Live reload (SIGHUP or `POST /api/v1/reload`, OPS-8): SITE.CFG and smtpw.toml are read again
 //! and checked as at start; a file with errors changes nothing (every error is reported, the
-//! engine keeps its configuration); a good SITE.CFG is applied by the engine.
+//! engine keeps its configuration); good ones are applied by the engine: SITE.CFG, smtpw.toml's
+//! relays and `[cluster] rate_limit` at once, the rest at the next start (the log says so).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,9 @@ pub struct Reloader<S: Spool> {
     pub config: PathBuf,
     pub settings: Option<PathBuf>,
     pub engine: Arc<Engine<S>>,
+    /// The database spool's URL, to open a changed `[cluster] rate_limit` (`None`: a spool
+    /// directory, where it does not apply).
+    pub db_url: Option<smtpw_engine::settings::Secret>,
 }
 
 impl<S: Spool> Reloader<S> {
@@ -48,13 +52,40 @@ impl<S: Spool> Reloader<S> {
         for w in config.warnings.iter().chain(&settings.warnings) {
             tracing::warn!("reload: {w}");
         }
-        let mut changes = self.engine.reload(config);
-        if settings != self.engine.options().settings {
-            let line = "smtpw.toml changed: its settings (relays' TLS and AUTH, listener, admin, \
-                        spool, cluster) take effect at the next start";
-            tracing::warn!("reload: {line}");
-            changes.push(line.to_owned());
+        // The cluster limit first: a database that cannot be reached refuses the reload whole.
+        let old_limit = self.engine.settings_in_force().cluster.rate_limit;
+        if settings.cluster.rate_limit != old_limit {
+            let limit = match (&settings.cluster.rate_limit, &self.db_url) {
+                (Some(limits), Some(url)) => {
+                    let opened = tokio::runtime::Handle::current().block_on(
+                        smtpw_engine::spool::postgres::limit::ClusterLimit::open(
+                            url.expose(),
+                            limits,
+                        ),
+                    );
+                    match opened {
+                        Ok(l) => Some(l as Arc<dyn smtpw_engine::ratelimit::SharedLimit>),
+                        Err(e) => {
+                            let e = format!("[cluster] rate_limit cannot be set up: {e}");
+                            tracing::error!("reload refused, nothing changed: {e}");
+                            return Err(e);
+                        }
+                    }
+                }
+                (Some(_), None) => {
+                    tracing::warn!("reload: [cluster] rate_limit applies to a database spool's nodes; with a spool directory it is not used (SMTP_RATE_LIMIT is)");
+                    None
+                }
+                (None, _) => None,
+            };
+            if self.db_url.is_some() {
+                self.engine.set_shared_limit(limit);
+            }
         }
+        let mut changes = self.engine.reload(config);
+        let s = self.engine.reload_settings(&settings);
+        changes.extend(s.applied);
+        changes.extend(s.at_restart);
         Ok(changes)
     }
 }

@@ -17,6 +17,8 @@ use smtpw_engine::settings::{ListenSettings, Settings};
 use smtpw_engine::smtp::{helo, TxnDeadline};
 use smtpw_engine::spool::{PgOptions, PgSpool, Spool, SpoolError, SpoolOptions, SqliteSpool};
 
+use crate::spool_at::SpoolAt;
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// SITE.CFG (Windows `KEY=value` or unix `KEY="value"` form).
@@ -28,7 +30,7 @@ pub struct RunArgs {
     pub settings: Option<PathBuf>,
     /// The spool: a directory (created if missing: incoming/, quarantine/, spool.db), or a
     /// PostgreSQL database `postgres://USER@HOST/DB` shared by several nodes (SITE.CFG's NODE=
-    /// names this one). Default: smtpw.toml's `[spool] url` or `path`.
+    /// names this one). Default: `SMTPW_SPOOL`, else smtpw.toml's `[spool] url` or `path`.
     #[arg(long, value_name = "DIR|URL")]
     pub spool: Option<PathBuf>,
     /// With a database spool: this node's own directory; jobs dropped in DIR/incoming/ are
@@ -161,7 +163,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             lifetime: Duration::from_secs(args.lifetime_hours * 3600),
             ..SpoolOptions::from_site(&config)
         };
-        let where_ = match spool_location(&args, &settings) {
+        let where_ = match crate::spool_at::locate(args.spool.as_deref(), Some(&settings)) {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("smtpw: error: {e}");
@@ -234,7 +236,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .options(eopts)
                         .build(),
                 );
-                if let Err(code) = start_operations(&engine, &args, admin, metrics).await {
+                if let Err(code) = start_operations(&engine, &args, admin, metrics, None).await {
                     return Ok(code);
                 }
                 serve(engine, signals, listener).await
@@ -267,6 +269,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let mut pg = PgOptions::new(url.expose(), node);
                 pg.node_timeout = eopts.settings.cluster.node_timeout;
                 pg.dist_forward = config.dist_forward.clone();
+                pg.dist_limits = smtpw_engine::spool::postgres::share::DistLimits::of(&config);
                 pg.local_dir = Some(local.clone());
                 pg.workers = i32::try_from(config.workers.len()).unwrap_or(i32::MAX);
                 let spool = match PgSpool::open(opts, pg, clock.clone()).await {
@@ -283,6 +286,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     }
                 };
                 info!(node = %spool.node(), ledger = %spool.ledger_path().display(), "joined the cluster");
+                metrics.set_node(spool.node());
                 let engine = Arc::new(
                     Engine::builder(config, spool.clone(), local)
                         .connector(connector)
@@ -290,7 +294,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .options(eopts)
                         .build(),
                 );
-                if let Err(code) = start_operations(&engine, &args, admin, metrics).await {
+                if let Err(code) =
+                    start_operations(&engine, &args, admin, metrics, Some(url.clone())).await
+                {
                     return Ok(code);
                 }
                 let code = serve(engine, signals, listener).await;
@@ -310,11 +316,13 @@ async fn start_operations<S: Spool>(
     args: &RunArgs,
     admin: Option<smtpw_engine::settings::AdminSettings>,
     metrics: Arc<smtpw_engine::metrics::Metrics>,
+    db_url: Option<smtpw_engine::settings::Secret>,
 ) -> Result<(), ExitCode> {
     let reloader = Arc::new(crate::reload::Reloader {
         config: args.config.clone(),
         settings: args.settings.clone(),
         engine: engine.clone(),
+        db_url,
     });
     // SIGHUP: reload (OPS-8).
     #[cfg(unix)]
@@ -346,34 +354,6 @@ async fn start_operations<S: Spool>(
         }
     }
     Ok(())
-}
-
-/// Where the spool is.
-enum SpoolAt {
-    Dir(PathBuf),
-    Db(smtpw_engine::settings::Secret),
-}
-
-/// --spool, else smtpw.toml's `[spool] url` or `path`.
-fn spool_location(args: &RunArgs, settings: &Settings) -> Result<SpoolAt, String> {
-    if let Some(s) = &args.spool {
-        return Ok(
-            match s
-                .to_str()
-                .filter(|s| smtpw_engine::spool::postgres::is_url(s))
-            {
-                Some(url) => SpoolAt::Db(smtpw_engine::settings::Secret::new(url.to_owned())),
-                None => SpoolAt::Dir(s.clone()),
-            },
-        );
-    }
-    if let Some(u) = &settings.spool.url {
-        return Ok(SpoolAt::Db(u.clone()));
-    }
-    if let Some(p) = &settings.spool.path {
-        return Ok(SpoolAt::Dir(p.clone()));
-    }
-    Err("no spool: give --spool DIR|URL, or [spool] path or url in smtpw.toml".into())
 }
 
 /// Run the engine until it stops; the exit status.

@@ -6,33 +6,37 @@
 //! durable; 75 (EX_TEMPFAIL) means it could not be made so and the caller should try again;
 //! 64 (EX_USAGE) a command line it does not understand.
 //!
-//! The spool: `--spool DIR`, else `SMTPW_SPOOL`, else `[spool] path` of the settings file
-//! (`--settings FILE`, else `SMTPW_SETTINGS`, else /etc/smtpw/smtpw.toml when it exists).
+//! The spool: `--spool DIR|URL`, else `SMTPW_SPOOL`, else `[spool] url` or `path` of the
+//! settings file (`--settings FILE`, else `SMTPW_SETTINGS`, else /etc/smtpw/smtpw.toml when it
+//! exists). A database spool takes the job in one committed transaction, shared out as node
+//! `--via NODE` (else `[spool] via`) would share it.
 
 use std::ffi::OsString;
 use std::io::{Read, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use smtpw_engine::config::Pool;
 use smtpw_engine::settings::Settings;
+
+use crate::spool_at::{SpoolAt, DEFAULT_SETTINGS};
 
 /// sysexits.h
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_TEMPFAIL: u8 = 75;
 
-const USAGE: &str = "usage: smtpw sendmail [--spool DIR] [--settings FILE] [-t] [-i|-oi] \
+const USAGE: &str =
+    "usage: smtpw sendmail [--spool DIR|URL] [--via NODE] [--settings FILE] [-t] [-i|-oi] \
      [-f SENDER] [-F NAME] [-odi|-odb|-odq] [-oem|-oep|-oeq] [-bm] [--] [RECIPIENT...] < MESSAGE";
-
-/// The settings file read when neither --spool nor SMTPW_SPOOL says where the spool is.
-const DEFAULT_SETTINGS: &str = "/etc/smtpw/smtpw.toml";
 
 /// A parsed sendmail command line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Args {
     pub spool: Option<PathBuf>,
     pub settings: Option<PathBuf>,
+    /// With a database spool: the node whose share-out the job takes.
+    pub via: Option<String>,
     pub from: Option<String>,
     pub full_name: Option<String>,
     /// `-t`: recipients from the header too.
@@ -65,6 +69,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
             "--" => only_rcpts = true,
             "--spool" => a.spool = Some(PathBuf::from(value("--spool", "")?)),
             "--settings" => a.settings = Some(PathBuf::from(value("--settings", "")?)),
+            "--via" => a.via = Some(value("--via", "")?),
             "-t" => a.from_header = true,
             "-i" | "-oi" => a.ignore_dots = true,
             // Delivery modes (interactive, background, queue), error modes (mail, print,
@@ -125,6 +130,8 @@ fn memchr_nl(b: &[u8]) -> Option<usize> {
 pub struct Header {
     pub rcpts: Vec<String>,
     pub from: Option<String>,
+    /// Whether the header has a From field (whatever its value).
+    pub has_from: bool,
     pub message: Vec<u8>,
 }
 
@@ -172,12 +179,38 @@ pub fn scan_header(message: &[u8]) -> Header {
     for (name, value, _) in fields {
         match name.as_str() {
             "to" | "cc" | "bcc" => h.rcpts.extend(addresses(&value)),
-            "from" if h.from.is_none() => h.from = addresses(&value).into_iter().next(),
+            "from" => {
+                h.has_from = true;
+                if h.from.is_none() {
+                    h.from = addresses(&value).into_iter().next();
+                }
+            }
             _ => {}
         }
     }
     h.message = out;
     h
+}
+
+/// `-F NAME` for a message without a From field: `From: NAME <sender>` put before the header
+/// (LISTEN-8). The name loses its control characters (no header can be injected through it) and
+/// is quoted when it is more than words of RFC 5322 atoms.
+pub fn add_from(message: &[u8], name: &str, sender: &str) -> Vec<u8> {
+    let clean: String = name.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim();
+    let atom = |c: char| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~ ".contains(c);
+    let shown = if clean.chars().all(atom) {
+        clean.to_owned()
+    } else {
+        format!("\"{}\"", clean.replace('\\', "\\\\").replace('"', "\\\""))
+    };
+    let sender: String = sender.chars().filter(|c| !c.is_control()).collect();
+    let crlf = message.windows(2).any(|w| w == b"\r\n");
+    let mut out = Vec::with_capacity(message.len() + shown.len() + sender.len() + 12);
+    out.extend_from_slice(format!("From: {shown} <{sender}>").as_bytes());
+    out.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+    out.extend_from_slice(message);
+    out
 }
 
 /// The addresses of an address-list field: `Name <a@x>, b@y, group: c@z;`.
@@ -225,35 +258,16 @@ pub fn addresses(value: &str) -> Vec<String> {
 }
 
 /// Where the spool is, and the settings that came with it.
-fn locate_spool(args: &Args) -> Result<(PathBuf, Option<Settings>), String> {
-    let settings_path = args
-        .settings
-        .clone()
-        .or_else(|| std::env::var_os("SMTPW_SETTINGS").map(PathBuf::from))
-        .or_else(|| {
-            Path::new(DEFAULT_SETTINGS)
-                .exists()
-                .then(|| PathBuf::from(DEFAULT_SETTINGS))
-        });
-    let settings = match &settings_path {
-        Some(p) => Some(Settings::load(p).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let spool = args
-        .spool
-        .clone()
-        .or_else(|| std::env::var_os("SMTPW_SPOOL").map(PathBuf::from))
-        .or_else(|| settings.as_ref().and_then(|s| s.spool.path.clone()));
-    match spool {
-        Some(s) => Ok((s, settings)),
-        None => Err(format!(
-            "no spool: give --spool DIR, set SMTPW_SPOOL, or set [spool] path in {}",
-            settings_path.map_or_else(
-                || format!("{DEFAULT_SETTINGS} (or the file --settings or SMTPW_SETTINGS names)"),
-                |p| p.display().to_string()
-            )
-        )),
-    }
+fn locate_spool(args: &Args) -> Result<(SpoolAt, Option<Settings>), String> {
+    let settings = crate::spool_at::load_settings(args.settings.as_deref())?;
+    let spool = crate::spool_at::locate(args.spool.as_deref(), settings.as_ref()).map_err(|e| {
+        if settings.is_none() {
+            format!("{e} (no settings file: none given and {DEFAULT_SETTINGS} does not exist)")
+        } else {
+            e
+        }
+    })?;
+    Ok((spool, settings))
 }
 
 fn login_address() -> String {
@@ -335,8 +349,58 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         .clone()
         .or(header.from.clone())
         .unwrap_or_else(login_address);
+    let message = match (&a.full_name, header.has_from) {
+        (Some(name), false) => {
+            let sender = if from.is_empty() {
+                login_address()
+            } else {
+                from.clone()
+            };
+            add_from(&message, name, &sender)
+        }
+        _ => message,
+    };
     let listen = settings.as_ref().and_then(|s| s.listen.as_ref());
     let pool: Option<Pool> = header_pool.or_else(|| listen.and_then(|l| l.pool_for_sender(&from)));
+    let spool = match spool {
+        SpoolAt::Dir(d) => d,
+        SpoolAt::Db(url) => {
+            let Some(via) = a
+                .via
+                .clone()
+                .or_else(|| settings.as_ref().and_then(|s| s.spool.via.clone()))
+            else {
+                return fail(
+                    EX_TEMPFAIL,
+                    "a database spool needs --via NODE or [spool] via in the settings file: \
+                     the node whose share-out the job takes",
+                );
+            };
+            let job = smtpw_engine::spool::postgres::DirectJob {
+                mail_from: from,
+                pool,
+                rcpts,
+                message: smtpw_engine::job::to_crlf(&message),
+            };
+            let n = job.rcpts.len();
+            return match crate::spool_at::submit_via(url.expose(), &via, job) {
+                Ok((id, _)) => {
+                    tracing::info!(job = id, via = %via, recipients = n, "queued");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(
+                    EX_TEMPFAIL,
+                    &format!("the message is NOT queued (try again later): {e:#}"),
+                ),
+            };
+        }
+    };
+    if a.via.is_some() {
+        return fail(
+            EX_USAGE,
+            &format!("--via is for a database spool (postgres://...)\n{USAGE}"),
+        );
+    }
     match smtpw_engine::spool::submit(&spool, &from, pool, rcpts.iter().cloned(), &message[..]) {
         Ok(path) => {
             tracing::info!(job = %path.display(), recipients = rcpts.len(), "queued");
@@ -400,6 +464,25 @@ mod tests {
         assert_eq!(a.rcpts, ["c@z", "d@z"]);
         assert_eq!(parse(&v(&["-bs"])).unwrap_err(), "unknown option -bs");
         assert_eq!(parse(&v(&["-f"])).unwrap_err(), "-f needs a value");
+    }
+
+    #[test]
+    fn f_names_the_sender_in_a_from_field_the_message_lacks() {
+        assert_eq!(
+            add_from(b"Subject: s\n\nbody\n", "List Robot", "owner@l.example"),
+            b"From: List Robot <owner@l.example>\nSubject: s\n\nbody\n"
+        );
+        assert_eq!(
+            add_from(b"Subject: s\r\n\r\nb\r\n", "Smith, J. \"Jr\"", "o@l"),
+            b"From: \"Smith, J. \\\"Jr\\\"\" <o@l>\r\nSubject: s\r\n\r\nb\r\n"
+        );
+        // No header injection through the name.
+        assert_eq!(
+            add_from(b"\n", "Evil\r\nBcc: x@y", "o@l"),
+            b"From: \"EvilBcc: x@y\" <o@l>\n\n"
+        );
+        assert!(scan_header(b"FROM: x\n\n").has_from);
+        assert!(!scan_header(b"Subject: x\n\nFrom: body\n").has_from);
     }
 
     #[test]

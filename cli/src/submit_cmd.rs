@@ -10,15 +10,23 @@ use anyhow::{bail, Context};
 use smtpw_engine::config::Pool;
 use smtpw_engine::spool::SubmitError;
 
+use crate::spool_at::SpoolAt;
+
 /// Arguments of `smtpw submit`.
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
     /// The spool directory (the job goes to DIR/incoming), or a database spool's URL
-    /// (postgres://USER@HOST/DB; then --via is needed).
+    /// (postgres://USER@HOST/DB; then --via is needed). Default: `SMTPW_SPOOL`, else the
+    /// settings file's `[spool] url` or `path`.
     #[arg(long, value_name = "DIR|URL")]
-    pub spool: PathBuf,
+    pub spool: Option<PathBuf>,
+    /// smtpw.toml, for `[spool]` (default: `SMTPW_SETTINGS`, else /etc/smtpw/smtpw.toml when it
+    /// exists).
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
     /// With a database spool: queue the job as if node NODE had ingested it (its copies shared
-    /// out by that node's DIST_FORWARD, split by its MAXBSMTP and SORT_RECIPIENTS).
+    /// out by that node's DIST_FORWARD, split by its MAXBSMTP and SORT_RECIPIENTS). Default: the
+    /// settings file's `[spool] via`.
     #[arg(long, value_name = "NODE")]
     pub via: Option<String>,
     /// Envelope sender (MAIL FROM); "" for the null sender.
@@ -153,67 +161,40 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         buf: Vec::with_capacity(256),
         count: 0,
     };
-    let mut message = open(&args.message)?;
-    if let Some(url) = args
-        .spool
-        .to_str()
-        .filter(|s| smtpw_engine::spool::postgres::is_url(s))
+    let message = open(&args.message)?;
+    let settings = crate::spool_at::load_settings(args.settings.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spool = match crate::spool_at::locate(args.spool.as_deref(), settings.as_ref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
     {
-        let Some(via) = args.via.clone() else {
-            bail!("a database spool needs --via NODE: the node whose share-out the job takes");
-        };
-        let rcpts: Vec<String> = rcpts.by_ref().collect::<anyhow::Result<_>>()?;
-        let mut raw = Vec::new();
-        message
-            .read_to_end(&mut raw)
-            .with_context(|| format!("reading {}", args.message))?;
-        let job = smtpw_engine::spool::postgres::DirectJob {
-            mail_from: args.from.clone(),
-            pool: args.pool,
-            rcpts,
-            message: smtpw_engine::job::to_crlf(&raw),
-        };
-        let n = job.rcpts.len();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?;
-        let (id, copies) = rt
-            .block_on(smtpw_engine::spool::postgres::submit_via(
-                url,
-                &via,
-                smtpw_engine::clock::SystemClock::shared(),
-                job,
-            ))
-            .with_context(|| {
-                format!("submitting to {}", smtpw_engine::settings::redact_url(url))
-            })?;
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "queued job {id} via {via} ({n} recipients, {copies} copies)"
-        )?;
-        out.flush()?;
-        return Ok(ExitCode::SUCCESS);
-    }
+        SpoolAt::Dir(d) => d,
+        SpoolAt::Db(url) => {
+            let via = args
+                .via
+                .clone()
+                .or_else(|| settings.as_ref().and_then(|s| s.spool.via.clone()));
+            let Some(via) = via else {
+                bail!(
+                    "a database spool needs --via NODE (or [spool] via in the settings file): \
+                     the node whose share-out the job takes"
+                );
+            };
+            return submit_db(url.expose(), &via, &args, &mut rcpts, message);
+        }
+    };
     if args.via.is_some() {
         bail!("--via is for a database spool (--spool postgres://...)");
     }
-    let path = match smtpw_engine::spool::try_submit(
-        &args.spool,
-        &args.from,
-        args.pool,
-        &mut rcpts,
-        message,
-    ) {
-        Ok(p) => p,
-        Err(SubmitError::Input(e)) => return Err(e),
-        Err(SubmitError::Spool(e)) => {
-            return Err(
-                anyhow::Error::new(e).context(format!("submitting to {}", args.spool.display()))
-            )
-        }
-    };
+    let path =
+        match smtpw_engine::spool::try_submit(&spool, &args.from, args.pool, &mut rcpts, message) {
+            Ok(p) => p,
+            Err(SubmitError::Input(e)) => return Err(e),
+            Err(SubmitError::Spool(e)) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("submitting to {}", spool.display()))
+                )
+            }
+        };
     let pool = args
         .pool
         .map_or_else(|| "the default pool".to_string(), |p| format!("pool {p}"));
@@ -223,6 +204,36 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         "queued {} ({} recipients, {pool})",
         path.display(),
         rcpts.count
+    )?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smtpw submit` to a database spool, through node `via`.
+fn submit_db(
+    url: &str,
+    via: &str,
+    args: &SubmitArgs,
+    rcpts: &mut Addresses<BufReader<Box<dyn Read>>>,
+    mut message: Box<dyn Read>,
+) -> anyhow::Result<ExitCode> {
+    let rcpts: Vec<String> = rcpts.by_ref().collect::<anyhow::Result<_>>()?;
+    let mut raw = Vec::new();
+    message
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading {}", args.message))?;
+    let job = smtpw_engine::spool::postgres::DirectJob {
+        mail_from: args.from.clone(),
+        pool: args.pool,
+        rcpts,
+        message: smtpw_engine::job::to_crlf(&raw),
+    };
+    let n = job.rcpts.len();
+    let (id, copies) = crate::spool_at::submit_via(url, via, job)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "queued job {id} via {via} ({n} recipients, {copies} copies)"
     )?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -16,6 +16,16 @@ pub enum Mode {
     Virtual,
     /// Real time over loopback sockets with the `smtpw` and `mock-mta` binaries as processes.
     RealTime,
+    /// The same real-time run with the spool in PostgreSQL (testkit's private server) instead
+    /// of a spool directory: for the scenarios marked [`crate::runner::Scenario::both_spools`].
+    RealTimePg,
+}
+
+impl Mode {
+    /// Whether the binaries run as processes in real time (either spool).
+    pub fn is_real_time(self) -> bool {
+        matches!(self, Mode::RealTime | Mode::RealTimePg)
+    }
 }
 
 impl std::fmt::Display for Mode {
@@ -23,6 +33,7 @@ impl std::fmt::Display for Mode {
         f.write_str(match self {
             Mode::Virtual => "virtual",
             Mode::RealTime => "real-time",
+            Mode::RealTimePg => "real-time-pg",
         })
     }
 }

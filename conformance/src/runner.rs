@@ -99,6 +99,8 @@ pub struct Ctx {
     mode: Mode,
     name: String,
     bins: Vec<(Bin, PathBuf)>,
+    /// In [`Mode::RealTimePg`]: the PostgreSQL server the sites' spools go in.
+    database: Option<Arc<smtpw_testkit::postgres::Postgres>>,
 }
 
 impl Ctx {
@@ -107,6 +109,10 @@ impl Ctx {
     }
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// In [`Mode::RealTimePg`], the server whose fresh databases the sites use as spools.
+    pub fn database(&self) -> Option<&Arc<smtpw_testkit::postgres::Postgres>> {
+        self.database.as_ref()
     }
     /// The path of a binary the scenario declared with [`Scenario::needs`] (real-time mode).
     pub fn bin(&self, b: Bin) -> Result<&Path, Failure> {
@@ -138,6 +144,8 @@ pub struct Scenario {
     pub virtual_limit: Duration,
     /// Binaries the real-time run needs (built or located before the clock starts).
     pub needs: Vec<Bin>,
+    /// Its real-time run goes again with a PostgreSQL spool ([`Mode::RealTimePg`]).
+    pub both_spools: bool,
     run: RunFn,
 }
 
@@ -169,6 +177,7 @@ impl Scenario {
             time_limit: Self::TIME_LIMIT,
             virtual_limit: Self::VIRTUAL_LIMIT,
             needs: Vec::new(),
+            both_spools: false,
             run: Arc::new(move |ctx| Box::pin(run(ctx))),
         }
     }
@@ -184,6 +193,12 @@ impl Scenario {
         self.needs.extend_from_slice(bins);
         self
     }
+    /// Its real-time run (through [`crate::site::ProcessSite`]) also goes with a PostgreSQL
+    /// spool, as [`Mode::RealTimePg`].
+    pub fn both_spools(mut self) -> Self {
+        self.both_spools = true;
+        self
+    }
 }
 
 /// Which cases to run.
@@ -193,6 +208,9 @@ pub struct Selection {
     pub filter: Option<String>,
     pub virtual_mode: bool,
     pub real_time: bool,
+    /// The real-time runs of the scenarios marked `both_spools` again on PostgreSQL (skipped,
+    /// said loudly, where PostgreSQL is not installed).
+    pub postgres: bool,
 }
 
 impl Default for Selection {
@@ -201,6 +219,7 @@ impl Default for Selection {
             filter: None,
             virtual_mode: true,
             real_time: true,
+            postgres: true,
         }
     }
 }
@@ -208,14 +227,20 @@ impl Default for Selection {
 impl Selection {
     pub fn wants(&self, s: &Scenario, m: Mode) -> bool {
         let mode_ok = match m {
-            Mode::Virtual => self.virtual_mode,
-            Mode::RealTime => self.real_time,
+            Mode::Virtual => self.virtual_mode && s.modes.contains(&m),
+            Mode::RealTime => self.real_time && s.modes.contains(&m),
+            Mode::RealTimePg => {
+                self.real_time
+                    && self.postgres
+                    && s.both_spools
+                    && s.modes.contains(&Mode::RealTime)
+            }
         };
         let name_ok = self
             .filter
             .as_ref()
             .is_none_or(|f| s.name.to_lowercase().contains(&f.to_lowercase()));
-        mode_ok && name_ok && s.modes.contains(&m)
+        mode_ok && name_ok
     }
 }
 
@@ -227,9 +252,22 @@ pub fn run(
     mut progress: impl FnMut(&CaseResult),
 ) -> Vec<CaseResult> {
     let mut out = Vec::new();
-    for mode in [Mode::Virtual, Mode::RealTime] {
-        for s in scenarios.iter().filter(|s| sel.wants(s, mode)) {
-            let r = run_case(s, mode);
+    for mode in [Mode::Virtual, Mode::RealTime, Mode::RealTimePg] {
+        let cases: Vec<&Scenario> = scenarios.iter().filter(|s| sel.wants(s, mode)).collect();
+        if cases.is_empty() {
+            continue;
+        }
+        let database = if mode == Mode::RealTimePg {
+            // Without PostgreSQL these cases are skipped, and the kit says so loudly.
+            match smtpw_testkit::postgres::Postgres::shared("conformance real-time-pg cases") {
+                Some(pg) => Some(pg),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        for s in cases {
+            let r = run_case_on(s, mode, database.clone());
             progress(&r);
             out.push(r);
         }
@@ -237,8 +275,33 @@ pub fn run(
     out
 }
 
-/// Runs one scenario in one mode.
+/// Runs one scenario in one mode (a [`Mode::RealTimePg`] case starts or shares testkit's
+/// PostgreSQL; without it the case fails saying so).
 pub fn run_case(s: &Scenario, mode: Mode) -> CaseResult {
+    let database = if mode == Mode::RealTimePg {
+        smtpw_testkit::postgres::Postgres::shared(&s.name)
+    } else {
+        None
+    };
+    if mode == Mode::RealTimePg && database.is_none() {
+        return CaseResult {
+            scenario: s.name.clone(),
+            mode,
+            passed: false,
+            figure: String::new(),
+            failure: Some("PostgreSQL is not installed (apt-get install postgresql)".into()),
+            took: Duration::ZERO,
+            charts: Vec::new(),
+        };
+    }
+    run_case_on(s, mode, database)
+}
+
+fn run_case_on(
+    s: &Scenario,
+    mode: Mode,
+    database: Option<Arc<smtpw_testkit::postgres::Postgres>>,
+) -> CaseResult {
     install_panic_hook();
     let fail = |f: Failure, took: Duration| CaseResult {
         scenario: s.name.clone(),
@@ -250,7 +313,7 @@ pub fn run_case(s: &Scenario, mode: Mode) -> CaseResult {
         charts: Vec::new(),
     };
     let mut bins = Vec::new();
-    if mode == Mode::RealTime {
+    if mode.is_real_time() {
         for b in &s.needs {
             match locate(*b) {
                 Ok(p) => bins.push((*b, p)),
@@ -267,6 +330,7 @@ pub fn run_case(s: &Scenario, mode: Mode) -> CaseResult {
         mode,
         name: s.name.clone(),
         bins,
+        database,
     };
     let (tx, rx) = mpsc::channel();
     let run = s.run.clone();
@@ -328,7 +392,7 @@ fn run_on_runtime(
             .enable_all()
             .start_paused(true)
             .build(),
-        Mode::RealTime => tokio::runtime::Builder::new_multi_thread()
+        Mode::RealTime | Mode::RealTimePg => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build(),
@@ -336,7 +400,7 @@ fn run_on_runtime(
     let rt = rt.map_err(|e| Failure::new("a tokio runtime", e.to_string()))?;
     let limit = match mode {
         Mode::Virtual => virtual_limit,
-        Mode::RealTime => wall_limit,
+        Mode::RealTime | Mode::RealTimePg => wall_limit,
     };
     let fut = (run)(ctx);
     PANIC_AT.with(|p| p.borrow_mut().take());
@@ -596,6 +660,7 @@ mod tests {
             filter: Some("CASE03".into()),
             virtual_mode: false,
             real_time: true,
+            postgres: true,
         };
         let r = run(std::slice::from_ref(&s), &sel, |_| {});
         assert_eq!(r.len(), 1);

@@ -1,6 +1,11 @@
 //! The real-time scenarios' site: a spool directory with a SITE.CFG for the `smtpw` binary, driven
 //! on the scenario's tokio runtime. The commands come from the test kit ([`Smtpw`]); the
 //! virtual-mode topology, the mock-mta processes and the journal reader are the kit's too.
+//!
+//! In [`Mode::RealTimePg`] the spool is a fresh database of the kit's PostgreSQL: `smtpw run
+//! --spool URL --incoming SPOOL` (the site is a node; jobs are still submitted as files into
+//! `SPOOL/incoming`, which the node ingests, and its ledger is `SPOOL/ledger.jsonl` as with a
+//! spool directory), `smtpw queue --spool URL`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,28 +15,61 @@ use smtpw_testkit::proc::{run_command, signal, spawn_command, Smtpw};
 use smtpw_testkit::workload::{message, MAIL_FROM};
 use smtpw_testkit::Failure;
 
+use crate::report::Mode;
+use crate::runner::{Bin, Ctx};
+
+/// The node name of a site whose SITE.CFG has none (a database spool needs one).
+const NODE: &str = "CONFORMANCE.EXAMPLE.ORG";
+
 /// A spool directory with a SITE.CFG for the `smtpw` binary (real-time scenarios).
 pub struct ProcessSite {
     pub smtpw: Smtpw,
     pub dir: PathBuf,
     pub cfg: PathBuf,
     pub spool: PathBuf,
+    /// In [`Mode::RealTimePg`]: the database spool's URL.
+    pub database: Option<String>,
     jobs: u32,
 }
 
 impl ProcessSite {
-    /// Writes `site_cfg` to `dir/SITE.CFG`; the spool is `dir/spool`.
-    pub fn new(smtpw: &Path, dir: &Path, site_cfg: &str) -> Result<Self, Failure> {
+    /// Writes `site_cfg` to `dir/SITE.CFG`; the spool is `dir/spool` (in
+    /// [`Mode::RealTimePg`]: a fresh database, `dir/spool` the node's own directory, and
+    /// `NODE=` added to SITE.CFG when it has none).
+    pub fn new(ctx: &Ctx, dir: &Path, site_cfg: &str) -> Result<Self, Failure> {
+        let smtpw = ctx.bin(Bin::Smtpw)?;
+        let database = match (ctx.mode(), ctx.database()) {
+            (Mode::RealTimePg, Some(pg)) => Some(pg.database(ctx.name())),
+            (Mode::RealTimePg, None) => {
+                return Err(Failure::new(
+                    "a PostgreSQL server in real-time-pg mode",
+                    "none was given to the scenario",
+                ))
+            }
+            _ => None,
+        };
+        let mut text = site_cfg.to_owned();
+        if database.is_some() && !text.lines().any(|l| l.trim_start().starts_with("NODE=")) {
+            text.push_str(&format!("NODE={NODE}\n"));
+        }
         let cfg = dir.join("SITE.CFG");
-        std::fs::write(&cfg, site_cfg)
-            .map_err(|e| Failure::new("to write SITE.CFG", e.to_string()))?;
+        std::fs::write(&cfg, text).map_err(|e| Failure::new("to write SITE.CFG", e.to_string()))?;
         Ok(Self {
             smtpw: Smtpw::at(smtpw),
             dir: dir.to_path_buf(),
             cfg,
             spool: dir.join("spool"),
+            database,
             jobs: 0,
         })
+    }
+
+    /// What `--spool` says: the database's URL, or the spool directory.
+    fn spool_arg(&self) -> std::ffi::OsString {
+        match &self.database {
+            Some(url) => url.into(),
+            None => self.spool.clone().into_os_string(),
+        }
     }
 
     /// `smtpw submit` of one job (a message of about `size` bytes) for these recipients.
@@ -72,9 +110,12 @@ impl ProcessSite {
             .arg("--config")
             .arg(&self.cfg)
             .arg("--spool")
-            .arg(&self.spool)
-            .args(["--connect-timeout", "5"])
-            .args(extra);
+            .arg(self.spool_arg())
+            .args(["--connect-timeout", "5"]);
+        if self.database.is_some() {
+            c.arg("--incoming").arg(&self.spool);
+        }
+        c.args(extra);
         c
     }
 
@@ -115,7 +156,12 @@ impl ProcessSite {
 
     /// `smtpw queue --json`, parsed.
     pub async fn queue(&self) -> Result<serde_json::Value, Failure> {
-        let ran = run_command(self.smtpw.queue_cmd(&self.spool), Duration::from_secs(20)).await?;
+        let spool = self.spool_arg();
+        let ran = run_command(
+            self.smtpw.queue_cmd(Path::new(&spool)),
+            Duration::from_secs(20),
+        )
+        .await?;
         serde_json::from_str(&ran.stdout).map_err(|e| {
             Failure::new(
                 "`smtpw queue --json` to print JSON",

@@ -175,6 +175,13 @@ pub struct Engine<S: Spool> {
     suspensions: Arc<crate::suspend::Suspensions>,
     /// The configuration in force (the one given, then each reload's).
     reload_tx: tokio::sync::watch::Sender<Arc<SiteConfig>>,
+    /// The relays' TLS and AUTH in force (smtpw.toml's, then each reload's): workers started
+    /// after a change use the new ones.
+    relays_tx: tokio::sync::watch::Sender<Arc<crate::relay::RelayPolicy>>,
+    /// The cluster-wide limit in force (RATE-6), replaced when a reload changes it.
+    limit_tx: tokio::sync::watch::Sender<Option<Arc<dyn crate::ratelimit::SharedLimit>>>,
+    /// smtpw.toml's settings in force: what reloads applied, the rest as at start.
+    settings_now: std::sync::Mutex<crate::settings::Settings>,
     connector: Arc<dyn Connector>,
     clock: SharedClock,
     spool_dir: PathBuf,
@@ -221,6 +228,11 @@ impl<S: Spool> EngineBuilder<S> {
         Engine {
             suspensions: Arc::new(suspensions),
             reload_tx: tokio::sync::watch::Sender::new(Arc::new(self.config.clone())),
+            relays_tx: tokio::sync::watch::Sender::new(Arc::new(crate::relay::RelayPolicy::new(
+                self.opts.settings.relays.clone(),
+            ))),
+            limit_tx: tokio::sync::watch::Sender::new(self.opts.shared_limit.clone()),
+            settings_now: std::sync::Mutex::new(self.opts.settings.clone()),
             config: self.config,
             spool: self.spool,
             stats: Arc::new(DeliveryStats::default()),
@@ -307,9 +319,56 @@ impl<S: Spool> Engine<S> {
         if changes.is_empty() {
             info!("reload: nothing changed");
         } else {
+            if old.max_bsmtp != new.max_bsmtp {
+                // The jobs ingested from now on are split by it too.
+                self.spool.set_max_bsmtp(new.max_bsmtp);
+            }
             self.reload_tx.send_replace(Arc::new(new));
         }
         changes
+    }
+
+    /// Apply a new smtpw.toml, already read and validated (OPS-8): changed `[relays]` settings
+    /// start every worker again with them (each finishing its transaction first), so the next
+    /// connection each opens uses them; what takes effect only at the next start (`[listen]`,
+    /// `[admin]`, `[spool]`, `[cluster] node_timeout`) is said and otherwise left alone.
+    /// `[cluster] rate_limit` is reported here and applied by [`Engine::set_shared_limit`]
+    /// (opening it takes the database). Returns what changed (also logged), never a secret.
+    pub fn reload_settings(
+        &self,
+        new: &crate::settings::Settings,
+    ) -> crate::settings::SettingsChanges {
+        let mut now = self
+            .settings_now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changes = crate::settings::describe_changes(&now, new);
+        for c in &changes.applied {
+            info!("reload: {c}");
+        }
+        for c in &changes.at_restart {
+            warn!("reload: {c}");
+        }
+        if changes.relays {
+            self.relays_tx
+                .send_replace(Arc::new(crate::relay::RelayPolicy::new(new.relays.clone())));
+        }
+        *now = crate::settings::applied(&now, new);
+        changes
+    }
+
+    /// Replace the cluster-wide limit (RATE-6) after a reload changed `[cluster] rate_limit`:
+    /// every worker starts again with it (each finishing its transaction first).
+    pub fn set_shared_limit(&self, limit: Option<Arc<dyn crate::ratelimit::SharedLimit>>) {
+        self.limit_tx.send_replace(limit);
+    }
+
+    /// smtpw.toml's settings in force (those a reload applied, the rest as at start).
+    pub fn settings_in_force(&self) -> crate::settings::Settings {
+        self.settings_now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The SITE.CFG in force (the last reload's).
@@ -327,15 +386,16 @@ impl<S: Spool> Engine<S> {
         let cfg = &self.config;
         let reach = Arc::new(Reachability::default());
         let relay_limits = Arc::new(RelayLimits::default());
-        let relays = Arc::new(crate::relay::RelayPolicy::new(
-            self.opts.settings.relays.clone(),
-        ));
+        let mut relays_rx = self.relays_tx.subscribe();
+        let mut limit_rx = self.limit_tx.subscribe();
+        let mut relays = relays_rx.borrow_and_update().clone();
+        let mut shared_limit = limit_rx.borrow_and_update().clone();
         // One meter of bytes sent, shared by every limiter, kept in SPOOL/rate-status.json.
         let meter = Arc::new(RateMeter::new());
         let mut shared = Arc::new(
             RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth)
                 .with_meter(meter.clone())
-                .with_shared(self.opts.shared_limit.clone()),
+                .with_shared(shared_limit.clone()),
         );
         let rates = RateStatus::new(cfg, self.opts.per_worker_rate_split, None, self.clock.now());
         rates.log_report();
@@ -375,14 +435,18 @@ impl<S: Spool> Engine<S> {
             let mut running = tokio::task::JoinSet::new();
             let mut current: Option<Arc<SiteConfig>> = None;
             let mut next = Some(Arc::new(cfg.clone()));
+            // A reload of smtpw.toml changed the relays or the cluster limit: every worker
+            // starts again with them.
+            let mut restart_all = false;
             loop {
                 if let Some(cfg) = next.take() {
-                    let keep_all = current.as_ref().is_some_and(|c| {
-                        c.max_bsmtp == cfg.max_bsmtp
-                            && c.rate_limits == cfg.rate_limits
-                            && (!self.opts.per_worker_rate_split
-                                || c.workers.len() == cfg.workers.len())
-                    });
+                    let keep_all = !std::mem::take(&mut restart_all)
+                        && current.as_ref().is_some_and(|c| {
+                            c.max_bsmtp == cfg.max_bsmtp
+                                && c.rate_limits == cfg.rate_limits
+                                && (!self.opts.per_worker_rate_split
+                                    || c.workers.len() == cfg.workers.len())
+                        });
                     // Retire what the new configuration does not have as it is: each finishes
                     // its transaction (and records it), then stops.
                     crew.retain(|m| {
@@ -404,7 +468,7 @@ impl<S: Spool> Engine<S> {
                         Arc::new(
                             RateLimiter::new(&cfg.rate_limits, self.opts.rate_depth)
                                 .with_meter(meter.clone())
-                                .with_shared(self.opts.shared_limit.clone()),
+                                .with_shared(shared_limit.clone()),
                         )
                     };
                     if !keep_all {
@@ -448,7 +512,7 @@ impl<S: Spool> Engine<S> {
                                     self.opts.rate_depth,
                                 )
                                 .with_meter(meter.clone())
-                                .with_shared(self.opts.shared_limit.clone()),
+                                .with_shared(shared_limit.clone()),
                             )
                         } else {
                             limiter.clone()
@@ -498,6 +562,22 @@ impl<S: Spool> Engine<S> {
                             break;
                         }
                         next = Some(reloads.borrow_and_update().clone());
+                    }
+                    changed = relays_rx.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        relays = relays_rx.borrow_and_update().clone();
+                        restart_all = true;
+                        next = Some(reloads.borrow().clone());
+                    }
+                    changed = limit_rx.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        shared_limit = limit_rx.borrow_and_update().clone();
+                        restart_all = true;
+                        next = Some(reloads.borrow().clone());
                     }
                     // Retired workers end here as they finish.
                     Some(_) = running.join_next(), if !running.is_empty() => {}

@@ -151,6 +151,8 @@ struct Counts {
 pub struct Metrics {
     counts: Mutex<Counts>,
     scrapes: AtomicU64,
+    /// This process's node name on a database spool (`smtpw_node_info{node}`).
+    node: std::sync::OnceLock<String>,
 }
 
 /// An open connection counted in `smtpw_connections{relay}`: uncounted when dropped.
@@ -303,6 +305,13 @@ impl Metrics {
         if n > 0 {
             *self.lock().ingest.entry((source, result)).or_default() += n;
         }
+    }
+
+    /// This process is node `name` of a database spool: `/metrics` says so once, in
+    /// `smtpw_node_info{node}` (the other series keep their labels; see docs/metrics.md). The
+    /// first name given stays.
+    pub fn set_node(&self, name: &str) {
+        let _ = self.node.set(name.to_owned());
     }
 
     /// The latest rate report (limits and what was achieved over the last minute).
@@ -493,6 +502,15 @@ impl Metrics {
              smtpw_delivery_latency_seconds_count {}",
             c.latency.count, c.latency.sum, c.latency.count
         );
+        if let Some(node) = self.node.get() {
+            head(
+                &mut out,
+                "smtpw_node_info",
+                "gauge",
+                "This process's node name on a database spool (always 1).",
+            );
+            let _ = writeln!(out, "smtpw_node_info{{node=\"{}\"}} 1", esc(node));
+        }
         head(
             &mut out,
             "smtpw_metrics_scrapes_total",
@@ -533,7 +551,13 @@ mod tests {
         );
         m.transaction("mx:25", "mixed", &[250, 250, 550, 451]);
         let g = m.connected("mx:25");
+        assert!(
+            !m.render(None).contains("smtpw_node_info"),
+            "no node on a spool directory"
+        );
+        m.set_node("N1.EXAMPLE.ORG");
         let text = m.render(None);
+        assert!(text.contains("smtpw_node_info{node=\"N1.EXAMPLE.ORG\"} 1\n"));
         assert!(text.contains("smtpw_recipients_total{pool=\"-\",outcome=\"delivered\"} 2\n"));
         assert!(text.contains("smtpw_recipients_total{pool=\"-\",outcome=\"failed\"} 1\n"));
         assert!(text.contains("smtpw_recipients_total{pool=\"-\",outcome=\"deferred\"} 1\n"));

@@ -859,3 +859,286 @@ fn admin_and_ctl_work_on_a_database_spool() {
         "every recipient exactly once at the mock"
     );
 }
+
+/// DIST-3 on the three-node kit: with `DIST_FORWARD=0*SELF W1 2*W2`, THRESHOLD 100 and MINSIZE
+/// 60, a 50-recipient job stays whole with the primary that ingests it; a 150-recipient job
+/// goes whole to W2 (W1's share, 50, would be under 60); a 300-recipient job splits 100:200.
+/// Counted at each node's relay.
+#[test]
+fn dist_forward_threshold_and_minsize_decide_who_delivers() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::dist_forward_threshold_and_minsize_decide_who_delivers")
+    else {
+        return;
+    };
+    let url = pg.database("dist_limits");
+    let root = tempfile::tempdir().unwrap();
+    let toml = settings(root.path(), "60s");
+    let (mp, m1, m2) = (
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+    );
+    let w1 = Node::new(root.path(), "W1.EXAMPLE.ORG", m1.port, 2, 10, "");
+    let w2 = Node::new(root.path(), "W2.EXAMPLE.ORG", m2.port, 2, 10, "");
+    let p = Node::new(
+        root.path(),
+        "P.EXAMPLE.ORG",
+        mp.port,
+        2,
+        10,
+        "DIST_FORWARD=0*SELF W1.EXAMPLE.ORG 2*W2.EXAMPLE.ORG\nDIST_FORWARD_THRESHOLD=100\n\
+         DIST_FORWARD_MINSIZE=60\n",
+    );
+    let mut k1 = Kid::spawn(w1.run_cmd(&url, Some(&toml), false), "smtpw run W1");
+    let mut k2 = Kid::spawn(w2.run_cmd(&url, Some(&toml), false), "smtpw run W2");
+    wait_for_log(&w1, "joined the cluster", Duration::from_secs(30));
+    wait_for_log(&w2, "joined the cluster", Duration::from_secs(30));
+    let mut kp = Kid::spawn(p.run_cmd(&url, Some(&toml), false), "smtpw run P");
+    wait_for_log(&p, "joined the cluster", Duration::from_secs(30));
+    let counts = || {
+        (
+            mp.mta.stats().recipients_accepted,
+            m1.mta.stats().recipients_accepted,
+            m2.mta.stats().recipients_accepted,
+        )
+    };
+    let mut sent = 0usize;
+    for (n, expect) in [(50, (50, 0, 0)), (150, (50, 0, 150)), (300, (50, 100, 350))] {
+        let list = root.path().join(format!("job{n}.txt"));
+        std::fs::write(&list, recipients(sent + n)[sent..].join("\n")).unwrap();
+        sent += n;
+        let msg = root.path().join("m.eml");
+        std::fs::write(&msg, "Subject: s\n\nHello.\n").unwrap();
+        let out = SMTPW
+            .command()
+            .args(["submit", "--spool", &url, "--via", "P.EXAMPLE.ORG"])
+            .args(["--from", "owner@lists.example", "--rcpts"])
+            .arg(&list)
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "smtpw submit --via: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t0 = Instant::now();
+        while {
+            let (a, b, c) = counts();
+            a + b + c < sent as u64
+        } && t0.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Settle: nothing more arrives for a job that is all delivered.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            counts(),
+            expect,
+            "(primary, W1, W2) after the job of {n}; logs:\n{}\n{}\n{}",
+            p.log_text(),
+            w1.log_text(),
+            w2.log_text()
+        );
+    }
+    for k in [&mut kp, &mut k1, &mut k2] {
+        k.term_and_wait(Duration::from_secs(30));
+    }
+}
+
+/// OPS-8, RATE-6: a reload that sets `[cluster] rate_limit` on a database node sets it up in the
+/// database and the workers started again use it: the delivery after the reload leases its bits
+/// (rate_leases' `overall` row moves on); `ctl reload` names the change.
+#[test]
+fn a_reload_sets_the_cluster_rate_limit_and_the_node_uses_it() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::a_reload_sets_the_cluster_rate_limit_and_the_node_uses_it")
+    else {
+        return;
+    };
+    let url = pg.database("reload_rate");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let node = Node::new(root.path(), "R1.EXAMPLE.ORG", mock.port, 2, 10, "");
+    let toml = settings(root.path(), "60s");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", smtpw_testkit::proc::free_port())
+        .parse()
+        .unwrap();
+    let mut cmd = node.run_cmd(&url, Some(&toml), false);
+    cmd.arg("--admin").arg(addr.to_string());
+    let mut kid = Kid::spawn(cmd, "smtpw run");
+    assert!(
+        smtpw_testkit::admin::wait_up(addr, Duration::from_secs(30)),
+        "{}",
+        node.log_text()
+    );
+    let leases = || {
+        smtpw_testkit::postgres::psql(
+            &url,
+            "SELECT key || '=' || tat_us FROM rate_leases ORDER BY key",
+        )
+    };
+    assert_eq!(leases().trim(), "", "no cluster limit before the reload");
+    std::fs::write(
+        &toml,
+        "[cluster]\nnode_timeout = \"60s\"\nrate_limit = \"50Mbps\"\n",
+    )
+    .unwrap();
+    let out = SMTPW.ctl(addr, &["reload"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("[cluster] rate_limit none -> "), "{said}");
+    let all = recipients(100);
+    SMTPW.submit(root.path(), &node.dir, &all);
+    assert!(
+        smtpw_testkit::proc::wait_until(Duration::from_secs(30), || received(&mock).len() == 100),
+        "{}",
+        node.log_text()
+    );
+    let l = leases();
+    let tat: i64 = l
+        .trim()
+        .strip_prefix("overall=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the overall lease: {l:?}"));
+    assert!(
+        tat > 0,
+        "the delivery leased its bits from the database: {l}"
+    );
+    kid.term_and_wait(Duration::from_secs(30));
+}
+
+/// DIST-4 across jobs: 30 one-recipient jobs, each its own file (one transaction each, as every
+/// listener message is), split 10:20 between W1 and 2*W2 as the weights say; a splitter that
+/// started afresh for each gave all 30 to W2.
+#[test]
+fn one_recipient_jobs_one_at_a_time_are_shared_by_weight() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::one_recipient_jobs_one_at_a_time_are_shared_by_weight")
+    else {
+        return;
+    };
+    let url = pg.database("one_at_a_time");
+    let root = tempfile::tempdir().unwrap();
+    let toml = settings(root.path(), "60s");
+    let (mp, m1, m2) = (
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+    );
+    let w1 = Node::new(root.path(), "W1.EXAMPLE.ORG", m1.port, 1, 10, "");
+    let w2 = Node::new(root.path(), "W2.EXAMPLE.ORG", m2.port, 1, 10, "");
+    let p = Node::new(
+        root.path(),
+        "P.EXAMPLE.ORG",
+        mp.port,
+        1,
+        10,
+        "DIST_FORWARD=0*SELF W1.EXAMPLE.ORG 2*W2.EXAMPLE.ORG\n",
+    );
+    let mut k1 = Kid::spawn(w1.run_cmd(&url, Some(&toml), false), "smtpw run W1");
+    let mut k2 = Kid::spawn(w2.run_cmd(&url, Some(&toml), false), "smtpw run W2");
+    wait_for_log(&w1, "joined the cluster", Duration::from_secs(30));
+    wait_for_log(&w2, "joined the cluster", Duration::from_secs(30));
+    let mut kp = Kid::spawn(p.run_cmd(&url, Some(&toml), false), "smtpw run P");
+    wait_for_log(&p, "joined the cluster", Duration::from_secs(30));
+    let all = recipients(30);
+    for r in &all {
+        SMTPW.submit(root.path(), &p.dir, std::slice::from_ref(r));
+    }
+    let counts = || {
+        (
+            mp.mta.stats().recipients_accepted,
+            m1.mta.stats().recipients_accepted,
+            m2.mta.stats().recipients_accepted,
+        )
+    };
+    assert!(
+        smtpw_testkit::proc::wait_until(Duration::from_secs(60), || {
+            let (a, b, c) = counts();
+            a + b + c == 30
+        }),
+        "{:?}\n{}",
+        counts(),
+        p.log_text()
+    );
+    assert_eq!(counts(), (0, 10, 20), "(primary, W1, W2)");
+    for k in [&mut kp, &mut k1, &mut k2] {
+        k.term_and_wait(Duration::from_secs(30));
+    }
+}
+
+/// OPS-8: a reloaded MAXBSMTP reaches the node's profile (within a heartbeat), so `submit --via`
+/// splits the next job as the node now does: 30 recipients in 3 copies before, 6 after.
+#[test]
+fn submit_via_splits_by_the_reloaded_maxbsmtp() {
+    let Some(pg) = Postgres::shared("cluster_pg::submit_via_splits_by_the_reloaded_maxbsmtp")
+    else {
+        return;
+    };
+    let url = pg.database("via_reload");
+    let root = tempfile::tempdir().unwrap();
+    let mock = LoopbackMock::start(MockConfig::iis());
+    let node = Node::new(root.path(), "V1.EXAMPLE.ORG", mock.port, 1, 10, "");
+    let toml = settings(root.path(), "3s");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", smtpw_testkit::proc::free_port())
+        .parse()
+        .unwrap();
+    let mut cmd = node.run_cmd(&url, Some(&toml), false);
+    cmd.arg("--admin").arg(addr.to_string());
+    let mut kid = Kid::spawn(cmd, "smtpw run");
+    assert!(
+        smtpw_testkit::admin::wait_up(addr, Duration::from_secs(30)),
+        "{}",
+        node.log_text()
+    );
+    let msg = root.path().join("m.eml");
+    std::fs::write(&msg, "Subject: s\n\nHello.\n").unwrap();
+    let via = |from: usize| {
+        let list = root.path().join(format!("l{from}.txt"));
+        std::fs::write(&list, recipients(from + 30)[from..].join("\n")).unwrap();
+        let out = SMTPW
+            .command()
+            .args(["submit", "--spool", &url, "--via", "V1.EXAMPLE.ORG"])
+            .args(["--from", "owner@lists.example", "--rcpts"])
+            .arg(&list)
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(via(0).contains("(30 recipients, 3 copies)"));
+    std::fs::write(
+        &node.cfg,
+        format!(
+            "NODE=V1.EXAMPLE.ORG\nSMTP_FORWARD=127.0.0.1:{p}\nSMTP_FORWARD_1=1*127.0.0.1:{p}\nMAXBSMTP=5\n",
+            p = mock.port
+        ),
+    )
+    .unwrap();
+    let out = SMTPW.ctl(addr, &["reload"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("MAXBSMTP 10 -> 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The heartbeat (every 500 ms with node_timeout 3 s) records the new profile.
+    let (mut said, mut next) = (String::new(), 30);
+    let ok = smtpw_testkit::proc::wait_until(Duration::from_secs(10), || {
+        said = via(next);
+        next += 30;
+        said.contains("(30 recipients, 6 copies)")
+    });
+    assert!(ok, "{said}");
+    kid.term_and_wait(Duration::from_secs(30));
+}

@@ -284,3 +284,114 @@ fn queue_shows_a_relays_last_error_and_next_retry() {
     );
     kid.term_and_wait(Duration::from_secs(20));
 }
+
+/// OPS-5 for a relay: `ctl suspend --relay HOST:PORT` keeps that relay's copies queued while the
+/// other relay's workers keep delivering; `ctl resume --relay` releases them; a second
+/// suspension ends by itself at its time, and nothing goes to the relay before it.
+#[test]
+fn a_suspended_relay_gets_nothing_while_another_delivers_then_resumes() {
+    let (ma, mb) = (
+        LoopbackMock::start(MockConfig::iis()),
+        LoopbackMock::start(MockConfig::iis()),
+    );
+    let mut site = Site::new(SMTPW);
+    std::fs::write(
+        &site.cfg,
+        format!(
+            "NODE=LISTSERV.EXAMPLE.ORG\nSMTP_FORWARD=127.0.0.1:{b}\n\
+             SMTP_FORWARD_1=2*127.0.0.1:{a};POOL=A\nSMTP_FORWARD_2=2*127.0.0.1:{b};POOL=B\n\
+             MAXBSMTP=10\n",
+            a = ma.port,
+            b = mb.port
+        ),
+    )
+    .unwrap();
+    let addr = admin_addr();
+    let mut kid = start(&site, addr);
+    let relay_a = format!("127.0.0.1:{}", ma.port);
+    let (code, out, err) = ctl(
+        addr,
+        &[
+            "suspend",
+            "--relay",
+            &relay_a,
+            "--for",
+            "10m",
+            "--reason",
+            "relay maintenance",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    site.submit_to_pool(&addrs(20, "pool-a.example"), 'A');
+    site.submit_to_pool(&addrs(20, "pool-b.example"), 'B');
+    assert!(
+        wait_until(Duration::from_secs(20), || delivered_in(
+            &site,
+            "@pool-b.example"
+        )
+        .len()
+            == 20),
+        "the other relay delivers meanwhile\n{}",
+        site.log_text()
+    );
+    // Give the suspended relay's workers time they would have used.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        ma.mta.stats().recipients_accepted,
+        0,
+        "nothing to the suspended relay"
+    );
+    assert!(delivered_in(&site, "@pool-a.example").is_empty());
+    let (code, out, _) = ctl(addr, &["queue", "--json"]);
+    assert_eq!(code, 0);
+    let q: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(q["suspended"][0]["relay"], relay_a.as_str(), "{q}");
+
+    let (code, out, err) = ctl(addr, &["resume", "--relay", &relay_a]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        wait_until(Duration::from_secs(20), || delivered_in(
+            &site,
+            "@pool-a.example"
+        )
+        .len()
+            == 20),
+        "resumed: the relay's copies go\n{}",
+        site.log_text()
+    );
+    assert_eq!(ma.mta.stats().recipients_accepted, 20);
+
+    // A suspension that ends by itself.
+    let (code, out, err) = ctl(
+        addr,
+        &[
+            "suspend", "--relay", &relay_a, "--for", "3s", "--reason", "short",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let until: Timestamp = v["suspended"]["until"].as_str().unwrap().parse().unwrap();
+    site.submit_to_pool(&addrs(10, "pool-a2.example"), 'A');
+    assert!(
+        wait_until(Duration::from_secs(20), || delivered_in(
+            &site,
+            "@pool-a2.example"
+        )
+        .len()
+            == 10),
+        "the suspension expires by itself\n{}",
+        site.log_text()
+    );
+    let first = delivered_in(&site, "@pool-a2.example")
+        .iter()
+        .map(|l| l.time)
+        .min()
+        .unwrap();
+    assert!(
+        first >= until,
+        "nothing to the relay before {until}: {first}"
+    );
+    kid.term_and_wait(Duration::from_secs(20));
+    assert_eq!(ma.mta.stats().recipients_accepted, 30);
+    assert_eq!(mb.mta.stats().recipients_accepted, 20);
+}

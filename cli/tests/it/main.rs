@@ -30,3 +30,4 @@ mod spool_cli;
 mod spool_damage;
 mod spool_emptiness;
 mod spool_full;
+mod spool_settings;

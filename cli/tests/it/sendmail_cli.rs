@@ -146,3 +146,55 @@ fn sympa_arguments_and_t_through_a_link_queue_durably_and_are_delivered() {
     assert!(!t.contains("Bcc") && !t.contains("hidden"), "{t}");
     assert!(t.ends_with("\r\nbody\r\n"), "{t}");
 }
+
+/// `-F NAME` (LISTEN-8): a message without a From field gets `From: NAME <sender>`; a message
+/// with one keeps it as it is. Read back from the jobs in the spool.
+#[test]
+fn f_adds_a_from_field_only_when_the_message_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let send = |msg: &[u8]| {
+        let mut c = SMTPW.command();
+        c.args(["sendmail", "--spool"]).arg(&spool).args([
+            "-oi",
+            "-F",
+            "List Robot",
+            "-f",
+            "owner@lists.example.org",
+            "--",
+            "a@dest.example",
+        ]);
+        let out = with_stdin(c, msg);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    send(b"Subject: no from\n\nbody\n");
+    send(b"From: Someone <someone@lists.example.org>\nSubject: with from\n\nbody\n");
+    let jobs: Vec<String> = list_incoming(&spool.join("incoming"))
+        .unwrap()
+        .iter()
+        .map(|e| std::fs::read_to_string(&e.path).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 2);
+    let no_from = jobs
+        .iter()
+        .find(|j| j.contains("Subject: no from"))
+        .unwrap();
+    let at = no_from.find("From: List Robot <owner@lists.example.org>");
+    assert!(
+        at.is_some_and(|i| i < no_from.find("Subject: no from").unwrap()),
+        "the From field before the header's others: {no_from}"
+    );
+    let with_from = jobs
+        .iter()
+        .find(|j| j.contains("Subject: with from"))
+        .unwrap();
+    assert!(
+        with_from.contains("From: Someone <someone@lists.example.org>")
+            && !with_from.contains("List Robot"),
+        "{with_from}"
+    );
+}

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use conformance::report::{self, Mode};
+use conformance::report;
 use conformance::runner::{self, Selection};
 use conformance::scenarios;
 
@@ -25,6 +25,9 @@ struct Cli {
     /// Only the virtual runs (paused time, in process).
     #[arg(long)]
     virtual_only: bool,
+    /// Not the real-time runs on a PostgreSQL spool (mode real-time-pg).
+    #[arg(long)]
+    no_postgres: bool,
     /// Where to write report.md, report.html and results.json.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<ExitCode> {
         filter: cli.filter,
         virtual_mode: !cli.real_time_only,
         real_time: !cli.virtual_only,
+        postgres: !cli.no_postgres,
     };
     let out = match cli.out {
         Some(d) => d,
@@ -47,7 +51,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut mode_time = [0.0f64; 2];
     let results = runner::run(&all, &sel, |r| {
-        mode_time[usize::from(r.mode == Mode::RealTime)] += r.took.as_secs_f64();
+        mode_time[usize::from(r.mode.is_real_time())] += r.took.as_secs_f64();
         let mut e = std::io::stderr().lock();
         let _ = writeln!(
             e,

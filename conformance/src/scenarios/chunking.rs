@@ -22,7 +22,9 @@ use smtpw_testkit::topology::{fast_options, Topology};
 const RELAY: &str = "RELAY.EXAMPLE.ORG:25";
 
 pub fn scenario() -> Scenario {
-    Scenario::new("maxbsmtp-chunking", BOTH, chunking).needs(&[Bin::Smtpw, Bin::MockMta])
+    Scenario::new("maxbsmtp-chunking", BOTH, chunking)
+        .needs(&[Bin::Smtpw, Bin::MockMta])
+        .both_spools()
 }
 
 fn rcpts(n: usize) -> Vec<String> {
@@ -54,7 +56,7 @@ async fn chunking(ctx: Ctx) -> ScenarioResult {
             let d = sorted_grouping().await?;
             Ok(Outcome::new(format!("{a}; {b}; {c}; {d}")))
         }
-        Mode::RealTime => real_time_iis(&ctx).await.map(Outcome::new),
+        Mode::RealTime | Mode::RealTimePg => real_time_iis(&ctx).await.map(Outcome::new),
     }
 }
 
@@ -251,7 +253,6 @@ async fn sorted_grouping() -> Result<String, Failure> {
 
 /// Real time: MAXBSMTP=1000 through `smtpw run` to `mock-mta --max-recipients 100`.
 async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
-    let smtpw = ctx.bin(Bin::Smtpw)?;
     let mock = ctx.bin(Bin::MockMta)?;
     let dir = temp_dir()?;
     let d = dir.path();
@@ -259,7 +260,7 @@ async fn real_time_iis(ctx: &Ctx) -> Result<String, Failure> {
     let port = m.addr.port();
     let want = rcpts(2500);
     let mut site = ProcessSite::new(
-        smtpw,
+        ctx,
         d,
         &format!(
             "SMTP_FORWARD=127.0.0.1:{port}\nSMTP_FORWARD_1=2*127.0.0.1:{port}\nMAXBSMTP=1000\n"

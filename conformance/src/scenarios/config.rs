@@ -511,7 +511,7 @@ async fn run_case(case: Case, ctx: Ctx) -> ScenarioResult {
             };
             (file, read)
         }
-        Mode::RealTime => {
+        Mode::RealTime | Mode::RealTimePg => {
             let dir = temp_dir()?;
             let path = dir.path().join(case.file_name());
             std::fs::write(&path, &case.text)

@@ -18,7 +18,6 @@ use mock_mta::{Faults, MockConfig};
 use smtpw_engine::engine::FAILOVER_RECHECK;
 use smtpw_engine::spool::Spool;
 
-use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
 use crate::site::ProcessSite;
 use smtpw_testkit::assert::exactly_once;
@@ -38,7 +37,9 @@ const GRACE: Duration = Duration::from_secs(100);
 const LATE_BOUND: Duration = Duration::from_secs(2);
 
 pub fn scenario() -> Scenario {
-    Scenario::new("failover", BOTH, failover).needs(&[Bin::Smtpw, Bin::MockMta])
+    Scenario::new("failover", BOTH, failover)
+        .needs(&[Bin::Smtpw, Bin::MockMta])
+        .both_spools()
 }
 
 fn rcpts(tag: &str, n: usize) -> Vec<String> {
@@ -50,7 +51,7 @@ fn delivered_at(t: &Topology, hp: &str) -> Result<Vec<String>, Failure> {
 }
 
 async fn failover(ctx: Ctx) -> ScenarioResult {
-    if ctx.mode() == Mode::RealTime {
+    if ctx.mode().is_real_time() {
         return real_time(&ctx).await.map(Outcome::new);
     }
     let a = primary_then_back().await?;
@@ -242,7 +243,6 @@ impl WithGrace for smtpw_engine::engine::EngineOptions {
 }
 
 async fn real_time(ctx: &Ctx) -> Result<String, Failure> {
-    let smtpw = ctx.bin(Bin::Smtpw)?;
     let mock = ctx.bin(Bin::MockMta)?;
     let dir = temp_dir()?;
     let d = dir.path();
@@ -258,7 +258,7 @@ async fn real_time(ctx: &Ctx) -> Result<String, Failure> {
     };
     // 1: the primary refuses; the failover gets every copy.
     let mut one = ProcessSite::new(
-        smtpw,
+        ctx,
         &sub("one")?,
         &format!(
             "SMTP_FORWARD=127.0.0.1:{s}\nSMTP_FORWARD_1=127.0.0.1:{dead};127.0.0.1:{f}\nMAXBSMTP=10\n"
@@ -269,7 +269,7 @@ async fn real_time(ctx: &Ctx) -> Result<String, Failure> {
     one.run_until_empty(&[], Duration::from_secs(30)).await?;
     // 3: no failover; after the 1 s grace, SMTP_FORWARD.
     let mut three = ProcessSite::new(
-        smtpw,
+        ctx,
         &sub("three")?,
         &format!("SMTP_FORWARD=127.0.0.1:{s}\nSMTP_FORWARD_1=127.0.0.1:{dead}\nMAXBSMTP=10\n"),
     )?;

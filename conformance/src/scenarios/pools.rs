@@ -15,7 +15,6 @@ use std::time::Duration;
 use jiff::civil::date;
 use mock_mta::MockConfig;
 
-use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
 use crate::site::ProcessSite;
 use smtpw_testkit::assert::exactly_once;
@@ -30,11 +29,13 @@ const BULK_COPIES: usize = 3000;
 const BULK_DOT_MS: u64 = 500;
 
 pub fn scenario() -> Scenario {
-    Scenario::new("pools", BOTH, pools).needs(&[Bin::Smtpw, Bin::MockMta])
+    Scenario::new("pools", BOTH, pools)
+        .needs(&[Bin::Smtpw, Bin::MockMta])
+        .both_spools()
 }
 
 async fn pools(ctx: Ctx) -> ScenarioResult {
-    if ctx.mode() == Mode::RealTime {
+    if ctx.mode().is_real_time() {
         return real_time(&ctx).await;
     }
     let a = urgent_not_delayed().await?;
@@ -131,7 +132,6 @@ async fn unserved_pool_through_sync() -> Result<String, Failure> {
 }
 
 async fn real_time(ctx: &Ctx) -> ScenarioResult {
-    let smtpw = ctx.bin(Bin::Smtpw)?;
     let mock = ctx.bin(Bin::MockMta)?;
     let dir = temp_dir()?;
     let d = dir.path();
@@ -140,7 +140,7 @@ async fn real_time(ctx: &Ctx) -> ScenarioResult {
     let sync_m = MockProcess::start(mock, d, "sync", &[]).await?;
     let (u, b, s) = (urgent_m.addr.port(), bulk_m.addr.port(), sync_m.addr.port());
     let mut site = ProcessSite::new(
-        smtpw,
+        ctx,
         d,
         &format!(
             "SMTP_FORWARD=127.0.0.1:{s}\nSMTP_FORWARD_1=127.0.0.1:{u};POOL=A\nSMTP_FORWARD_2=2*127.0.0.1:{b};POOL=B\nMAXBSMTP=1\n"

@@ -22,7 +22,6 @@ use jiff::civil::date;
 use mock_mta::{Faults, MockConfig, RcptRule};
 use smtpw_engine::ledger::Outcome as LedgerOutcome;
 
-use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
 use crate::site::ProcessSite;
 use smtpw_testkit::assert::exactly_once;
@@ -32,7 +31,9 @@ use smtpw_testkit::topology::{fast_options, Topology};
 const RELAY: &str = "RELAY.EXAMPLE.ORG:25";
 
 pub fn scenario() -> Scenario {
-    Scenario::new("replies", BOTH, replies).needs(&[Bin::Smtpw, Bin::MockMta])
+    Scenario::new("replies", BOTH, replies)
+        .needs(&[Bin::Smtpw, Bin::MockMta])
+        .both_spools()
 }
 
 fn rule(pattern: &str, code: u16) -> RcptRule {
@@ -57,7 +58,7 @@ fn faults(slow: bool, disruptive: bool) -> Faults {
 }
 
 async fn replies(ctx: Ctx) -> ScenarioResult {
-    if ctx.mode() == Mode::RealTime {
+    if ctx.mode().is_real_time() {
         return real_time(&ctx).await;
     }
     let t = Topology::new(
@@ -220,7 +221,6 @@ async fn replies(ctx: Ctx) -> ScenarioResult {
 }
 
 async fn real_time(ctx: &Ctx) -> ScenarioResult {
-    let smtpw = ctx.bin(Bin::Smtpw)?;
     let mock = ctx.bin(Bin::MockMta)?;
     let dir = temp_dir()?;
     let d = dir.path();
@@ -238,7 +238,7 @@ async fn real_time(ctx: &Ctx) -> ScenarioResult {
     .await?;
     let p = m.addr.port();
     let mut site = ProcessSite::new(
-        smtpw,
+        ctx,
         d,
         &format!("SMTP_FORWARD=127.0.0.1:{p}\nSMTP_FORWARD_1=2*127.0.0.1:{p}\nMAXBSMTP=20\n"),
     )?;

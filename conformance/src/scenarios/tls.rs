@@ -26,7 +26,6 @@ use smtpw_testkit::logs::LogCapture;
 use smtpw_testkit::proc::MockProcess;
 use smtpw_testkit::topology::{options_with_relay, Topology};
 
-use crate::report::Mode;
 use crate::runner::{temp_dir, Bin, Ctx, Failure, Outcome, Scenario, ScenarioResult, BOTH};
 use crate::site::ProcessSite;
 
@@ -34,7 +33,9 @@ const HOST: &str = "relay.example.org";
 const HP: &str = "relay.example.org:25";
 
 pub fn scenario() -> Scenario {
-    Scenario::new("relay-tls-auth", BOTH, tls).needs(&[Bin::Smtpw, Bin::MockMta])
+    Scenario::new("relay-tls-auth", BOTH, tls)
+        .needs(&[Bin::Smtpw, Bin::MockMta])
+        .both_spools()
 }
 
 fn rcpts(tag: &str, n: usize) -> Vec<String> {
@@ -50,7 +51,7 @@ fn check(what: &str, ok: bool, got: impl FnOnce() -> String) -> Result<(), Failu
 }
 
 async fn tls(ctx: Ctx) -> ScenarioResult {
-    if ctx.mode() == Mode::RealTime {
+    if ctx.mode().is_real_time() {
         return real_time(&ctx).await.map(Outcome::new);
     }
     let a = required(true).await?;
@@ -207,7 +208,6 @@ async fn wrong_password() -> Result<String, Failure> {
 }
 
 async fn real_time(ctx: &Ctx) -> Result<String, Failure> {
-    let smtpw = ctx.bin(Bin::Smtpw)?;
     let mock_bin = ctx.bin(Bin::MockMta)?;
     let dir = temp_dir()?;
     let ca = dir.path().join("mock-ca.pem");
@@ -233,7 +233,7 @@ async fn real_time(ctx: &Ctx) -> Result<String, Failure> {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).map_err(|e| Failure::new("a site directory", e.to_string()))?;
         let mut site = ProcessSite::new(
-            smtpw,
+            ctx,
             &d,
             &format!(
                 "SMTP_FORWARD=127.0.0.1:{port}\nSMTP_FORWARD_1=2*127.0.0.1:{port}\nMAXBSMTP=10\n"

@@ -100,7 +100,7 @@ async fn day(ctx: Ctx) -> ScenarioResult {
     let doc = documented();
     let (cfg, path_holder) = match ctx.mode() {
         Mode::Virtual => (parse(SITE_CFG)?, None),
-        Mode::RealTime => {
+        Mode::RealTime | Mode::RealTimePg => {
             let dir = temp_dir()?;
             let path = dir.path().join("SITE.CFG");
             std::fs::write(&path, SITE_CFG)
@@ -151,7 +151,7 @@ async fn day(ctx: Ctx) -> ScenarioResult {
                 tokio::time::sleep(Duration::from_secs(60)).await;
             }
         }
-        Mode::RealTime => {
+        Mode::RealTime | Mode::RealTimePg => {
             for minute in 0..1440u16 {
                 walk_minute(&cfg, &doc, tod(minute), &mut seen)?;
             }
@@ -197,7 +197,7 @@ async fn day(ctx: Ctx) -> ScenarioResult {
     let switches: usize = lanes.iter().map(|l| l.spans.len().saturating_sub(1)).sum();
     let where_ = match ctx.mode() {
         Mode::Virtual => "explain() agrees at every hour",
-        Mode::RealTime => "`config explain` agrees",
+        Mode::RealTime | Mode::RealTimePg => "`config explain` agrees",
     };
     Ok(Outcome::new(format!(
         "{} workers x 1440 min as documented ({switches} switches); {where_} ({explain_checks} times)",

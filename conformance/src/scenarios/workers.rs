@@ -28,7 +28,9 @@ const SHARE_TOLERANCE: f64 = 0.07;
 
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        Scenario::new("workers-2a-1b", BOTH, two_a_one_b).needs(&[Bin::Smtpw, Bin::MockMta]),
+        Scenario::new("workers-2a-1b", BOTH, two_a_one_b)
+            .needs(&[Bin::Smtpw, Bin::MockMta])
+            .both_spools(),
         Scenario::new("workers-10x-port", VIRTUAL_ONLY, ten_on_port),
     ]
 }
@@ -100,7 +102,7 @@ fn judge_split(a: usize, b: usize, peak: i64, sessions: u64) -> ScenarioResult {
 async fn two_a_one_b(ctx: Ctx) -> ScenarioResult {
     match ctx.mode() {
         Mode::Virtual => two_a_one_b_virtual().await,
-        Mode::RealTime => two_a_one_b_real(&ctx).await,
+        Mode::RealTime | Mode::RealTimePg => two_a_one_b_real(&ctx).await,
     }
 }
 
@@ -146,7 +148,6 @@ async fn two_a_one_b_virtual() -> ScenarioResult {
 }
 
 async fn two_a_one_b_real(ctx: &Ctx) -> ScenarioResult {
-    let smtpw = ctx.bin(Bin::Smtpw)?;
     let mock = ctx.bin(Bin::MockMta)?;
     let dir = temp_dir()?;
     let d = dir.path();
@@ -155,7 +156,7 @@ async fn two_a_one_b_real(ctx: &Ctx) -> ScenarioResult {
     let (pa, pb) = (ma.addr.port(), mb.addr.port());
     let want = rcpts(RCPTS, "example.com");
     let mut site = ProcessSite::new(
-        smtpw,
+        ctx,
         d,
         &format!(
             "SMTP_FORWARD=127.0.0.1:{pa}\nSMTP_FORWARD_1=2*127.0.0.1:{pa}\nSMTP_FORWARD_2=127.0.0.1:{pb}\nMAXBSMTP={MAXBSMTP}\n"

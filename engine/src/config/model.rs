@@ -372,6 +372,10 @@ pub struct SiteConfig {
     pub rate_limits: RateLimits,
     /// Empty when DIST_FORWARD is unset.
     pub dist_forward: Vec<DistEntry>,
+    /// DIST_FORWARD_THRESHOLD (DIST-3): a job of fewer recipients is not shared out; 0: unset.
+    pub dist_forward_threshold: u32,
+    /// DIST_FORWARD_MINSIZE (DIST-3): no node's share of a job is smaller; 0: unset.
+    pub dist_forward_minsize: u32,
     /// DIST_BACKGROUND_POOL_PRIORITY, if set.
     pub dist_background_pool_priority: Option<PoolPriority>,
     /// Keywords read but without behaviour here (DIST-3, CFG-4), with their raw values.

@@ -51,6 +51,8 @@ pub const DELIVERY_KEYWORDS: &[&str] = &[
     "SORT_RECIPIENTS",
     "SMTP_RATE_LIMIT",
     "DIST_FORWARD",
+    "DIST_FORWARD_THRESHOLD",
+    "DIST_FORWARD_MINSIZE",
     "DIST_BACKGROUND_POOL_PRIORITY",
 ];
 
@@ -58,8 +60,6 @@ pub const DELIVERY_KEYWORDS: &[&str] = &[
 /// parses but does not act on (COPY-3, DIST-3, CFG-4) and common general LISTSERV ones.
 pub const PASSIVE_KEYWORDS: &[&str] = &[
     "EMBEDDED_MAIL_MERGE",
-    "DIST_FORWARD_THRESHOLD",
-    "DIST_FORWARD_MINSIZE",
     "DEFAULT_DIST_BACKGROUND",
     "DIST_BACKGROUND_JOBSIZE",
     "DIST_BACKGROUND_CHUNKSIZE",
@@ -291,6 +291,8 @@ pub(crate) fn parse_sources(sources: &[Source<'_>]) -> (Option<SiteConfig>, Vec<
         sort_recipients: 0,
         rate_limits: RateLimits::default(),
         dist_forward: Vec::new(),
+        dist_forward_threshold: 0,
+        dist_forward_minsize: 0,
         dist_background_pool_priority: None,
         passive: BTreeMap::new(),
         warnings: Vec::new(),
@@ -354,6 +356,16 @@ pub(crate) fn parse_sources(sources: &[Source<'_>]) -> (Option<SiteConfig>, Vec<
             "DIST_FORWARD" => {
                 if let Some(e) = parse_dist_forward(v, &mut d) {
                     cfg.dist_forward = e;
+                }
+            }
+            "DIST_FORWARD_THRESHOLD" => {
+                if let Some(n) = parse_uint(v, &mut d, key, 0..=u32::MAX) {
+                    cfg.dist_forward_threshold = n;
+                }
+            }
+            "DIST_FORWARD_MINSIZE" => {
+                if let Some(n) = parse_uint(v, &mut d, key, 0..=u32::MAX) {
+                    cfg.dist_forward_minsize = n;
                 }
             }
             "DIST_BACKGROUND_POOL_PRIORITY" => {

@@ -31,6 +31,10 @@ pub struct ResolvedView<'a> {
     pub rate_limits: &'a RateLimits,
     /// DIST_FORWARD's entries.
     pub dist_forward: &'a [DistEntry],
+    /// DIST_FORWARD_THRESHOLD (0: unset).
+    pub dist_forward_threshold: u32,
+    /// DIST_FORWARD_MINSIZE (0: unset).
+    pub dist_forward_minsize: u32,
     /// DIST_BACKGROUND_POOL_PRIORITY.
     pub dist_background_pool_priority: Option<&'a PoolPriority>,
     /// Keywords read without behaviour here, with their raw values.
@@ -64,6 +68,8 @@ impl SiteConfig {
             workers: &self.workers,
             rate_limits: &self.rate_limits,
             dist_forward: &self.dist_forward,
+            dist_forward_threshold: self.dist_forward_threshold,
+            dist_forward_minsize: self.dist_forward_minsize,
             dist_background_pool_priority: self.dist_background_pool_priority.as_ref(),
             passive: &self.passive,
             warnings: self.warnings.iter().map(ToString::to_string).collect(),
@@ -188,6 +194,20 @@ impl SiteConfig {
                     o,
                     "  {:<30} {:>4}  ({}/{total})",
                     e.host, e.weight, e.weight
+                )?;
+            }
+            if self.dist_forward_threshold > 0 {
+                writeln!(
+                    o,
+                    "  jobs under {} recipients are not shared out (DIST_FORWARD_THRESHOLD)",
+                    self.dist_forward_threshold
+                )?;
+            }
+            if self.dist_forward_minsize > 0 {
+                writeln!(
+                    o,
+                    "  no node's share of a job under {} recipients (DIST_FORWARD_MINSIZE)",
+                    self.dist_forward_minsize
                 )?;
             }
         }

@@ -27,6 +27,7 @@
 //!
 //! [spool]
 //! path = "/var/spool/smtpw"          # or url = "postgres://smtpw@db.example.org/smtpw"
+//! # via = "N1.EXAMPLE.ORG"           # with url: the node sendmail/submit queue through
 //!
 //! [cluster]
 //! node_timeout = "60s"
@@ -43,6 +44,7 @@ mod cluster;
 mod duration;
 mod listen;
 mod relays;
+mod reload;
 mod secret;
 mod spool;
 
@@ -54,6 +56,7 @@ pub use cluster::ClusterSettings;
 pub use duration::{format_duration, parse_duration, DURATION_EXPECTED};
 pub use listen::{IpNet, ListenSettings, SenderPattern};
 pub use relays::{AuthMechanism, RelayAuth, RelaySettings, Relays, TlsMode};
+pub use reload::{applied, describe_changes, SettingsChanges};
 pub use secret::Secret;
 pub use spool::{redact_url, SpoolSettings};
 

@@ -15,6 +15,9 @@ pub struct SpoolSettings {
     /// A database URL (`postgres://...`); it may hold a password, so it is a secret: show it
     /// with [`SpoolSettings::url_for_display`].
     pub url: Option<Secret>,
+    /// With a database spool: the node whose DIST_FORWARD shares out the jobs that `smtpw
+    /// sendmail` and `smtpw submit` queue when their command line names none (`--via`).
+    pub via: Option<String>,
 }
 
 impl SpoolSettings {
@@ -44,6 +47,7 @@ pub fn redact_url(u: &str) -> String {
 pub(super) struct RawSpool {
     path: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
+    via: Option<Spanned<String>>,
 }
 
 pub(super) fn check(r: RawSpool, cx: &mut Cx<'_>) -> SpoolSettings {
@@ -70,6 +74,29 @@ pub(super) fn check(r: RawSpool, cx: &mut Cx<'_>) -> SpoolSettings {
             );
         }
         s.url = Some(Secret::new(text.clone()));
+    }
+    if let Some(v) = &r.via {
+        let name = v.get_ref();
+        if r.url.is_none() {
+            cx.error(
+                v.span(),
+                "[spool] via is for a database spool, and there is no [spool] url",
+                "url = \"postgres://USER@HOST/DB\" beside it, or no via",
+            );
+        } else if name.trim().is_empty()
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            cx.error(
+                v.span(),
+                format!(
+                    "[spool] via {} is not a node name",
+                    crate::text::quoted_prefix_in(name, 60, '"')
+                ),
+                "a node's NODE= from its SITE.CFG",
+            );
+        } else {
+            s.via = Some(name.clone());
+        }
     }
     s
 }

@@ -271,6 +271,20 @@ fn spool_and_cluster() {
 }
 
 #[test]
+fn spool_via_names_a_node_of_a_database_spool() {
+    let s = parse("[spool]\nurl = \"postgres://h/d\"\nvia = \"N1.EXAMPLE.ORG\"\n").unwrap();
+    assert_eq!(s.spool.via.as_deref(), Some("N1.EXAMPLE.ORG"));
+    assert_eq!(parse("[spool]\npath = \"/a\"\n").unwrap().spool.via, None);
+    let e = errors("[spool]\npath = \"/a\"\nvia = \"N1\"\n");
+    assert!(
+        e[0].starts_with("smtpw.toml:3:") && e[0].contains("no [spool] url"),
+        "{e:?}"
+    );
+    let e = errors("[spool]\nurl = \"postgres://h/d\"\nvia = \"a b\"\n");
+    assert!(e[0].contains("not a node name"), "{e:?}");
+}
+
+#[test]
 fn every_error_at_once() {
     let e = errors(
         r#"[relays."a.example"]
@@ -282,4 +296,54 @@ node_timeout = "soon"
 "#,
     );
     assert_eq!(e.len(), 3, "{e:?}");
+}
+
+#[test]
+fn a_reload_says_what_changed_and_never_a_secret() {
+    let old = parse(
+        "[relays.\"r.example\"]\ntls = \"none\"\nallow_plaintext_auth = true\nusername = \"u1\"\npassword = \"hunter1\"\n[listen]\naddresses = [\"127.0.0.1:2525\"]\n",
+    )
+    .unwrap();
+    let new = parse(
+        "[relays.\"r.example\"]\ntls = \"none\"\nallow_plaintext_auth = true\nusername = \"u2\"\npassword = \"hunter2\"\n[relays.\"*\"]\ntls = \"required\"\n[listen]\naddresses = [\"127.0.0.1:2526\"]\n[cluster]\nrate_limit = \"1Mbps\"\n",
+    )
+    .unwrap();
+    let c = describe_changes(&old, &new);
+    let all = format!("{:?} {:?}", c.applied, c.at_restart);
+    assert!(!all.contains("hunter"), "{all}");
+    assert!(c.relays && c.rate_limit);
+    assert_eq!(
+        c.applied[0],
+        "[relays.\"r.example\"] credentials changed: user u1 -> u2: the next connection each worker opens uses it"
+    );
+    assert!(
+        c.applied[1].starts_with("[relays.\"*\"] tls opportunistic -> required"),
+        "{all}"
+    );
+    assert!(
+        c.applied[2].starts_with("[cluster] rate_limit none -> "),
+        "{all}"
+    );
+    assert_eq!(c.at_restart, ["[listen] changed, takes effect at restart"]);
+    // The engine keeps the listener it started with: a second reload says so again.
+    let held = applied(&old, &new);
+    assert_eq!(held.relays, new.relays);
+    assert_eq!(held.listen, old.listen);
+    let again = describe_changes(&held, &new);
+    assert!(!again.relays && !again.rate_limit && again.applied.is_empty());
+    assert_eq!(
+        again.at_restart,
+        ["[listen] changed, takes effect at restart"]
+    );
+    // Same user, new password: said without the password.
+    let pw = parse(
+        "[relays.\"r.example\"]\ntls = \"none\"\nallow_plaintext_auth = true\nusername = \"u1\"\npassword = \"hunter3\"\n[listen]\naddresses = [\"127.0.0.1:2525\"]\n",
+    )
+    .unwrap();
+    let c = describe_changes(&old, &pw);
+    assert_eq!(c.applied.len(), 1);
+    assert!(
+        c.applied[0].contains("credentials of user u1 changed") && !c.applied[0].contains("hunter")
+    );
+    assert!(describe_changes(&old, &old).is_empty());
 }

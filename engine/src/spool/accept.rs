@@ -127,7 +127,7 @@ fn insert_job(
         job.rcpts.len() as i64
     ])?;
     let job_id = tx.last_insert_rowid();
-    let max = sh.opts.max_bsmtp.max(1);
+    let max = sh.opts.split_size();
     let mode = SortMode::from_setting(sh.opts.sort_recipients);
     let mut copies = Vec::new();
     let mut st =

@@ -563,7 +563,7 @@ impl Shared {
         f: &IncomingFile,
         now: Timestamp,
     ) -> Result<FileIngest, Abort> {
-        let max = self.opts.max_bsmtp.max(1);
+        let max = self.opts.split_size();
         let mode = SortMode::from_setting(self.opts.sort_recipients);
         let mut reader = JobReader::new(
             BufReader::with_capacity(256 * 1024, file),

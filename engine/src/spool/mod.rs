@@ -85,6 +85,10 @@ pub struct SpoolOptions {
     /// Where the outcomes recorded are counted ([`crate::metrics::Metrics::recorded`], once
     /// durable): share it with the engine's.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// MAXBSMTP as a reload set it ([`Spool::set_max_bsmtp`]; 0: not reloaded, `max_bsmtp`
+    /// holds); shared by the clones of these options. Read it through
+    /// [`SpoolOptions::split_size`].
+    pub reloaded_max_bsmtp: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Default for SpoolOptions {
@@ -99,6 +103,7 @@ impl Default for SpoolOptions {
             ledger_path: None,
             max_message_bytes: 64 * 1024 * 1024,
             metrics: crate::metrics::Metrics::new(),
+            reloaded_max_bsmtp: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         }
     }
 }
@@ -115,6 +120,19 @@ impl SpoolOptions {
             default_pool: site.default_list_pool.postings,
             ..Self::default()
         }
+    }
+
+    /// The most recipients in one copy of a job ingested now: MAXBSMTP as the last reload set
+    /// it, else as at start (OPS-8); at least 1.
+    pub fn split_size(&self) -> u32 {
+        match self
+            .reloaded_max_bsmtp
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => self.max_bsmtp,
+            n => n,
+        }
+        .max(1)
     }
 
     /// Whether a job created at `job_created` has outlived the lifetime at `now`: then whatever
@@ -476,6 +494,8 @@ pub trait Spool: Send + Sync + 'static {
     /// ([`SpoolOptions::expired`]): a claimed copy of it that cannot be delivered is then
     /// completed (its recipients fail) instead of given back.
     fn has_expired(&self, job_created: jiff::Timestamp, now: jiff::Timestamp) -> bool;
+    /// A reload changed MAXBSMTP (OPS-8): the jobs ingested from now on are split by `n`.
+    fn set_max_bsmtp(&self, n: u32);
     /// The earliest time a deferred copy of `pools` becomes claimable.
     fn next_due(&self, pools: PoolSet) -> Option<jiff::Timestamp>;
     /// Notified (`notify_waiters`) when copies become claimable through ingest or release.

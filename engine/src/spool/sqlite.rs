@@ -530,6 +530,13 @@ impl Spool for SqliteSpool {
         sh.notify.notify_waiters();
     }
 
+    fn set_max_bsmtp(&self, n: u32) {
+        self.shared()
+            .opts
+            .reloaded_max_bsmtp
+            .store(n, Ordering::Relaxed);
+    }
+
     fn has_expired(&self, job_created: Timestamp, now: Timestamp) -> bool {
         self.shared().opts.expired(job_created, now)
     }

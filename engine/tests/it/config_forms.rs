@@ -225,10 +225,8 @@ fn bundled_unix_example() {
         c.rate_limits.pools.values().copied().collect::<Vec<_>>(),
         [10 << 20, 2_621_440]
     );
-    assert_eq!(
-        c.passive.get("DIST_FORWARD_THRESHOLD").map(String::as_str),
-        Some("200")
-    );
+    assert_eq!(c.dist_forward_threshold, 200);
+    assert!(!c.passive.contains_key("DIST_FORWARD_THRESHOLD"));
 }
 
 #[test]

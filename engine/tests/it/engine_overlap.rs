@@ -53,6 +53,9 @@ impl Spool for GatedSpool {
     fn has_expired(&self, job_created: jiff::Timestamp, now: jiff::Timestamp) -> bool {
         self.inner.has_expired(job_created, now)
     }
+    fn set_max_bsmtp(&self, n: u32) {
+        self.inner.set_max_bsmtp(n);
+    }
     fn next_due(&self, pools: PoolSet) -> Option<jiff::Timestamp> {
         self.inner.next_due(pools)
     }

@@ -73,6 +73,8 @@ pub struct PgOptions {
     pub node_timeout: Duration,
     /// DIST_FORWARD: how this node shares out the copies of the jobs it ingests.
     pub dist_forward: Vec<DistEntry>,
+    /// DIST_FORWARD_THRESHOLD and _MINSIZE (DIST-3).
+    pub dist_limits: share::DistLimits,
     /// This node's own directory: `DIR/incoming/` (jobs it ingests), `DIR/quarantine/`, and the
     /// ledger by default. `None`: the node ingests nothing from files.
     pub local_dir: Option<PathBuf>,
@@ -112,6 +114,7 @@ impl PgOptions {
             node: node.into(),
             node_timeout: Duration::from_secs(60),
             dist_forward: Vec::new(),
+            dist_limits: share::DistLimits::default(),
             local_dir: None,
             claim_batch: 16,
             workers: 0,
@@ -165,6 +168,29 @@ struct State {
     jobs: HashMap<i64, Arc<JobInfo>>,
     /// Copies this node may deliver (from the database, kept current between counts).
     queued: u64,
+    /// Per pool, the earliest retry time (ms) of a deferred copy this node may deliver, as far
+    /// as it knows (its own deferrals, and each recount): idle workers wake for it.
+    due: [Option<i64>; Pool::COUNT],
+}
+
+impl State {
+    /// A copy of `pool` falls due at `at` (ms); times already past are forgotten.
+    fn note_due(&mut self, pool: Pool, at: i64, now: i64) {
+        let slot = &mut self.due[pool.index()];
+        *slot = match *slot {
+            Some(d) if d > now => Some(d.min(at)),
+            _ => Some(at),
+        };
+    }
+
+    /// The earliest known retry time of `pools` still to come after `now` (ms).
+    fn next_due(&self, pools: PoolSet, now: i64) -> Option<i64> {
+        pools
+            .iter()
+            .filter_map(|p| self.due[p.index()])
+            .filter(|d| *d > now)
+            .min()
+    }
 }
 
 struct Request {
@@ -189,6 +215,9 @@ struct Shared {
     /// The last heartbeat that reached the database.
     last_beat: Mutex<Instant>,
     ledger_path: PathBuf,
+    /// Recipients this node has shared out to each node (lower-case name) since it started
+    /// (DIST-4): each job's split continues from them.
+    share_given: Mutex<HashMap<String, u64>>,
 }
 
 struct Inner {
@@ -301,6 +330,7 @@ impl PgSpool {
             stalled: AtomicBool::new(false),
             last_beat: Mutex::new(Instant::now()),
             ledger_path,
+            share_given: Mutex::new(HashMap::new()),
         });
         recount(&shared, &node_db).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -389,6 +419,7 @@ impl PgSpool {
         )
         .await?;
         tx.commit().await.map_err(pg_error)?;
+        split.remember(&mut lock(&sh.share_given));
         add_queued(sh, mine);
         sh.notify.notify_waiters();
         Ok(job_id)
@@ -441,7 +472,10 @@ async fn splitter(
     if nodes.is_empty() {
         tracing::warn!("no node of DIST_FORWARD is alive to take a share: the copies go to whichever node claims them first");
     }
-    Ok(share::Splitter::new(nodes))
+    Ok(
+        share::Splitter::with_limits(nodes, sh.pg.node.clone(), sh.pg.dist_limits)
+            .continuing(&lock(&sh.share_given)),
+    )
 }
 
 /// Insert a job and its copies (within the caller's transaction). Returns the job's id, how
@@ -479,14 +513,15 @@ async fn insert_job(
         .get(0);
     let plan = chunk(
         rcpts,
-        sh.opts.max_bsmtp.max(1),
+        sh.opts.split_size(),
         SortMode::from_setting(sh.opts.sort_recipients),
     );
     let mut ns: Vec<i32> = Vec::with_capacity(plan.len());
     let mut lists: Vec<String> = Vec::with_capacity(plan.len());
-    let mut to: Vec<Option<String>> = Vec::with_capacity(plan.len());
+    let sizes: Vec<u64> = plan.iter().map(|c| c.len() as u64).collect();
+    let to = split.split_job(&sizes);
     let mut mine = 0u64;
-    for c in &plan {
+    for (c, who) in plan.iter().zip(&to) {
         let mut list = String::new();
         for (k, &i) in c.iter().enumerate() {
             if k > 0 {
@@ -494,13 +529,11 @@ async fn insert_job(
             }
             list.push_str(&rcpts[i]);
         }
-        let who = split.next(c.len() as u64).map(str::to_owned);
         if who.as_deref().is_none_or(|w| w == sh.pg.node) {
             mine += 1;
         }
         ns.push(i32::try_from(c.len()).unwrap_or(i32::MAX));
         lists.push(list);
-        to.push(who);
     }
     tx.execute(
         "INSERT INTO copies(job_id, pool, n, rcpts, assigned_to) \
@@ -537,10 +570,30 @@ async fn recount(sh: &Shared, db: &Client) -> Result<(), SpoolError> {
         .await
         .map_err(pg_error)?
         .get(0);
+    // The earliest retry time per pool of the deferred copies this node may deliver.
+    let now = ms(sh.clock.now());
+    let due_sql =
+        "WITH dead AS (SELECT name FROM nodes WHERE heartbeat < clock_timestamp() - make_interval(secs => $2)) \
+         SELECT pool, min(not_before) FROM copies WHERE not_before > $4 AND \
+         (claimed_by IS NULL OR claimed_by = $1 OR ($3 AND claimed_by IN (SELECT name FROM dead))) AND \
+         (assigned_to IS NULL OR assigned_to = $1 OR ($3 AND assigned_to IN (SELECT name FROM dead))) \
+         GROUP BY pool";
+    let rows = db
+        .query(due_sql, &[&sh.pg.node, &secs, &sh.pg.takes_over(), &now])
+        .await
+        .map_err(pg_error)?;
+    let mut due = [None; Pool::COUNT];
+    for r in rows {
+        let pool: i16 = r.get(0);
+        if let Some(slot) = usize::try_from(pool).ok().and_then(|i| due.get_mut(i)) {
+            *slot = Some(r.get::<_, i64>(1));
+        }
+    }
     let mut st = lock(&sh.state);
     if sh.generation.load(Ordering::SeqCst) == gen {
         let held = (st.buffer.len() + st.in_flight.len()) as u64;
         st.queued = u64::try_from(n).unwrap_or(0).max(held);
+        st.due = due;
     }
     Ok(())
 }
@@ -551,6 +604,8 @@ async fn recount(sh: &Shared, db: &Client) -> Result<(), SpoolError> {
 async fn heartbeat(sh: Arc<Shared>, db: Client) {
     let beat = sh.pg.beat();
     let mut failing: Option<String> = None;
+    // The profile as written at start; rewritten when a reload changes it (MAXBSMTP).
+    let mut profile = serde_json::to_string(&Profile::of(&sh.opts, &sh.pg)).unwrap_or_default();
     loop {
         tokio::time::sleep(beat).await;
         let renewed = db
@@ -573,6 +628,21 @@ async fn heartbeat(sh: Arc<Shared>, db: Client) {
                     failing = Some(e);
                 }
                 continue;
+            }
+        }
+        let now_profile = serde_json::to_string(&Profile::of(&sh.opts, &sh.pg)).unwrap_or_default();
+        if now_profile != profile {
+            match db
+                .execute(
+                    "UPDATE nodes SET profile = $2 WHERE name = $1",
+                    &[&sh.pg.node, &now_profile],
+                )
+                .await
+            {
+                Ok(_) => profile = now_profile,
+                Err(e) => {
+                    tracing::warn!(error = %schema::describe(&e), "cannot record this node's new profile (submit --via splits as before until it can)");
+                }
             }
         }
         let before = lock(&sh.state).queued;
@@ -780,10 +850,25 @@ impl Spool for PgSpool {
         self.shared().opts.expired(job_created, now)
     }
 
-    /// Not known without a query: idle workers look again every `idle_poll` (a deferral waits
-    /// 30 s at least, so a second more is nothing).
-    fn next_due(&self, _pools: PoolSet) -> Option<Timestamp> {
-        None
+    fn set_max_bsmtp(&self, n: u32) {
+        self.shared()
+            .opts
+            .reloaded_max_bsmtp
+            .store(n, Ordering::Relaxed);
+    }
+
+    /// The earliest retry time this node knows of (its own deferrals, and each heartbeat's
+    /// count of the copies it may deliver): an idle worker wakes then rather than at its next
+    /// `idle_poll`. Copies other nodes defer or share out are seen at the next count.
+    fn next_due(&self, pools: PoolSet) -> Option<Timestamp> {
+        let sh = self.shared();
+        if sh.stalled.load(Ordering::SeqCst) {
+            return None;
+        }
+        let now = ms(sh.clock.now());
+        lock(&sh.state)
+            .next_due(pools, now)
+            .and_then(|d| Timestamp::from_millisecond(d).ok())
     }
 
     fn notify(&self) -> Arc<Notify> {
@@ -1155,6 +1240,7 @@ async fn ingest_dir(sh: &Shared, dir: &Path) -> Result<IngestReport, SpoolError>
             .await
             .map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)?;
+            split.remember(&mut lock(&sh.share_given));
             add_queued(sh, mine);
             sh.notify.notify_waiters();
             report.files += 1;
@@ -1305,6 +1391,9 @@ struct Profile {
     sort_recipients: u8,
     default_pool: usize,
     node_timeout_ms: u64,
+    /// Absent in the profiles of nodes from before DIST-3 was applied: no limits.
+    #[serde(default)]
+    dist_limits: share::DistLimits,
 }
 
 impl Profile {
@@ -1315,10 +1404,12 @@ impl Profile {
                 .iter()
                 .map(|e| (e.host.clone(), e.weight))
                 .collect(),
-            max_bsmtp: opts.max_bsmtp,
+            // As a reload last set it (OPS-8): `submit --via` splits as the node does now.
+            max_bsmtp: opts.split_size(),
             sort_recipients: opts.sort_recipients,
             default_pool: opts.default_pool.index(),
             node_timeout_ms: u64::try_from(pg.node_timeout.as_millis()).unwrap_or(u64::MAX),
+            dist_limits: pg.dist_limits,
         }
     }
 }
@@ -1373,6 +1464,7 @@ pub async fn submit_via(
         .map(|(host, weight)| DistEntry { host, weight })
         .collect();
     pg.node_timeout = Duration::from_millis(profile.node_timeout_ms);
+    pg.dist_limits = profile.dist_limits;
     let sh = Shared {
         opts,
         pg,
@@ -1386,6 +1478,7 @@ pub async fn submit_via(
         stalled: AtomicBool::new(false),
         last_beat: Mutex::new(Instant::now()),
         ledger_path: PathBuf::new(),
+        share_given: Mutex::new(HashMap::new()),
     };
     let tx = db.transaction().await.map_err(pg_error)?;
     let mut split = splitter(&sh, &tx).await?;
@@ -1707,6 +1800,8 @@ fn finish(sh: &Shared, plans: Vec<Plan>) {
         st.in_flight.remove(&p.copy_id);
         if p.deferred.is_empty() {
             gone += 1;
+        } else {
+            st.note_due(p.pool, p.not_before, p.now);
         }
     }
     // Forget the messages of jobs this node holds no copy of any more.
@@ -1734,5 +1829,34 @@ fn finish(sh: &Shared, plans: Vec<Plan>) {
     }
     for p in plans {
         let _ = p.reply.send(Ok(()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_earliest_retry_time_still_to_come_per_pool() {
+        let mut st = State::default();
+        let (a, b) = (Pool::from_char('A').unwrap(), Pool::from_char('B').unwrap());
+        assert_eq!(st.next_due(PoolSet::ALL, 0), None);
+        st.note_due(a, 5_000, 1_000);
+        st.note_due(a, 9_000, 1_000);
+        st.note_due(b, 3_000, 1_000);
+        assert_eq!(st.next_due(PoolSet::ALL, 1_000), Some(3_000));
+        assert_eq!(
+            st.next_due([a].into_iter().collect::<PoolSet>(), 1_000),
+            Some(5_000)
+        );
+        // A time gone by is no reason to wake: only what is still to come counts.
+        assert_eq!(st.next_due(PoolSet::ALL, 4_000), Some(5_000));
+        assert_eq!(st.next_due(PoolSet::ALL, 6_000), None);
+        // Past it, a later deferral replaces it instead of losing to the stale minimum.
+        st.note_due(a, 20_000, 6_000);
+        assert_eq!(
+            st.next_due([a].into_iter().collect::<PoolSet>(), 6_000),
+            Some(20_000)
+        );
     }
 }

@@ -557,8 +557,34 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Check that the ledger at `ledger` records every recipient of `cell` delivered (and nothing
+/// else), and return the seconds from `start` to its last write (at most `wall`): the moment
+/// smtpw's queue became empty.
+pub(crate) fn delivered_secs(
+    ledger: &Path,
+    cell: &Cell,
+    dir: &Path,
+    start: SystemTime,
+    wall: f64,
+) -> anyhow::Result<f64> {
+    let (lines, delivered) = ledger_counts(ledger)?;
+    if delivered != cell.recipients() || lines != delivered {
+        bail!(
+            "smtpw recorded {delivered} delivered of {} recipients ({lines} ledger lines); see {}",
+            cell.recipients(),
+            dir.display()
+        );
+    }
+    let last = std::fs::metadata(ledger)?.modified()?;
+    Ok(last
+        .duration_since(start)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(wall)
+        .min(wall))
+}
+
 /// Count the ledger's lines and those of delivered recipients.
-pub(crate) fn ledger_counts(path: &Path) -> anyhow::Result<(u64, u64)> {
+fn ledger_counts(path: &Path) -> anyhow::Result<(u64, u64)> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let (mut lines, mut delivered) = (0, 0);
     for l in BufReader::with_capacity(1 << 20, f).lines() {
@@ -692,21 +718,7 @@ fn run_smtpw_with(
     if !u.ok {
         bail!("smtpw failed; see {}", dir.join("smtpw.log").display());
     }
-    let ledger = spool.join("ledger.jsonl");
-    let (lines, delivered) = ledger_counts(&ledger)?;
-    if delivered != cell.recipients() || lines != delivered {
-        bail!(
-            "smtpw recorded {delivered} delivered of {} recipients ({lines} ledger lines); see {}",
-            cell.recipients(),
-            dir.display()
-        );
-    }
-    let last = std::fs::metadata(&ledger)?.modified()?;
-    let secs = last
-        .duration_since(start)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(wall)
-        .min(wall);
+    let secs = delivered_secs(&spool.join("ledger.jsonl"), cell, dir, start, wall)?;
     Ok(Sample {
         secs,
         rss_kb: u.rss_kb,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 
-use crate::bench::{copy_dir, ledger_counts, site_cfg, wait_usage, Cell, Sample, RUN_LIMIT};
+use crate::bench::{copy_dir, delivered_secs, site_cfg, wait_usage, Cell, Sample, RUN_LIMIT};
 
 /// A PostgreSQL server for the bench, held by a `bench-postgres` process.
 pub(crate) struct Server {
@@ -239,21 +239,7 @@ impl Server {
         if !u.ok {
             bail!("smtpw failed; see {}", dir.join("smtpw.log").display());
         }
-        let ledger = node.join("ledger.jsonl");
-        let (lines, delivered) = ledger_counts(&ledger)?;
-        if delivered != cell.recipients() || lines != delivered {
-            bail!(
-                "smtpw recorded {delivered} delivered of {} recipients ({lines} ledger lines); see {}",
-                cell.recipients(),
-                dir.display()
-            );
-        }
-        let last = std::fs::metadata(&ledger)?.modified()?;
-        let secs = last
-            .duration_since(start)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(wall)
-            .min(wall);
+        let secs = delivered_secs(&node.join("ledger.jsonl"), cell, dir, start, wall)?;
         Ok(Sample {
             secs,
             rss_kb: u.rss_kb,

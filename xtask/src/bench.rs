@@ -270,6 +270,9 @@ pub(crate) struct Sample {
     pub(crate) cpu: f64,
     /// User + system CPU seconds of the database cluster's processes meanwhile (`postgres`).
     pub(crate) db_cpu: f64,
+    /// Seconds the database spent executing smtpw's statements (`postgres`: the run's
+    /// database's `pg_stat_database.active_time`).
+    pub(crate) db_active: f64,
 }
 
 struct Row {
@@ -724,6 +727,7 @@ fn run_smtpw_with(
         rss_kb: u.rss_kb,
         cpu: u.cpu,
         db_cpu: 0.0,
+        db_active: 0.0,
     })
 }
 
@@ -762,6 +766,7 @@ pub(crate) fn run_source(tools: &Tools, port: u16, cell: &Cell) -> anyhow::Resul
         rss_kb: u.rss_kb,
         cpu: u.cpu,
         db_cpu: 0.0,
+        db_active: 0.0,
     })
 }
 
@@ -1239,7 +1244,10 @@ fn matrix(
                             s.rss_kb,
                             s.cpu,
                             if row.variant == Variant::Postgres {
-                                format!("  db cpu {:.2} s", s.db_cpu)
+                                format!(
+                                    "  db cpu {:.2} s, db active {:.2} s",
+                                    s.db_cpu, s.db_active
+                                )
                             } else {
                                 String::new()
                             }
@@ -1399,9 +1407,11 @@ fn write_pg(md: &mut String, rows: &[Row]) {
          spool copy`; each run on a fresh copy). `db CPU/copy` is the user + system CPU of the \
          cluster's processes during the run (postmaster, backends, WAL writer, checkpointer, \
          autovacuum; from /proc) per copy delivered: what the database computed, not the time \
-         smtpw waited on commits. Issue 15's target: postgres / smtpw >= 0.5.\n\n\
-         | cell | copies | smtpw rcpts/s | postgres rcpts/s | postgres / smtpw | spread (smtpw / postgres) | smtpw CPU µs/copy (SQLite) | smtpw CPU µs/copy (postgres) | db CPU µs/copy |\n\
-         |---|---:|---:|---:|---:|---|---:|---:|---:|"
+         smtpw waited on commits. `db active/copy` is the time the database spent executing \
+         smtpw's statements, commit flushes included (`pg_stat_database.active_time` of the \
+         run's own database), per copy. Issue 15's target: postgres / smtpw >= 0.5.\n\n\
+         | cell | copies | smtpw rcpts/s | postgres rcpts/s | postgres / smtpw | spread (smtpw / postgres) | smtpw CPU µs/copy (SQLite) | smtpw CPU µs/copy (postgres) | db CPU µs/copy | db active µs/copy |\n\
+         |---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     );
     for r in pg_rows {
         let label = r.cell.label();
@@ -1410,7 +1420,7 @@ fn write_pg(md: &mut String, rows: &[Row]) {
             let why = r.failed.as_deref().unwrap_or("no sample");
             let _ = writeln!(
                 md,
-                "| {label} | {} | | {} | | | | | |",
+                "| {label} | {} | | {} | | | | | | |",
                 r.cell.messages,
                 why.replace('|', "/").lines().next().unwrap_or("")
             );
@@ -1422,7 +1432,7 @@ fn write_pg(md: &mut String, rows: &[Row]) {
         let us = |cpu: f64| format!("{:.0}", cpu * 1e6 / copies);
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.cell.messages,
             lite.map_or(String::new(), |l| fmt_rate(l.rcpts_per_sec())),
             fmt_rate(r.rcpts_per_sec()),
@@ -1438,6 +1448,7 @@ fn write_pg(md: &mut String, rows: &[Row]) {
             lite.map_or(String::new(), |l| us(l.med(|s| s.cpu))),
             us(r.med(|s| s.cpu)),
             us(r.med(|s| s.db_cpu)),
+            us(r.med(|s| s.db_active)),
         );
     }
 }
@@ -1892,6 +1903,7 @@ mod tests {
                     rss_kb: 10_240,
                     cpu: 0.1,
                     db_cpu: 0.0,
+                    db_active: 0.0,
                 };
                 3
             ],

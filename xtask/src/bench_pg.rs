@@ -8,10 +8,11 @@
 //! with `smtpw spool copy`; each run gets a fresh `CREATE DATABASE ... TEMPLATE` of it (a file
 //! copy, not timed) and drops it afterwards.
 //!
-//! Database time per copy: the user + system CPU seconds of the cluster's processes (the
-//! postmaster, its live children, and the children it has reaped: backends, WAL writer,
-//! checkpointer, autovacuum) during the run, from /proc, divided by the copies delivered. It
-//! counts what the database computed, not the time smtpw waited for it (commit flushes are I/O).
+//! Database time per copy, two ways: the user + system CPU seconds of the cluster's processes
+//! (the postmaster, its live children, and the children it has reaped: backends, WAL writer,
+//! checkpointer, autovacuum) during the run, from /proc, which counts what the database computed;
+//! and the run's database's `pg_stat_database.active_time`, the time its sessions spent executing
+//! statements (commit flushes included). Both divided by the copies delivered.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -194,7 +195,15 @@ impl Server {
         self.seq += 1;
         let db = format!("run_{}", self.seq);
         self.psql(&format!("CREATE DATABASE {db} TEMPLATE {tpl}"))?;
-        let r = self.run_on(smtpw, &db, dir, port, cell);
+        let r = self.run_on(smtpw, &db, dir, port, cell).and_then(|mut s| {
+            // Statement time of every session on the run's database (PostgreSQL >= 14; each
+            // backend adds its share when it ends, and smtpw's have ended by now).
+            let active = self.psql(&format!(
+                "SELECT active_time FROM pg_stat_database WHERE datname = '{db}'"
+            ))?;
+            s.db_active = active.parse::<f64>().map_or(f64::NAN, |ms| ms / 1000.0);
+            Ok(s)
+        });
         self.drop_database(&db);
         r
     }
@@ -245,6 +254,7 @@ impl Server {
             rss_kb: u.rss_kb,
             cpu: u.cpu,
             db_cpu,
+            db_active: f64::NAN,
         })
     }
 }

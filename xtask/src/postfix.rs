@@ -246,6 +246,7 @@ smtputf8_enable = no
             rss_kb: 0,
             cpu: 0.0,
             db_cpu: 0.0,
+            db_active: 0.0,
         })
     }
 

@@ -12,6 +12,12 @@
 //! - `smtpw+scrape`: as `smtpw`, with the admin endpoint scraped (`GET /metrics`) every 100 ms.
 //! - `tls`: smtpw -> mock-mta over STARTTLS (`tls = "required"` in a settings file trusting the
 //!   CA the mock generates): the cost of TLS next to `mock`.
+//! - `postgres`: as `smtpw`, on a PostgreSQL spool (a private cluster, see [`crate::bench_pg`]).
+//!
+//! Round-trip cells (labels ending in `-rttN`, N ms) put `latency-proxy` (benches/src/bin) in
+//! front of the relay: `physical`, `smtpw` and `postfix` reach the same `smtp-sink` through it,
+//! `wan` reaches mock-mta (CHUNKING + PIPELINING, no reply latency of its own) through it. Their
+//! message counts are sized by the RTT so that a run takes seconds, not minutes.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -25,8 +31,11 @@ use clap::Args;
 
 use crate::{cargo, run, target_dir};
 
+/// The round-trip times of the round-trip cells, ms.
+const RTTS_MS: [u32; 3] = [1, 10, 50];
+
 /// Longest a single run may take before it is killed.
-const RUN_LIMIT: Duration = Duration::from_secs(180);
+pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(180);
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -36,17 +45,20 @@ pub struct BenchArgs {
     /// Alternating runs per variant and cell (the report gives medians).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Only cells whose label (e.g. `w10-r100-20KB`) contains one of these texts
-    /// (comma-separated).
+    /// Only cells whose label (e.g. `w10-r100-20KB`, `w10-r1-2KB-rtt10`) contains one of these
+    /// texts (comma-separated); `rtt` selects every round-trip cell.
     #[arg(long, value_name = "TEXT,..")]
     filter: Option<String>,
-    /// Only these variants (comma-separated names: physical, smtpw, baseline, mock,
-    /// mock+journal, wan, wan-nopipe, smtpw+scrape, tls).
+    /// Only these variants (comma-separated names: physical, smtpw, baseline, postfix,
+    /// postgres, mock, mock+journal, wan, wan-nopipe, smtpw+scrape, tls).
     #[arg(long, value_name = "NAME,..")]
     variants: Option<String>,
     /// Recipients per cell and run (before the per-cell bounds).
     #[arg(long, value_name = "N")]
     recipients: Option<u64>,
+    /// Leave out the round-trip cells (1, 10, 50 ms RTT through latency-proxy).
+    #[arg(long)]
+    no_rtt: bool,
     /// Also run the memory-at-scale test: one job of 100,000 and one of 1,000,000 recipients.
     #[arg(long)]
     scale: bool,
@@ -110,11 +122,13 @@ Nothing is installed for you. On Debian or Ubuntu, as root:
 port 25, `postfix stop` stops it: the bench never uses port 25.)";
 
 /// The binaries under test.
-struct Bins {
-    smtpw: PathBuf,
+pub(crate) struct Bins {
+    pub(crate) smtpw: PathBuf,
     baseline: Option<PathBuf>,
     mock: PathBuf,
     load: PathBuf,
+    proxy: PathBuf,
+    pub(crate) postgres: PathBuf,
 }
 
 /// One cell of the matrix.
@@ -125,6 +139,14 @@ pub(crate) struct Cell {
     pub(crate) size: usize,
     /// Messages (transactions) per run.
     pub(crate) messages: u64,
+    /// Round-trip time added by `latency-proxy` in front of the relay, ms (0: none).
+    pub(crate) rtt_ms: u32,
+}
+
+/// Round trips the slowest peer needs per message: smtp-source has no PIPELINING, so EHLO
+/// aside it waits for MAIL, each RCPT, DATA, the end of data (and reconnects now and then).
+fn round_trips_per_message(rcpts: u64) -> u64 {
+    5 + rcpts
 }
 
 impl Cell {
@@ -145,10 +167,28 @@ impl Cell {
             rcpts,
             size,
             messages,
+            rtt_ms: 0,
         }
     }
-    fn label(&self) -> String {
-        format!("w{}-r{}-{}KB", self.workers, self.rcpts, self.size / 1024)
+    /// A round-trip cell: 2 KB messages, as many per connection as the slowest peer sends in
+    /// about `budget` at `rtt_ms` (at least `min_per_conn`, at most 300).
+    fn rtt(workers: u32, rcpts: u64, rtt_ms: u32, budget: Duration, min_per_conn: u64) -> Self {
+        let per_msg = round_trips_per_message(rcpts) as f64 * f64::from(rtt_ms.max(1)) / 1000.0;
+        let per_conn = ((budget.as_secs_f64() / per_msg) as u64).clamp(min_per_conn, 300);
+        Cell {
+            workers,
+            rcpts,
+            size: 2048,
+            messages: per_conn * u64::from(workers),
+            rtt_ms,
+        }
+    }
+    pub(crate) fn label(&self) -> String {
+        let mut l = format!("w{}-r{}-{}KB", self.workers, self.rcpts, self.size / 1024);
+        if self.rtt_ms > 0 {
+            l.push_str(&format!("-rtt{}", self.rtt_ms));
+        }
+        l
     }
     pub(crate) fn recipients(&self) -> u64 {
         self.messages * self.rcpts
@@ -170,6 +210,7 @@ enum Variant {
     WanNoPipe,
     Scraped,
     Tls,
+    Postgres,
 }
 
 impl Variant {
@@ -185,6 +226,7 @@ impl Variant {
             Variant::WanNoPipe => "wan-nopipe",
             Variant::Scraped => "smtpw+scrape",
             Variant::Tls => "tls",
+            Variant::Postgres => "postgres",
         }
     }
     fn what(self) -> &'static str {
@@ -198,13 +240,20 @@ impl Variant {
             }
             Variant::Mock => "smtpw -> mock-mta, no journal",
             Variant::MockJournal => "smtpw -> mock-mta with --journal (JSON lines)",
-            Variant::Wan => "smtpw -> mock-mta replying 1 ms late per write, PIPELINING",
+            Variant::Wan => {
+                "smtpw -> mock-mta replying 1 ms late per write, PIPELINING (round-trip cells: \
+                 through latency-proxy instead, no reply latency; the mock offers CHUNKING too)"
+            }
             Variant::WanNoPipe => "as wan, smtpw run --no-pipelining",
             Variant::Scraped => {
                 "as smtpw, with --admin and GET /metrics every 100 ms during the run"
             }
             Variant::Tls => {
                 "smtpw -> mock-mta over STARTTLS (tls = \"required\", the mock's CA trusted)"
+            }
+            Variant::Postgres => {
+                "as smtpw, on a PostgreSQL spool (private cluster; the pre-loaded jobs moved in \
+                 with `smtpw spool copy`, each run on a fresh copy of that database)"
             }
         }
     }
@@ -219,6 +268,11 @@ pub(crate) struct Sample {
     pub(crate) rss_kb: u64,
     /// User + system CPU seconds of the engine.
     pub(crate) cpu: f64,
+    /// User + system CPU seconds of the database cluster's processes meanwhile (`postgres`).
+    pub(crate) db_cpu: f64,
+    /// Seconds the database spent executing smtpw's statements (`postgres`: the run's
+    /// database's `pg_stat_database.active_time`).
+    pub(crate) db_active: f64,
 }
 
 struct Row {
@@ -366,6 +420,31 @@ fn start_mock(
     Ok((Guard(Some(child)), port))
 }
 
+/// `latency-proxy` adding `rtt_ms` of round-trip time in front of 127.0.0.1:`target`. It stops
+/// when dropped, and by itself when this process exits (its stdin closes) or after an hour.
+fn start_proxy(bins: &Bins, target: u16, rtt_ms: u32) -> anyhow::Result<(Guard, u16)> {
+    let mut child = Command::new(&bins.proxy)
+        .arg("--target")
+        .arg(format!("127.0.0.1:{target}"))
+        .args(["--rtt-ms", &rtt_ms.to_string(), "--for-secs", "3600"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting latency-proxy")?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    // The port is printed once the socket listens.
+    let guard = Guard(Some(child));
+    let port: u16 = match line.trim().parse() {
+        Ok(p) => p,
+        Err(_) => bail!("latency-proxy printed {line:?}, expected its port"),
+    };
+    Ok((guard, port))
+}
+
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -384,7 +463,7 @@ fn catch_interrupts() {
     }
 }
 
-fn check_interrupted() -> anyhow::Result<()> {
+pub(crate) fn check_interrupted() -> anyhow::Result<()> {
     if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -405,15 +484,15 @@ fn vm_hwm(pid: i32) -> u64 {
 }
 
 /// Resource use of a finished child, from `wait4`.
-struct Usage {
-    ok: bool,
-    rss_kb: u64,
-    cpu: f64,
+pub(crate) struct Usage {
+    pub(crate) ok: bool,
+    pub(crate) rss_kb: u64,
+    pub(crate) cpu: f64,
 }
 
 /// Wait for `child` (killing it after `limit`) and return its exit status and resource use.
 #[allow(unsafe_code)]
-fn wait_usage(child: &mut Child, limit: Duration) -> anyhow::Result<Usage> {
+pub(crate) fn wait_usage(child: &mut Child, limit: Duration) -> anyhow::Result<Usage> {
     let deadline = Instant::now() + limit;
     let pid = i32::try_from(child.id()).context("pid")?;
     // ru_maxrss counts the parent's pages the child had before exec: sample the child's own
@@ -450,7 +529,12 @@ fn wait_usage(child: &mut Child, limit: Duration) -> anyhow::Result<Usage> {
     }
 }
 
-fn site_cfg(dir: &Path, port: u16, workers: u32, max_bsmtp: u64) -> anyhow::Result<PathBuf> {
+pub(crate) fn site_cfg(
+    dir: &Path,
+    port: u16,
+    workers: u32,
+    max_bsmtp: u64,
+) -> anyhow::Result<PathBuf> {
     let p = dir.join("SITE.CFG");
     std::fs::write(
         &p,
@@ -462,7 +546,7 @@ fn site_cfg(dir: &Path, port: u16, workers: u32, max_bsmtp: u64) -> anyhow::Resu
     Ok(p)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
@@ -474,6 +558,32 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Check that the ledger at `ledger` records every recipient of `cell` delivered (and nothing
+/// else), and return the seconds from `start` to its last write (at most `wall`): the moment
+/// smtpw's queue became empty.
+pub(crate) fn delivered_secs(
+    ledger: &Path,
+    cell: &Cell,
+    dir: &Path,
+    start: SystemTime,
+    wall: f64,
+) -> anyhow::Result<f64> {
+    let (lines, delivered) = ledger_counts(ledger)?;
+    if delivered != cell.recipients() || lines != delivered {
+        bail!(
+            "smtpw recorded {delivered} delivered of {} recipients ({lines} ledger lines); see {}",
+            cell.recipients(),
+            dir.display()
+        );
+    }
+    let last = std::fs::metadata(ledger)?.modified()?;
+    Ok(last
+        .duration_since(start)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(wall)
+        .min(wall))
 }
 
 /// Count the ledger's lines and those of delivered recipients.
@@ -611,25 +721,13 @@ fn run_smtpw_with(
     if !u.ok {
         bail!("smtpw failed; see {}", dir.join("smtpw.log").display());
     }
-    let ledger = spool.join("ledger.jsonl");
-    let (lines, delivered) = ledger_counts(&ledger)?;
-    if delivered != cell.recipients() || lines != delivered {
-        bail!(
-            "smtpw recorded {delivered} delivered of {} recipients ({lines} ledger lines); see {}",
-            cell.recipients(),
-            dir.display()
-        );
-    }
-    let last = std::fs::metadata(&ledger)?.modified()?;
-    let secs = last
-        .duration_since(start)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(wall)
-        .min(wall);
+    let secs = delivered_secs(&spool.join("ledger.jsonl"), cell, dir, start, wall)?;
     Ok(Sample {
         secs,
         rss_kb: u.rss_kb,
         cpu: u.cpu,
+        db_cpu: 0.0,
+        db_active: 0.0,
     })
 }
 
@@ -667,6 +765,8 @@ pub(crate) fn run_source(tools: &Tools, port: u16, cell: &Cell) -> anyhow::Resul
         secs,
         rss_kb: u.rss_kb,
         cpu: u.cpu,
+        db_cpu: 0.0,
+        db_active: 0.0,
     })
 }
 
@@ -718,8 +818,15 @@ fn build(no_build: bool, baseline: Option<PathBuf>) -> anyhow::Result<Bins> {
             "mock-mta",
             "--bin",
             "bench-load",
+            "--bin",
+            "latency-proxy",
+            "--bin",
+            "bench-postgres",
         ]);
-        run(b, "cargo build --release (smtpw, mock-mta, bench-load)")?;
+        run(
+            b,
+            "cargo build --release (smtpw, mock-mta, bench-load, latency-proxy, bench-postgres)",
+        )?;
     }
     let rel = target_dir()?.join("release");
     let exe = |n: &str| rel.join(format!("{n}{}", std::env::consts::EXE_SUFFIX));
@@ -728,10 +835,18 @@ fn build(no_build: bool, baseline: Option<PathBuf>) -> anyhow::Result<Bins> {
         baseline,
         mock: exe("mock-mta"),
         load: exe("bench-load"),
+        proxy: exe("latency-proxy"),
+        postgres: exe("bench-postgres"),
     };
-    for p in [&bins.smtpw, &bins.mock, &bins.load]
-        .into_iter()
-        .chain(bins.baseline.as_ref())
+    for p in [
+        &bins.smtpw,
+        &bins.mock,
+        &bins.load,
+        &bins.proxy,
+        &bins.postgres,
+    ]
+    .into_iter()
+    .chain(bins.baseline.as_ref())
     {
         if !p.is_file() {
             bail!("{} is missing (run without --no-build)", p.display());
@@ -839,21 +954,28 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
         .unwrap_or(if a.quick { 20_000 } else { 100_000 });
     let mut v = Vec::new();
     if a.quick {
-        for (w, r, s) in [(10, 100, 20 * 1024), (32, 1, 2 * 1024), (1, 1000, 2 * 1024)] {
-            let vars = if (w, r) == (10, 100) {
-                vec![
+        for (w, r, s) in [
+            (10, 100, 20 * 1024),
+            (10, 1, 2 * 1024),
+            (32, 1, 2 * 1024),
+            (1, 1000, 2 * 1024),
+        ] {
+            let vars = match (w, r) {
+                (10, 100) => vec![
                     Physical,
                     Smtpw,
                     Scraped,
                     Postfix,
+                    Postgres,
                     Mock,
                     MockJournal,
                     Wan,
                     WanNoPipe,
                     Tls,
-                ]
-            } else {
-                vec![Physical, Smtpw]
+                ],
+                (10, 1) => vec![Physical, Smtpw, Postfix, Postgres],
+                (32, 1) => vec![Physical, Smtpw, Postfix],
+                _ => vec![Physical, Smtpw],
             };
             v.push((Cell::new(w, r, s, target), vars));
         }
@@ -867,6 +989,7 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
                             Smtpw,
                             Scraped,
                             Postfix,
+                            Postgres,
                             Mock,
                             MockJournal,
                             Wan,
@@ -875,6 +998,13 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
                         ]
                     } else if s == 20 * 1024 && r == 100 {
                         vec![Physical, Smtpw, Postfix]
+                    } else if r == 1 && s == 2 * 1024 {
+                        // Where Postfix is strongest (a message per recipient).
+                        if w == 10 {
+                            vec![Physical, Smtpw, Postfix, Postgres, Mock, MockJournal]
+                        } else {
+                            vec![Physical, Smtpw, Postfix]
+                        }
                     } else if w == 10 {
                         vec![Physical, Smtpw, Mock, MockJournal]
                     } else {
@@ -885,9 +1015,39 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
             }
         }
     }
+    if !a.no_rtt {
+        // Quick: about 1.5 s of the slowest peer per run, full: about 6 s.
+        let (budget, min) = if a.quick {
+            (Duration::from_millis(1500), 1)
+        } else {
+            (Duration::from_secs(6), 3)
+        };
+        for rtt in RTTS_MS {
+            for w in [1, 10] {
+                for r in [1, 100] {
+                    v.push((
+                        Cell::rtt(w, r, rtt, budget, min),
+                        vec![Physical, Smtpw, Postfix, Wan],
+                    ));
+                }
+            }
+        }
+    }
     if let Some(f) = &a.filter {
+        // A whole label selects that cell only (`w10-r1-2KB`, not its `-rtt` cells too);
+        // any other text, every label containing it.
         let l = c_label_filter(f);
-        v.retain(|(c, _)| l.iter().any(|x| c.label().contains(x.as_str())));
+        let labels: Vec<String> = v.iter().map(|(c, _)| c.label()).collect();
+        v.retain(|(c, _)| {
+            let label = c.label();
+            l.iter().any(|x| {
+                if labels.contains(x) {
+                    label == *x
+                } else {
+                    label.contains(x.as_str())
+                }
+            })
+        });
     }
     if a.baseline.is_some() {
         for (_, vars) in v.iter_mut() {
@@ -922,11 +1082,20 @@ fn matrix(
     let (_sink, sink_port) = start_sink(tools)?;
     let mut rows: Vec<Row> = Vec::new();
     let mut ingests: Vec<(String, Ingest)> = Vec::new();
+    // The PostgreSQL server, started for the first cell that has the `postgres` variant.
+    let mut pg: Option<Result<crate::bench_pg::Server, String>> = None;
     for (cell, variants) in cells(a) {
         let label = cell.label();
         let tpl = work.join(format!("tpl-{label}"));
         let ing = preload(bins, &tpl, &cell)?;
         ingests.push((label.clone(), ing));
+        // Round-trip cells: every peer reaches the sink through the same proxy.
+        let (_proxy, relay_port) = if cell.rtt_ms > 0 {
+            let (g, p) = start_proxy(bins, sink_port, cell.rtt_ms)?;
+            (Some(g), p)
+        } else {
+            (None, sink_port)
+        };
         let mut cell_rows: Vec<Row> = variants
             .iter()
             .map(|&v| Row {
@@ -942,7 +1111,7 @@ fn matrix(
                 Some(why) => Some(why),
                 None => match crate::postfix::Instance::start(
                     &work.join(format!("postfix-{label}")),
-                    sink_port,
+                    relay_port,
                     &cell,
                 ) {
                     Ok(i) => {
@@ -962,6 +1131,32 @@ fn matrix(
                 }
             }
         }
+        let mut pg_tpl: Option<String> = None;
+        if variants.contains(&Variant::Postgres) {
+            if pg.is_none() {
+                pg = Some(crate::bench_pg::Server::start(&bins.postgres)?);
+            }
+            let why = match pg.as_mut() {
+                Some(Ok(server)) => match server.template(&bins.smtpw, &tpl, work, &cell) {
+                    Ok(name) => {
+                        pg_tpl = Some(name);
+                        None
+                    }
+                    Err(e) => Some(format!("{e:#}")),
+                },
+                Some(Err(why)) => Some(why.clone()),
+                None => Some("no server".into()),
+            };
+            if let Some(why) = why {
+                eprintln!("  {label} postgres: skipped: {why}");
+                for r in cell_rows
+                    .iter_mut()
+                    .filter(|r| r.variant == Variant::Postgres)
+                {
+                    r.failed = Some(format!("skipped: {why}"));
+                }
+            }
+        }
         for i in 0..runs {
             for row in cell_rows.iter_mut() {
                 check_interrupted()?;
@@ -971,38 +1166,52 @@ fn matrix(
                 let dir = work.join(format!("run-{label}-{}", row.variant.name()));
                 std::fs::create_dir_all(&dir)?;
                 let r = match row.variant {
-                    Variant::Physical => run_source(tools, sink_port, &cell),
+                    Variant::Physical => run_source(tools, relay_port, &cell),
                     Variant::Smtpw => {
-                        run_smtpw(&bins.smtpw, &tpl, &dir, sink_port, &cell, true, None)
+                        run_smtpw(&bins.smtpw, &tpl, &dir, relay_port, &cell, true, None)
                     }
+                    Variant::Postgres => match (pg.as_mut(), &pg_tpl) {
+                        (Some(Ok(server)), Some(t)) => {
+                            server.run(&bins.smtpw, t, &dir, relay_port, &cell)
+                        }
+                        _ => bail!("no PostgreSQL template for {label}"),
+                    },
                     Variant::Scraped => {
                         let how = How {
                             pipelining: true,
                             scrape: true,
                             settings: None,
                         };
-                        run_smtpw_with(&bins.smtpw, &tpl, &dir, sink_port, &cell, how)
+                        run_smtpw_with(&bins.smtpw, &tpl, &dir, relay_port, &cell, how)
                     }
                     Variant::Postfix => match pf.as_mut() {
                         Some(p) => p.run(tools, &cell, RUN_LIMIT),
                         None => bail!("no Postfix instance"),
                     },
                     Variant::Baseline => match &bins.baseline {
-                        Some(b) => run_smtpw(b, &tpl, &dir, sink_port, &cell, true, None),
+                        Some(b) => run_smtpw(b, &tpl, &dir, relay_port, &cell, true, None),
                         None => bail!("no --baseline binary"),
                     },
                     v => {
                         let journal = v == Variant::MockJournal;
-                        let lat = if matches!(v, Variant::Wan | Variant::WanNoPipe) {
-                            1
-                        } else {
-                            0
-                        };
+                        // In a round-trip cell the proxy is the latency, not the mock.
+                        let lat =
+                            if matches!(v, Variant::Wan | Variant::WanNoPipe) && cell.rtt_ms == 0 {
+                                1
+                            } else {
+                                0
+                            };
                         let mock_dir = work.join("mock");
                         let _ = std::fs::remove_dir_all(&mock_dir);
                         std::fs::create_dir_all(&mock_dir)?;
                         let tls = v == Variant::Tls;
-                        let (_mock, port) = start_mock(bins, &mock_dir, journal, lat, tls)?;
+                        let (_mock, mock_port) = start_mock(bins, &mock_dir, journal, lat, tls)?;
+                        let (_mock_proxy, port) = if cell.rtt_ms > 0 {
+                            let (g, p) = start_proxy(bins, mock_port, cell.rtt_ms)?;
+                            (Some(g), p)
+                        } else {
+                            (None, mock_port)
+                        };
                         let settings = if tls {
                             let p = mock_dir.join("smtpw.toml");
                             std::fs::write(
@@ -1027,13 +1236,21 @@ fn matrix(
                 match r {
                     Ok(s) => {
                         eprintln!(
-                            "  {label:<16} {:<13} run {}: {:>7.3} s  {:>9.0} rcpt/s  rss {:>6} KB  cpu {:.2} s",
+                            "  {label:<16} {:<13} run {}: {:>7.3} s  {:>9.0} rcpt/s  rss {:>6} KB  cpu {:.2} s{}",
                             row.variant.name(),
                             i + 1,
                             s.secs,
                             cell.recipients() as f64 / s.secs,
                             s.rss_kb,
-                            s.cpu
+                            s.cpu,
+                            if row.variant == Variant::Postgres {
+                                format!(
+                                    "  db cpu {:.2} s, db active {:.2} s",
+                                    s.db_cpu, s.db_active
+                                )
+                            } else {
+                                String::new()
+                            }
                         );
                         row.samples.push(s);
                     }
@@ -1046,6 +1263,9 @@ fn matrix(
             }
         }
         drop(pf);
+        if let (Some(Ok(server)), Some(t)) = (pg.as_ref(), &pg_tpl) {
+            server.drop_database(t);
+        }
         let _ = std::fs::remove_dir_all(&tpl);
         rows.extend(cell_rows);
     }
@@ -1081,8 +1301,8 @@ fn write_key_ratios(md: &mut String, rows: &[Row]) {
     let _ = writeln!(
         md,
         "\n## Key ratios (recipients/s, medians)\n\n\
-         | cell | smtpw / physical | smtpw / postfix | wan / mock (PIPELINING) | wan-nopipe / mock | mock+journal / mock | smtpw+scrape / smtpw |{}\n\
-         |---|---:|---:|---:|---:|---:|---:|{}",
+         | cell | smtpw / physical | smtpw / postfix | postgres / smtpw | wan / mock (PIPELINING) | wan-nopipe / mock | mock+journal / mock | smtpw+scrape / smtpw |{}\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|{}",
         if baseline { " baseline / smtpw |" } else { "" },
         if baseline { "---:|" } else { "" }
     );
@@ -1095,9 +1315,10 @@ fn write_key_ratios(md: &mut String, rows: &[Row]) {
         let g = |v| rate(rows, l, v);
         let _ = writeln!(
             md,
-            "| {l} | {} | {} | {} | {} | {} | {} |{}",
+            "| {l} | {} | {} | {} | {} | {} | {} | {} |{}",
             f(g(Smtpw), g(Physical)),
             f(g(Smtpw), g(Postfix)),
+            f(g(Postgres), g(Smtpw)),
             f(g(Wan), g(Mock)),
             f(g(WanNoPipe), g(Mock)),
             f(g(MockJournal), g(Mock)),
@@ -1111,14 +1332,138 @@ fn write_key_ratios(md: &mut String, rows: &[Row]) {
     }
 }
 
+/// The round-trip cells: recipients/s and messages per round trip per connection.
+fn write_rtt(md: &mut String, rows: &[Row]) {
+    let rtt_rows: Vec<&Row> = rows.iter().filter(|r| r.cell.rtt_ms > 0).collect();
+    if rtt_rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Round-trip cells\n\n\
+         Every peer reaches its relay through `latency-proxy` (each byte delayed by half the RTT \
+         each way, the greeting by 2 RTT after connect): `physical` = smtp-source, `smtpw` and \
+         `postfix` (the private instance's relay client) into the same smtp-sink, `wan` = smtpw \
+         into mock-mta (PIPELINING + CHUNKING). 2 KB messages. `msgs/RTT/conn` is msgs/s / \
+         connections x RTT: how many messages a connection completes per round trip (smtp-source \
+         needs about 5 round trips per 1-recipient message). Medians; `spread` as below.\n\n\
+         | cell | RTT ms | conns | rcpts/msg | msgs | variant | s (median) | spread | msgs/s | rcpts/s | msgs/RTT/conn | / physical | / postfix |\n\
+         |---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rtt_rows {
+        let c = &r.cell;
+        let label = c.label();
+        if r.samples.is_empty() {
+            let why = r.failed.as_deref().unwrap_or("no sample");
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {} | {} | {} | {} | | | | | | |",
+                c.rtt_ms,
+                c.workers,
+                c.rcpts,
+                c.messages,
+                r.variant.name(),
+                why.replace('|', "/").lines().next().unwrap_or("")
+            );
+            continue;
+        }
+        let secs = r.secs();
+        let msgs = c.messages as f64 / secs;
+        let per_rtt = msgs / f64::from(c.workers) * f64::from(c.rtt_ms) / 1000.0;
+        let vs = |v: Variant| match (r.variant == v, rate(rows, &label, v)) {
+            (false, Some(x)) => format!("{:.2}", r.rcpts_per_sec() / x),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | {secs:.3} | {:.0}% | {} | {} | {per_rtt:.2} | {} | {} |",
+            c.rtt_ms,
+            c.workers,
+            c.rcpts,
+            c.messages,
+            r.variant.name(),
+            r.spread(),
+            fmt_rate(msgs),
+            fmt_rate(r.rcpts_per_sec()),
+            vs(Variant::Physical),
+            vs(Variant::Postfix),
+        );
+    }
+}
+
+/// The `postgres` variant beside the SQLite `smtpw` of the same cells.
+fn write_pg(md: &mut String, rows: &[Row]) {
+    let pg_rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.variant == Variant::Postgres)
+        .collect();
+    if pg_rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## PostgreSQL spool (`postgres`) beside SQLite (`smtpw`)\n\n\
+         Same cell, same sink, same pre-loaded jobs (moved into a template database with `smtpw \
+         spool copy`; each run on a fresh copy). `db CPU/copy` is the user + system CPU of the \
+         cluster's processes during the run (postmaster, backends, WAL writer, checkpointer, \
+         autovacuum; from /proc) per copy delivered: what the database computed, not the time \
+         smtpw waited on commits. `db active/copy` is the time the database spent executing \
+         smtpw's statements, commit flushes included (`pg_stat_database.active_time` of the \
+         run's own database), per copy. Issue 15's target: postgres / smtpw >= 0.5.\n\n\
+         | cell | copies | smtpw rcpts/s | postgres rcpts/s | postgres / smtpw | spread (smtpw / postgres) | smtpw CPU µs/copy (SQLite) | smtpw CPU µs/copy (postgres) | db CPU µs/copy | db active µs/copy |\n\
+         |---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
+    for r in pg_rows {
+        let label = r.cell.label();
+        let copies = r.cell.messages as f64;
+        if r.samples.is_empty() {
+            let why = r.failed.as_deref().unwrap_or("no sample");
+            let _ = writeln!(
+                md,
+                "| {label} | {} | | {} | | | | | | |",
+                r.cell.messages,
+                why.replace('|', "/").lines().next().unwrap_or("")
+            );
+            continue;
+        }
+        let lite = rows.iter().find(|x| {
+            x.variant == Variant::Smtpw && x.cell.label() == label && !x.samples.is_empty()
+        });
+        let us = |cpu: f64| format!("{:.0}", cpu * 1e6 / copies);
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.cell.messages,
+            lite.map_or(String::new(), |l| fmt_rate(l.rcpts_per_sec())),
+            fmt_rate(r.rcpts_per_sec()),
+            lite.map_or(String::new(), |l| format!(
+                "{:.2}",
+                r.rcpts_per_sec() / l.rcpts_per_sec()
+            )),
+            lite.map_or(String::new(), |l| format!(
+                "{:.0}% / {:.0}%",
+                l.spread(),
+                r.spread()
+            )),
+            lite.map_or(String::new(), |l| us(l.med(|s| s.cpu))),
+            us(r.med(|s| s.cpu)),
+            us(r.med(|s| s.db_cpu)),
+            us(r.med(|s| s.db_active)),
+        );
+    }
+}
+
 fn write_matrix(md: &mut String, rows: &[Row], ingests: &[(String, Ingest)]) {
     write_key_ratios(md, rows);
+    write_rtt(md, rows);
+    write_pg(md, rows);
     let _ = writeln!(md, "\n## Variants\n");
     for v in [
         Variant::Physical,
         Variant::Smtpw,
         Variant::Baseline,
         Variant::Postfix,
+        Variant::Postgres,
         Variant::Mock,
         Variant::MockJournal,
         Variant::Wan,
@@ -1211,6 +1556,7 @@ fn chart(rows: &[Row]) -> String {
         (Variant::Smtpw, "#1f77b4"),
         (Variant::Baseline, "#9467bd"),
         (Variant::Postfix, "#8c564b"),
+        (Variant::Postgres, "#e377c2"),
         (Variant::Mock, "#2ca02c"),
         (Variant::MockJournal, "#98df8a"),
         (Variant::Wan, "#ff7f0e"),
@@ -1340,6 +1686,7 @@ fn scale(tools: &Tools, bins: &Bins, work: &Path, md: &mut String) -> anyhow::Re
             rcpts: 100,
             size: 2048,
             messages: n / 100,
+            rtt_ms: 0,
         };
         // The spool is already in place: run on it directly (no template copy).
         let tpl = dir.join("tpl");
@@ -1400,6 +1747,150 @@ mod tests {
         assert_eq!(Cell::new(32, 1000, 2048, 100_000).label(), "w32-r1000-2KB");
     }
 
+    /// `cargo xtask bench ARGS...` as clap parses them.
+    fn args(a: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: BenchArgs,
+        }
+        let mut v = vec!["bench"];
+        v.extend_from_slice(a);
+        <T as clap::Parser>::try_parse_from(v).unwrap().a
+    }
+
+    #[test]
+    fn rtt_cells_are_named_bounded_and_selectable() {
+        let all = cells(&args(&["--quick", "--filter", "rtt"]));
+        assert_eq!(
+            all.len(),
+            12,
+            "3 RTTs x 1, 10 connections x 1, 100 recipients"
+        );
+        let mut est_total = 0.0;
+        for (c, vars) in &all {
+            assert!(c.rtt_ms > 0 && c.size == 2048, "{c:?}");
+            assert!(c.label().ends_with(&format!("-rtt{}", c.rtt_ms)), "{c:?}");
+            let names: Vec<&str> = vars.iter().map(|v| v.name()).collect();
+            assert_eq!(names, ["physical", "smtpw", "postfix", "wan"]);
+            // The slowest peer (one round trip per command) must finish in seconds.
+            let per_conn = c.messages / u64::from(c.workers);
+            let est =
+                per_conn as f64 * round_trips_per_message(c.rcpts) as f64 * f64::from(c.rtt_ms)
+                    / 1000.0;
+            assert!(
+                per_conn >= 1 && est <= 6.0,
+                "{c:?}: about {est:.1} s per run"
+            );
+            est_total += est * vars.len() as f64 * 3.0;
+        }
+        // The whole quick RTT matrix, 3 runs of 4 variants: a few minutes at most.
+        assert!(est_total < 300.0, "about {est_total:.0} s");
+        let labels: Vec<String> = all.iter().map(|(c, _)| c.label()).collect();
+        assert!(
+            labels.contains(&"w10-r1-2KB-rtt10".to_string()),
+            "{labels:?}"
+        );
+        assert!(
+            labels.contains(&"w1-r100-2KB-rtt50".to_string()),
+            "{labels:?}"
+        );
+
+        // The full matrix: bounded too, and a 50 ms cell is no longer than the budget allows.
+        for (c, _) in cells(&args(&["--filter", "rtt50"])) {
+            let per_conn = c.messages / u64::from(c.workers);
+            let est = per_conn as f64 * round_trips_per_message(c.rcpts) as f64 * 0.05;
+            assert!(per_conn >= 3 && est <= 16.0, "{c:?}: about {est:.1} s");
+        }
+
+        let one = cells(&args(&[
+            "--quick",
+            "--filter",
+            "w10-r1-2KB-rtt10",
+            "--variants",
+            "physical,wan",
+        ]));
+        assert_eq!(one.len(), 1);
+        let names: Vec<&str> = one[0].1.iter().map(|v| v.name()).collect();
+        assert_eq!(names, ["physical", "wan"]);
+        assert!(cells(&args(&["--quick", "--no-rtt", "--filter", "rtt"])).is_empty());
+        // A whole label is that cell alone; a part of one selects all that contain it.
+        let exact = cells(&args(&["--quick", "--filter", "w10-r1-2KB"]));
+        assert_eq!(exact.len(), 1);
+        assert_eq!(exact[0].0.label(), "w10-r1-2KB");
+        let w10r1: Vec<String> = cells(&args(&["--quick", "--filter", "w10-r1-"]))
+            .iter()
+            .map(|(c, _)| c.label())
+            .collect();
+        assert_eq!(
+            w10r1,
+            [
+                "w10-r1-2KB",
+                "w10-r1-2KB-rtt1",
+                "w10-r1-2KB-rtt10",
+                "w10-r1-2KB-rtt50"
+            ]
+        );
+    }
+
+    #[test]
+    fn postfix_and_postgres_run_in_the_single_recipient_cells() {
+        for quick in [true, false] {
+            let a = if quick {
+                args(&["--quick", "--no-rtt"])
+            } else {
+                args(&["--no-rtt"])
+            };
+            let cs = cells(&a);
+            let find = |l: &str| {
+                cs.iter()
+                    .find(|(c, _)| c.label() == l)
+                    .map(|(_, v)| v.clone())
+            };
+            let w10 = find("w10-r1-2KB").expect("w10-r1-2KB");
+            let w32 = find("w32-r1-2KB").expect("w32-r1-2KB");
+            assert!(w10.contains(&Variant::Postfix) && w10.contains(&Variant::Postgres));
+            assert!(w32.contains(&Variant::Postfix));
+        }
+    }
+
+    #[test]
+    fn rtt_report_gives_messages_per_round_trip_per_connection() {
+        let cell = Cell::rtt(10, 1, 10, Duration::from_secs(1), 1);
+        let row = |variant, msgs_per_sec: f64| Row {
+            cell,
+            variant,
+            samples: vec![
+                Sample {
+                    secs: cell.messages as f64 / msgs_per_sec,
+                    ..Sample::default()
+                };
+                3
+            ],
+            failed: None,
+        };
+        // 1000 msgs/s over 10 connections at 10 ms: 1 message per round trip and connection.
+        let rows = vec![
+            row(Variant::Physical, 250.0),
+            row(Variant::Smtpw, 1000.0),
+            row(Variant::Postfix, 500.0),
+        ];
+        let mut md = String::new();
+        write_matrix(&mut md, &rows, &[]);
+        let line = md
+            .lines()
+            .find(|l| {
+                l.starts_with("| w10-r1-2KB-rtt10 | 10 | 10 | 1 |") && l.contains("| smtpw |")
+            })
+            .unwrap_or_else(|| panic!("no smtpw line in the round-trip table:\n{md}"));
+        assert!(line.contains("| 1.00 | 4.00 | 2.00 |"), "{line}");
+        let phys = md
+            .lines()
+            .find(|l| l.starts_with("| w10-r1-2KB-rtt10 | 10 |") && l.contains("| physical |"))
+            .unwrap_or_else(|| panic!("{md}"));
+        assert!(phys.contains("| 0.25 |"), "{phys}");
+    }
+
     #[test]
     fn report_has_ratios_and_chart_is_svg() {
         let cell = Cell::new(10, 100, 20_480, 1000);
@@ -1411,6 +1902,8 @@ mod tests {
                     secs,
                     rss_kb: 10_240,
                     cpu: 0.1,
+                    db_cpu: 0.0,
+                    db_active: 0.0,
                 };
                 3
             ],

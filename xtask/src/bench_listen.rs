@@ -33,12 +33,14 @@ fn cells() -> [Cell; 2] {
             rcpts: 1,
             size: SIZE,
             messages: 5000,
+            rtt_ms: 0,
         },
         Cell {
             workers: CONNECTIONS,
             rcpts: 100,
             size: SIZE,
             messages: 1000,
+            rtt_ms: 0,
         },
     ]
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod bench_listen;
+mod bench_pg;
 mod fuzz;
 mod postfix;
 

@@ -63,7 +63,8 @@ fn postfix(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 }
 
 impl Instance {
-    /// Create and start an instance in `dir` relaying to 127.0.0.1:`sink`.
+    /// Create and start an instance in `dir` relaying to 127.0.0.1:`sink` (the sink itself, or
+    /// the latency proxy in front of it in a round-trip cell).
     pub fn start(dir: &Path, sink: u16, cell: &Cell) -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         for d in ["etc", "spool", "data"] {
@@ -244,6 +245,8 @@ smtputf8_enable = no
             secs,
             rss_kb: 0,
             cpu: 0.0,
+            db_cpu: 0.0,
+            db_active: 0.0,
         })
     }
 

@@ -20,7 +20,7 @@ use crate::spool::{SetAside, Spool};
 use crate::worker::{self, Reachability, RelayLimits, Role, WorkerContext};
 
 pub use crate::worker::{
-    DeliveryStats, HostStats, COMPLETIONS_OUTSTANDING, FAILOVER_RECHECK, QUIT_AT_STOP,
+    DeliveryStats, HostStats, CLAIM_AHEAD, COMPLETIONS_OUTSTANDING, FAILOVER_RECHECK, QUIT_AT_STOP,
 };
 
 /// How the engine runs, beyond SITE.CFG.
@@ -482,6 +482,7 @@ impl<S: Spool> Engine<S> {
                             limiter,
                             client: self.opts.client.clone(),
                             max_bsmtp: cfg.max_bsmtp as usize,
+                            workers: cfg.workers.len().max(1),
                             shutdown: stop.clone(),
                             cutoff: cutoff.clone(),
                             stats: self.stats.clone(),

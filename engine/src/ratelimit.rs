@@ -196,6 +196,12 @@ impl RateLimiter {
         self.overall.is_none() && self.pool_bucket(pool).is_none()
     }
 
+    /// Whether a message of `pool` may have to wait at all (a local limit, or one shared with
+    /// other processes).
+    pub fn may_wait(&self, pool: Pool) -> bool {
+        !self.is_unlimited(pool) || self.shared.is_some()
+    }
+
     fn pool_bucket(&self, pool: Pool) -> Option<&Bucket> {
         self.pools.get(pool.index()).and_then(Option::as_ref)
     }

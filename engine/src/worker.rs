@@ -15,7 +15,7 @@ use crate::metrics::{ConnectionGuard, Metrics, WorkerState};
 use crate::net::{BoxFuture, Connector};
 use crate::ratelimit::RateLimiter;
 use crate::route::{route, Via};
-use crate::smtp::{Client, ClientConfig, ConnectError, DataGate, Reply};
+use crate::smtp::{Client, ClientConfig, ConnectError, DataGate, Message, Reply};
 use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
 
 /// Back-off for an unreachable host with no failover (WRK-6): 30 s doubling to 15 min.
@@ -32,6 +32,11 @@ pub const QUIT_AT_STOP: Duration = Duration::from_secs(2);
 /// in flight in the spool until its completion is durable, so a crash repeats at most these
 /// plus the copy being delivered; a stop waits for all of them.
 pub const COMPLETIONS_OUTSTANDING: usize = 2;
+/// The most copies a worker claims ahead for one connection (TXN-13): it delivers them with
+/// their transactions in flight together (up to the connection's window) and records their
+/// outcomes as one completion. So a worker holds at most `(COMPLETIONS_OUTSTANDING + 1) *
+/// CLAIM_AHEAD` copies in flight, the bound on what a crash repeats.
+pub const CLAIM_AHEAD: usize = 16;
 
 /// Counters every worker adds to, read by the CLI and the tests.
 #[derive(Debug, Default)]
@@ -199,6 +204,8 @@ pub struct WorkerContext<S: Spool> {
     pub limiter: Arc<RateLimiter>,
     pub client: ClientConfig,
     pub max_bsmtp: usize,
+    /// How many workers the site has: a worker claims ahead at most its share of the queue.
+    pub workers: usize,
     /// A stop was requested: finish the transaction under way, start no other.
     pub shutdown: CancellationToken,
     /// The stop's drain deadline has passed: cut off the transaction under way too (its copy
@@ -405,25 +412,40 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             }
         }
         let Some(o) = open.as_mut() else { continue };
-        let copy_id = copy.copy_id;
-        let done = tokio::select! {
-            biased;
-            d = deliver(&ctx, &name, o, copy, limited) => Some(d),
-            () = ctx.cutoff.cancelled() => None,
-        };
-        match done {
-            Some(Some((copy_id, result))) => pending.push(&ctx, &name, copy_id, result).await,
-            // Given back while waiting for the rate limit.
-            Some(None) => {}
-            None => {
-                // The drain deadline cut the transaction off: nothing of it is recorded, the
-                // copy goes back untouched and the connection (mid-transaction) is dropped.
-                ctx.spool.release(copy_id);
-                ctx.stats.returned_at_stop.fetch_add(1, Ordering::Relaxed);
-                warn!(worker = %name, copy = copy_id, "drain deadline: transaction cut off, the copy goes back to the queue");
-                open = None;
-                break;
+        // Claim ahead (TXN-13): as many copies as the connection keeps transactions in flight,
+        // so that the next messages' commands follow before the replies to the earlier ones.
+        // Only where no rate limit can make a copy wait inside the transaction window (a stop
+        // gives back a copy that waits for its rate, which it cannot do once the copy is in a
+        // window with others).
+        let mut batch = vec![copy];
+        // At most half this worker's share of what is queued, so that a short queue is still
+        // shared by every worker as their weights say (WRK-3); none ahead on a failover
+        // connection, which gives way to the primary after FAILOVER_RECHECK.
+        let share = ctx.spool.queued_copies() / (2 * ctx.workers as u64).max(1);
+        let ahead = o
+            .client
+            .window()
+            .min(CLAIM_AHEAD)
+            .min(usize::try_from(share).unwrap_or(usize::MAX).max(1));
+        let on_failover = targets.first() != Some(&o.target);
+        if ahead > 1 && !on_failover && !(limited && pools.iter().any(|p| ctx.limiter.may_wait(p)))
+        {
+            while batch.len() < ahead && !ctx.shutdown.is_cancelled() {
+                match ctx.spool.claim(pools).await {
+                    Ok(Some(c)) => batch.push(c),
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(worker = %name, error = %e, "claim failed");
+                        break;
+                    }
+                }
             }
+        }
+        if deliver(&ctx, &name, o, batch, limited, &mut pending).await {
+            // The drain deadline cut the transactions off: those not over went back to the
+            // queue untouched and the connection (mid-transaction) is dropped.
+            open = None;
+            break;
         }
         if open.as_ref().is_some_and(|o| !o.client.is_usable()) {
             open = None;
@@ -612,13 +634,17 @@ async fn expire_unreachable<S: Spool>(
         )
     };
     let (id, result) = complete(first);
-    pending.push(ctx, name, id, result).await;
+    pending
+        .push(ctx, name, id, result, COMPLETIONS_OUTSTANDING)
+        .await;
     let mut n = 1;
     while !ctx.shutdown.is_cancelled() {
         match ctx.spool.claim(pools).await {
             Ok(Some(c)) if ctx.spool.has_expired(c.job_created, ctx.clock.now()) => {
                 let (id, result) = complete(&c);
-                pending.push(ctx, name, id, result).await;
+                pending
+                    .push(ctx, name, id, result, COMPLETIONS_OUTSTANDING)
+                    .await;
                 n += 1;
             }
             Ok(Some(c)) => {
@@ -698,15 +724,17 @@ impl Completions {
     }
 
     /// Start recording a copy's outcomes, after waiting for the oldest outstanding completion
-    /// if [`COMPLETIONS_OUTSTANDING`] are under way.
+    /// if `limit` are under way ([`COMPLETIONS_OUTSTANDING`] per copy of the batch being
+    /// delivered).
     async fn push<S: Spool>(
         &mut self,
         ctx: &WorkerContext<S>,
         name: &str,
         copy_id: i64,
         result: CopyResult,
+        limit: usize,
     ) {
-        while self.tasks.len() >= COMPLETIONS_OUTSTANDING {
+        while self.tasks.len() >= limit.max(1) {
             self.wait_oldest(ctx, name).await;
         }
         let spool = ctx.spool.clone();
@@ -766,50 +794,119 @@ impl Completions {
     }
 }
 
-/// Run one transaction for `copy`; returns the outcomes to record, or `None` if the copy was
-/// given back (a stop while waiting for the rate limit).
+/// Deliver `copies` on the connection (their transactions in flight together, TXN-13),
+/// recording each copy's outcomes as soon as its transactions are over; returns whether the
+/// drain deadline cut the transactions off. A copy given back is not recorded: all of them
+/// when a stop came while waiting for the first one's rate limit; any whose transactions never
+/// started because the connection was lost before; and, at the drain deadline, every copy whose
+/// transactions were not over. At most `COMPLETIONS_OUTSTANDING` times the batch's size of
+/// completions are outstanding (the next copy's recording waits for the oldest), so a worker
+/// holds at most `(COMPLETIONS_OUTSTANDING + 1) * CLAIM_AHEAD` copies in flight.
 async fn deliver<S: Spool>(
     ctx: &WorkerContext<S>,
     name: &str,
     o: &mut Open,
-    copy: ClaimedCopy,
+    copies: Vec<ClaimedCopy>,
     limited: bool,
-) -> Option<(i64, CopyResult)> {
-    let gate = PoolGate {
-        limiter: &ctx.limiter,
-        pool: copy.pool,
-        prepaid: AtomicBool::new(false),
-    };
-    if limited {
-        // Waiting for the rate limit is not a transaction yet: a stop gives the copy back.
+    pending: &mut Completions,
+) -> bool {
+    let gates: Vec<PoolGate<'_>> = copies
+        .iter()
+        .map(|c| PoolGate {
+            limiter: &ctx.limiter,
+            pool: c.pool,
+            prepaid: AtomicBool::new(false),
+        })
+        .collect();
+    if let (true, Some(first), Some(gate)) = (limited, copies.first(), gates.first()) {
+        // Waiting for the rate limit is not a transaction yet: a stop gives the copies back.
         tokio::select! {
-            () = ctx.limiter.acquire(copy.pool, copy.message.len() as u64) => {
+            () = ctx.limiter.acquire(first.pool, first.message.len() as u64) => {
                 gate.prepaid.store(true, Ordering::Relaxed);
             }
             () = ctx.shutdown.cancelled() => {
-                ctx.spool.release(copy.copy_id);
-                return None;
+                for c in &copies {
+                    ctx.spool.release(c.copy_id);
+                }
+                return false;
             }
         }
     }
     let no_gate = crate::smtp::NoGate;
-    let gate: &dyn DataGate = if limited { &gate } else { &no_gate };
-    let d = o
-        .client
-        .deliver(
-            &copy.mail_from,
-            &copy.rcpts,
-            &copy.message,
-            ctx.max_bsmtp,
-            gate,
-        )
-        .await;
+    let gates: Vec<&dyn DataGate> = if limited {
+        gates.iter().map(|g| g as &dyn DataGate).collect()
+    } else {
+        vec![&no_gate]
+    };
+    let msgs: Vec<Message<'_>> = copies
+        .iter()
+        .map(|c| Message {
+            mail_from: &c.mail_from,
+            rcpts: &c.rcpts,
+            message: &c.message,
+        })
+        .collect();
+    let outstanding = COMPLETIONS_OUTSTANDING * copies.len().max(1);
     let host = o.target.to_string();
+    let tls = o.client.tls_version();
+    let mut cut = false;
+    let mut learned = None;
+    {
+        let mut batch = o.client.deliver_many(&msgs, ctx.max_bsmtp);
+        loop {
+            let over = batch.next_over(&gates, &ctx.shutdown, &ctx.cutoff).await;
+            if over.is_empty() {
+                break;
+            }
+            learned = batch.learned_rcpt_limit();
+            for (i, d) in over {
+                let Some(copy) = copies.get(i) else { continue };
+                match d {
+                    None if !ctx.cutoff.is_cancelled() => {
+                        // A stop came before its transaction began.
+                        ctx.spool.release(copy.copy_id);
+                    }
+                    None => {
+                        cut = true;
+                        ctx.spool.release(copy.copy_id);
+                        ctx.stats.returned_at_stop.fetch_add(1, Ordering::Relaxed);
+                        warn!(worker = %name, copy = copy.copy_id, "drain deadline: transaction cut off, the copy goes back to the queue");
+                    }
+                    Some(d) if d.transactions == 0 && d.connection_lost.is_some() => {
+                        // Never sent: the connection was lost first. Back to the queue.
+                        ctx.spool.release(copy.copy_id);
+                    }
+                    Some(d) => {
+                        let result = record(ctx, name, &host, tls, learned, copy, d);
+                        pending
+                            .push(ctx, name, copy.copy_id, result, outstanding)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(l) = learned {
+        ctx.relay_limits.learn(&o.target, l);
+    }
+    cut
+}
+
+/// The metrics, counters and log of one copy's delivery; its outcomes to record.
+fn record<S: Spool>(
+    ctx: &WorkerContext<S>,
+    name: &str,
+    host: &str,
+    tls: Option<&'static str>,
+    learned: Option<usize>,
+    copy: &ClaimedCopy,
+    d: crate::smtp::Delivery,
+) -> CopyResult {
     {
         let outcomes: Vec<Outcome> = d.results.iter().map(|r| r.outcome).collect();
         let codes: Vec<u16> = d.results.iter().map(|r| r.reply.code).collect();
         let result = crate::metrics::transaction_result(&outcomes, d.connection_lost.is_some());
-        ctx.metrics.transaction(&host, result, &codes);
+        ctx.metrics.transaction(host, result, &codes);
         let trouble = d.connection_lost.as_ref().or_else(|| {
             d.results
                 .iter()
@@ -818,7 +915,7 @@ async fn deliver<S: Spool>(
         });
         if let Some(r) = trouble {
             ctx.metrics
-                .relay_error(&host, &r.to_string(), ctx.clock.now(), None);
+                .relay_error(host, &r.to_string(), ctx.clock.now(), None);
         }
     }
     let rcpts: Vec<RcptOutcome> = d
@@ -830,27 +927,20 @@ async fn deliver<S: Spool>(
         })
         .collect();
     ctx.stats
-        .record(&host, &rcpts, d.too_many_recoveries, d.transactions);
-    if let Some(l) = o.client.learned_rcpt_limit() {
-        ctx.relay_limits.learn(&o.target, l);
-    }
+        .record(host, &rcpts, d.too_many_recoveries, d.transactions);
     // The achieved rate `smtpw queue` shows: message bytes of each transaction sent.
     let sent = (copy.message.len() as u64).saturating_mul(u64::from(d.transactions));
     ctx.limiter.meter().record(copy.pool, sent);
     if d.too_many_recoveries > 0 {
-        info!(worker = %name, host = %host, learned = ?o.client.learned_rcpt_limit(), "relay limited recipients; rest sent in the next transaction");
+        info!(worker = %name, host = %host, learned = ?learned, "relay limited recipients; rest sent in the next transaction");
     }
-    let tls = o.client.tls_version();
     debug!(worker = %name, host = %host, copy = copy.copy_id, tls = tls.unwrap_or("none"),
         transactions = d.transactions, "copy sent");
-    Some((
-        copy.copy_id,
-        CopyResult {
-            relay: Some(host),
-            tls,
-            rcpts,
-        },
-    ))
+    CopyResult {
+        relay: Some(host.to_string()),
+        tls,
+        rcpts,
+    }
 }
 
 /// QUIT and close; cut short by the drain deadline.

@@ -41,6 +41,7 @@ async fn pipelined_transactions_are_one_write_group_each() {
                 size: Some(2_097_152),
                 enhanced_status_codes: true,
                 eight_bit_mime: true,
+                chunking: true,
                 esmtp: true,
                 ..Capabilities::default()
             }

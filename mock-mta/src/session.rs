@@ -535,18 +535,36 @@ impl Session {
                 }
                 Mode::Bdat {
                     remaining,
-                    last,
+                    last: _,
                     reject,
                 } => {
                     let take = (*remaining).min(buf.len() as u64) as usize;
+                    let mut progress = None;
                     if let Some(body) = self.body.as_mut() {
                         if reject.is_none() {
                             body.push(&buf[..take]);
+                            progress = Some((body.bytes, body.oversize));
                         }
                     }
                     buf.advance(take);
                     *remaining -= take as u64;
-                    if *remaining > 0 {
+                    let left = *remaining;
+                    // The message-data faults (a drop after N bytes, IIS closing mid-data on an
+                    // oversize message) apply to BDAT chunks as they do to DATA.
+                    if let Some((bytes, oversize)) = progress {
+                        if let Some(r) = self.mid_data_checks(bytes, oversize) {
+                            return Some(r);
+                        }
+                    }
+                    let Mode::Bdat {
+                        remaining: _,
+                        last,
+                        reject,
+                    } = &mut self.mode
+                    else {
+                        continue;
+                    };
+                    if left > 0 {
                         return None;
                     }
                     let (last, reject) = (*last, reject.take());
@@ -577,7 +595,9 @@ impl Session {
             .drop_mid_data_after_bytes
             .is_some_and(|n| bytes >= n)
         {
-            self.out.clear();
+            // The replies already given (to earlier commands of a pipelined group, earlier
+            // BDAT transactions) go out before the drop, as a server that answered them would
+            // have sent them; what is dropped is this message.
             return Some("fault-drop");
         }
         if oversize && self.shared.config.profile.oversize_data == OversizeData::CloseMidData {
@@ -1136,7 +1156,7 @@ impl Session {
             self.rng.as_mut().is_some_and(|g| g.chance(pm))
         };
         if random_drop || self.faults.drop_after_dot_of_message == Some(self.dots) {
-            self.out.clear();
+            // Replies to earlier commands still go out (see the mid-data drop).
             return Flow::Close("fault-drop");
         }
         let p = &self.shared.config.profile;

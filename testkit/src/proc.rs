@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use mock_mta::{MockConfig, MockMta, MockServer};
-use smtpw_engine::engine::COMPLETIONS_OUTSTANDING;
+use smtpw_engine::engine::{CLAIM_AHEAD, COMPLETIONS_OUTSTANDING};
 use tokio::io::AsyncReadExt;
 
 use crate::Failure;
@@ -411,10 +411,11 @@ pub fn write_site_cfg(dir: &Path, port: u16, workers: u32, max_bsmtp: u32) -> Pa
 }
 
 /// Copies in flight at any moment, the most a crash (or a lost outcome) can repeat: per worker,
-/// the copy being delivered plus those whose outcomes are being made durable (a worker claims
-/// its next copy while the previous completions sync).
+/// the batch being delivered (at most `CLAIM_AHEAD` copies claimed ahead for one connection)
+/// plus the batches whose outcomes are being made durable (a worker claims its next batch while
+/// the previous completions sync), each at most `CLAIM_AHEAD` copies.
 pub fn in_flight_copies(workers: u32) -> u64 {
-    u64::from(workers) * (COMPLETIONS_OUTSTANDING as u64 + 1)
+    u64::from(workers) * (COMPLETIONS_OUTSTANDING as u64 + 1) * CLAIM_AHEAD as u64
 }
 
 /// Recipients one crash can repeat at the relay (or a site can send without recording

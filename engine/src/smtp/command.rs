@@ -34,6 +34,9 @@ pub enum Verb {
     StartTls,
     /// AUTH and each line that answers one of its 334 challenges.
     Auth,
+    /// `BDAT n LAST` with the message (RFC 3030): its reply decides the transaction, as the
+    /// reply to the final dot does.
+    Bdat,
 }
 
 impl Verb {
@@ -51,6 +54,7 @@ impl Verb {
             Verb::Quit => "QUIT",
             Verb::StartTls => "STARTTLS",
             Verb::Auth => "AUTH",
+            Verb::Bdat => "BDAT",
         }
     }
 
@@ -64,7 +68,8 @@ impl Verb {
             Verb::Mail | Verb::Rset => t.mail,
             Verb::Rcpt => t.rcpt,
             Verb::Data => t.data_init,
-            Verb::EndOfData => t.data_term,
+            // The message is in the same write: its reply is the one to the final dot.
+            Verb::EndOfData | Verb::Bdat => t.data_term,
             Verb::Quit => t.quit,
             // Part of the handshake: EHLO's time-out.
             Verb::StartTls | Verb::Auth => t.ehlo,
@@ -73,9 +78,10 @@ impl Verb {
 
     /// Whether a pipelined command group must end with this command: RFC 2920 §3.1 lets only
     /// RSET, MAIL and RCPT be followed by more commands before their replies are read (DATA,
-    /// EHLO, HELO, NOOP and QUIT change the session's state or end it).
+    /// EHLO, HELO, NOOP and QUIT change the session's state or end it). BDAT carries its data
+    /// with it and may be followed too (RFC 3030 §4.2).
     pub fn ends_group(self) -> bool {
-        !matches!(self, Verb::Rset | Verb::Mail | Verb::Rcpt)
+        !matches!(self, Verb::Rset | Verb::Mail | Verb::Rcpt | Verb::Bdat)
     }
 }
 
@@ -92,12 +98,22 @@ pub struct MailParams {
 pub enum Command<'a> {
     Ehlo(&'a str),
     Helo(&'a str),
-    Mail { from: &'a str, params: MailParams },
-    Rcpt { to: &'a str },
+    Mail {
+        from: &'a str,
+        params: MailParams,
+    },
+    Rcpt {
+        to: &'a str,
+    },
     Data,
     Rset,
     Quit,
     StartTls,
+    /// `BDAT <size> LAST`: the whole message in one chunk (the message bytes follow the line,
+    /// not dot-stuffed; the caller appends them).
+    BdatLast {
+        size: u64,
+    },
 }
 
 impl Command<'_> {
@@ -112,6 +128,7 @@ impl Command<'_> {
             Command::Rset => Verb::Rset,
             Command::Quit => Verb::Quit,
             Command::StartTls => Verb::StartTls,
+            Command::BdatLast { .. } => Verb::Bdat,
         }
     }
 
@@ -142,6 +159,11 @@ impl Command<'_> {
             Command::Rset => out.extend_from_slice(b"RSET"),
             Command::Quit => out.extend_from_slice(b"QUIT"),
             Command::StartTls => out.extend_from_slice(b"STARTTLS"),
+            Command::BdatLast { size } => {
+                out.extend_from_slice(b"BDAT ");
+                push_decimal(out, *size);
+                out.extend_from_slice(b" LAST");
+            }
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -220,6 +242,8 @@ mod tests {
         assert_eq!(line(Command::Data), "DATA\r\n");
         assert_eq!(line(Command::Rset), "RSET\r\n");
         assert_eq!(line(Command::Quit), "QUIT\r\n");
+        assert_eq!(line(Command::BdatLast { size: 2048 }), "BDAT 2048 LAST\r\n");
+        assert_eq!(Command::BdatLast { size: 0 }.verb(), Verb::Bdat);
     }
 
     #[test]
@@ -253,7 +277,7 @@ mod tests {
 
     #[test]
     fn only_rset_mail_and_rcpt_may_be_followed_in_a_group() {
-        for v in [Verb::Rset, Verb::Mail, Verb::Rcpt] {
+        for v in [Verb::Rset, Verb::Mail, Verb::Rcpt, Verb::Bdat] {
             assert!(!v.ends_group(), "{v:?}");
         }
         for v in [Verb::Ehlo, Verb::Helo, Verb::Data, Verb::Quit] {

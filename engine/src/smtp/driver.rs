@@ -23,11 +23,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Credentials;
 use super::reply::{parse_reply, Capabilities, Reply};
 use super::session::{Lost, Machine, Session, SessionSecurity, Step, Written};
-use super::txn::{Deliver, Delivery};
+use super::txn::{Deliver, Delivery, Msg};
 use super::{ClientConfig, ConnectError, DataGate, NoGate};
 use crate::net::BoxStream;
 use crate::settings::TlsMode;
@@ -125,7 +126,7 @@ impl Client {
             io,
             session: Session::with_security(cfg, sec),
         };
-        c.io.drive(&mut c.session, &NoGate).await;
+        c.io.drive(&mut c.session, &[&NoGate]).await;
         c.session.handshake_result()?;
         tracing::debug!(caps = ?c.session.capabilities(), tls = ?c.session.tls_version(), "SMTP session ready");
         Ok(c)
@@ -195,7 +196,7 @@ impl Client {
     pub async fn quit(mut self) {
         let t = self.session.timeouts().quit;
         if self.session.start_quit() {
-            self.io.drive(&mut self.session, &NoGate).await;
+            self.io.drive(&mut self.session, &[&NoGate]).await;
         }
         let _ = tokio::time::timeout(t, self.io.stream.shutdown()).await;
     }
@@ -215,10 +216,118 @@ impl Client {
         gate: &dyn DataGate,
     ) -> Delivery {
         let mut job = Deliver::new(&mut self.session, mail_from, rcpts, message, max_rcpts);
-        self.io.drive(&mut job, gate).await;
+        self.io.drive(&mut job, &[gate]).await;
         job.finish()
     }
+
+    /// How many transactions this connection keeps in flight at once (TXN-13): the configured
+    /// window when the relay takes BDAT with PIPELINING, else 1. A caller with several messages
+    /// for this connection passes up to this many to [`Client::deliver_many`].
+    pub fn window(&self) -> usize {
+        if self.session.uses_bdat() {
+            self.session.config().window.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// Deliver several messages on this connection, as [`Client::deliver`] does each, with up
+    /// to [`Client::window`] transactions in flight (TXN-13). The returned [`Batch`] hands out
+    /// each message's [`Delivery`] as soon as its transactions are over.
+    pub fn deliver_many<'c, 'm>(
+        &'c mut self,
+        msgs: &[Message<'m>],
+        max_rcpts: usize,
+    ) -> Batch<'c, 'm> {
+        let msgs: Vec<Msg<'m>> = msgs
+            .iter()
+            .map(|m| Msg {
+                from: m.mail_from,
+                rcpts: m.rcpts,
+                message: m.message,
+            })
+            .collect();
+        Batch {
+            io: &mut self.io,
+            job: Deliver::new_many(&mut self.session, &msgs, max_rcpts),
+        }
+    }
 }
+
+/// Messages under way on one connection ([`Client::deliver_many`]).
+pub struct Batch<'c, 'm> {
+    io: &'c mut Io,
+    job: Deliver<'c, 'm>,
+}
+
+impl std::fmt::Debug for Batch<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").finish_non_exhaustive()
+    }
+}
+
+impl Batch<'_, '_> {
+    /// Run the transactions until some messages are over; their index and [`Delivery`] (a
+    /// message whose transactions never started when the connection was lost has
+    /// `transactions == 0` and every recipient deferred). `gates[i]` is awaited before each
+    /// transaction of message `i` (the last gate for any message beyond). Empty once every
+    /// message was handed out.
+    ///
+    /// Once `shutdown` is cancelled no other transaction begins: the messages none of whose
+    /// transactions began come back as `None`, for the caller to give back untouched. When
+    /// `cutoff` is cancelled, the exchange stops where it is and the connection is not used
+    /// again: every message not handed out yet comes back as `None`.
+    pub async fn next_over(
+        &mut self,
+        gates: &[&dyn DataGate],
+        shutdown: &CancellationToken,
+        cutoff: &CancellationToken,
+    ) -> Vec<(usize, Option<Delivery>)> {
+        loop {
+            if shutdown.is_cancelled() {
+                self.job.stop_beginning();
+            }
+            if self.job.any_over() || self.job.is_done() {
+                break;
+            }
+            // Between steps only (a write is not cancel-safe): a stop lets the transactions in
+            // flight finish and begins no other.
+            let stop =
+                |m: &Deliver<'_, '_>| m.any_over() || (shutdown.is_cancelled() && !m.is_stopping());
+            let cut = tokio::select! {
+                biased;
+                () = cutoff.cancelled() => true,
+                () = self.io.drive_until(&mut self.job, gates, stop) => false,
+            };
+            if cut {
+                self.io.deadline = None;
+                let out = self.job.take_over(true);
+                self.job
+                    .on_lost(Lost::Protocol("cut off at the drain deadline".into()));
+                return out;
+            }
+        }
+        self.job.take_over(false)
+    }
+
+    /// The recipients-per-transaction limit the relay taught this connection.
+    pub fn learned_rcpt_limit(&self) -> Option<usize> {
+        self.job.session().learned_rcpt_limit()
+    }
+}
+
+/// One message for [`Client::deliver_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The envelope sender.
+    pub mail_from: &'a str,
+    /// The envelope recipients.
+    pub rcpts: &'a [String],
+    /// The unstuffed message: headers and body with CRLF line ends.
+    pub message: &'a [u8],
+}
+
+impl Client {}
 
 /// What an idle connection had to say.
 #[derive(Debug)]
@@ -275,11 +384,28 @@ impl Io {
     }
 
     /// Run `m` until it is done.
-    async fn drive<M: Machine>(&mut self, m: &mut M, gate: &dyn DataGate) {
+    async fn drive<M: Machine>(&mut self, m: &mut M, gates: &[&dyn DataGate]) {
+        self.drive_until(m, gates, |_| false).await;
+    }
+
+    /// Run `m` until it is done, or until `stop` says so after a step (then the deadline runs
+    /// on, and a later call goes on where this one stopped).
+    async fn drive_until<M: Machine>(
+        &mut self,
+        m: &mut M,
+        gates: &[&dyn DataGate],
+        stop: impl Fn(&M) -> bool,
+    ) {
         loop {
+            if stop(m) {
+                return;
+            }
             match m.next() {
                 Step::Begin { bytes, deadline } => {
-                    gate.acquire(bytes).await;
+                    let gate = gates.get(m.begun()).or(gates.last());
+                    if let Some(gate) = gate {
+                        gate.acquire(bytes).await;
+                    }
                     // The deadline runs from the first command of the transaction (after the
                     // rate gate).
                     self.deadline = Instant::now()

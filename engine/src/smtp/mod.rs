@@ -25,7 +25,7 @@ mod txn;
 use std::time::Duration;
 
 pub use auth::{CredentialSecret, Credentials};
-pub use driver::{Client, Security};
+pub use driver::{Batch, Client, Message, Security};
 pub use reply::{classify_rcpt, parse_reply, Capabilities, RcptVerdict, Reply, ReplyError};
 pub use txn::{Delivery, RcptResult};
 
@@ -146,7 +146,17 @@ pub struct ClientConfig {
     pub pipelining: bool,
     /// Send `SIZE=<octets>` on MAIL when the relay advertises SIZE. Default true.
     pub use_size: bool,
+    /// Send the message with `BDAT n LAST` when the relay advertises CHUNKING and PIPELINING
+    /// (TXN-13): MAIL, the RCPTs, BDAT and the message in one write. Default true.
+    pub chunking: bool,
+    /// Transactions in flight at once on a connection that uses BDAT (TXN-13): the next
+    /// messages' commands follow before the replies to the earlier ones arrive. 1: one at a
+    /// time. Default [`DEFAULT_WINDOW`].
+    pub window: usize,
 }
+
+/// The default [`ClientConfig::window`]: transactions in flight per connection.
+pub const DEFAULT_WINDOW: usize = 16;
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -156,6 +166,8 @@ impl Default for ClientConfig {
             txn_deadline: TxnDeadline::default(),
             pipelining: true,
             use_size: true,
+            chunking: true,
+            window: DEFAULT_WINDOW,
         }
     }
 }

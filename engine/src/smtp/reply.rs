@@ -305,6 +305,8 @@ pub struct Capabilities {
     pub esmtp: bool,
     /// STARTTLS (RFC 3207).
     pub starttls: bool,
+    /// CHUNKING (RFC 3030): BDAT.
+    pub chunking: bool,
     /// The SASL mechanisms of `AUTH` lines (RFC 4954) and of the older `AUTH=` form IIS still
     /// sends, upper case, each once.
     pub auth: Vec<String>,
@@ -333,6 +335,8 @@ impl Capabilities {
                 caps.eight_bit_mime = true;
             } else if keyword.eq_ignore_ascii_case("STARTTLS") {
                 caps.starttls = true;
+            } else if keyword.eq_ignore_ascii_case("CHUNKING") {
+                caps.chunking = true;
             } else if keyword.eq_ignore_ascii_case("AUTH")
                 || keyword
                     .get(..5)
@@ -510,9 +514,12 @@ mod tests {
                 eight_bit_mime: true,
                 esmtp: true,
                 starttls: false,
+                chunking: false,
                 auth: vec!["GSSAPI".into(), "NTLM".into()],
             }
         );
+        let caps = Capabilities::from_ehlo(&parse_all("250-mx\r\n250-chunking\r\n250 OK\r\n"));
+        assert!(caps.chunking);
         // IIS with AUTH LOGIN: both forms, each mechanism once; STARTTLS.
         let caps = Capabilities::from_ehlo(&parse_all(
             "250-mx\r\n250-STARTTLS\r\n250-AUTH=LOGIN\r\n250-AUTH GSSAPI NTLM login\r\n250 OK\r\n",

@@ -127,6 +127,10 @@ pub(crate) trait Machine {
     fn next(&mut self) -> Step;
     /// The bytes a [`Step::Write`] writes.
     fn output(&self) -> &[u8];
+    /// Which message the transaction of the last [`Step::Begin`] carries (its rate gate).
+    fn begun(&self) -> usize {
+        0
+    }
     /// The write of [`Machine::output`] is over.
     fn on_written(&mut self, written: Written);
     /// The reply a [`Step::Read`] waited for.
@@ -400,6 +404,22 @@ impl Session {
 
     pub(super) fn nothing_owed(&self) -> bool {
         self.owed.is_empty()
+    }
+
+    /// The transaction the next reply belongs to (`None`: nothing owed).
+    pub(super) fn owed_head_txn(&self) -> Option<u32> {
+        self.owed.front().map(|o| o.txn)
+    }
+
+    /// Transactions go out whole with `BDAT n LAST` (TXN-13): wanted and offered, with
+    /// PIPELINING too (a lock-step BDAT saves nothing over DATA).
+    pub(crate) fn uses_bdat(&self) -> bool {
+        self.cfg.chunking && self.caps.chunking && self.cfg.pipelining && self.caps.pipelining
+    }
+
+    /// Append raw bytes (a BDAT chunk) to the group being written.
+    pub(super) fn push_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
     }
 
     /// The reply at hand answers the head of the queue.

@@ -34,6 +34,7 @@
 //! answers, and a loss defers the undecided recipients of every transaction in flight.
 
 use std::collections::VecDeque;
+use std::io;
 
 use super::command::{path_ok, Command, Verb};
 use super::data::{DotStuffer, DATA_CHUNK};
@@ -167,6 +168,8 @@ enum Body<'m> {
 #[derive(Debug)]
 struct Txn<'m> {
     id: u32,
+    /// The message (index in [`Deliver`]'s jobs) it carries.
+    job: usize,
     /// Indexes of the recipients it carries, in order.
     batch: Vec<usize>,
     next: Next,
@@ -184,12 +187,15 @@ struct Txn<'m> {
     body: Body<'m>,
     /// The server replied before the message data was all written.
     interrupted: bool,
+    /// A reply to one of its commands has arrived.
+    replied: bool,
 }
 
 impl Txn<'_> {
-    fn new(id: u32, batch: Vec<usize>, rset: bool) -> Self {
+    fn new(id: u32, job: usize, batch: Vec<usize>, rset: bool) -> Self {
         Self {
             id,
+            job,
             accepted: Vec::with_capacity(batch.len()),
             batch,
             next: if rset { Next::Rset } else { Next::Mail },
@@ -199,25 +205,132 @@ impl Txn<'_> {
             first_too_many: None,
             body: Body::Waiting,
             interrupted: false,
+            replied: false,
         }
     }
 }
 
-/// Deliver one message to its recipients on one session: a [`Machine`] the driver runs, then
-/// [`Deliver::finish`] for the [`Delivery`].
+/// One message of a [`Deliver`]: the envelope and the unstuffed message (headers and body with
+/// CRLF line ends).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Msg<'m> {
+    pub(crate) from: &'m str,
+    pub(crate) rcpts: &'m [String],
+    pub(crate) message: &'m [u8],
+}
+
+/// What a [`Deliver`] knows of one of its messages.
 #[derive(Debug)]
-pub(crate) struct Deliver<'s, 'm> {
-    s: &'s mut Session,
+struct Job<'m> {
     from: &'m str,
     rcpts: &'m [String],
     message: &'m [u8],
-    max_rcpts: usize,
     results: Vec<Option<RcptResult>>,
     /// Recipients not yet in a transaction, in order.
     pending: VecDeque<usize>,
-    txn: Option<Txn<'m>>,
     transactions: u32,
     too_many_recoveries: u32,
+    /// One of its transactions is in flight. A message has one at a time: what a transaction
+    /// learns (too many recipients) decides what the next one carries.
+    busy: bool,
+    /// The connection was lost while the message was still under way.
+    lost: bool,
+    /// Its [`Delivery`] was handed out ([`Deliver::take_over`]).
+    reported: bool,
+}
+
+impl<'m> Job<'m> {
+    fn new(m: Msg<'m>, usable: bool) -> Self {
+        let mut j = Self {
+            from: m.from,
+            rcpts: m.rcpts,
+            message: m.message,
+            results: vec![None; m.rcpts.len()],
+            pending: VecDeque::new(),
+            transactions: 0,
+            too_many_recoveries: 0,
+            busy: false,
+            lost: !usable,
+            reported: false,
+        };
+        if !usable {
+            return j;
+        }
+        if !path_ok(m.from) {
+            let r = Reply::new(501, Some((5, 1, 7)), "Bad sender address syntax (not sent)");
+            j.results.fill(Some(RcptResult::failed(r)));
+            return j;
+        }
+        let bad = Reply::new(
+            501,
+            Some((5, 1, 3)),
+            "Bad recipient address syntax (not sent)",
+        );
+        for (i, rcpt) in m.rcpts.iter().enumerate() {
+            if path_ok(rcpt) {
+                j.pending.push_back(i);
+            } else {
+                j.results[i] = Some(RcptResult::failed(bad.clone()));
+            }
+        }
+        j
+    }
+
+    /// Every recipient still undecided gets `r`; none is left for another transaction.
+    fn decide_rest(&mut self, r: &RcptResult) {
+        for slot in self.results.iter_mut().filter(|s| s.is_none()) {
+            *slot = Some(r.clone());
+        }
+        self.pending.clear();
+    }
+
+    fn finish(mut self, lost: Option<&Reply>) -> Delivery {
+        self.delivery(lost)
+    }
+
+    /// Its transactions are all over: none in flight, no recipient waiting for one.
+    fn over(&self) -> bool {
+        !self.busy && self.pending.is_empty()
+    }
+
+    /// The outcomes so far (those undecided get the reason the connection was lost).
+    fn delivery(&mut self, lost: Option<&Reply>) -> Delivery {
+        let lost = lost.filter(|_| self.lost).cloned();
+        let results = std::mem::take(&mut self.results)
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    RcptResult::deferred(lost.clone().unwrap_or_else(Reply::connection_lost))
+                })
+            })
+            .collect();
+        Delivery {
+            results,
+            transactions: self.transactions,
+            too_many_recoveries: self.too_many_recoveries,
+            connection_lost: lost,
+        }
+    }
+}
+
+/// Deliver messages to their recipients on one session: a [`Machine`] the driver runs, then
+/// [`Deliver::finish`] (one message) or [`Deliver::take_over`] for the [`Delivery`] of each.
+///
+/// With BDAT (TXN-13) up to the configured window of transactions are in flight at once, each
+/// complete in the bytes written (`[RSET] MAIL RCPT... BDAT n LAST` and the message); the
+/// replies, in order, go to the oldest transaction that still owes some. Without BDAT one
+/// transaction at a time, as before.
+#[derive(Debug)]
+pub(crate) struct Deliver<'s, 'm> {
+    s: &'s mut Session,
+    jobs: Vec<Job<'m>>,
+    max_rcpts: usize,
+    /// Transactions in flight, oldest first.
+    inflight: VecDeque<Txn<'m>>,
+    /// The message of the transaction begun last.
+    begun: usize,
+    /// A stop: no transaction begins any more (those in flight finish).
+    stopping: bool,
     connection_lost: Option<Reply>,
     done: bool,
 }
@@ -233,85 +346,159 @@ impl<'s, 'm> Deliver<'s, 'm> {
         message: &'m [u8],
         max_rcpts: usize,
     ) -> Self {
-        let mut d = Self {
-            s,
+        let m = Msg {
             from: mail_from,
             rcpts,
             message,
-            max_rcpts,
-            results: vec![None; rcpts.len()],
-            pending: VecDeque::new(),
-            txn: None,
-            transactions: 0,
-            too_many_recoveries: 0,
-            connection_lost: None,
-            done: false,
         };
-        if !d.s.is_usable() {
-            d.connection_lost = Some(d.s.lost.clone().unwrap_or_else(Reply::connection_lost));
-            d.done = true;
-        } else if !path_ok(mail_from) {
-            let r = Reply::new(501, Some((5, 1, 7)), "Bad sender address syntax (not sent)");
-            d.results.fill(Some(RcptResult::failed(r)));
-            d.done = true;
-        } else {
-            let bad = Reply::new(
-                501,
-                Some((5, 1, 3)),
-                "Bad recipient address syntax (not sent)",
-            );
-            for (i, rcpt) in rcpts.iter().enumerate() {
-                if path_ok(rcpt) {
-                    d.pending.push_back(i);
-                } else {
-                    d.results[i] = Some(RcptResult::failed(bad.clone()));
-                }
-            }
-        }
-        d
+        Self::new_many(s, &[m], max_rcpts)
     }
 
-    /// The outcome of every recipient (those never decided get the reason the connection was
-    /// lost).
+    /// Deliver each of `msgs` (see [`Deliver::new`]), several transactions in flight when the
+    /// session uses BDAT.
+    pub(crate) fn new_many(s: &'s mut Session, msgs: &[Msg<'m>], max_rcpts: usize) -> Self {
+        let usable = s.is_usable();
+        let connection_lost =
+            (!usable).then(|| s.lost.clone().unwrap_or_else(Reply::connection_lost));
+        Self {
+            jobs: msgs.iter().map(|m| Job::new(*m, usable)).collect(),
+            s,
+            max_rcpts,
+            inflight: VecDeque::new(),
+            begun: 0,
+            stopping: false,
+            connection_lost,
+            done: !usable,
+        }
+    }
+
+    /// The outcome of every recipient of the (first) message (those never decided get the
+    /// reason the connection was lost).
     pub(crate) fn finish(self) -> Delivery {
         let lost = self.connection_lost;
-        let results = self
-            .results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    RcptResult::deferred(lost.clone().unwrap_or_else(Reply::connection_lost))
-                })
-            })
-            .collect();
-        Delivery {
-            results,
-            transactions: self.transactions,
-            too_many_recoveries: self.too_many_recoveries,
-            connection_lost: lost,
+        match self.jobs.into_iter().next() {
+            Some(j) => j.finish(lost.as_ref()),
+            None => Delivery {
+                results: Vec::new(),
+                transactions: 0,
+                too_many_recoveries: 0,
+                connection_lost: lost,
+            },
         }
     }
 
-    /// Start the next transaction with as many pending recipients as it may carry.
-    fn begin(&mut self) -> Step {
-        let take = self.s.rcpt_limit(self.max_rcpts).min(self.pending.len());
-        let batch: Vec<usize> = self.pending.drain(..take).collect();
-        self.transactions += 1;
+    /// A stop: begin no other transaction; those in flight finish. A message none of whose
+    /// transactions began is handed out as `None` by [`Deliver::take_over`].
+    pub(crate) fn stop_beginning(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Nothing more to do: every transaction is over.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether [`Deliver::stop_beginning`] was called.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Whether a message whose transactions are all over has not been handed out yet.
+    pub(crate) fn any_over(&self) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| !j.reported && (j.over() || self.done))
+    }
+
+    /// Hand out the [`Delivery`] of each message whose transactions are all over (every one
+    /// once the machine is done), each once, with its index. With `rest`, the others too, as
+    /// `None` (a cut-off: they go back untouched); after [`Deliver::stop_beginning`], those
+    /// never begun too, as `None`.
+    pub(crate) fn take_over(&mut self, rest: bool) -> Vec<(usize, Option<Delivery>)> {
+        let done = self.done;
+        let lost = self.connection_lost.as_ref();
+        let mut out = Vec::new();
+        let stopping = self.stopping;
+        for (i, j) in self.jobs.iter_mut().enumerate() {
+            if j.reported {
+                continue;
+            }
+            if stopping && j.transactions == 0 && !j.pending.is_empty() {
+                // Never begun, and never will: back to the caller untouched.
+                j.reported = true;
+                out.push((i, None));
+            } else if j.over() || done {
+                j.reported = true;
+                out.push((i, Some(j.delivery(lost))));
+            } else if rest {
+                j.reported = true;
+                out.push((i, None));
+            }
+        }
+        out
+    }
+
+    /// The session the transactions run on.
+    pub(crate) fn session(&self) -> &Session {
+        self.s
+    }
+
+    /// A new transaction, when one may start: the window has room (one at a time without
+    /// BDAT) and a message has recipients waiting and none of its transactions in flight.
+    fn try_begin(&mut self) -> Option<Step> {
+        if self.done || self.stopping || !self.s.is_usable() {
+            return None;
+        }
+        let window = if self.s.uses_bdat() {
+            self.s.config().window.max(1)
+        } else {
+            1
+        };
+        if self.inflight.len() >= window {
+            return None;
+        }
+        let j = self
+            .jobs
+            .iter()
+            .position(|j| !j.busy && !j.pending.is_empty())?;
+        Some(self.begin(j))
+    }
+
+    /// Start the next transaction of message `j` with as many pending recipients as it may
+    /// carry, and put its first commands in the group being written.
+    fn begin(&mut self, j: usize) -> Step {
+        let job = &mut self.jobs[j];
+        let take = self.s.rcpt_limit(self.max_rcpts).min(job.pending.len());
+        let batch: Vec<usize> = job.pending.drain(..take).collect();
+        job.transactions += 1;
+        job.busy = true;
+        let bytes = job.message.len() as u64;
         let id = self.s.next_txn_id();
-        self.txn = Some(Txn::new(id, batch, self.s.need_rset));
-        let bytes = self.message.len() as u64;
+        self.inflight
+            .push_back(Txn::new(id, j, batch, self.s.need_rset));
+        self.begun = j;
+        self.form_group(false);
         Step::Begin {
             bytes,
             deadline: self.s.config().txn_deadline.for_message(bytes),
         }
     }
 
-    /// Put the transaction's next commands in a group, up to where the session says a group
-    /// ends. DATA is left out when it would start a group and no recipient was accepted.
-    fn form_group(&mut self) {
-        let Some(txn) = self.txn.as_mut() else {
+    /// Put the next commands of a transaction (the oldest in flight, or with `newest` the one
+    /// just begun) in a group, up to where the session says a group ends. DATA is left out
+    /// when it would start a group and no recipient was accepted; with BDAT the message itself
+    /// follows its command.
+    fn form_group(&mut self, oldest: bool) {
+        let txn = if oldest {
+            self.inflight.front_mut()
+        } else {
+            self.inflight.back_mut()
+        };
+        let Some(txn) = txn else {
             return;
         };
+        let job = &self.jobs[txn.job];
+        let bdat = self.s.uses_bdat();
         loop {
             let (cmd, pos) = match txn.next {
                 Next::Nothing => return,
@@ -326,9 +513,14 @@ impl<'s, 'm> Deliver<'s, 'm> {
                         Next::Rcpt(0)
                     };
                     self.s.need_rset = true;
-                    let params = self.s.mail_params(self.message.len());
-                    let from = self.from;
-                    (Command::Mail { from, params }, 0)
+                    let params = self.s.mail_params(job.message.len());
+                    (
+                        Command::Mail {
+                            from: job.from,
+                            params,
+                        },
+                        0,
+                    )
                 }
                 Next::Rcpt(p) => {
                     txn.next = if p + 1 < txn.batch.len() {
@@ -338,10 +530,20 @@ impl<'s, 'm> Deliver<'s, 'm> {
                     };
                     (
                         Command::Rcpt {
-                            to: &self.rcpts[txn.batch[p]],
+                            to: &job.rcpts[txn.batch[p]],
                         },
                         p,
                     )
+                }
+                Next::Data if bdat => {
+                    // The whole message in one chunk, not dot-stuffed (RFC 3030); its reply
+                    // decides the transaction as the reply to the final dot does.
+                    txn.next = Next::Nothing;
+                    txn.body = Body::Over;
+                    let size = job.message.len() as u64;
+                    self.s.send(Command::BdatLast { size }, txn.id, 0);
+                    self.s.push_raw(job.message);
+                    return;
                 }
                 Next::Data => {
                     txn.next = Next::Nothing;
@@ -359,7 +561,8 @@ impl<'s, 'm> Deliver<'s, 'm> {
         }
     }
 
-    /// The session cannot go on: every recipient still undecided is deferred with the reason.
+    /// The session cannot go on: every recipient still undecided is deferred with the reason,
+    /// in every message under way.
     fn lose(&mut self, lost: Lost) {
         // A connection closed after a write failed: the write error says more.
         let lost = match (lost, self.s.write_error.take()) {
@@ -367,43 +570,68 @@ impl<'s, 'm> Deliver<'s, 'm> {
             (l, _) => l,
         };
         tracing::debug!(?lost, "SMTP connection lost");
+        if matches!(lost, Lost::Closing(_)) || !self.s.usable {
+            // After a 421, or a reply that used up the relay's allowance for the connection
+            // (which it then closes), the relay takes no more commands: a transaction in
+            // flight behind the one it answered, with no reply of its own yet, never reached
+            // it. Its recipients
+            // are as they were before it began (a message with no other transaction goes back
+            // to the queue untouched).
+            for txn in self.inflight.iter().filter(|t| !t.replied) {
+                let job = &mut self.jobs[txn.job];
+                for &i in txn.batch.iter().rev() {
+                    job.pending.push_front(i);
+                }
+                job.transactions = job.transactions.saturating_sub(1);
+                job.busy = false;
+            }
+        }
         self.s.mark_lost(&lost);
         self.connection_lost = self.s.lost.clone();
-        self.txn = None;
+        for j in &mut self.jobs {
+            if j.busy || !j.pending.is_empty() {
+                j.lost = true;
+            }
+        }
+        self.inflight.clear();
         self.done = true;
     }
 
-    /// Every recipient still undecided gets `r`.
-    fn decide_rest(&mut self, r: &RcptResult) {
-        for slot in self.results.iter_mut().filter(|s| s.is_none()) {
-            *slot = Some(r.clone());
-        }
-    }
-
-    /// The transaction is over with the connection in step.
+    /// The oldest transaction in flight is over with the connection in step.
     fn end_txn(&mut self) {
-        let Some(txn) = self.txn.take() else {
+        let Some(txn) = self.inflight.pop_front() else {
             return;
         };
+        let job = &mut self.jobs[txn.job];
         if !txn.retry.is_empty() {
-            self.too_many_recoveries += 1;
+            job.too_many_recoveries += 1;
             for &i in txn.retry.iter().rev() {
-                self.pending.push_front(i);
+                job.pending.push_front(i);
             }
         }
-        let stopped = txn.stop.is_some();
         if let Some(stop) = &txn.stop {
-            self.decide_rest(stop);
+            job.decide_rest(stop);
         }
-        if let Some(e) = self.s.write_error.take() {
-            // The server answered everything it got, then the connection broke.
-            self.lose(Lost::Io(e));
+        if self.inflight.is_empty() && self.s.write_error.is_some() {
+            // The server answered everything it got, then the connection broke. (With later
+            // transactions in flight, their replies are read first: those written before the
+            // failed write may still come.)
+            let e = self.s.write_error.take();
+            self.lose(Lost::Io(
+                e.unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
+            ));
         } else if !self.s.usable {
             // A reply before the end of the data, or the relay's allowance used up.
             self.lose(Lost::Protocol("reply before end of data".into()));
-        } else if stopped {
-            self.done = true;
         }
+        self.jobs[txn.job].busy = false;
+    }
+
+    /// The transaction the reply at hand answers (the oldest in flight) and its message.
+    fn front(&mut self) -> Option<(&mut Txn<'m>, &mut Job<'m>)> {
+        let txn = self.inflight.front_mut()?;
+        let job = self.jobs.get_mut(txn.job)?;
+        Some((txn, job))
     }
 
     fn on_mail(&mut self, r: Reply) {
@@ -412,7 +640,7 @@ impl<'s, 'm> Deliver<'s, 'm> {
             Some(outcome) => RcptResult::new(outcome, r),
             None => return self.lose(Lost::Protocol(format!("unexpected MAIL reply: {r}"))),
         };
-        if let Some(txn) = self.txn.as_mut() {
+        if let Some(txn) = self.inflight.front_mut() {
             txn.stop = Some(stop);
             txn.mail_refused = true;
             txn.next = Next::Nothing;
@@ -420,7 +648,7 @@ impl<'s, 'm> Deliver<'s, 'm> {
     }
 
     fn on_rcpt(&mut self, pos: usize, r: Reply) {
-        let Some(txn) = self.txn.as_mut() else {
+        let Some(txn) = self.inflight.front_mut() else {
             return;
         };
         if txn.mail_refused {
@@ -429,10 +657,11 @@ impl<'s, 'm> Deliver<'s, 'm> {
         let Some(&i) = txn.batch.get(pos) else {
             return self.lose(Lost::Protocol(format!("no recipient {pos} for {r}")));
         };
+        let results = &mut self.jobs[txn.job].results;
         match classify_rcpt(&r) {
             RcptVerdict::Accepted => txn.accepted.push(i),
-            RcptVerdict::TempFail => self.results[i] = Some(RcptResult::deferred(r)),
-            RcptVerdict::PermFail => self.results[i] = Some(RcptResult::failed(r)),
+            RcptVerdict::TempFail => results[i] = Some(RcptResult::deferred(r)),
+            RcptVerdict::PermFail => results[i] = Some(RcptResult::failed(r)),
             RcptVerdict::TooMany => {
                 let first = txn.first_too_many.is_none();
                 if first {
@@ -447,7 +676,7 @@ impl<'s, 'm> Deliver<'s, 'm> {
                     }
                 }
                 if txn.first_too_many == Some(0) {
-                    self.results[i] = Some(RcptResult::deferred(r));
+                    results[i] = Some(RcptResult::deferred(r));
                 } else {
                     txn.retry.push(i);
                 }
@@ -466,14 +695,14 @@ impl<'s, 'm> Deliver<'s, 'm> {
     }
 
     fn on_data(&mut self, r: Reply) {
-        let Some(txn) = self.txn.as_mut() else {
+        let Some((txn, job)) = self.front() else {
             return;
         };
         if r.code != 354 {
             match outcome_of(&r) {
                 Some(outcome @ (Outcome::Deferred | Outcome::Failed)) => {
                     for &i in &txn.accepted {
-                        self.results[i] = Some(RcptResult::new(outcome, r.clone()));
+                        job.results[i] = Some(RcptResult::new(outcome, r.clone()));
                     }
                     txn.accepted.clear();
                     txn.body = Body::Over;
@@ -482,28 +711,36 @@ impl<'s, 'm> Deliver<'s, 'm> {
             }
             return;
         }
-        self.s.expect(Verb::EndOfData, txn.id, 0);
-        if txn.accepted.is_empty() {
+        let (id, message) = (txn.id, job.message);
+        let nobody = txn.accepted.is_empty();
+        txn.body = if nobody {
+            Body::Over
+        } else {
+            Body::Streaming(DotStuffer::new(message))
+        };
+        self.s.expect(Verb::EndOfData, id, 0);
+        if nobody && self.s.write_error.is_none() {
             // Nothing to deliver: end the data at once (RFC 2920 §3.1 says the server should
             // have refused DATA; recipients keep their RCPT outcomes).
-            txn.body = Body::Over;
-            if self.s.write_error.is_none() {
-                self.s.put_data("DATA", false, |out| {
-                    out.extend_from_slice(b".\r\n");
-                    true
-                });
-            }
-        } else {
-            txn.body = Body::Streaming(DotStuffer::new(self.message));
+            self.s.put_data("DATA", false, |out| {
+                out.extend_from_slice(b".\r\n");
+                true
+            });
         }
     }
 
     fn on_end_of_data(&mut self, fin: Reply) {
-        let Some(txn) = self.txn.as_mut() else {
+        let Some(txn) = self.inflight.front_mut() else {
             return;
         };
+        if txn.mail_refused {
+            // BDAT after a refused MAIL: its reply (503) says nothing new.
+            return;
+        }
         let accepted = std::mem::take(&mut txn.accepted);
-        if txn.interrupted {
+        let interrupted = txn.interrupted;
+        let job = &mut self.jobs[txn.job];
+        if interrupted {
             // The server spoke before our final dot: it and we no longer agree on the state.
             self.s.usable = false;
             if fin.is_positive() {
@@ -527,7 +764,7 @@ impl<'s, 'm> Deliver<'s, 'm> {
             &fin,
             self.s.messages,
             self.s.capabilities().size,
-            self.message.len(),
+            job.message.len(),
         ) {
             // Deferred, and the connection is not used again. The 552 is kept in the text of a
             // transient reply (deferred replies are 4yz).
@@ -538,7 +775,7 @@ impl<'s, 'm> Deliver<'s, 'm> {
                 format!("Session allowance used up; try a new connection ({fin})"),
             );
             for &i in &accepted {
-                self.results[i] = Some(RcptResult::deferred(r.clone()));
+                job.results[i] = Some(RcptResult::deferred(r.clone()));
             }
             self.s.lost.get_or_insert(r);
             self.s.usable = false;
@@ -549,7 +786,7 @@ impl<'s, 'm> Deliver<'s, 'm> {
         }
         tracing::trace!(rcpts = accepted.len(), reply = %fin, "message sent");
         for &i in &accepted {
-            self.results[i] = Some(RcptResult::new(outcome, fin.clone()));
+            job.results[i] = Some(RcptResult::new(outcome, fin.clone()));
         }
     }
 }
@@ -557,23 +794,27 @@ impl<'s, 'm> Deliver<'s, 'm> {
 impl Machine for Deliver<'_, '_> {
     fn next(&mut self) -> Step {
         loop {
+            // More transactions while the window has room: they join the group being written.
+            if let Some(begin) = self.try_begin() {
+                return begin;
+            }
             if let Some(w) = self.s.pending_write() {
                 return w;
             }
             if self.done {
                 return Step::Done;
             }
-            let Some(txn) = self.txn.as_mut() else {
-                if self.pending.is_empty() {
-                    self.done = true;
-                    continue;
-                }
-                return self.begin();
+            let owed_head = self.s.owed_head_txn();
+            let write_failed = self.s.write_error.is_some();
+            let Some(txn) = self.inflight.front_mut() else {
+                // Nothing in flight and nothing to begin.
+                self.done = true;
+                continue;
             };
             if let Body::Streaming(stuffer) = &mut txn.body {
                 // Large writes, bounded memory; a failed write stops the data, and the reply to
                 // what was sent is still read (a relay that refuses a message mid-way says so).
-                if self.s.write_error.is_none()
+                if !write_failed
                     && self
                         .s
                         .put_data("message data", true, |out| stuffer.fill(out, DATA_CHUNK))
@@ -582,19 +823,19 @@ impl Machine for Deliver<'_, '_> {
                 }
                 txn.body = Body::Over;
             }
-            if let Some(read) = self.s.pending_read() {
-                return read;
-            }
-            if txn.next == Next::Nothing {
+            if txn.next == Next::Nothing && owed_head != Some(txn.id) {
                 self.end_txn();
                 continue;
+            }
+            if let Some(read) = self.s.pending_read() {
+                return read;
             }
             if let Some(e) = self.s.write_error.take() {
                 // Nothing more can be sent, so no reply can come.
                 self.lose(Lost::Io(e));
                 continue;
             }
-            self.form_group();
+            self.form_group(true);
         }
     }
 
@@ -602,12 +843,16 @@ impl Machine for Deliver<'_, '_> {
         self.s.output_buf()
     }
 
+    fn begun(&self) -> usize {
+        self.begun
+    }
+
     fn on_written(&mut self, written: Written) {
         self.s.clear_output();
         match written {
             Written::All => {}
             Written::Interrupted => {
-                if let Some(txn) = self.txn.as_mut() {
+                if let Some(txn) = self.inflight.front_mut() {
                     txn.interrupted = true;
                     txn.body = Body::Over;
                 }
@@ -622,9 +867,13 @@ impl Machine for Deliver<'_, '_> {
 
     fn on_reply(&mut self, r: Reply) {
         let owed = self.s.pop_owed();
-        let Some(owed) = owed.filter(|o| self.txn.as_ref().is_some_and(|t| t.id == o.txn)) else {
+        let Some(owed) = owed.filter(|o| self.inflight.front().is_some_and(|t| t.id == o.txn))
+        else {
             return self.lose(Lost::Protocol(format!("a reply nobody waited for: {r}")));
         };
+        if let Some(t) = self.inflight.front_mut() {
+            t.replied = true;
+        }
         if r.is_closing() {
             return self.lose(Lost::Closing(r));
         }
@@ -637,7 +886,7 @@ impl Machine for Deliver<'_, '_> {
             Verb::Mail => self.on_mail(r),
             Verb::Rcpt => self.on_rcpt(owed.pos, r),
             Verb::Data => self.on_data(r),
-            Verb::EndOfData => self.on_end_of_data(r),
+            Verb::EndOfData | Verb::Bdat => self.on_end_of_data(r),
             other => self.lose(Lost::Protocol(format!(
                 "a {} reply in a transaction: {r}",
                 other.name()
@@ -652,3 +901,5 @@ impl Machine for Deliver<'_, '_> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;

@@ -161,7 +161,15 @@ async fn graceful_shutdown_finishes_what_is_in_flight_and_a_restart_delivers_the
         &[(A, m)],
     );
     h.submit_n(None, 400, "example.com", 1000);
-    let (engine, run) = h.spawn(fast_options());
+    // One transaction in flight per connection (a relay without CHUNKING): four in flight at
+    // the stop, one per worker.
+    let (engine, run) = h.spawn(EngineOptions {
+        client: smtpw_engine::smtp::ClientConfig {
+            window: 1,
+            ..smtpw_engine::smtp::ClientConfig::default()
+        },
+        ..fast_options()
+    });
     // Let some transactions finish and four more get under way (each waits 3 s for its 250).
     wait_for("some messages", Duration::from_secs(60), || {
         h.mock(A).stats().messages >= 8

@@ -10,9 +10,10 @@ use std::time::Duration;
 use jiff::civil::date;
 use mock_mta::MockConfig;
 use smtpw_engine::config::{HostPort, PoolSet};
-use smtpw_engine::engine::COMPLETIONS_OUTSTANDING;
 use smtpw_engine::engine::{Engine, EngineOptions};
+use smtpw_engine::engine::{CLAIM_AHEAD, COMPLETIONS_OUTSTANDING};
 use smtpw_engine::ledger::Outcome;
+use smtpw_engine::smtp::ClientConfig;
 use smtpw_engine::spool::{
     ClaimedCopy, CopyResult, IngestReport, NewJob, QueueStats, Spool, SpoolError, SqliteSpool,
 };
@@ -107,11 +108,19 @@ async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() 
         started: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
     });
+    // One transaction in flight per connection (as with a relay without CHUNKING): the
+    // window of claimed-ahead copies is the next test's.
     let engine = Arc::new(
         Engine::builder(h.config.clone(), spool.clone(), h.spool_dir())
             .connector(h.connector.clone())
             .clock(h.clock.clone())
-            .options(fast_options())
+            .options(EngineOptions {
+                client: ClientConfig {
+                    window: 1,
+                    ..ClientConfig::default()
+                },
+                ..fast_options()
+            })
             .build(),
     );
     let e = engine.clone();
@@ -179,6 +188,66 @@ async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() 
     assert_eq!(s2.delivered, 2);
     let c = h.delivered_counts();
     assert_eq!(c.len(), 5);
+    assert!(c.values().all(|n| *n == 1));
+}
+
+/// With BDAT (the IIS mock offers CHUNKING and PIPELINING) a worker claims copies ahead and
+/// delivers them with their transactions in flight together, recording each batch as one
+/// completion: while nothing can be recorded it delivers exactly `(COMPLETIONS_OUTSTANDING + 1)
+/// * CLAIM_AHEAD` copies (the in-flight bound of the crash tests) and then waits; once the
+/// spool records again, every recipient is delivered once.
+#[tokio::test(start_paused = true)]
+async fn a_worker_claims_ahead_for_a_bdat_connection_within_the_in_flight_bound() {
+    let h = Topology::new(
+        "SMTP_FORWARD_1=1*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        date(2026, 11, 22).at(12, 0, 0, 0),
+        &[(A, MockConfig::iis())],
+    );
+    let total = (COMPLETIONS_OUTSTANDING + 1) * CLAIM_AHEAD + 12;
+    for i in 0..total {
+        h.submit(None, std::iter::once(format!("user{i}@example.com")), 1000);
+    }
+    let spool = Arc::new(GatedSpool {
+        inner: h.spool.clone(),
+        gate: Semaphore::new(0),
+        started: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+    });
+    let engine = Arc::new(
+        Engine::builder(h.config.clone(), spool.clone(), h.spool_dir())
+            .connector(h.connector.clone())
+            .clock(h.clock.clone())
+            .options(fast_options())
+            .build(),
+    );
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.run().await });
+    let bound = (COMPLETIONS_OUTSTANDING + 1) * CLAIM_AHEAD;
+    wait_for("the in-flight bound", Duration::from_secs(60), || {
+        h.mock(A).stats().messages >= bound as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.mock(A).stats().messages, bound as u64);
+    assert_eq!(
+        spool.started.load(Ordering::SeqCst),
+        COMPLETIONS_OUTSTANDING * CLAIM_AHEAD
+    );
+    assert!(h.ledger().is_empty());
+
+    spool.gate.add_permits(10_000);
+    wait_for("every copy", Duration::from_secs(120), || {
+        spool.done.load(Ordering::SeqCst) == total
+    })
+    .await;
+    engine.shutdown().cancel();
+    let s = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("run() returns")
+        .expect("engine");
+    assert_eq!(s.delivered, total as u64);
+    let c = h.delivered_counts();
+    assert_eq!(c.len(), total);
     assert!(c.values().all(|n| *n == 1));
 }
 

@@ -40,6 +40,7 @@ fn pipelined_each_transaction_is_one_group_and_the_next_starts_with_rset() {
             size: Some(2_097_152),
             enhanced_status_codes: true,
             eight_bit_mime: true,
+            chunking: true,
             esmtp: true,
             ..Capabilities::default()
         }

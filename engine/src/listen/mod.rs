@@ -175,6 +175,40 @@ async fn accept_loop<S: Spool>(
     while conns.join_next().await.is_some() {}
 }
 
+/// Messages being received by this process's SMTP listeners now (a client between its DATA's
+/// 354 or first BDAT chunk and the end of its message): the jobs a commit about to start may
+/// wait for. Raised and lowered by [`Receiving`].
+static RECEIVING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one message being received in [`RECEIVING`] while it lives.
+#[derive(Debug, Default)]
+struct Receiving(bool);
+
+impl Receiving {
+    /// Say whether a message is being received now (idempotent).
+    fn set(&mut self, receiving: bool) {
+        if receiving != self.0 {
+            if receiving {
+                RECEIVING.fetch_add(1, Ordering::SeqCst);
+            } else {
+                RECEIVING.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.0 = receiving;
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+/// How many messages this process's listeners are receiving now (see [`Receiving`]).
+pub(crate) fn receiving() -> usize {
+    RECEIVING.load(Ordering::SeqCst)
+}
+
 /// Counts an open connection until dropped.
 struct OpenGuard(Arc<ListenStats>);
 
@@ -277,6 +311,19 @@ fn answer(
     Session::stored(answer)
 }
 
+/// What one read may take: the session consumes everything but a partial line, so the buffer
+/// stays about this size.
+const READ_SIZE: usize = 64 * 1024;
+
+/// Read what the client sent onto the end of `buf` (straight into its spare room: no copy).
+async fn read_more(stream: &mut TcpStream, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        // Reclaims the consumed front when it can (the session drops lines from the front).
+        buf.reserve(READ_SIZE);
+    }
+    stream.read_buf(buf).await
+}
+
 /// One client, from greeting to close.
 async fn connection<S: Spool>(
     mut stream: TcpStream,
@@ -290,7 +337,7 @@ async fn connection<S: Spool>(
     let idle = cfg.settings.idle_timeout;
     let mut session = Session::new(cfg);
     let mut out = Replies::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut buf = bytes::BytesMut::with_capacity(READ_SIZE);
     let source = format!("smtp:{peer}");
     match session.greeting(allowed, &peer.ip().to_string()) {
         Step::Reply(r) => out.text(&r),
@@ -305,9 +352,12 @@ async fn connection<S: Spool>(
     }
     stats.connections.fetch_add(1, Ordering::Relaxed);
     debug!(client = %peer, "connected");
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Whether this client is sending a message now: a commit may wait for it.
+    let mut receiving = Receiving::default();
     loop {
-        match session.step(&mut buf) {
+        let step = session.step(&mut buf);
+        receiving.set(session.in_message());
+        match step {
             Step::Reply(r) => out.text(&r),
             Step::Store(rcv) => {
                 let rcpts = rcv.rcpts.len() as u64;
@@ -354,8 +404,16 @@ async fn connection<S: Spool>(
                 return;
             }
             Step::NeedInput => {
-                if !out.is_empty() && out.flush(&mut stream, peer, &stats).await.is_err() {
-                    return;
+                if !out.is_empty() {
+                    if out.stores > 0 {
+                        // Nothing more comes from this client before its replies are out: no
+                        // commit is to wait for it meanwhile.
+                        receiving.set(false);
+                    }
+                    if out.flush(&mut stream, peer, &stats).await.is_err() {
+                        return;
+                    }
+                    receiving.set(session.in_message());
                 }
                 let read = tokio::select! {
                     _ = shutdown.cancelled(), if !session.in_message() => {
@@ -364,7 +422,7 @@ async fn connection<S: Spool>(
                         let _ = stream.shutdown().await;
                         return;
                     }
-                    r = tokio::time::timeout(idle, stream.read(&mut chunk)) => r,
+                    r = tokio::time::timeout(idle, read_more(&mut stream, &mut buf)) => r,
                 };
                 match read {
                     Err(_) => {
@@ -378,7 +436,7 @@ async fn connection<S: Spool>(
                         session.eof();
                         return;
                     }
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(Ok(_)) => {}
                 }
             }
         }

@@ -3,9 +3,12 @@
 //! only moves bytes between a socket and a session, stores jobs through [`Spool::accept`], and
 //! keeps the connection cap and the idle time-out.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -222,24 +225,55 @@ impl Drop for OpenGuard {
 /// stored together up to this many, then their replies are written before more are taken.
 const MAX_PENDING_STORES: usize = 64;
 
+/// A message being stored: the spool's future, polled in place by the connection's task (no
+/// task of its own: no spawn, no hop to another worker and back per message).
+type StoreFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<i64, crate::spool::SpoolError>> + Send + 'a>>;
+
 /// The replies of a connection, in order: text, and the places of replies still waiting for
 /// the spool.
-#[derive(Default)]
-struct Replies {
-    segments: Vec<Segment>,
+struct Replies<'a> {
+    segments: Vec<Segment<'a>>,
     stores: usize,
 }
 
-enum Segment {
-    Text(Vec<u8>),
-    /// A message being stored: its recipients, and the task storing it.
-    Store(
-        u64,
-        tokio::task::JoinHandle<Result<i64, crate::spool::SpoolError>>,
-    ),
+impl Default for Replies<'_> {
+    fn default() -> Self {
+        Replies {
+            segments: Vec::new(),
+            stores: 0,
+        }
+    }
 }
 
-impl Replies {
+enum Segment<'a> {
+    Text(Vec<u8>),
+    /// A message being stored: its recipients, and the store (its answer once it came).
+    Store(u64, Store<'a>),
+}
+
+enum Store<'a> {
+    Pending(StoreFuture<'a>),
+    Done(Result<i64, crate::spool::SpoolError>),
+}
+
+impl Store<'_> {
+    /// Poll a pending store; whether it has its answer.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Store::Done(_) => true,
+            Store::Pending(f) => match f.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    *self = Store::Done(r);
+                    true
+                }
+                Poll::Pending => false,
+            },
+        }
+    }
+}
+
+impl<'a> Replies<'a> {
     fn text(&mut self, r: &str) {
         match self.segments.last_mut() {
             Some(Segment::Text(t)) => t.extend_from_slice(r.as_bytes()),
@@ -251,24 +285,54 @@ impl Replies {
         self.segments.is_empty()
     }
 
-    /// Wait for the stores, in order, and write every reply. Err: the client has gone.
+    /// Start storing a message: polled once now, so the spool has it (and groups it with
+    /// whatever else arrives) while the session reads on; its reply keeps its place.
+    async fn store(&mut self, rcpts: u64, fut: StoreFuture<'a>) {
+        let mut store = Store::Pending(fut);
+        std::future::poll_fn(|cx| {
+            store.poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+        self.segments.push(Segment::Store(rcpts, store));
+        self.stores += 1;
+    }
+
+    /// Wait for the stores (all at once: their commits are grouped), and write every reply
+    /// in order. Err: the client has gone.
     async fn flush(
         &mut self,
         stream: &mut TcpStream,
         peer: SocketAddr,
         stats: &ListenStats,
     ) -> std::io::Result<()> {
+        if self.stores > 0 {
+            let segments = &mut self.segments;
+            std::future::poll_fn(|cx| {
+                let mut all = true;
+                for seg in segments.iter_mut() {
+                    if let Segment::Store(_, s) = seg {
+                        all &= s.poll(cx);
+                    }
+                }
+                if all {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
         let mut out = Vec::new();
         for seg in self.segments.drain(..) {
             match seg {
                 Segment::Text(t) => out.extend_from_slice(&t),
-                Segment::Store(rcpts, task) => {
-                    let result = task.await.unwrap_or_else(|e| {
-                        Err(crate::spool::SpoolError::io(
-                            "storing a message",
-                            std::io::Error::other(e),
-                        ))
-                    });
+                Segment::Store(rcpts, Store::Done(result)) => {
+                    out.extend_from_slice(answer(result, rcpts, peer, stats).as_bytes());
+                }
+                // Not reached: every store was polled to its end above.
+                Segment::Store(rcpts, Store::Pending(f)) => {
+                    let result = f.await;
                     out.extend_from_slice(answer(result, rcpts, peer, stats).as_bytes());
                 }
             }
@@ -385,12 +449,7 @@ async fn connection<S: Spool>(
                     out.text(&answer(result, rcpts, peer, &stats));
                     continue;
                 }
-                let spool = spool.clone();
-                out.segments.push(Segment::Store(
-                    rcpts,
-                    tokio::spawn(async move { spool.accept(job).await }),
-                ));
-                out.stores += 1;
+                out.store(rcpts, Box::pin(spool.accept(job))).await;
                 if out.stores >= MAX_PENDING_STORES
                     && out.flush(&mut stream, peer, &stats).await.is_err()
                 {

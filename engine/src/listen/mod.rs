@@ -232,18 +232,10 @@ type StoreFuture<'a> =
 
 /// The replies of a connection, in order: text, and the places of replies still waiting for
 /// the spool.
+#[derive(Default)]
 struct Replies<'a> {
     segments: Vec<Segment<'a>>,
     stores: usize,
-}
-
-impl Default for Replies<'_> {
-    fn default() -> Self {
-        Replies {
-            segments: Vec::new(),
-            stores: 0,
-        }
-    }
 }
 
 enum Segment<'a> {

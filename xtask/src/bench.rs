@@ -124,7 +124,7 @@ port 25, `postfix stop` stops it: the bench never uses port 25.)";
 /// The binaries under test.
 pub(crate) struct Bins {
     pub(crate) smtpw: PathBuf,
-    baseline: Option<PathBuf>,
+    pub(crate) baseline: Option<PathBuf>,
     mock: PathBuf,
     load: PathBuf,
     proxy: PathBuf,
@@ -925,7 +925,14 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     );
 
     if a.ingest_smtp || a.ingest_smtp_only {
-        crate::bench_listen::ingest_smtp(&tools, &bins.smtpw, &work, runs, &mut md)?;
+        crate::bench_listen::ingest_smtp(
+            &tools,
+            &bins.smtpw,
+            bins.baseline.as_deref(),
+            &work,
+            runs,
+            &mut md,
+        )?;
     }
     if !a.scale_only && !a.ingest_smtp_only {
         let rows = matrix(&a, &tools, &bins, &work, runs, &mut md)?;

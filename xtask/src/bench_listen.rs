@@ -8,7 +8,12 @@
 //! - `ingest-smtp-pipelined`: our own pipelining client (each connection writes 50 whole
 //!   transactions at a time, then reads their replies) -> `smtpw run --listen`.
 //!
-//! The report gives messages/s (medians) and the ratio ingest-smtp / physical (the goal: >= 0.8).
+//! With `--baseline SMTPW`, that binary's `ingest-smtp` and pipelined runs alternate with the
+//! current one's (before/after figures in one run).
+//!
+//! The report gives messages/s (medians, with the spread of the runs), the server's CPU per
+//! message (user + system of the smtp-sink or smtpw process, all threads, from /proc) and the
+//! ratio ingest-smtp / physical (the goal: >= 0.8).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
@@ -163,10 +168,116 @@ fn run_pipelined(port: u16, cell: Cell) -> anyhow::Result<(f64, u64)> {
     Ok((t0.elapsed().as_secs_f64(), accepted))
 }
 
-/// Run the ingest-smtp cells and append their section to `md`.
+/// User + system CPU seconds `pid` has used so far (all its threads; `/proc/PID/stat`, in
+/// clock ticks of 10 ms).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name (in parentheses, which may hold spaces): fields 3...; utime and
+    // stime are fields 14 and 15.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+fn pid_of(g: &Guard) -> u32 {
+    g.0.as_ref().map_or(0, std::process::Child::id)
+}
+
+/// One measurement: messages/s and the server's CPU per message (µs).
+#[derive(Default)]
+struct Figures {
+    rate: Vec<f64>,
+    cpu_us: Vec<f64>,
+}
+
+impl Figures {
+    fn push(&mut self, messages: u64, secs: f64, cpu: f64) {
+        self.rate.push(messages as f64 / secs);
+        self.cpu_us.push(cpu * 1e6 / messages as f64);
+    }
+    fn rate(&self) -> f64 {
+        median(&mut self.rate.clone())
+    }
+    fn cpu(&self) -> f64 {
+        median(&mut self.cpu_us.clone())
+    }
+    /// (fastest - slowest) / median of the rates, percent.
+    fn spread(&self) -> f64 {
+        let (lo, hi) = self
+            .rate
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        100.0 * (hi - lo) / self.rate()
+    }
+    fn show(&self) -> String {
+        format!(
+            "{:.0} ±{:.0}% ({:.0} µs)",
+            self.rate(),
+            self.spread(),
+            self.cpu()
+        )
+    }
+}
+
+/// smtp-source into `smtpw run --listen` (`smtpw`): its figures, the spool checked to hold
+/// every message.
+fn smtp_source_run(
+    tools: &Tools,
+    smtpw: &Path,
+    dir: &Path,
+    cell: Cell,
+    f: &mut Figures,
+) -> anyhow::Result<String> {
+    let (guard, port) = start_listener(smtpw, dir)?;
+    let cpu0 = cpu_secs(pid_of(&guard));
+    let s = run_source(tools, port, &cell)?;
+    let cpu = cpu_secs(pid_of(&guard)) - cpu0;
+    drop(guard);
+    let (jobs, rcpts) = committed(smtpw, &dir.join("spool"))?;
+    if jobs != cell.messages || rcpts != cell.recipients() {
+        bail!(
+            "ingest-smtp r{} ({}): the spool holds {jobs} jobs / {rcpts} recipients, \
+             expected {} / {}",
+            cell.rcpts,
+            smtpw.display(),
+            cell.messages,
+            cell.recipients()
+        );
+    }
+    f.push(cell.messages, s.secs, cpu);
+    Ok(format!("{jobs} / {rcpts}"))
+}
+
+/// Our pipelining client into `smtpw run --listen` (`smtpw`).
+fn pipelined_run(smtpw: &Path, dir: &Path, cell: Cell, f: &mut Figures) -> anyhow::Result<()> {
+    let (guard, port) = start_listener(smtpw, dir)?;
+    let cpu0 = cpu_secs(pid_of(&guard));
+    let (secs, accepted) = run_pipelined(port, cell)?;
+    let cpu = cpu_secs(pid_of(&guard)) - cpu0;
+    drop(guard);
+    let (jobs, _) = committed(smtpw, &dir.join("spool"))?;
+    if jobs != accepted {
+        bail!("pipelined: {accepted} answered 250 but the spool holds {jobs} jobs");
+    }
+    f.push(accepted, secs, cpu);
+    Ok(())
+}
+
+/// Run the ingest-smtp cells and append their section to `md`; with `baseline`, that smtpw
+/// binary too (alternating with the current one), for before/after figures.
 pub(crate) fn ingest_smtp(
     tools: &Tools,
     smtpw: &Path,
+    baseline: Option<&Path>,
     work: &Path,
     runs: usize,
     md: &mut String,
@@ -177,59 +288,84 @@ pub(crate) fn ingest_smtp(
          `physical` is smtp-source -> smtp-sink, `ingest-smtp` the same smtp-source -> `smtpw run \
          --listen` (its relay refuses connections: the listener alone; every 250 after its job's commit, and the \
          spool checked to hold every message after the run), `pipelined` our own client writing \
-         {WINDOW} transactions per write. Medians of {runs} alternating runs.\n\n\
-         | recipients/msg | msgs | physical msgs/s | ingest-smtp msgs/s | ratio | pipelined msgs/s | committed jobs / recipients |\n\
-         |---:|---:|---:|---:|---:|---:|---|"
+         {WINDOW} transactions per write{}. Medians of {runs} alternating runs: messages/s, \
+         ± the spread of the runs ((fastest - slowest) / median), and in parentheses the server's \
+         CPU (user + system, all threads) per message.\n\n\
+         | recipients/msg | msgs | physical msgs/s | ingest-smtp msgs/s | ratio | pipelined msgs/s |{} committed jobs / recipients |\n\
+         |---:|---:|---:|---:|---:|---:|{}---|",
+        if baseline.is_some() {
+            "; `baseline` the same with the --baseline binary"
+        } else {
+            ""
+        },
+        if baseline.is_some() {
+            " baseline ingest-smtp msgs/s | baseline ratio | baseline pipelined msgs/s |"
+        } else {
+            ""
+        },
+        if baseline.is_some() { "---:|---:|---:|" } else { "" },
     );
     for cell in cells() {
-        let (mut phys, mut smtp, mut pipe) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut phys, mut smtp, mut pipe) =
+            (Figures::default(), Figures::default(), Figures::default());
+        let (mut base, mut base_pipe) = (Figures::default(), Figures::default());
         let mut check = String::new();
+        let dir = work.join(format!("ingest-smtp-r{}", cell.rcpts));
         for run in 0..runs {
             eprintln!("  ingest-smtp r{} run {}/{runs}", cell.rcpts, run + 1);
-            let (_sink, sink_port) = start_sink(tools)?;
+            let (sink, sink_port) = start_sink(tools)?;
+            let cpu0 = cpu_secs(pid_of(&sink));
             let s = run_source(tools, sink_port, &cell)?;
-            phys.push(cell.messages as f64 / s.secs);
+            phys.push(cell.messages, s.secs, cpu_secs(pid_of(&sink)) - cpu0);
+            drop(sink);
 
-            let dir = work.join(format!("ingest-smtp-r{}", cell.rcpts));
-            let (guard, port) = start_listener(smtpw, &dir)?;
-            let s = run_source(tools, port, &cell)?;
-            drop(guard);
-            let (jobs, rcpts) = committed(smtpw, &dir.join("spool"))?;
-            if jobs != cell.messages || rcpts != cell.recipients() {
-                bail!(
-                    "ingest-smtp r{}: the spool holds {jobs} jobs / {rcpts} recipients, \
-                     expected {} / {}",
-                    cell.rcpts,
-                    cell.messages,
-                    cell.recipients()
-                );
+            check = smtp_source_run(tools, smtpw, &dir, cell, &mut smtp)?;
+            if let Some(b) = baseline {
+                smtp_source_run(tools, b, &dir, cell, &mut base)?;
             }
-            check = format!("{jobs} / {rcpts}");
-            smtp.push(cell.messages as f64 / s.secs);
-
-            let (guard, port) = start_listener(smtpw, &dir)?;
-            let (secs, accepted) = run_pipelined(port, cell)?;
-            drop(guard);
-            let (jobs, _) = committed(smtpw, &dir.join("spool"))?;
-            if jobs != accepted {
-                bail!("pipelined: {accepted} answered 250 but the spool holds {jobs} jobs");
+            pipelined_run(smtpw, &dir, cell, &mut pipe)?;
+            if let Some(b) = baseline {
+                pipelined_run(b, &dir, cell, &mut base_pipe)?;
             }
-            pipe.push(accepted as f64 / secs);
             let _ = std::fs::remove_dir_all(&dir);
         }
-        let (p, s, q) = (median(&mut phys), median(&mut smtp), median(&mut pipe));
-        let _ = writeln!(
-            md,
-            "| {} | {} | {p:.0} | {s:.0} | {:.2} | {q:.0} | {check} |",
+        let (p, s) = (phys.rate(), smtp.rate());
+        let mut line = format!(
+            "| {} | {} | {} | {} | {:.2} | {} |",
             cell.rcpts,
             cell.messages,
-            s / p
+            phys.show(),
+            smtp.show(),
+            s / p,
+            pipe.show()
         );
+        if baseline.is_some() {
+            let _ = write!(
+                line,
+                " {} | {:.2} | {} |",
+                base.show(),
+                base.rate() / p,
+                base_pipe.show()
+            );
+        }
+        let _ = writeln!(md, "{line} {check} |");
         eprintln!(
-            "  ingest-smtp r{}: physical {p:.0} msgs/s, smtpw {s:.0} msgs/s (ratio {:.2}), pipelined {q:.0} msgs/s",
+            "  ingest-smtp r{}: physical {}, smtpw {} (ratio {:.2}), pipelined {}",
             cell.rcpts,
-            s / p
+            phys.show(),
+            smtp.show(),
+            s / p,
+            pipe.show()
         );
+        if baseline.is_some() {
+            eprintln!(
+                "  ingest-smtp r{}: baseline {} (ratio {:.2}), baseline pipelined {}",
+                cell.rcpts,
+                base.show(),
+                base.rate() / p,
+                base_pipe.show()
+            );
+        }
     }
     Ok(())
 }

@@ -3,9 +3,12 @@
 //! only moves bytes between a socket and a session, stores jobs through [`Spool::accept`], and
 //! keeps the connection cap and the idle time-out.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -175,6 +178,40 @@ async fn accept_loop<S: Spool>(
     while conns.join_next().await.is_some() {}
 }
 
+/// Messages being received by this process's SMTP listeners now (a client between its DATA's
+/// 354 or first BDAT chunk and the end of its message): the jobs a commit about to start may
+/// wait for. Raised and lowered by [`Receiving`].
+static RECEIVING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one message being received in [`RECEIVING`] while it lives.
+#[derive(Debug, Default)]
+struct Receiving(bool);
+
+impl Receiving {
+    /// Say whether a message is being received now (idempotent).
+    fn set(&mut self, receiving: bool) {
+        if receiving != self.0 {
+            if receiving {
+                RECEIVING.fetch_add(1, Ordering::SeqCst);
+            } else {
+                RECEIVING.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.0 = receiving;
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+/// How many messages this process's listeners are receiving now (see [`Receiving`]).
+pub(crate) fn receiving() -> usize {
+    RECEIVING.load(Ordering::SeqCst)
+}
+
 /// Counts an open connection until dropped.
 struct OpenGuard(Arc<ListenStats>);
 
@@ -188,24 +225,47 @@ impl Drop for OpenGuard {
 /// stored together up to this many, then their replies are written before more are taken.
 const MAX_PENDING_STORES: usize = 64;
 
+/// A message being stored: the spool's future, polled in place by the connection's task (no
+/// task of its own: no spawn, no hop to another worker and back per message).
+type StoreFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<i64, crate::spool::SpoolError>> + Send + 'a>>;
+
 /// The replies of a connection, in order: text, and the places of replies still waiting for
 /// the spool.
 #[derive(Default)]
-struct Replies {
-    segments: Vec<Segment>,
+struct Replies<'a> {
+    segments: Vec<Segment<'a>>,
     stores: usize,
 }
 
-enum Segment {
+enum Segment<'a> {
     Text(Vec<u8>),
-    /// A message being stored: its recipients, and the task storing it.
-    Store(
-        u64,
-        tokio::task::JoinHandle<Result<i64, crate::spool::SpoolError>>,
-    ),
+    /// A message being stored: its recipients, and the store (its answer once it came).
+    Store(u64, Store<'a>),
 }
 
-impl Replies {
+enum Store<'a> {
+    Pending(StoreFuture<'a>),
+    Done(Result<i64, crate::spool::SpoolError>),
+}
+
+impl Store<'_> {
+    /// Poll a pending store; whether it has its answer.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Store::Done(_) => true,
+            Store::Pending(f) => match f.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    *self = Store::Done(r);
+                    true
+                }
+                Poll::Pending => false,
+            },
+        }
+    }
+}
+
+impl<'a> Replies<'a> {
     fn text(&mut self, r: &str) {
         match self.segments.last_mut() {
             Some(Segment::Text(t)) => t.extend_from_slice(r.as_bytes()),
@@ -217,24 +277,54 @@ impl Replies {
         self.segments.is_empty()
     }
 
-    /// Wait for the stores, in order, and write every reply. Err: the client has gone.
+    /// Start storing a message: polled once now, so the spool has it (and groups it with
+    /// whatever else arrives) while the session reads on; its reply keeps its place.
+    async fn store(&mut self, rcpts: u64, fut: StoreFuture<'a>) {
+        let mut store = Store::Pending(fut);
+        std::future::poll_fn(|cx| {
+            store.poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+        self.segments.push(Segment::Store(rcpts, store));
+        self.stores += 1;
+    }
+
+    /// Wait for the stores (all at once: their commits are grouped), and write every reply
+    /// in order. Err: the client has gone.
     async fn flush(
         &mut self,
         stream: &mut TcpStream,
         peer: SocketAddr,
         stats: &ListenStats,
     ) -> std::io::Result<()> {
+        if self.stores > 0 {
+            let segments = &mut self.segments;
+            std::future::poll_fn(|cx| {
+                let mut all = true;
+                for seg in segments.iter_mut() {
+                    if let Segment::Store(_, s) = seg {
+                        all &= s.poll(cx);
+                    }
+                }
+                if all {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
         let mut out = Vec::new();
         for seg in self.segments.drain(..) {
             match seg {
                 Segment::Text(t) => out.extend_from_slice(&t),
-                Segment::Store(rcpts, task) => {
-                    let result = task.await.unwrap_or_else(|e| {
-                        Err(crate::spool::SpoolError::io(
-                            "storing a message",
-                            std::io::Error::other(e),
-                        ))
-                    });
+                Segment::Store(rcpts, Store::Done(result)) => {
+                    out.extend_from_slice(answer(result, rcpts, peer, stats).as_bytes());
+                }
+                // Not reached: every store was polled to its end above.
+                Segment::Store(rcpts, Store::Pending(f)) => {
+                    let result = f.await;
                     out.extend_from_slice(answer(result, rcpts, peer, stats).as_bytes());
                 }
             }
@@ -277,6 +367,19 @@ fn answer(
     Session::stored(answer)
 }
 
+/// What one read may take: the session consumes everything but a partial line, so the buffer
+/// stays about this size.
+const READ_SIZE: usize = 64 * 1024;
+
+/// Read what the client sent onto the end of `buf` (straight into its spare room: no copy).
+async fn read_more(stream: &mut TcpStream, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        // Reclaims the consumed front when it can (the session drops lines from the front).
+        buf.reserve(READ_SIZE);
+    }
+    stream.read_buf(buf).await
+}
+
 /// One client, from greeting to close.
 async fn connection<S: Spool>(
     mut stream: TcpStream,
@@ -290,7 +393,7 @@ async fn connection<S: Spool>(
     let idle = cfg.settings.idle_timeout;
     let mut session = Session::new(cfg);
     let mut out = Replies::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut buf = bytes::BytesMut::with_capacity(READ_SIZE);
     let source = format!("smtp:{peer}");
     match session.greeting(allowed, &peer.ip().to_string()) {
         Step::Reply(r) => out.text(&r),
@@ -305,9 +408,12 @@ async fn connection<S: Spool>(
     }
     stats.connections.fetch_add(1, Ordering::Relaxed);
     debug!(client = %peer, "connected");
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Whether this client is sending a message now: a commit may wait for it.
+    let mut receiving = Receiving::default();
     loop {
-        match session.step(&mut buf) {
+        let step = session.step(&mut buf);
+        receiving.set(session.in_message());
+        match step {
             Step::Reply(r) => out.text(&r),
             Step::Store(rcv) => {
                 let rcpts = rcv.rcpts.len() as u64;
@@ -335,12 +441,7 @@ async fn connection<S: Spool>(
                     out.text(&answer(result, rcpts, peer, &stats));
                     continue;
                 }
-                let spool = spool.clone();
-                out.segments.push(Segment::Store(
-                    rcpts,
-                    tokio::spawn(async move { spool.accept(job).await }),
-                ));
-                out.stores += 1;
+                out.store(rcpts, Box::pin(spool.accept(job))).await;
                 if out.stores >= MAX_PENDING_STORES
                     && out.flush(&mut stream, peer, &stats).await.is_err()
                 {
@@ -354,8 +455,16 @@ async fn connection<S: Spool>(
                 return;
             }
             Step::NeedInput => {
-                if !out.is_empty() && out.flush(&mut stream, peer, &stats).await.is_err() {
-                    return;
+                if !out.is_empty() {
+                    if out.stores > 0 {
+                        // Nothing more comes from this client before its replies are out: no
+                        // commit is to wait for it meanwhile.
+                        receiving.set(false);
+                    }
+                    if out.flush(&mut stream, peer, &stats).await.is_err() {
+                        return;
+                    }
+                    receiving.set(session.in_message());
                 }
                 let read = tokio::select! {
                     _ = shutdown.cancelled(), if !session.in_message() => {
@@ -364,7 +473,7 @@ async fn connection<S: Spool>(
                         let _ = stream.shutdown().await;
                         return;
                     }
-                    r = tokio::time::timeout(idle, stream.read(&mut chunk)) => r,
+                    r = tokio::time::timeout(idle, read_more(&mut stream, &mut buf)) => r,
                 };
                 match read {
                     Err(_) => {
@@ -378,7 +487,7 @@ async fn connection<S: Spool>(
                         session.eof();
                         return;
                     }
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(Ok(_)) => {}
                 }
             }
         }

@@ -17,6 +17,8 @@
 
 use std::sync::Arc;
 
+use bytes::{Buf, BytesMut};
+
 use crate::config::Pool;
 use crate::settings::ListenSettings;
 
@@ -176,7 +178,7 @@ impl Session {
     }
 
     /// Consume from the front of `buf` and say what to do.
-    pub fn step(&mut self, buf: &mut Vec<u8>) -> Step {
+    pub fn step(&mut self, buf: &mut BytesMut) -> Step {
         match self.state.clone() {
             State::Closed => Step::Close(String::new()),
             State::Command => self.command(buf),
@@ -198,7 +200,7 @@ impl Session {
         }
     }
 
-    fn command(&mut self, buf: &mut Vec<u8>) -> Step {
+    fn command(&mut self, buf: &mut BytesMut) -> Step {
         let Some(nl) = memchr::memchr(b'\n', buf) else {
             if buf.len() > MAX_COMMAND_LINE {
                 buf.clear();
@@ -206,7 +208,9 @@ impl Session {
             }
             return Step::NeedInput;
         };
-        let line: Vec<u8> = buf.drain(..=nl).collect();
+        // Split off, not copied: the rest of the buffer (a pipelining client's next commands)
+        // is not moved for every line.
+        let line = buf.split_to(nl + 1);
         if line.len() > MAX_COMMAND_LINE + 2 {
             return Step::Reply("500 5.5.6 command line too long\r\n".into());
         }
@@ -374,7 +378,7 @@ impl Session {
         "250 2.1.5 Ok\r\n".into()
     }
 
-    fn bdat_command(&mut self, buf: &mut Vec<u8>, arg: &str) -> Step {
+    fn bdat_command(&mut self, buf: &mut BytesMut, arg: &str) -> Step {
         let mut it = arg.split_ascii_whitespace();
         let size = it.next().and_then(|s| s.parse::<u64>().ok());
         let last = match it.next() {
@@ -394,12 +398,12 @@ impl Session {
         self.bdat(buf, size, last)
     }
 
-    fn bdat(&mut self, buf: &mut Vec<u8>, left: u64, last: bool) -> Step {
+    fn bdat(&mut self, buf: &mut BytesMut, left: u64, last: bool) -> Step {
         let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
         if self.txn.refused.is_none() {
             self.append(&buf[..take]);
         }
-        buf.drain(..take);
+        buf.advance(take);
         let left = left - take as u64;
         if left > 0 {
             self.state = State::Bdat { left, last };
@@ -426,24 +430,28 @@ impl Session {
         self.end_of_message()
     }
 
-    fn data(&mut self, buf: &mut Vec<u8>, mut at_line_start: bool) -> Step {
-        loop {
-            let (end, complete) = match memchr::memchr(b'\n', buf) {
+    fn data(&mut self, buf: &mut BytesMut, mut at_line_start: bool) -> Step {
+        // Lines are read in place and the consumed part dropped once at the end: no copy of
+        // each line, no move of the rest of the buffer per line.
+        let mut pos = 0;
+        let step = loop {
+            let rest = &buf[pos..];
+            let (end, complete) = match memchr::memchr(b'\n', rest) {
                 Some(i) => (i + 1, true),
-                None if buf.len() > DATA_RUN => (buf.len() - 1, false),
+                None if rest.len() > DATA_RUN => (rest.len() - 1, false),
                 None => {
                     self.state = State::Data { at_line_start };
-                    return Step::NeedInput;
+                    break Step::NeedInput;
                 }
             };
-            let piece: Vec<u8> = buf.drain(..end).collect();
-            let mut body: &[u8] = &piece;
+            let mut body: &[u8] = &rest[..end];
+            pos += end;
             if complete {
                 body = trim_line(body);
             }
             if at_line_start && complete && body == b"." {
                 self.state = State::Command;
-                return self.end_of_message();
+                break self.end_of_message();
             }
             if at_line_start && body.first() == Some(&b'.') {
                 body = &body[1..];
@@ -453,7 +461,9 @@ impl Session {
                 self.append(b"\r\n");
             }
             at_line_start = complete;
-        }
+        };
+        buf.advance(pos);
+        step
     }
 
     fn append(&mut self, bytes: &[u8]) {

@@ -36,7 +36,7 @@ fn run_with(chunks: &[&[u8]], answer: Result<i64, StoreError>) -> Vec<Ev> {
     if let Step::Reply(r) = s.greeting(true, "127.0.0.1") {
         evs.push(Ev::Reply(r));
     }
-    let mut buf = Vec::new();
+    let mut buf = bytes::BytesMut::new();
     let mut rest = chunks.iter();
     loop {
         match s.step(&mut buf) {

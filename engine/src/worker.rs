@@ -806,9 +806,9 @@ impl Completions {
 }
 
 /// Deliver `copies` on the connection (their transactions in flight together, TXN-13),
-/// then recording the outcomes of every copy sent as one group (one [`Spool::complete_many`]:
-/// one request to the spool's writer, one answer); returns whether the drain deadline cut the
-/// transactions off. A copy given back is not recorded: all of them
+/// recording the outcomes of the copies whose transactions are over as one group each time
+/// (one [`Spool::complete_many`]: one request to the spool's writer, one answer); returns
+/// whether the drain deadline cut the transactions off. A copy given back is not recorded: all of them
 /// when a stop came while waiting for the first one's rate limit; any whose transactions never
 /// started because the connection was lost before; and, at the drain deadline, every copy whose
 /// transactions were not over. At most `COMPLETIONS_OUTSTANDING` times the batch's size of
@@ -863,8 +863,6 @@ async fn deliver<S: Spool>(
     let tls = o.client.tls_version();
     let mut cut = false;
     let mut learned = None;
-    // The outcomes of the batch, recorded as one group once its transactions are over.
-    let mut results = Vec::with_capacity(copies.len());
     {
         let mut batch = o.client.deliver_many(&msgs, ctx.max_bsmtp);
         loop {
@@ -873,6 +871,9 @@ async fn deliver<S: Spool>(
                 break;
             }
             learned = batch.learned_rcpt_limit();
+            // The outcomes of the copies over now, recorded as one group at once (not at the
+            // end of the batch: a slow relay would hold every outcome of the batch back).
+            let mut results = Vec::with_capacity(over.len());
             for (i, d) in over {
                 let Some(copy) = copies.get(i) else { continue };
                 match d {
@@ -896,9 +897,9 @@ async fn deliver<S: Spool>(
                     }
                 }
             }
+            pending.push(ctx, name, results, outstanding).await;
         }
     }
-    pending.push(ctx, name, results, outstanding).await;
     if let Some(l) = learned {
         ctx.relay_limits.learn(&o.target, l);
     }

@@ -430,14 +430,11 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
         let on_failover = targets.first() != Some(&o.target);
         if ahead > 1 && !on_failover && !(limited && pools.iter().any(|p| ctx.limiter.may_wait(p)))
         {
-            while batch.len() < ahead && !ctx.shutdown.is_cancelled() {
-                match ctx.spool.claim(pools).await {
-                    Ok(Some(c)) => batch.push(c),
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(worker = %name, error = %e, "claim failed");
-                        break;
-                    }
+            // The rest in one go: one read of the spool for all of them (Spool::claim_many).
+            if !ctx.shutdown.is_cancelled() {
+                match ctx.spool.claim_many(pools, ahead - 1).await {
+                    Ok(more) => batch.extend(more),
+                    Err(e) => warn!(worker = %name, error = %e, "claim failed"),
                 }
             }
         }
@@ -633,17 +630,15 @@ async fn expire_unreachable<S: Spool>(
             },
         )
     };
-    let (id, result) = complete(first);
     pending
-        .push(ctx, name, id, result, COMPLETIONS_OUTSTANDING)
+        .push(ctx, name, vec![complete(first)], COMPLETIONS_OUTSTANDING)
         .await;
     let mut n = 1;
     while !ctx.shutdown.is_cancelled() {
         match ctx.spool.claim(pools).await {
             Ok(Some(c)) if ctx.spool.has_expired(c.job_created, ctx.clock.now()) => {
-                let (id, result) = complete(&c);
                 pending
-                    .push(ctx, name, id, result, COMPLETIONS_OUTSTANDING)
+                    .push(ctx, name, vec![complete(&c)], COMPLETIONS_OUTSTANDING)
                     .await;
                 n += 1;
             }
@@ -712,10 +707,13 @@ async fn connect<S: Spool>(
     Err(Reply::host_unreachable(failures))
 }
 
-/// Outcomes being made durable for one worker, oldest first.
+/// Outcomes being made durable for one worker, oldest first: each task records a group of
+/// copies (one [`Spool::complete_many`]), and counts them.
 #[derive(Default)]
 struct Completions {
-    tasks: VecDeque<tokio::task::JoinHandle<()>>,
+    tasks: VecDeque<(tokio::task::JoinHandle<()>, usize)>,
+    /// Copies in `tasks`.
+    copies: usize,
 }
 
 impl Completions {
@@ -723,30 +721,40 @@ impl Completions {
         self.tasks.is_empty()
     }
 
-    /// Start recording a copy's outcomes, after waiting for the oldest outstanding completion
-    /// if `limit` are under way ([`COMPLETIONS_OUTSTANDING`] per copy of the batch being
-    /// delivered).
+    /// Start recording a group of copies' outcomes (one request to the spool), after waiting
+    /// for the oldest outstanding completions while more than `limit` copies would be under
+    /// way ([`COMPLETIONS_OUTSTANDING`] per copy of the batch being delivered).
     async fn push<S: Spool>(
         &mut self,
         ctx: &WorkerContext<S>,
         name: &str,
-        copy_id: i64,
-        result: CopyResult,
+        results: Vec<(i64, CopyResult)>,
         limit: usize,
     ) {
-        while self.tasks.len() >= limit.max(1) {
+        if results.is_empty() {
+            return;
+        }
+        let n = results.len();
+        while !self.tasks.is_empty() && self.copies + n > limit.max(1) {
             self.wait_oldest(ctx, name).await;
         }
         let spool = ctx.spool.clone();
         let worker = name.to_string();
-        self.tasks.push_back(tokio::spawn(async move {
-            // The spool keeps and retries outcomes it cannot record yet (a full disk), so
-            // what comes back here cannot be retried: a copy not claimed, a wrong count, a
-            // spool that stopped.
-            if let Err(e) = spool.complete(copy_id, result).await {
-                error!(worker = %worker, copy = copy_id, error = %e, "recording the outcome failed");
-            }
-        }));
+        self.copies += n;
+        self.tasks.push_back((
+            tokio::spawn(async move {
+                let ids: Vec<i64> = results.iter().map(|(id, _)| *id).collect();
+                // The spool keeps and retries outcomes it cannot record yet (a full disk), so
+                // what comes back here cannot be retried: a copy not claimed, a wrong count, a
+                // spool that stopped.
+                for (copy_id, r) in ids.into_iter().zip(spool.complete_many(results).await) {
+                    if let Err(e) = r {
+                        error!(worker = %worker, copy = copy_id, error = %e, "recording the outcome failed");
+                    }
+                }
+            }),
+            n,
+        ));
     }
 
     /// Wait for the oldest outstanding completion. Once the drain deadline has passed and the
@@ -758,20 +766,23 @@ impl Completions {
         loop {
             if ctx.cutoff.is_cancelled() {
                 if let Some(why) = ctx.spool.recording_error() {
-                    let n = self.tasks.len() as u64;
+                    let n = self.copies as u64;
                     ctx.stats.unrecorded_at_stop.fetch_add(n, Ordering::Relaxed);
                     error!(worker = %name, copies = n, error = %why,
                         "drain deadline: outcomes the spool cannot record are given up; the next run repeats these copies");
                     self.tasks.clear();
+                    self.copies = 0;
                     return;
                 }
             }
-            let Some(oldest) = self.tasks.front_mut() else {
+            let Some((oldest, n)) = self.tasks.front_mut() else {
                 return;
             };
+            let n = *n;
             tokio::select! {
                 done = oldest => {
                     self.tasks.pop_front();
+                    self.copies -= n;
                     if let Err(e) = done {
                         error!(worker = %name, error = %e, "recording the outcome failed");
                     }
@@ -795,12 +806,13 @@ impl Completions {
 }
 
 /// Deliver `copies` on the connection (their transactions in flight together, TXN-13),
-/// recording each copy's outcomes as soon as its transactions are over; returns whether the
-/// drain deadline cut the transactions off. A copy given back is not recorded: all of them
+/// recording the outcomes of the copies whose transactions are over as one group each time
+/// (one [`Spool::complete_many`]: one request to the spool's writer, one answer); returns
+/// whether the drain deadline cut the transactions off. A copy given back is not recorded: all of them
 /// when a stop came while waiting for the first one's rate limit; any whose transactions never
 /// started because the connection was lost before; and, at the drain deadline, every copy whose
 /// transactions were not over. At most `COMPLETIONS_OUTSTANDING` times the batch's size of
-/// completions are outstanding (the next copy's recording waits for the oldest), so a worker
+/// copies' completions are outstanding (the next group's recording waits for the oldest), so a worker
 /// holds at most `(COMPLETIONS_OUTSTANDING + 1) * CLAIM_AHEAD` copies in flight.
 async fn deliver<S: Spool>(
     ctx: &WorkerContext<S>,
@@ -859,6 +871,9 @@ async fn deliver<S: Spool>(
                 break;
             }
             learned = batch.learned_rcpt_limit();
+            // The outcomes of the copies over now, recorded as one group at once (not at the
+            // end of the batch: a slow relay would hold every outcome of the batch back).
+            let mut results = Vec::with_capacity(over.len());
             for (i, d) in over {
                 let Some(copy) = copies.get(i) else { continue };
                 match d {
@@ -878,12 +893,11 @@ async fn deliver<S: Spool>(
                     }
                     Some(d) => {
                         let result = record(ctx, name, &host, tls, learned, copy, d);
-                        pending
-                            .push(ctx, name, copy.copy_id, result, outstanding)
-                            .await;
+                        results.push((copy.copy_id, result));
                     }
                 }
             }
+            pending.push(ctx, name, results, outstanding).await;
         }
     }
     if let Some(l) = learned {

@@ -47,7 +47,18 @@ pub(super) struct Index {
     jobs: HashMap<i64, Arc<JobInfo>>,
     /// Bytes of messages in `jobs`.
     cached_bytes: usize,
+    /// Rows of claimable copies read ahead of their claims (a claim that reads the database
+    /// reads the next ones too, in the same transaction): a claim of one of them needs no read.
+    /// A queued copy's row changes only when a completion keeps deferred recipients in it, and
+    /// only while it is in flight, so these stay true until the copy is claimed.
+    prefetched: HashMap<i64, InFlight>,
+    /// Completions that rewrote a copy's row (deferred recipients kept): rows read across one
+    /// of them are not kept (see [`Index::store_prefetched`]).
+    row_changes: u64,
 }
+
+/// Most rows read ahead and kept in [`Index`] at once.
+pub(super) const PREFETCH_MAX: usize = 256;
 
 /// The message cache holds at most this many jobs and about this many bytes (one message
 /// larger than the budget is still cached on its own).
@@ -63,6 +74,8 @@ impl Index {
             in_flight: HashMap::new(),
             jobs: HashMap::new(),
             cached_bytes: 0,
+            prefetched: HashMap::new(),
+            row_changes: 0,
         }
     }
 
@@ -187,6 +200,56 @@ impl Index {
         if let Some(f) = self.in_flight.remove(&id) {
             if let Some(nb) = retry_at {
                 self.deferred[f.pool.index()].insert((nb, id));
+                self.row_changes += 1;
+            }
+        }
+        self.prefetched.remove(&id);
+    }
+
+    /// How many rows are read ahead.
+    #[cfg(test)]
+    pub(super) fn prefetched(&self) -> usize {
+        self.prefetched.len()
+    }
+
+    /// The row of copy `id` read ahead, if any (taken: a claim of it uses it once).
+    pub(super) fn take_prefetched(&mut self, id: i64) -> Option<InFlight> {
+        self.prefetched.remove(&id)
+    }
+
+    /// Up to `n` of the next claimable copies of `pools` (oldest first) whose rows are not read
+    /// ahead yet, and the count of row changes to hand to [`Index::store_prefetched`] with
+    /// their rows.
+    pub(super) fn prefetch_candidates(&self, pools: PoolSet, n: usize) -> (Vec<i64>, u64) {
+        let n = n.min(PREFETCH_MAX.saturating_sub(self.prefetched.len()));
+        let mut ids: Vec<i64> = pools
+            .iter()
+            .flat_map(|p| {
+                self.ready[p.index()]
+                    .iter()
+                    .filter(|id| !self.prefetched.contains_key(id))
+                    .take(n)
+                    .copied()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(n);
+        (ids, self.row_changes)
+    }
+
+    /// Keep rows read ahead (`read_at`: what [`Index::prefetch_candidates`] returned with their
+    /// ids): only those of copies still claimable, and none if a completion rewrote a row
+    /// meanwhile (the read may have seen a copy's row before it changed).
+    pub(super) fn store_prefetched(&mut self, rows: Vec<(i64, InFlight)>, read_at: u64) {
+        if read_at != self.row_changes {
+            return;
+        }
+        for (id, f) in rows {
+            if self.prefetched.len() >= PREFETCH_MAX {
+                break;
+            }
+            if self.ready[f.pool.index()].contains(&id) {
+                self.prefetched.insert(id, f);
             }
         }
     }

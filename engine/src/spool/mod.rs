@@ -36,6 +36,7 @@ use crate::job::{JobWriter, WriteError};
 
 mod accept;
 mod check;
+mod group;
 mod index;
 mod ingest;
 mod owner;
@@ -487,6 +488,47 @@ pub trait Spool: Send + Sync + 'static {
         copy_id: i64,
         result: CopyResult,
     ) -> impl Future<Output = Result<(), SpoolError>> + Send;
+    /// Up to `n` of the oldest ready copies among `pools`, oldest first, each in flight as
+    /// [`Spool::claim`] leaves it; fewer (or none) when fewer are claimable. What a worker
+    /// claims ahead for one connection: a spool reads them together where it can (the SQLite
+    /// spool in one read transaction, the PostgreSQL spool in one statement). This default
+    /// claims one at a time. Copies claimed before an error are returned, not lost: the error
+    /// is returned only when nothing was claimed.
+    fn claim_many(
+        &self,
+        pools: PoolSet,
+        n: usize,
+    ) -> impl Future<Output = Result<Vec<ClaimedCopy>, SpoolError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(n.min(64));
+            while out.len() < n {
+                match self.claim(pools).await {
+                    Ok(Some(c)) => out.push(c),
+                    Ok(None) => break,
+                    Err(e) if out.is_empty() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim failed");
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+    /// Record several claimed copies' outcomes, each as [`Spool::complete`] would; returns once
+    /// all of them are durable, with one result per copy in the order given. A spool records
+    /// them as one request to its writer (one group commit, one answer); this default runs the
+    /// `complete`s together.
+    fn complete_many(
+        &self,
+        results: Vec<(i64, CopyResult)>,
+    ) -> impl Future<Output = Vec<Result<(), SpoolError>>> + Send {
+        let futs: Vec<_> = results
+            .into_iter()
+            .map(|(id, r)| self.complete(id, r))
+            .collect();
+        group::join_all(futs)
+    }
     /// Give a claimed copy back untouched; it is claimable again at once. A copy whose
     /// outcomes were handed to [`Spool::complete`] was sent: it is not given back.
     fn release(&self, copy_id: i64);

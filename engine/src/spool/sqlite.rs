@@ -30,6 +30,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
 use super::check;
+use super::group::Done;
 use super::index::{InFlight, Index, JobInfo};
 use super::policy::{self, Attempt, Fate};
 use super::{
@@ -103,12 +104,11 @@ fn pool_of(i: i64) -> Pool {
         .unwrap_or(Pool::DEFAULT)
 }
 
-/// A completion waiting for the writer thread.
+/// Completions waiting for the writer thread: a worker's group (one answer for all of them).
 struct Request {
-    copy_id: i64,
-    result: CopyResult,
+    items: Vec<(i64, CopyResult)>,
     now: Timestamp,
-    reply: oneshot::Sender<Result<(), SpoolError>>,
+    reply: super::group::Answer,
 }
 
 pub(super) struct Shared {
@@ -353,91 +353,184 @@ impl SqliteSpool {
     /// The second half of a claim begun in the index: read the copy, and put it in flight.
     /// `None` (and forgotten) when the database does not have it.
     fn finish_claim(&self, copy_id: i64) -> Result<Option<ClaimedCopy>, SpoolError> {
-        let sh = self.shared();
-        let read = match self.read_copy(copy_id) {
-            Ok(r) => r,
-            Err(e) => {
-                lock(&sh.index).abort_claim(copy_id);
-                return Err(e);
-            }
-        };
-        let Some((fl, job)) = read else {
-            lock(&sh.index).drop_claim(copy_id);
-            return Ok(None);
-        };
-        let rcpts: Vec<String> = fl.rcpts.split('\n').map(str::to_owned).collect();
-        let claimed = ClaimedCopy {
-            copy_id,
-            job_id: fl.job_id,
-            pool: fl.pool,
-            mail_from: job.mail_from.clone(),
-            rcpts,
-            message: job.message.clone(),
-            attempts: fl.attempts,
-            job_created: job.created,
-        };
-        lock(&sh.index).finish_claim(copy_id, fl);
-        Ok(Some(claimed))
+        Ok(self.finish_claims(&[copy_id], None)?.pop())
     }
 
-    fn read_copy(&self, copy_id: i64) -> Result<Option<(InFlight, Arc<JobInfo>)>, SpoolError> {
+    /// The second half of claims begun in the index: the copies' rows (read ahead, or read now
+    /// in one read transaction: one snapshot, one pager refresh, one lock) put in flight, in
+    /// the order given. A read also reads ahead the rows of the next claimable copies of
+    /// `ahead`'s pools ([`PREFETCH`] of them), for the claims to come. Copies the database does
+    /// not have are forgotten (left out of the answer); on an error every one of them is
+    /// claimable again.
+    fn finish_claims(
+        &self,
+        ids: &[i64],
+        ahead: Option<PoolSet>,
+    ) -> Result<Vec<ClaimedCopy>, SpoolError> {
         let sh = self.shared();
-        let reader = lock(&sh.reader);
-        let row = reader
-            .prepare_cached("SELECT job_id, pool, rcpts, n, attempts FROM copies WHERE id = ?1")?
-            .query_row([copy_id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .optional()?;
-        let Some((job_id, pool, rcpts, n, attempts)) = row else {
-            return Ok(None);
-        };
-        let cached = lock(&sh.index).cached_job(job_id);
-        let job = match cached {
-            Some(j) => j,
-            None => {
-                let j = reader
-                    .prepare_cached("SELECT mail_from, message, created FROM jobs WHERE id = ?1")?
-                    .query_row([job_id], |r| {
-                        Ok(JobInfo {
-                            mail_from: r.get(0)?,
-                            message: Bytes::from(
-                                r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
-                            ),
-                            created: ts(r.get(2)?),
-                        })
-                    })
-                    .optional()?;
-                let Some(j) = j else {
-                    return Err(SpoolError::Corrupt(format!(
-                        "copy {copy_id} refers to job {job_id}, which is missing"
-                    )));
-                };
-                let j = Arc::new(j);
-                let mut idx = lock(&sh.index);
-                idx.cache_job(job_id, j.clone());
-                j
+        // What is known already: rows read ahead whose job is cached.
+        let mut known: Vec<Option<(InFlight, Arc<JobInfo>)>> = Vec::with_capacity(ids.len());
+        let mut need = Vec::new();
+        let (more, read_at) = {
+            let mut idx = lock(&sh.index);
+            for id in ids {
+                let hit = idx
+                    .take_prefetched(*id)
+                    .and_then(|f| idx.cached_job(f.job_id).map(|j| (f, j)));
+                if hit.is_none() {
+                    need.push(*id);
+                }
+                known.push(hit);
+            }
+            match ahead {
+                Some(pools) if !need.is_empty() => idx.prefetch_candidates(pools, PREFETCH),
+                _ => (Vec::new(), 0),
             }
         };
-        Ok(Some((
-            InFlight {
-                job_id,
-                pool: pool_of(pool),
-                rcpts,
-                n: usize::try_from(n).unwrap_or(0),
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        if !need.is_empty() {
+            let mut read = match self.read_copies(&need, &more) {
+                Ok(r) => r,
+                Err(e) => {
+                    let mut idx = lock(&sh.index);
+                    for id in ids {
+                        idx.abort_claim(*id);
+                    }
+                    return Err(e);
+                }
+            };
+            let ahead_rows = read.split_off(need.len());
+            let mut read = read.into_iter();
+            for k in known.iter_mut() {
+                if k.is_none() {
+                    *k = read.next().flatten();
+                }
+            }
+            if !more.is_empty() {
+                let rows = more
+                    .iter()
+                    .zip(ahead_rows)
+                    .filter_map(|(id, r)| r.map(|(f, _)| (*id, f)))
+                    .collect();
+                lock(&sh.index).store_prefetched(rows, read_at);
+            }
+        }
+        let mut claimed = Vec::with_capacity(known.len());
+        let mut flights = Vec::with_capacity(known.len());
+        let mut gone = Vec::new();
+        for (copy_id, r) in ids.iter().copied().zip(known) {
+            let Some((fl, job)) = r else {
+                gone.push(copy_id);
+                continue;
+            };
+            claimed.push(ClaimedCopy {
+                copy_id,
+                job_id: fl.job_id,
+                pool: fl.pool,
+                mail_from: job.mail_from.clone(),
+                rcpts: fl.rcpts.split('\n').map(str::to_owned).collect(),
+                message: job.message.clone(),
+                attempts: fl.attempts,
                 job_created: job.created,
-                completing: false,
-            },
-            job,
-        )))
+            });
+            flights.push((copy_id, fl));
+        }
+        let mut idx = lock(&sh.index);
+        for id in gone {
+            idx.drop_claim(id);
+        }
+        for (id, fl) in flights {
+            idx.finish_claim(id, fl);
+        }
+        Ok(claimed)
     }
+
+    /// Read copies (and their jobs, unless cached) in one read transaction: `ids`, then
+    /// `ahead` (rows read ahead), one answer each in that order.
+    #[allow(clippy::type_complexity)]
+    fn read_copies(
+        &self,
+        ids: &[i64],
+        ahead: &[i64],
+    ) -> Result<Vec<Option<(InFlight, Arc<JobInfo>)>>, SpoolError> {
+        let sh = self.shared();
+        let reader = lock(&sh.reader);
+        if ids.len() + ahead.len() == 1 {
+            // One statement is its own transaction.
+            return Ok(vec![read_copy(sh, &reader, ids[0])?]);
+        }
+        let tx = reader.unchecked_transaction()?;
+        let read = ids
+            .iter()
+            .chain(ahead)
+            .map(|id| read_copy(sh, &tx, *id))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A read transaction: nothing to write, ending it releases the snapshot.
+        tx.commit()?;
+        Ok(read)
+    }
+}
+
+/// How many rows of the next claimable copies a claim that reads the database reads ahead.
+const PREFETCH: usize = 32;
+
+/// Read one copy (and its job, unless cached) on `reader`.
+fn read_copy(
+    sh: &Shared,
+    reader: &Connection,
+    copy_id: i64,
+) -> Result<Option<(InFlight, Arc<JobInfo>)>, SpoolError> {
+    let row = reader
+        .prepare_cached("SELECT job_id, pool, rcpts, n, attempts FROM copies WHERE id = ?1")?
+        .query_row([copy_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((job_id, pool, rcpts, n, attempts)) = row else {
+        return Ok(None);
+    };
+    let cached = lock(&sh.index).cached_job(job_id);
+    let job = match cached {
+        Some(j) => j,
+        None => {
+            let j = reader
+                .prepare_cached("SELECT mail_from, message, created FROM jobs WHERE id = ?1")?
+                .query_row([job_id], |r| {
+                    Ok(JobInfo {
+                        mail_from: r.get(0)?,
+                        message: Bytes::from(r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default()),
+                        created: ts(r.get(2)?),
+                    })
+                })
+                .optional()?;
+            let Some(j) = j else {
+                return Err(SpoolError::Corrupt(format!(
+                    "copy {copy_id} refers to job {job_id}, which is missing"
+                )));
+            };
+            let j = Arc::new(j);
+            let mut idx = lock(&sh.index);
+            idx.cache_job(job_id, j.clone());
+            j
+        }
+    };
+    Ok(Some((
+        InFlight {
+            job_id,
+            pool: pool_of(pool),
+            rcpts,
+            n: usize::try_from(n).unwrap_or(0),
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            job_created: job.created,
+            completing: false,
+        },
+        job,
+    )))
 }
 
 impl Spool for SqliteSpool {
@@ -461,28 +554,16 @@ impl Spool for SqliteSpool {
         pools: PoolSet,
     ) -> impl std::future::Future<Output = Result<Option<ClaimedCopy>, SpoolError>> + Send {
         let me = self.clone();
-        async move {
-            let sh = me.shared();
-            loop {
-                // While outcomes cannot be recorded, no copy is sent that could not be recorded
-                // either: nothing is claimable until the writer recovers (it notifies then).
-                if sh.stalled.load(Ordering::SeqCst) {
-                    return Ok(None);
-                }
-                let now = ms(sh.clock.now());
-                // The copy stays counted as queued while it is read (`claiming`): an emptiness
-                // check in between must not see the queue empty.
-                let taken = lock(&sh.index).begin_claim(pools, now);
-                let Some((copy_id, _)) = taken else {
-                    return Ok(None);
-                };
-                match me.finish_claim(copy_id)? {
-                    Some(c) => return Ok(Some(c)),
-                    // A copy the index knows but the database does not: skipped.
-                    None => continue,
-                }
-            }
-        }
+        async move { Ok(me.claim_now(pools, 1)?.pop()) }
+    }
+
+    fn claim_many(
+        &self,
+        pools: PoolSet,
+        n: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<ClaimedCopy>, SpoolError>> + Send {
+        let me = self.clone();
+        async move { me.claim_now(pools, n) }
     }
 
     fn complete(
@@ -492,34 +573,73 @@ impl Spool for SqliteSpool {
     ) -> impl std::future::Future<Output = Result<(), SpoolError>> + Send {
         let me = self.clone();
         async move {
+            me.complete_many(vec![(copy_id, result)])
+                .await
+                .pop()
+                .unwrap_or(Err(SpoolError::WriterGone))
+        }
+    }
+
+    fn complete_many(
+        &self,
+        results: Vec<(i64, CopyResult)>,
+    ) -> impl std::future::Future<Output = Vec<Result<(), SpoolError>>> + Send {
+        let me = self.clone();
+        async move {
             let sh = me.shared();
+            let mut out: Vec<Option<Result<(), SpoolError>>> =
+                results.iter().map(|_| None).collect();
+            let mut items = Vec::with_capacity(results.len());
+            let mut slots = Vec::with_capacity(results.len());
             {
                 let mut idx = lock(&sh.index);
-                let Some(f) = idx.in_flight(copy_id) else {
-                    return Err(SpoolError::NotClaimed(copy_id));
-                };
-                if f.n != result.rcpts.len() {
-                    return Err(SpoolError::OutcomeCount {
-                        copy: copy_id,
-                        expected: f.n,
-                        got: result.rcpts.len(),
-                    });
+                for (slot, (copy_id, result)) in results.into_iter().enumerate() {
+                    let Some(f) = idx.in_flight(copy_id) else {
+                        out[slot] = Some(Err(SpoolError::NotClaimed(copy_id)));
+                        continue;
+                    };
+                    if f.n != result.rcpts.len() {
+                        out[slot] = Some(Err(SpoolError::OutcomeCount {
+                            copy: copy_id,
+                            expected: f.n,
+                            got: result.rcpts.len(),
+                        }));
+                        continue;
+                    }
+                    // It was sent: from now on a release (a stop that gives copies back)
+                    // leaves it alone, however long recording takes.
+                    idx.mark_completing(copy_id);
+                    items.push((copy_id, result));
+                    slots.push(slot);
                 }
-                // It was sent: from now on a release (a stop that gives copies back) leaves it
-                // alone, however long recording takes.
-                idx.mark_completing(copy_id);
             }
-            let now = sh.clock.now();
-            let (reply, rx) = oneshot::channel();
-            let tx = me.inner.tx.as_ref().ok_or(SpoolError::WriterGone)?;
-            tx.send(Request {
-                copy_id,
-                result,
-                now,
-                reply,
-            })
-            .map_err(|_| SpoolError::WriterGone)?;
-            wait_for_thread(rx).await
+            if !items.is_empty() {
+                let now = sh.clock.now();
+                let (reply, rx) = oneshot::channel();
+                let answer = match me.inner.tx.as_ref() {
+                    Some(tx) => match tx.send(Request { items, now, reply }) {
+                        Ok(()) => wait_for_thread(rx).await,
+                        Err(_) => Err(SpoolError::WriterGone),
+                    },
+                    None => Err(SpoolError::WriterGone),
+                };
+                match answer {
+                    Ok(results) => {
+                        for (slot, r) in slots.into_iter().zip(results) {
+                            out[slot] = Some(r);
+                        }
+                    }
+                    // The writer is gone (it answers every group it takes).
+                    Err(_) => {
+                        for slot in slots {
+                            out[slot] = Some(Err(SpoolError::WriterGone));
+                        }
+                    }
+                }
+            }
+            out.into_iter()
+                .map(|r| r.unwrap_or(Err(SpoolError::WriterGone)))
+                .collect()
         }
     }
 
@@ -660,6 +780,50 @@ impl Spool for SqliteSpool {
 }
 
 impl SqliteSpool {
+    /// Up to `n` copies of `pools`, oldest first: taken from the index under one lock, read in
+    /// one transaction ([`SqliteSpool::finish_claims`]). Copies claimed before an error are
+    /// kept; the error is returned only when nothing was claimed.
+    fn claim_now(&self, pools: PoolSet, n: usize) -> Result<Vec<ClaimedCopy>, SpoolError> {
+        let sh = self.shared();
+        let mut out = Vec::new();
+        while out.len() < n {
+            // While outcomes cannot be recorded, no copy is sent that could not be recorded
+            // either: nothing is claimable until the writer recovers (it notifies then).
+            if sh.stalled.load(Ordering::SeqCst) {
+                break;
+            }
+            let now = ms(sh.clock.now());
+            // The copies stay counted as queued while they are read (`claiming`): an emptiness
+            // check in between must not see the queue empty.
+            let ids: Vec<i64> = {
+                let mut idx = lock(&sh.index);
+                let want = n - out.len();
+                let mut ids = Vec::with_capacity(want.min(64));
+                while ids.len() < want {
+                    match idx.begin_claim(pools, now) {
+                        Some((id, _)) => ids.push(id),
+                        None => break,
+                    }
+                }
+                ids
+            };
+            if ids.is_empty() {
+                break;
+            }
+            // Copies the index knows but the database does not are skipped (the loop takes
+            // others in their place).
+            match self.finish_claims(&ids, Some(pools)) {
+                Ok(c) => out.extend(c),
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(spool = %sh.dir.display(), error = %e, "claim failed");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn flush_now(&self, pools: PoolSet) -> Result<u64, SpoolError> {
         let sh = self.shared();
         let now = ms(sh.clock.now());
@@ -964,21 +1128,32 @@ struct Plan {
     /// The copy's pool, and how old its job is at `now` (seconds): for the metrics.
     pool: Pool,
     age_secs: f64,
-    reply: oneshot::Sender<Result<(), SpoolError>>,
+    reply: Done,
+}
+
+/// One copy's completion, as the writer plans it.
+struct Item {
+    copy_id: i64,
+    result: CopyResult,
+    now: Timestamp,
 }
 
 /// The first wait before a failed batch is tried again; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-/// Most completions taken from the queue into one batch.
+/// Most completions (copies) taken from the queue into one batch.
 const BATCH_MAX: usize = 8192;
 
 fn writer_loop(sh: &Shared, mut ledger: Ledger, rx: mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
+        let mut copies = first.items.len();
         let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
+        while copies < BATCH_MAX {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    copies += r.items.len();
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
@@ -1046,8 +1221,7 @@ fn record(sh: &Shared, ledger: &mut Ledger, rx: &mpsc::Receiver<Request>, mut pl
                  queued and the next run sends them again"
             );
             for p in plans {
-                let _ = p
-                    .reply
+                p.reply
                     .send(Err(SpoolError::Unrecorded(p.copy_id, failure.clone())));
             }
             return;
@@ -1077,23 +1251,31 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
         let mut in_batch: std::collections::HashSet<i64> =
             plans.iter().map(|p| p.copy_id).collect();
         for req in batch {
-            // A copy completed twice counts once.
-            match idx.in_flight(req.copy_id) {
-                Some(f) if in_batch.insert(req.copy_id) => work.push((
-                    req,
-                    f.job_id,
-                    f.pool,
-                    f.rcpts.clone(),
-                    f.attempts,
-                    f.job_created,
-                )),
-                _ => {
-                    let _ = req.reply.send(Err(SpoolError::NotClaimed(req.copy_id)));
+            let now = req.now;
+            let places = Done::group(req.items.len(), req.reply);
+            for ((copy_id, result), done) in req.items.into_iter().zip(places) {
+                // A copy completed twice counts once.
+                match idx.in_flight(copy_id) {
+                    Some(f) if in_batch.insert(copy_id) => work.push((
+                        (copy_id, result, now, done),
+                        f.job_id,
+                        f.pool,
+                        f.rcpts.clone(),
+                        f.attempts,
+                        f.job_created,
+                    )),
+                    _ => done.send(Err(SpoolError::NotClaimed(copy_id))),
                 }
             }
         }
     }
-    for (req, job_id, pool, rcpts, previous_attempts, job_created) in work {
+    for ((copy_id, result, now, done), job_id, pool, rcpts, previous_attempts, job_created) in work
+    {
+        let req = Item {
+            copy_id,
+            result,
+            now,
+        };
         let decision = policy::decide(
             &sh.opts,
             Attempt {
@@ -1116,7 +1298,7 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             now: ms(req.now),
             pool,
             age_secs: req.now.duration_since(job_created).as_secs_f64(),
-            reply: req.reply,
+            reply: done,
         };
         let mut line_error = None;
         for (rcpt, r) in rcpts.split('\n').zip(decision.recipients()) {
@@ -1145,8 +1327,7 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             // of this copy already pushed cannot be told apart, so the copy is left in flight
             // (never sent again by this process) and the error returned.
             tracing::error!(copy = plan.copy_id, error = %e, "cannot write a ledger line");
-            let _ = plan
-                .reply
+            plan.reply
                 .send(Err(SpoolError::io("writing a ledger line", e)));
             continue;
         }
@@ -1189,7 +1370,7 @@ fn finish(sh: &Shared, plans: Vec<Plan>, done_jobs: Vec<i64>) {
         );
     }
     for p in plans {
-        let _ = p.reply.send(Ok(()));
+        p.reply.send(Ok(()));
     }
 }
 
@@ -1341,5 +1522,259 @@ mod tests {
             r#"{"time":"2026-11-22T09:00:00Z","job":1,"copy":1,"pool":"-","rcpt":"b@x.example","outcome":"failed","relay":null,"reply":"421 4.4.0 unreachable","attempts":2,"expired":true}"#,
         ];
         assert_eq!(text, want.map(|l| format!("{l}\n")).concat());
+    }
+
+    fn delivered(n: usize) -> CopyResult {
+        CopyResult {
+            relay: Some("mx1:25".into()),
+            tls: None,
+            rcpts: (0..n)
+                .map(|_| rcpt(Outcome::Delivered, "250 2.0.0 ok"))
+                .collect(),
+        }
+    }
+
+    /// A spool of single-recipient copies: `jobs[i]` recipients in the pool `pools[i]` (a
+    /// letter's index), one job each, submitted in that order.
+    fn spool_with(dir: &Path, jobs: &[(usize, usize)]) -> SqliteSpool {
+        let opts = SpoolOptions {
+            max_bsmtp: 1,
+            ..SpoolOptions::default()
+        };
+        let spool = SqliteSpool::open(dir, opts, crate::clock::SystemClock::shared()).unwrap();
+        for (j, (n, pool)) in jobs.iter().enumerate() {
+            super::super::submit(
+                dir,
+                "list@x.example",
+                Pool::from_index(*pool),
+                (0..*n).map(|i| format!("j{j}r{i}@x.example")),
+                &b"Subject: t\r\n\r\nbody\r\n"[..],
+            )
+            .unwrap();
+        }
+        spool.ingest_blocking().unwrap();
+        spool
+    }
+
+    /// Claims in batches: oldest first, only the pools asked for, never a copy twice, a
+    /// released copy claimable again, and the batch's completions recorded as one group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claim_many_takes_the_oldest_copies_of_the_pools_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Pool::from_index(0).unwrap();
+        let b = Pool::from_index(1).unwrap();
+        // Job 1: 3 copies in A, job 2: 2 in B, job 3: 4 in A.
+        let spool = spool_with(dir.path(), &[(3, 0), (2, 1), (4, 0)]);
+        let only_a: PoolSet = std::iter::once(a).collect();
+        let first = spool.claim_many(only_a, 4).await.unwrap();
+        let ids: Vec<i64> = first.iter().map(|c| c.copy_id).collect();
+        assert_eq!(ids.len(), 4);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+        assert!(first.iter().all(|c| c.pool == a));
+        assert_eq!(
+            first.iter().map(|c| c.job_id).collect::<Vec<_>>(),
+            vec![1, 1, 1, 3]
+        );
+        assert_eq!(first[3].rcpts, vec!["j2r0@x.example".to_string()]);
+        assert_eq!(&first[0].message[..], b"Subject: t\r\n\r\nbody\r\n");
+        // Fewer than asked once the pool runs out; none claimed twice.
+        let rest = spool.claim_many(only_a, 10).await.unwrap();
+        assert_eq!(rest.len(), 3);
+        assert!(rest.iter().all(|c| !ids.contains(&c.copy_id)));
+        assert!(spool.claim_many(only_a, 10).await.unwrap().is_empty());
+        // Everything still counts as queued while in flight.
+        assert_eq!(spool.queued_copies(), 9);
+        // A released copy is claimable again, in its place (oldest first).
+        spool.release(ids[1]);
+        let all = spool.claim_many(PoolSet::ALL, 10).await.unwrap();
+        let again: Vec<i64> = all.iter().map(|c| c.copy_id).collect();
+        assert_eq!(again.len(), 3);
+        assert_eq!(again[0], ids[1]);
+        assert!(all[1..].iter().all(|c| c.pool == b));
+        // One group of completions: each result in its place; a copy not claimed is refused
+        // without holding up the others.
+        let mut group: Vec<(i64, CopyResult)> = first
+            .iter()
+            .filter(|c| c.copy_id != ids[1])
+            .chain(&rest)
+            .chain(&all)
+            .map(|c| (c.copy_id, delivered(c.rcpts.len())))
+            .collect();
+        group.insert(2, (9999, delivered(1)));
+        let results = spool.complete_many(group).await;
+        assert_eq!(results.len(), 10);
+        assert!(matches!(results[2], Err(SpoolError::NotClaimed(9999))));
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 9);
+        assert_eq!(spool.queued_copies(), 0);
+        let stats = spool.stats().await.unwrap();
+        assert_eq!((stats.delivered, stats.queued, stats.jobs), (9, 0, 0));
+        let ledger = std::fs::read_to_string(dir.path().join(LEDGER_FILE)).unwrap();
+        assert_eq!(ledger.lines().count(), 9);
+        // Completing again is refused: they are done.
+        let again = spool.complete_many(vec![(ids[0], delivered(1))]).await;
+        assert!(matches!(again[0], Err(SpoolError::NotClaimed(_))));
+    }
+
+    /// Rows read ahead serve later claims, and a copy whose row a completion rewrote (deferred
+    /// recipients kept) is read again: its next claim has only the deferred recipients.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_read_ahead_never_hide_a_rewritten_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SpoolOptions {
+            max_bsmtp: 2,
+            ..SpoolOptions::default()
+        };
+        let spool =
+            SqliteSpool::open(dir.path(), opts, crate::clock::SystemClock::shared()).unwrap();
+        super::super::submit(
+            dir.path(),
+            "list@x.example",
+            None,
+            ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|r| format!("{r}@x.example")),
+            &b"Subject: t\r\n\r\nbody\r\n"[..],
+        )
+        .unwrap();
+        spool.ingest_blocking().unwrap();
+        // The first claim reads copy 1 and the rows of copies 2 and 3 ahead.
+        let c1 = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
+        assert_eq!(lock(&spool.shared().index).prefetched(), 2);
+        let c2 = spool.claim(PoolSet::ALL).await.unwrap().unwrap();
+        assert_eq!(c2.rcpts, vec!["c@x.example", "d@x.example"]);
+        assert_eq!(lock(&spool.shared().index).prefetched(), 1);
+        // Copy 2: c delivered, d deferred (its row now holds d only).
+        let r = spool
+            .complete_many(vec![
+                (c1.copy_id, delivered(2)),
+                (
+                    c2.copy_id,
+                    CopyResult {
+                        relay: None,
+                        tls: None,
+                        rcpts: vec![
+                            rcpt(Outcome::Delivered, "250 ok"),
+                            rcpt(Outcome::Deferred, "451 later"),
+                        ],
+                    },
+                ),
+            ])
+            .await;
+        assert!(r.iter().all(|r| r.is_ok()));
+        assert_eq!(spool.flush(PoolSet::ALL).await.unwrap(), 1);
+        let rest = spool.claim_many(PoolSet::ALL, 5).await.unwrap();
+        let got: Vec<(i64, Vec<String>, u32)> = rest
+            .iter()
+            .map(|c| (c.copy_id, c.rcpts.clone(), c.attempts))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (c2.copy_id, vec!["d@x.example".to_string()], 1),
+                (c2.copy_id + 1, vec!["e@x.example".to_string()], 0),
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Whatever the sequence of batched claims (sizes, pools), releases and completions:
+        /// each claim returns the oldest claimable copies of its pools, no copy is held twice,
+        /// and in the end every recipient is recorded exactly once.
+        #[test]
+        fn batched_claims_match_a_model(
+            jobs in proptest::collection::vec((1usize..5, 0usize..3), 1..6),
+            ops in proptest::collection::vec((0usize..6, 0usize..8, 0u8..3), 1..30),
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let spool = spool_with(dir.path(), &jobs);
+                // The model: claimable copies (id -> pool), ordered by id.
+                let mut ready: std::collections::BTreeMap<i64, Pool> = Default::default();
+                let mut id = 0;
+                for (n, p) in &jobs {
+                    for _ in 0..*n {
+                        id += 1;
+                        ready.insert(id, Pool::from_index(*p).unwrap());
+                    }
+                }
+                let total = ready.len();
+                let mut held: Vec<ClaimedCopy> = Vec::new();
+                let mut done = 0;
+                for (n, pools, what) in ops {
+                    // Pools: one of three, two of them, or all.
+                    let set: PoolSet = match pools % 4 {
+                        0 => PoolSet::ALL,
+                        k => (0..3).filter(|i| *i != k - 1).filter_map(Pool::from_index).collect(),
+                    };
+                    let want: Vec<i64> = ready
+                        .iter()
+                        .filter(|(_, p)| set.contains(**p))
+                        .map(|(id, _)| *id)
+                        .take(n)
+                        .collect();
+                    let got = spool.claim_many(set, n).await.unwrap();
+                    let ids: Vec<i64> = got.iter().map(|c| c.copy_id).collect();
+                    proptest::prop_assert_eq!(&ids, &want);
+                    for id in &ids {
+                        ready.remove(id);
+                    }
+                    held.extend(got);
+                    match what {
+                        // Give back the oldest held copy.
+                        0 if !held.is_empty() => {
+                            let c = held.remove(0);
+                            spool.release(c.copy_id);
+                            ready.insert(c.copy_id, c.pool);
+                        }
+                        // Complete every held copy as one group.
+                        1 => {
+                            let group: Vec<_> = held
+                                .drain(..)
+                                .map(|c| (c.copy_id, delivered(c.rcpts.len())))
+                                .collect();
+                            done += group.len();
+                            let r = spool.complete_many(group).await;
+                            proptest::prop_assert!(r.iter().all(|r| r.is_ok()));
+                        }
+                        _ => {}
+                    }
+                    proptest::prop_assert_eq!(
+                        spool.queued_copies() as usize,
+                        total - done
+                    );
+                }
+                // Finish: everything left, in batches.
+                loop {
+                    let got = spool.claim_many(PoolSet::ALL, 3).await.unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    held.extend(got);
+                }
+                let group: Vec<_> = held
+                    .drain(..)
+                    .map(|c| (c.copy_id, delivered(c.rcpts.len())))
+                    .collect();
+                let r = spool.complete_many(group).await;
+                proptest::prop_assert!(r.iter().all(|r| r.is_ok()));
+                let ledger = std::fs::read_to_string(dir.path().join(LEDGER_FILE)).unwrap();
+                let mut rcpts: Vec<&str> = ledger
+                    .lines()
+                    .filter_map(|l| l.split("\"rcpt\":\"").nth(1))
+                    .filter_map(|r| r.split('"').next())
+                    .collect();
+                proptest::prop_assert_eq!(rcpts.len(), total);
+                rcpts.sort_unstable();
+                rcpts.dedup();
+                proptest::prop_assert_eq!(rcpts.len(), total, "each recipient once");
+                Ok(())
+            })?;
+        }
     }
 }

@@ -193,11 +193,11 @@ impl State {
     }
 }
 
+/// A worker's group of completions (one answer for all of them).
 struct Request {
-    copy_id: i64,
-    result: CopyResult,
+    items: Vec<(i64, CopyResult)>,
     now: Timestamp,
-    reply: oneshot::Sender<Result<(), SpoolError>>,
+    reply: super::group::Answer,
 }
 
 struct Shared {
@@ -683,116 +683,45 @@ impl Spool for PgSpool {
         pools: PoolSet,
     ) -> impl std::future::Future<Output = Result<Option<ClaimedCopy>, SpoolError>> + Send {
         let me = self.clone();
+        async move { Ok(me.claim_many(pools, 1).await?.pop()) }
+    }
+
+    fn claim_many(
+        &self,
+        pools: PoolSet,
+        n: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<ClaimedCopy>, SpoolError>> + Send {
+        let me = self.clone();
         async move {
             let sh = me.shared();
-            if sh.stalled.load(Ordering::SeqCst)
+            if n == 0
+                || sh.stalled.load(Ordering::SeqCst)
                 || lock(&sh.last_beat).elapsed() > sh.pg.node_timeout / 2
             {
-                return Ok(None);
+                return Ok(Vec::new());
             }
-            if let Some(c) = take(sh, pools) {
-                return Ok(Some(c));
+            let mut out = take_many(sh, pools, n);
+            if out.len() >= n {
+                return Ok(out);
             }
             // One claim statement at a time; a worker that waited may find the batch another
             // one fetched.
             let db = sh.claim_db.lock().await;
-            if let Some(c) = take(sh, pools) {
-                return Ok(Some(c));
+            out.extend(take_many(sh, pools, n - out.len()));
+            if out.len() >= n {
+                return Ok(out);
             }
-            let pool_list: Vec<i16> = pools.iter().map(pool_index).collect();
-            let now = ms(sh.clock.now());
-            let secs = sh.pg.node_timeout.as_secs_f64();
-            let sql = format!(
-                "WITH {DEAD}, c AS (SELECT id FROM copies \
-                   WHERE pool = ANY($2) AND not_before <= $3 \
-                   AND (claimed_by IS NULL OR ($6 AND claimed_by IN (SELECT name FROM dead))) \
-                   AND (assigned_to IS NULL OR assigned_to = $1 OR ($6 AND assigned_to IN (SELECT name FROM dead))) \
-                   ORDER BY id LIMIT $5 FOR UPDATE OF copies SKIP LOCKED) \
-                 UPDATE copies SET claimed_by = $1 FROM c WHERE copies.id = c.id \
-                 RETURNING copies.id, copies.job_id, copies.pool, copies.rcpts, copies.attempts"
-            );
-            let rows = db
-                .query(
-                    &sql,
-                    &[
-                        &sh.pg.node,
-                        &pool_list,
-                        &now,
-                        &secs,
-                        &sh.pg.claim_batch,
-                        &sh.pg.takes_over(),
-                    ],
-                )
-                .await
-                .map_err(pg_error)?;
-            if rows.is_empty() {
-                return Ok(None);
-            }
-            // Into the buffer first: from then on the writer keeps their jobs' messages cached
-            // (it forgets only those of jobs no held copy refers to).
-            let missing: Vec<i64> = {
-                let mut st = lock(&sh.state);
-                for r in &rows {
-                    let rcpts: String = r.get(3);
-                    st.buffer.insert(
-                        r.get::<_, i64>(0),
-                        Held {
-                            job_id: r.get(1),
-                            pool: pool_of(r.get(2)),
-                            rcpts: rcpts.split('\n').map(str::to_owned).collect(),
-                            attempts: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
-                        },
-                    );
-                }
-                let mut m: Vec<i64> = st
-                    .buffer
-                    .values()
-                    .map(|h| h.job_id)
-                    .filter(|j| !st.jobs.contains_key(j))
-                    .collect();
-                m.sort_unstable();
-                m.dedup();
-                m
-            };
-            if !missing.is_empty() {
-                let found = db
-                    .query(
-                        "SELECT id, mail_from, message, created FROM jobs WHERE id = ANY($1)",
-                        &[&missing],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let mut st = lock(&sh.state);
-                for r in found {
-                    let message: Vec<u8> = r.get(2);
-                    st.jobs.insert(
-                        r.get::<_, i64>(0),
-                        Arc::new(JobInfo {
-                            mail_from: r.get(1),
-                            message: Bytes::from(message),
-                            created: Timestamp::from_millisecond(r.get(3))
-                                .unwrap_or(Timestamp::UNIX_EPOCH),
-                        }),
-                    );
-                }
-                let orphans: Vec<i64> = st
-                    .buffer
-                    .iter()
-                    .filter(|(_, h)| !st.jobs.contains_key(&h.job_id))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in orphans {
-                    if let Some(h) = st.buffer.remove(&id) {
-                        tracing::error!(
-                            copy = id,
-                            job = h.job_id,
-                            "a copy refers to a job that is missing; left aside"
-                        );
-                    }
+            match me.fetch(&db, pools, n - out.len()).await {
+                Ok(()) => {}
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed");
+                    return Ok(out);
                 }
             }
             drop(db);
-            Ok(take(sh, pools))
+            out.extend(take_many(sh, pools, n - out.len()));
+            Ok(out)
         }
     }
 
@@ -803,31 +732,76 @@ impl Spool for PgSpool {
     ) -> impl std::future::Future<Output = Result<(), SpoolError>> + Send {
         let me = self.clone();
         async move {
+            me.complete_many(vec![(copy_id, result)])
+                .await
+                .pop()
+                .unwrap_or(Err(SpoolError::WriterGone))
+        }
+    }
+
+    fn complete_many(
+        &self,
+        results: Vec<(i64, CopyResult)>,
+    ) -> impl std::future::Future<Output = Vec<Result<(), SpoolError>>> + Send {
+        let me = self.clone();
+        async move {
             let sh = me.shared();
+            let mut out: Vec<Option<Result<(), SpoolError>>> =
+                results.iter().map(|_| None).collect();
+            let mut items = Vec::with_capacity(results.len());
+            let mut slots = Vec::with_capacity(results.len());
             {
                 let mut st = lock(&sh.state);
-                let Some((h, _, completing)) = st.in_flight.get_mut(&copy_id) else {
-                    return Err(SpoolError::NotClaimed(copy_id));
-                };
-                if h.rcpts.len() != result.rcpts.len() {
-                    return Err(SpoolError::OutcomeCount {
-                        copy: copy_id,
-                        expected: h.rcpts.len(),
-                        got: result.rcpts.len(),
-                    });
+                for (slot, (copy_id, result)) in results.into_iter().enumerate() {
+                    let Some((h, _, completing)) = st.in_flight.get_mut(&copy_id) else {
+                        out[slot] = Some(Err(SpoolError::NotClaimed(copy_id)));
+                        continue;
+                    };
+                    if h.rcpts.len() != result.rcpts.len() {
+                        out[slot] = Some(Err(SpoolError::OutcomeCount {
+                            copy: copy_id,
+                            expected: h.rcpts.len(),
+                            got: result.rcpts.len(),
+                        }));
+                        continue;
+                    }
+                    *completing = true;
+                    items.push((copy_id, result));
+                    slots.push(slot);
                 }
-                *completing = true;
             }
-            let (reply, rx) = oneshot::channel();
-            let tx = me.inner.tx.as_ref().ok_or(SpoolError::WriterGone)?;
-            tx.send(Request {
-                copy_id,
-                result,
-                now: sh.clock.now(),
-                reply,
-            })
-            .map_err(|_| SpoolError::WriterGone)?;
-            rx.await.unwrap_or(Err(SpoolError::WriterGone))
+            if !items.is_empty() {
+                let (reply, rx) = oneshot::channel();
+                let sent = me.inner.tx.as_ref().is_some_and(|tx| {
+                    tx.send(Request {
+                        items,
+                        now: sh.clock.now(),
+                        reply,
+                    })
+                    .is_ok()
+                });
+                let answer = if sent {
+                    rx.await.unwrap_or(Err(SpoolError::WriterGone))
+                } else {
+                    Err(SpoolError::WriterGone)
+                };
+                match answer {
+                    Ok(results) => {
+                        for (slot, r) in slots.into_iter().zip(results) {
+                            out[slot] = Some(r);
+                        }
+                    }
+                    // The writer is gone (it answers every group it takes).
+                    Err(_) => {
+                        for slot in slots {
+                            out[slot] = Some(Err(SpoolError::WriterGone));
+                        }
+                    }
+                }
+            }
+            out.into_iter()
+                .map(|r| r.unwrap_or(Err(SpoolError::WriterGone)))
+                .collect()
         }
     }
 
@@ -1105,6 +1079,121 @@ impl Spool for PgSpool {
                 .collect())
         }
     }
+}
+
+impl PgSpool {
+    /// Claim in the database the oldest claimable copies of `pools` (at least the configured
+    /// `claim_batch`, or `n` if more) in one statement and put them in the buffer, their jobs'
+    /// messages fetched (one statement for the jobs not cached). `db` is the claim connection,
+    /// held by the caller.
+    async fn fetch(&self, db: &Client, pools: PoolSet, n: usize) -> Result<(), SpoolError> {
+        let sh = self.shared();
+        let pool_list: Vec<i16> = pools.iter().map(pool_index).collect();
+        let now = ms(sh.clock.now());
+        let secs = sh.pg.node_timeout.as_secs_f64();
+        let sql = format!(
+            "WITH {DEAD}, c AS (SELECT id FROM copies \
+               WHERE pool = ANY($2) AND not_before <= $3 \
+               AND (claimed_by IS NULL OR ($6 AND claimed_by IN (SELECT name FROM dead))) \
+               AND (assigned_to IS NULL OR assigned_to = $1 OR ($6 AND assigned_to IN (SELECT name FROM dead))) \
+               ORDER BY id LIMIT $5 FOR UPDATE OF copies SKIP LOCKED) \
+             UPDATE copies SET claimed_by = $1 FROM c WHERE copies.id = c.id \
+             RETURNING copies.id, copies.job_id, copies.pool, copies.rcpts, copies.attempts"
+        );
+        let rows = db
+            .query(
+                &sql,
+                &[
+                    &sh.pg.node,
+                    &pool_list,
+                    &now,
+                    &secs,
+                    &sh.pg.claim_batch.max(i64::try_from(n).unwrap_or(i64::MAX)),
+                    &sh.pg.takes_over(),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Into the buffer first: from then on the writer keeps their jobs' messages cached
+        // (it forgets only those of jobs no held copy refers to).
+        let missing: Vec<i64> = {
+            let mut st = lock(&sh.state);
+            for r in &rows {
+                let rcpts: String = r.get(3);
+                st.buffer.insert(
+                    r.get::<_, i64>(0),
+                    Held {
+                        job_id: r.get(1),
+                        pool: pool_of(r.get(2)),
+                        rcpts: rcpts.split('\n').map(str::to_owned).collect(),
+                        attempts: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                    },
+                );
+            }
+            let mut m: Vec<i64> = st
+                .buffer
+                .values()
+                .map(|h| h.job_id)
+                .filter(|j| !st.jobs.contains_key(j))
+                .collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        if !missing.is_empty() {
+            let found = db
+                .query(
+                    "SELECT id, mail_from, message, created FROM jobs WHERE id = ANY($1)",
+                    &[&missing],
+                )
+                .await
+                .map_err(pg_error)?;
+            let mut st = lock(&sh.state);
+            for r in found {
+                let message: Vec<u8> = r.get(2);
+                st.jobs.insert(
+                    r.get::<_, i64>(0),
+                    Arc::new(JobInfo {
+                        mail_from: r.get(1),
+                        message: Bytes::from(message),
+                        created: Timestamp::from_millisecond(r.get(3))
+                            .unwrap_or(Timestamp::UNIX_EPOCH),
+                    }),
+                );
+            }
+            let orphans: Vec<i64> = st
+                .buffer
+                .iter()
+                .filter(|(_, h)| !st.jobs.contains_key(&h.job_id))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in orphans {
+                if let Some(h) = st.buffer.remove(&id) {
+                    tracing::error!(
+                        copy = id,
+                        job = h.job_id,
+                        "a copy refers to a job that is missing; left aside"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hand up to `n` of the oldest buffered copies of `pools` to a worker.
+fn take_many(sh: &Shared, pools: PoolSet, n: usize) -> Vec<ClaimedCopy> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match take(sh, pools) {
+            Some(c) => out.push(c),
+            None => break,
+        }
+    }
+    out
 }
 
 /// Hand the oldest buffered copy of `pools` to a worker.
@@ -1513,9 +1602,18 @@ struct Plan {
     /// The copy's pool and its job's age at `now` (seconds): for the metrics.
     pool: Pool,
     age_secs: f64,
-    reply: oneshot::Sender<Result<(), SpoolError>>,
+    reply: super::group::Done,
 }
 
+/// One copy's completion, as the writer plans it.
+struct Item {
+    copy_id: i64,
+    result: CopyResult,
+    now: Timestamp,
+    reply: super::group::Done,
+}
+
+/// Most completions (copies) taken from the queue into one batch.
 const BATCH_MAX: usize = 8192;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -1539,10 +1637,14 @@ fn writer_thread(
     rt.block_on(async move {
         let mut db = db;
         while let Some(first) = rx.recv().await {
+            let mut copies = first.items.len();
             let mut batch = vec![first];
-            while batch.len() < BATCH_MAX {
+            while copies < BATCH_MAX {
                 match rx.try_recv() {
-                    Ok(r) => batch.push(r),
+                    Ok(r) => {
+                        copies += r.items.len();
+                        batch.push(r);
+                    }
                     Err(_) => break,
                 }
             }
@@ -1572,7 +1674,7 @@ fn writer_thread(
                         }
                         if rx.is_closed() {
                             for p in plans {
-                                let _ = p.reply.send(Err(SpoolError::Unrecorded(p.copy_id, text.clone())));
+                                p.reply.send(Err(SpoolError::Unrecorded(p.copy_id, text.clone())));
                             }
                             break;
                         }
@@ -1594,19 +1696,28 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
     let mut work = Vec::with_capacity(batch.len());
     {
         let st = lock(&sh.state);
+        // A copy completed twice counts once.
+        let mut in_batch: std::collections::HashSet<i64> =
+            plans.iter().map(|p| p.copy_id).collect();
         for req in batch {
-            let dup = plans.iter().any(|p| p.copy_id == req.copy_id)
-                || work
-                    .iter()
-                    .any(|(r, _): &(Request, _)| r.copy_id == req.copy_id);
-            match st.in_flight.get(&req.copy_id) {
-                Some((h, created, _)) if !dup => {
-                    let h = h.clone();
-                    let created = *created;
-                    work.push((req, (h, created)));
-                }
-                _ => {
-                    let _ = req.reply.send(Err(SpoolError::NotClaimed(req.copy_id)));
+            let now = req.now;
+            let places = super::group::Done::group(req.items.len(), req.reply);
+            for ((copy_id, result), done) in req.items.into_iter().zip(places) {
+                match st.in_flight.get(&copy_id) {
+                    Some((h, created, _)) if in_batch.insert(copy_id) => {
+                        let h = h.clone();
+                        let created = *created;
+                        work.push((
+                            Item {
+                                copy_id,
+                                result,
+                                now,
+                                reply: done,
+                            },
+                            (h, created),
+                        ));
+                    }
+                    _ => done.send(Err(SpoolError::NotClaimed(copy_id))),
                 }
             }
         }
@@ -1656,8 +1767,7 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
         }
         if let Some(e) = line_error {
             tracing::error!(copy = plan.copy_id, error = %e, "cannot write a ledger line");
-            let _ = plan
-                .reply
+            plan.reply
                 .send(Err(SpoolError::io("writing a ledger line", e)));
             continue;
         }
@@ -1828,7 +1938,7 @@ fn finish(sh: &Shared, plans: Vec<Plan>) {
         );
     }
     for p in plans {
-        let _ = p.reply.send(Ok(()));
+        p.reply.send(Ok(()));
     }
 }
 

@@ -222,9 +222,9 @@ impl Client {
 
     /// How many messages this connection keeps under way at once (TXN-13, TXN-14): the
     /// configured window when the relay offers PIPELINING (with BDAT that many transactions in
-    /// flight; with DATA the next message's commands follow the previous one's final dot), else
-    /// 1. A caller with several messages
-    /// for this connection passes up to this many to [`Client::deliver_many`].
+    /// flight; with DATA the next message's commands follow the previous one's final dot), and
+    /// one without. A caller with several messages for this connection passes up to this many
+    /// to [`Client::deliver_many`].
     pub fn window(&self) -> usize {
         self.session.window()
     }

@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// Leave out the round-trip cells (1, 10, 50 ms RTT through latency-proxy).
     #[arg(long)]
     no_rtt: bool,
+    /// Messages per connection in the round-trip cells, instead of what the slowest peer sends
+    /// in about 6 s (`--quick`: 1.5 s); at most 3000. More messages weigh the connection setup
+    /// less (a windowed peer's messages per round trip).
+    #[arg(long, value_name = "N")]
+    rtt_per_conn: Option<u64>,
     /// Also run the memory-at-scale test: one job of 100,000 and one of 1,000,000 recipients.
     #[arg(long)]
     scale: bool,
@@ -172,9 +177,18 @@ impl Cell {
     }
     /// A round-trip cell: 2 KB messages, as many per connection as the slowest peer sends in
     /// about `budget` at `rtt_ms` (at least `min_per_conn`, at most 300).
-    fn rtt(workers: u32, rcpts: u64, rtt_ms: u32, budget: Duration, min_per_conn: u64) -> Self {
+    /// `per_conn` instead, when given (at most 3000).
+    fn rtt(
+        workers: u32,
+        rcpts: u64,
+        rtt_ms: u32,
+        budget: Duration,
+        min_per_conn: u64,
+        per_conn: Option<u64>,
+    ) -> Self {
         let per_msg = round_trips_per_message(rcpts) as f64 * f64::from(rtt_ms.max(1)) / 1000.0;
-        let per_conn = ((budget.as_secs_f64() / per_msg) as u64).clamp(min_per_conn, 300);
+        let sized = ((budget.as_secs_f64() / per_msg) as u64).clamp(min_per_conn, 300);
+        let per_conn = per_conn.map_or(sized, |n| n.clamp(1, 3000));
         Cell {
             workers,
             rcpts,
@@ -1033,7 +1047,7 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
             for w in [1, 10] {
                 for r in [1, 100] {
                     v.push((
-                        Cell::rtt(w, r, rtt, budget, min),
+                        Cell::rtt(w, r, rtt, budget, min, a.rtt_per_conn),
                         vec![Physical, Smtpw, Postfix, Wan],
                     ));
                 }
@@ -1863,7 +1877,12 @@ mod tests {
 
     #[test]
     fn rtt_report_gives_messages_per_round_trip_per_connection() {
-        let cell = Cell::rtt(10, 1, 10, Duration::from_secs(1), 1);
+        let cell = Cell::rtt(10, 1, 10, Duration::from_secs(1), 1, None);
+        // --rtt-per-conn sizes the cell instead, within its bound.
+        let more = Cell::rtt(10, 1, 10, Duration::from_secs(1), 1, Some(500));
+        assert_eq!(more.messages, 5000);
+        let most = Cell::rtt(1, 1, 10, Duration::from_secs(1), 1, Some(1_000_000));
+        assert_eq!(most.messages, 3000);
         let row = |variant, msgs_per_sec: f64| Row {
             cell,
             variant,

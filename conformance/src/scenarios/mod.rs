@@ -9,6 +9,7 @@ pub mod chunking;
 pub mod config;
 pub mod dayrun;
 pub mod failover;
+pub mod pipelining;
 pub mod pools;
 pub mod rates;
 pub mod replies;
@@ -25,6 +26,7 @@ pub fn all() -> Vec<Scenario> {
     v.push(dayrun::scenario());
     v.extend(workers::scenarios());
     v.push(chunking::scenario());
+    v.push(pipelining::scenario());
     v.push(failover::scenario());
     v.push(replies::scenario());
     v.push(pools::scenario());

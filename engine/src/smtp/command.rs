@@ -90,6 +90,10 @@ impl Verb {
 pub struct MailParams {
     /// `SIZE=<octets>` (RFC 1870), when the relay advertises SIZE.
     pub size: Option<u64>,
+    /// `BODY=8BITMIME` (RFC 6152): the message has 8-bit bytes and the relay offers 8BITMIME.
+    pub body_8bit: bool,
+    /// `SMTPUTF8` (RFC 6531): an address is internationalised and the relay offers SMTPUTF8.
+    pub smtputf8: bool,
 }
 
 /// One SMTP command with its arguments. Addresses are given as they are stored (with or
@@ -149,6 +153,12 @@ impl Command<'_> {
                 if let Some(size) = params.size {
                     out.extend_from_slice(b" SIZE=");
                     push_decimal(out, size);
+                }
+                if params.body_8bit {
+                    out.extend_from_slice(b" BODY=8BITMIME");
+                }
+                if params.smtputf8 {
+                    out.extend_from_slice(b" SMTPUTF8");
                 }
             }
             Command::Rcpt { to } => {
@@ -222,7 +232,10 @@ mod tests {
         assert_eq!(line(Command::Helo("[192.0.2.1]")), "HELO [192.0.2.1]\r\n");
         let mail = |from, size| Command::Mail {
             from,
-            params: MailParams { size },
+            params: MailParams {
+                size,
+                ..MailParams::default()
+            },
         };
         assert_eq!(
             line(mail("list@example.org", None)),
@@ -297,8 +310,30 @@ mod tests {
     proptest! {
         #[test]
         fn size_is_written_in_decimal(n in any::<u64>()) {
-            let l = line(Command::Mail { from: "a@b", params: MailParams { size: Some(n) } });
+            let l = line(Command::Mail { from: "a@b", params: MailParams { size: Some(n), ..MailParams::default() } });
             prop_assert_eq!(l, format!("MAIL FROM:<a@b> SIZE={n}\r\n"));
+        }
+
+        #[test]
+        fn mail_parameters_each_once_in_order(
+            size in proptest::option::of(any::<u64>()),
+            body_8bit in any::<bool>(),
+            smtputf8 in any::<bool>(),
+        ) {
+            let params = MailParams { size, body_8bit, smtputf8 };
+            let l = line(Command::Mail { from: "a@b", params });
+            let mut want = String::from("MAIL FROM:<a@b>");
+            if let Some(n) = size {
+                want.push_str(&format!(" SIZE={n}"));
+            }
+            if body_8bit {
+                want.push_str(" BODY=8BITMIME");
+            }
+            if smtputf8 {
+                want.push_str(" SMTPUTF8");
+            }
+            want.push_str("\r\n");
+            prop_assert_eq!(l, want);
         }
 
         #[test]

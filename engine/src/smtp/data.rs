@@ -28,6 +28,11 @@ impl<'m> DotStuffer<'m> {
         }
     }
 
+    /// Whether everything, terminator included, has been produced.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
     /// Append the next piece of the stuffed message (about `chunk` bytes; a little more when the
     /// terminator or a stuffing dot lands at the end) to `out`. Returns false once everything,
     /// terminator included, has been produced.

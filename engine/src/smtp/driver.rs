@@ -220,15 +220,13 @@ impl Client {
         job.finish()
     }
 
-    /// How many transactions this connection keeps in flight at once (TXN-13): the configured
-    /// window when the relay takes BDAT with PIPELINING, else 1. A caller with several messages
-    /// for this connection passes up to this many to [`Client::deliver_many`].
+    /// How many messages this connection keeps under way at once (TXN-13, TXN-14): the
+    /// configured window when the relay offers PIPELINING (with BDAT that many transactions in
+    /// flight; with DATA the next message's commands follow the previous one's final dot), and
+    /// one without. A caller with several messages for this connection passes up to this many
+    /// to [`Client::deliver_many`].
     pub fn window(&self) -> usize {
-        if self.session.uses_bdat() {
-            self.session.config().window.max(1)
-        } else {
-            1
-        }
+        self.session.window()
     }
 
     /// Deliver several messages on this connection, as [`Client::deliver`] does each, with up
@@ -415,9 +413,9 @@ impl Io {
                 Step::Write {
                     timeout,
                     what,
-                    until_reply,
+                    interrupt_before,
                 } => match self
-                    .write_reading(m.output(), timeout, what, until_reply)
+                    .write_reading(m.output(), timeout, what, interrupt_before)
                     .await
                 {
                     Ok(w) => m.on_written(w),
@@ -450,15 +448,16 @@ impl Io {
         }
     }
 
-    /// Write `data` under `timeout`, reading meanwhile. With `until_reply`, stop once a complete
-    /// reply (or bytes that cannot be one) came in while bytes were still to be written; a reply
-    /// that comes while the written bytes are being flushed answers them.
+    /// Write `data` under `timeout`, reading meanwhile. Stop once a complete reply (or bytes that
+    /// cannot be one) came in while fewer than `interrupt_before` bytes were written; a reply
+    /// that comes later answers what was written (the final dot, and the next transaction's
+    /// commands after it).
     async fn write_reading(
         &mut self,
         data: &[u8],
         timeout: Duration,
         what: &'static str,
-        until_reply: bool,
+        interrupt_before: usize,
     ) -> Result<Written, Lost> {
         let (deadline, txn) = self.wait_until(timeout);
         let stream = &mut self.stream;
@@ -474,10 +473,9 @@ impl Io {
                 match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut *rbuf) {
                     Poll::Ready(Ok(0)) => read_open = false,
                     Poll::Ready(Ok(_)) => {
-                        // Once every byte is out (the flush may still be under way), a reply is
-                        // the answer to what was written, not an interruption.
-                        if until_reply
-                            && off < data.len()
+                        // Once the interruptible bytes are out (the rest and the flush may still
+                        // be under way), a reply answers what was written, not an interruption.
+                        if off < interrupt_before
                             && matches!(parse_reply(rbuf), Ok(Some(_)) | Err(_))
                         {
                             return Poll::Ready(Ok(Written::Interrupted));

@@ -3,6 +3,8 @@
 //!
 //! - `reply`: reply parsing, reply classes, EHLO capabilities, RCPT reply classification (pure).
 //! - [`data`]: streaming dot-stuffing for the DATA phase (pure).
+//! - [`ext`]: what a message asks of the relay's extensions: `BODY=8BITMIME`, `SMTPUTF8`, and
+//!   the recipients that cannot be sent without it (pure).
 //! - `command`: typed commands that format themselves and know their reply's time-out (pure).
 //! - `session` and `txn`: the sans-I/O client core. A session (greeting, EHLO/HELO, QUIT, the
 //!   queue of replies owed, what the relay taught us) and a message's transactions (pipelined or
@@ -15,6 +17,7 @@ pub mod auth;
 pub(crate) mod command;
 pub mod data;
 mod driver;
+pub mod ext;
 pub mod helo;
 #[cfg(test)]
 mod model_relay;

@@ -207,7 +207,7 @@ impl Relay {
     }
 
     /// Take what the client wrote.
-    fn receive(&mut self, bytes: &[u8], until_reply: bool) -> Written {
+    fn receive(&mut self, bytes: &[u8], interrupt_before: usize) -> Written {
         if self.st.closed {
             return Written::Failed(io::ErrorKind::BrokenPipe.into());
         }
@@ -280,7 +280,7 @@ impl Relay {
         if !group.is_empty() {
             self.groups.push(group);
         }
-        if until_reply && cut_short {
+        if interrupt_before > 0 && cut_short {
             Written::Interrupted
         } else {
             Written::All
@@ -449,7 +449,7 @@ impl Relay {
 
     /// [`Relay::receive`] for tests that step a machine by hand.
     pub(crate) fn receive_for_test(&mut self, bytes: &[u8]) -> Written {
-        self.receive(bytes, false)
+        self.receive(bytes, 0)
     }
 
     /// The next reply (a test stepping by hand: it must be owed).
@@ -482,8 +482,10 @@ pub(crate) fn run<M: Machine>(m: &mut M, relay: &mut Relay) {
         relay.steps.push(step);
         match step {
             Step::Begin { .. } => {}
-            Step::Write { until_reply, .. } => {
-                let w = relay.receive(m.output(), until_reply);
+            Step::Write {
+                interrupt_before, ..
+            } => {
+                let w = relay.receive(m.output(), interrupt_before);
                 m.on_written(w);
             }
             Step::Read { what, .. } => match relay.answer(what) {

@@ -307,6 +307,8 @@ pub struct Capabilities {
     pub starttls: bool,
     /// CHUNKING (RFC 3030): BDAT.
     pub chunking: bool,
+    /// SMTPUTF8 (RFC 6531): internationalised addresses.
+    pub smtputf8: bool,
     /// The SASL mechanisms of `AUTH` lines (RFC 4954) and of the older `AUTH=` form IIS still
     /// sends, upper case, each once.
     pub auth: Vec<String>,
@@ -337,6 +339,8 @@ impl Capabilities {
                 caps.starttls = true;
             } else if keyword.eq_ignore_ascii_case("CHUNKING") {
                 caps.chunking = true;
+            } else if keyword.eq_ignore_ascii_case("SMTPUTF8") {
+                caps.smtputf8 = true;
             } else if keyword.eq_ignore_ascii_case("AUTH")
                 || keyword
                     .get(..5)
@@ -515,11 +519,14 @@ mod tests {
                 esmtp: true,
                 starttls: false,
                 chunking: false,
+                smtputf8: false,
                 auth: vec!["GSSAPI".into(), "NTLM".into()],
             }
         );
         let caps = Capabilities::from_ehlo(&parse_all("250-mx\r\n250-chunking\r\n250 OK\r\n"));
         assert!(caps.chunking);
+        let caps = Capabilities::from_ehlo(&parse_all("250-mx\r\n250-SmtpUtf8\r\n250 OK\r\n"));
+        assert!(caps.smtputf8 && !caps.chunking);
         // IIS with AUTH LOGIN: both forms, each mechanism once; STARTTLS.
         let caps = Capabilities::from_ehlo(&parse_all(
             "250-mx\r\n250-STARTTLS\r\n250-AUTH=LOGIN\r\n250-AUTH GSSAPI NTLM login\r\n250 OK\r\n",

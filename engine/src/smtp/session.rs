@@ -37,11 +37,13 @@ pub(crate) enum Step {
     /// transaction's overall deadline of length `deadline`.
     Begin { bytes: u64, deadline: Duration },
     /// Write [`Machine::output`] within `timeout` (`what` names it in messages), reading what the
-    /// server says meanwhile; with `until_reply`, stop as soon as a complete reply has arrived.
+    /// server says meanwhile; stop as soon as a complete reply has arrived while fewer than
+    /// `interrupt_before` bytes are out (0: never). The message data is interruptible up to its
+    /// end; the next transaction's commands that follow it in the same write (TXN-14) are not.
     Write {
         timeout: Duration,
         what: &'static str,
-        until_reply: bool,
+        interrupt_before: usize,
     },
     /// Read the next reply within `timeout`.
     Read {
@@ -61,7 +63,7 @@ pub(crate) enum Step {
 pub(crate) enum Written {
     /// Everything was written.
     All,
-    /// A complete reply arrived before everything was written (only with `until_reply`).
+    /// A complete reply arrived before the first `interrupt_before` bytes were written.
     Interrupted,
     /// The write failed; what the server said before is still in the read buffer.
     Failed(io::Error),
@@ -204,7 +206,8 @@ enum Phase {
 struct WriteSpec {
     timeout: Duration,
     what: &'static str,
-    until_reply: bool,
+    /// A reply before this many bytes are out cuts the write short (0: none does).
+    interrupt_before: usize,
 }
 
 /// One SMTP session's state (see the module documentation). Its `Debug` leaves out the output
@@ -279,7 +282,7 @@ impl Session {
             spec: WriteSpec {
                 timeout: Duration::ZERO,
                 what: "",
-                until_reply: false,
+                interrupt_before: 0,
             },
             usable: true,
             write_error: None,
@@ -357,13 +360,14 @@ impl Session {
     /// Pipelining is used when wanted and offered (TXN-1): then a command group runs until a
     /// command that must end one; without it every command is a group of its own.
     pub(super) fn ends_group(&self, verb: Verb) -> bool {
-        !(self.cfg.pipelining && self.caps.pipelining) || verb.ends_group()
+        !self.pipelines() || verb.ends_group()
     }
 
     /// MAIL's parameters for a message of `bytes` (TXN-8: SIZE when the relay advertises it).
     pub(super) fn mail_params(&self, bytes: usize) -> MailParams {
         MailParams {
             size: (self.cfg.use_size && self.caps.size.is_some()).then_some(bytes as u64),
+            ..MailParams::default()
         }
     }
 
@@ -389,7 +393,7 @@ impl Session {
             self.spec = WriteSpec {
                 timeout,
                 what: verb.name(),
-                until_reply: false,
+                interrupt_before: 0,
             };
         } else {
             self.spec.timeout = self.spec.timeout.max(timeout);
@@ -414,7 +418,24 @@ impl Session {
     /// Transactions go out whole with `BDAT n LAST` (TXN-13): wanted and offered, with
     /// PIPELINING too (a lock-step BDAT saves nothing over DATA).
     pub(crate) fn uses_bdat(&self) -> bool {
-        self.cfg.chunking && self.caps.chunking && self.cfg.pipelining && self.caps.pipelining
+        self.cfg.chunking && self.caps.chunking && self.pipelines()
+    }
+
+    /// PIPELINING is wanted and offered (TXN-1).
+    pub(crate) fn pipelines(&self) -> bool {
+        self.cfg.pipelining && self.caps.pipelining
+    }
+
+    /// How many transactions may be in flight at once (TXN-13, TXN-14): the configured window
+    /// when the session pipelines, else 1. With BDAT each transaction is whole in the bytes
+    /// written; with DATA the next transaction's commands follow the previous message's final
+    /// dot, so at most two are in flight (the next one's message waits for its 354).
+    pub(crate) fn window(&self) -> usize {
+        if self.pipelines() {
+            self.cfg.window.max(1)
+        } else {
+            1
+        }
     }
 
     /// Append raw bytes (a BDAT chunk) to the group being written.
@@ -428,7 +449,8 @@ impl Session {
     }
 
     /// Put raw message bytes to write: `fill` appends them to the (empty) output buffer and says
-    /// whether it did. With `until_reply`, a reply arriving meanwhile cuts the write short.
+    /// whether it did. With `until_reply`, a reply arriving before these bytes are all out cuts
+    /// the write short (commands queued after them in the same write do not count).
     pub(super) fn put_data(
         &mut self,
         what: &'static str,
@@ -436,12 +458,13 @@ impl Session {
         fill: impl FnOnce(&mut Vec<u8>) -> bool,
     ) -> bool {
         debug_assert!(self.out.is_empty());
+        let filled = fill(&mut self.out) && !self.out.is_empty();
         self.spec = WriteSpec {
             timeout: self.cfg.timeouts.data_block,
             what,
-            until_reply,
+            interrupt_before: if until_reply { self.out.len() } else { 0 },
         };
-        fill(&mut self.out) && !self.out.is_empty()
+        filled
     }
 
     /// The write step for whatever is in the output buffer.
@@ -449,7 +472,7 @@ impl Session {
         (!self.out.is_empty()).then_some(Step::Write {
             timeout: self.spec.timeout,
             what: self.spec.what,
-            until_reply: self.spec.until_reply,
+            interrupt_before: self.spec.interrupt_before,
         })
     }
 
@@ -635,7 +658,7 @@ impl Session {
         self.spec = WriteSpec {
             timeout: verb.timeout(&self.cfg.timeouts),
             what: verb.name(),
-            until_reply: false,
+            interrupt_before: 0,
         };
         self.out.extend_from_slice(line);
         self.expect(verb, 0, 0);

@@ -32,13 +32,25 @@
 //! carries its transaction's tag, so the next transaction's group may be formed while replies are
 //! still owed (a window, instead of "nothing owed"), each reply goes to the transaction it
 //! answers, and a loss defers the undecided recipients of every transaction in flight.
+//!
+//! Without CHUNKING (TXN-14) the same window works over DATA: once a transaction's message is
+//! in the output buffer up to its final dot, the next transaction's `RSET MAIL RCPT... DATA`
+//! follow in the same write (RFC 2920 §3.1 lets the message content be the first "command" of
+//! a group). Its message waits for its 354, so at most two transactions are in flight: one
+//! waiting for the reply to its final dot, the next for the replies to its commands. A reply
+//! that comes before the final dot is written still interrupts the data; one that comes while
+//! the next commands are written does not (the write says where the data ends).
+//!
+//! TXN-15: `BODY=8BITMIME` and `SMTPUTF8` on MAIL as [`ext`] says; a recipient whose address
+//! cannot be sent without SMTPUTF8 fails before any command, as a bad address does.
 
 use std::collections::VecDeque;
 use std::io;
 
-use super::command::{path_ok, Command, Verb};
+use super::command::{path_ok, Command, MailParams, Verb};
 use super::data::{DotStuffer, DATA_CHUNK};
-use super::reply::{classify_rcpt, RcptVerdict, Reply};
+use super::ext;
+use super::reply::{classify_rcpt, Capabilities, RcptVerdict, Reply};
 use super::session::{Lost, Machine, Session, Step, Written};
 use crate::outcome::Outcome;
 
@@ -192,6 +204,14 @@ struct Txn<'m> {
 }
 
 impl Txn<'_> {
+    /// Everything it sends is written or in the output buffer: its commands, and its message
+    /// (BDAT, or DATA's up to the final dot). Only then may the next transaction's commands
+    /// follow (RFC 2920 §3.1: the message content may be the first "command" of a group; a
+    /// DATA awaiting its 354 ends one).
+    fn on_the_wire(&self) -> bool {
+        self.next == Next::Nothing && matches!(self.body, Body::Over)
+    }
+
     fn new(id: u32, job: usize, batch: Vec<usize>, rset: bool) -> Self {
         Self {
             id,
@@ -237,10 +257,13 @@ struct Job<'m> {
     lost: bool,
     /// Its [`Delivery`] was handed out ([`Deliver::take_over`]).
     reported: bool,
+    /// `BODY=8BITMIME` and `SMTPUTF8` on its MAIL commands (TXN-15).
+    body_8bit: bool,
+    smtputf8: bool,
 }
 
 impl<'m> Job<'m> {
-    fn new(m: Msg<'m>, usable: bool) -> Self {
+    fn new(m: Msg<'m>, usable: bool, caps: &Capabilities) -> Self {
         let mut j = Self {
             from: m.from,
             rcpts: m.rcpts,
@@ -252,6 +275,8 @@ impl<'m> Job<'m> {
             busy: false,
             lost: !usable,
             reported: false,
+            body_8bit: false,
+            smtputf8: false,
         };
         if !usable {
             return j;
@@ -261,12 +286,25 @@ impl<'m> Job<'m> {
             j.results.fill(Some(RcptResult::failed(r)));
             return j;
         }
+        let x = ext::extensions(caps, m.from, m.rcpts, m.message);
+        if x.sender_unsendable {
+            j.results
+                .fill(Some(RcptResult::failed(ext::no_smtputf8_sender())));
+            return j;
+        }
+        (j.body_8bit, j.smtputf8) = (x.body_8bit, x.smtputf8);
+        for &i in &x.unsendable {
+            j.results[i] = Some(RcptResult::failed(ext::no_smtputf8_rcpt()));
+        }
         let bad = Reply::new(
             501,
             Some((5, 1, 3)),
             "Bad recipient address syntax (not sent)",
         );
         for (i, rcpt) in m.rcpts.iter().enumerate() {
+            if j.results[i].is_some() {
+                continue;
+            }
             if path_ok(rcpt) {
                 j.pending.push_back(i);
             } else {
@@ -318,8 +356,9 @@ impl<'m> Job<'m> {
 ///
 /// With BDAT (TXN-13) up to the configured window of transactions are in flight at once, each
 /// complete in the bytes written (`[RSET] MAIL RCPT... BDAT n LAST` and the message); the
-/// replies, in order, go to the oldest transaction that still owes some. Without BDAT one
-/// transaction at a time, as before.
+/// replies, in order, go to the oldest transaction that still owes some. With DATA and
+/// PIPELINING (TXN-14) the next transaction's commands follow the final dot of the one before
+/// (two in flight at most). Without PIPELINING one transaction at a time.
 #[derive(Debug)]
 pub(crate) struct Deliver<'s, 'm> {
     s: &'s mut Session,
@@ -361,7 +400,10 @@ impl<'s, 'm> Deliver<'s, 'm> {
         let connection_lost =
             (!usable).then(|| s.lost.clone().unwrap_or_else(Reply::connection_lost));
         Self {
-            jobs: msgs.iter().map(|m| Job::new(*m, usable)).collect(),
+            jobs: msgs
+                .iter()
+                .map(|m| Job::new(*m, usable, s.capabilities()))
+                .collect(),
             s,
             max_rcpts,
             inflight: VecDeque::new(),
@@ -444,17 +486,13 @@ impl<'s, 'm> Deliver<'s, 'm> {
     }
 
     /// A new transaction, when one may start: the window has room (one at a time without
-    /// BDAT) and a message has recipients waiting and none of its transactions in flight.
+    /// PIPELINING), every transaction in flight is all out (commands and message, TXN-14), and a
+    /// message has recipients waiting and none of its transactions in flight.
     fn try_begin(&mut self) -> Option<Step> {
         if self.done || self.stopping || !self.s.is_usable() {
             return None;
         }
-        let window = if self.s.uses_bdat() {
-            self.s.config().window.max(1)
-        } else {
-            1
-        };
-        if self.inflight.len() >= window {
+        if self.inflight.len() >= self.s.window() || !self.inflight.iter().all(Txn::on_the_wire) {
             return None;
         }
         let j = self
@@ -513,7 +551,11 @@ impl<'s, 'm> Deliver<'s, 'm> {
                         Next::Rcpt(0)
                     };
                     self.s.need_rset = true;
-                    let params = self.s.mail_params(job.message.len());
+                    let params = MailParams {
+                        body_8bit: job.body_8bit,
+                        smtputf8: job.smtputf8,
+                        ..self.s.mail_params(job.message.len())
+                    };
                     (
                         Command::Mail {
                             from: job.from,
@@ -819,6 +861,11 @@ impl Machine for Deliver<'_, '_> {
                         .s
                         .put_data("message data", true, |out| stuffer.fill(out, DATA_CHUNK))
                 {
+                    if stuffer.is_done() {
+                        // The final dot is in this block: the next transaction's commands
+                        // may follow it in the same write (TXN-14).
+                        txn.body = Body::Over;
+                    }
                     continue;
                 }
                 txn.body = Body::Over;

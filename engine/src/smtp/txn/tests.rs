@@ -618,7 +618,7 @@ fn to_the_data(job: &mut Deliver<'_, '_>) {
         job.next(),
         Step::Write {
             what: "message data",
-            until_reply: true,
+            interrupt_before: 1..,
             ..
         }
     ));

@@ -104,6 +104,10 @@ fn pool_of(i: i64) -> Pool {
         .unwrap_or(Pool::DEFAULT)
 }
 
+/// How long [`SqliteSpool::open`] waits for a busy `spool.lock` before it says another
+/// process owns the spool.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Completions waiting for the writer thread: a worker's group (one answer for all of them).
 struct Request {
     items: Vec<(i64, CopyResult)>,
@@ -218,7 +222,18 @@ impl SqliteSpool {
             .open(&lock_path)
             .map_err(|e| SpoolError::io(format!("opening {}", lock_path.display()), e))?;
         // `File::try_lock` (Rust 1.89, the workspace's rust-version): no unsafe flock needed.
-        let locked = lock_file.try_lock();
+        // A lock that is busy is tried again for up to LOCK_PATIENCE: a process that forks
+        // while the last owner still held the lock keeps a reference to it until its exec
+        // (milliseconds on a loaded machine), and a stopping owner lets go as it exits.
+        let patience = std::time::Instant::now() + LOCK_PATIENCE;
+        let locked = loop {
+            match lock_file.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < patience => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
         match locked {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

@@ -28,7 +28,7 @@ fn run(cfg: &SessionConfig, pieces: &[&[u8]], fail: bool) -> Vec<Ev> {
     if let Step::Reply(r) = s.greeting(true, "127.0.0.1") {
         evs.push(Ev::Reply(r));
     }
-    let mut buf = Vec::new();
+    let mut buf = bytes::BytesMut::new();
     let mut next = pieces.iter();
     let mut id = 0;
     loop {

@@ -1088,7 +1088,18 @@ fn open_checked(
     let conn = match access {
         Access::Owner => Connection::open(&db_path)?,
         Access::Reader => {
-            match Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+            // A first read makes SQLite read (or rebuild) the write-ahead log's index. After a
+            // crash a read-only connection may be unable to rebuild it ("attempt to write a
+            // readonly database", SQLITE_READONLY_RECOVERY; seen once in 50 SIGKILLs of
+            // edge::sigkill_loop): then the reader opens the database for writing, as the next
+            // owner would, and writes nothing itself.
+            let read_only = Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| {
+                    c.busy_timeout(std::time::Duration::from_secs(10))?;
+                    c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+                    Ok(c)
+                });
+            match read_only {
                 Ok(c) => c,
                 Err(_) => Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
             }

@@ -94,6 +94,34 @@ impl Drop for Done {
     }
 }
 
+/// Put the writer's answer to a group in the caller's result slots: its results in `slots`
+/// order, or, when the writer is gone (it answers every group it takes), `WriterGone` for each.
+pub(super) fn place(
+    out: &mut [Option<Result<(), SpoolError>>],
+    slots: Vec<usize>,
+    answer: Result<Results, SpoolError>,
+) {
+    match answer {
+        Ok(results) => {
+            for (slot, r) in slots.into_iter().zip(results) {
+                out[slot] = Some(r);
+            }
+        }
+        Err(_) => {
+            for slot in slots {
+                out[slot] = Some(Err(SpoolError::WriterGone));
+            }
+        }
+    }
+}
+
+/// The results of a `complete_many`, one per copy; a slot nobody filled is `WriterGone`.
+pub(super) fn finish(out: Vec<Option<Result<(), SpoolError>>>) -> Results {
+    out.into_iter()
+        .map(|r| r.unwrap_or(Err(SpoolError::WriterGone)))
+        .collect()
+}
+
 /// Wait for several futures together (as `futures::future::join_all`, without the crate): their
 /// outputs in the order given.
 pub(super) async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {

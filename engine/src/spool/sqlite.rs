@@ -638,23 +638,9 @@ impl Spool for SqliteSpool {
                     },
                     None => Err(SpoolError::WriterGone),
                 };
-                match answer {
-                    Ok(results) => {
-                        for (slot, r) in slots.into_iter().zip(results) {
-                            out[slot] = Some(r);
-                        }
-                    }
-                    // The writer is gone (it answers every group it takes).
-                    Err(_) => {
-                        for slot in slots {
-                            out[slot] = Some(Err(SpoolError::WriterGone));
-                        }
-                    }
-                }
+                super::group::place(&mut out, slots, answer);
             }
-            out.into_iter()
-                .map(|r| r.unwrap_or(Err(SpoolError::WriterGone)))
-                .collect()
+            super::group::finish(out)
         }
     }
 

@@ -609,6 +609,68 @@ fn spool_copy_moves_queued_work_without_loss_or_repeats() {
     );
 }
 
+/// After a large move into a database whose planner has never seen the copies table, the claims
+/// walk the primary key instead of reading and sorting every copy: `smtpw spool copy` leaves the
+/// table's statistics up to date (ANALYZE), where autovacuum would get to it up to a minute
+/// later, every claim meanwhile costing a scan of the whole queue (17 ms per claim at 30,000
+/// copies).
+#[test]
+fn a_large_move_leaves_claims_planned_on_the_primary_key() {
+    let Some(pg) =
+        Postgres::shared("cluster_pg::a_large_move_leaves_claims_planned_on_the_primary_key")
+    else {
+        return;
+    };
+    let url = pg.database("stats");
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("spool");
+    let incoming = spool.join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    let copies = 5_000u64;
+    let file = std::fs::File::create(incoming.join("many.MAIL")).unwrap();
+    smtpw_testkit::workload::write_bench_jobs(file, copies, 1, 256).unwrap();
+    let out = SMTPW
+        .command()
+        .args(["spool", "copy", "--json", "--from"])
+        .arg(&spool)
+        .args(["--to", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(num(&report, "copies"), copies, "{report}");
+    let known: f64 = smtpw_testkit::postgres::psql(
+        &url,
+        "SELECT reltuples FROM pg_class WHERE relname = 'copies'",
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(
+        known >= copies as f64 * 0.9,
+        "the planner knows of {known} copies where there are {copies}"
+    );
+    // The shape of a claim: the oldest claimable copies of the pool they are in, a batch of them.
+    let pool = smtpw_testkit::postgres::psql(&url, "SELECT min(pool) FROM copies");
+    let plan = smtpw_testkit::postgres::psql(
+        &url,
+        &format!(
+            "EXPLAIN SELECT id FROM copies WHERE pool = ANY('{{{}}}'::int2[]) AND not_before <= 1 \
+             AND claimed_by IS NULL AND assigned_to IS NULL ORDER BY id LIMIT 64 \
+             FOR UPDATE OF copies SKIP LOCKED",
+            pool.trim()
+        ),
+    );
+    assert!(
+        plan.contains("copies_pkey") && !plan.contains("Sort"),
+        "a claim walks the primary key:\n{plan}"
+    );
+}
+
 /// One node on PostgreSQL against the SQLite spool, same job (20,000 recipients, 1,000 copies),
 /// same mock, through the binary: PostgreSQL must deliver at least half SQLite's recipients/s.
 /// Prints both rates and the extra time per copy the database costs. A measurement: it needs

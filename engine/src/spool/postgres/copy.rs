@@ -138,6 +138,7 @@ pub async fn copy_sqlite(
     }
     t.commit()?;
     drop(spool);
+    super::refresh_statistics(&db, report.copies).await;
     Ok(report)
 }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::index::JobInfo;
 use super::ingest::{open_job, quarantine, OpenError};
@@ -207,7 +207,7 @@ struct Shared {
     state: Mutex<State>,
     /// Bumped at every local change of `queued`: a count read meanwhile is stale.
     generation: AtomicU64,
-    claim_db: tokio::sync::Mutex<Client>,
+    claim_db: tokio::sync::Mutex<ClaimDb>,
     ingest_db: tokio::sync::Mutex<Client>,
     notify: Arc<Notify>,
     recording_error: Mutex<Option<String>>,
@@ -251,9 +251,63 @@ impl std::fmt::Debug for PgSpool {
     }
 }
 
-/// The dead nodes, as a CTE (`$4`: node_timeout in seconds).
-const DEAD: &str =
-    "dead AS (SELECT name FROM nodes WHERE heartbeat < clock_timestamp() - make_interval(secs => $4))";
+/// The claim: the oldest copies of the pools `$2` due by `$3` (ms), at most `$5`, marked held by
+/// node `$1`. With `$6`, also those a dead node (heartbeat older than `$4` seconds) held or
+/// was given. The ids go through an array so that the update finds its rows by
+/// the primary key whatever the table's size (a join with the selecting CTE let the planner
+/// hash-join a scan of every copy, once per claim).
+const CLAIM: &str = "WITH dead AS (SELECT name FROM nodes \
+       WHERE heartbeat < clock_timestamp() - make_interval(secs => $4)) \
+     UPDATE copies SET claimed_by = $1 WHERE id = ANY(ARRAY(SELECT id FROM copies \
+       WHERE pool = ANY($2) AND not_before <= $3 \
+       AND (claimed_by IS NULL OR ($6 AND claimed_by IN (SELECT name FROM dead))) \
+       AND (assigned_to IS NULL OR assigned_to = $1 OR ($6 AND assigned_to IN (SELECT name FROM dead))) \
+       ORDER BY id LIMIT $5 FOR UPDATE OF copies SKIP LOCKED)) \
+     RETURNING id, job_id, pool, rcpts, attempts";
+
+/// The claim connection and its statements, prepared once: each claim is then one round trip
+/// (bind and execute) and no parse, where a statement given as text is prepared every time.
+struct ClaimDb {
+    client: Client,
+    stmts: Option<Arc<ClaimStatements>>,
+}
+
+struct ClaimStatements {
+    claim: Statement,
+    jobs: Statement,
+}
+
+impl ClaimDb {
+    fn new(client: Client) -> ClaimDb {
+        ClaimDb {
+            client,
+            stmts: None,
+        }
+    }
+
+    async fn statements(&mut self) -> Result<Arc<ClaimStatements>, SpoolError> {
+        if let Some(s) = &self.stmts {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(ClaimStatements {
+            claim: self.client.prepare(CLAIM).await.map_err(pg_error)?,
+            jobs: self
+                .client
+                .prepare("SELECT id, mail_from, message, created FROM jobs WHERE id = ANY($1)")
+                .await
+                .map_err(pg_error)?,
+        });
+        self.stmts = Some(s.clone());
+        Ok(s)
+    }
+}
+
+impl std::ops::Deref for ClaimDb {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
 
 impl PgSpool {
     /// Join the cluster as `pg.node`: migrate the schema, refuse if a live node has the name,
@@ -323,7 +377,7 @@ impl PgSpool {
             clock,
             state: Mutex::new(State::default()),
             generation: AtomicU64::new(0),
-            claim_db: tokio::sync::Mutex::new(claim_db),
+            claim_db: tokio::sync::Mutex::new(ClaimDb::new(claim_db)),
             ingest_db: tokio::sync::Mutex::new(ingest_db),
             notify: Arc::new(Notify::new()),
             recording_error: Mutex::new(None),
@@ -333,6 +387,8 @@ impl PgSpool {
             share_given: Mutex::new(HashMap::new()),
         });
         recount(&shared, &node_db).await?;
+        let queued = lock(&shared.state).queued;
+        refresh_statistics(&node_db, queued).await;
         let (tx, rx) = mpsc::unbounded_channel();
         let w = shared.clone();
         let writer = std::thread::Builder::new()
@@ -406,7 +462,7 @@ impl PgSpool {
         let tx = db.transaction().await.map_err(pg_error)?;
         let mut split = splitter(sh, &tx).await?;
         let now = sh.clock.now();
-        let (job_id, mine, _) = insert_job(
+        let (job_id, mine, copies) = insert_job(
             sh,
             &tx,
             &mut split,
@@ -422,6 +478,10 @@ impl PgSpool {
         split.remember(&mut lock(&sh.share_given));
         add_queued(sh, mine);
         sh.notify.notify_waiters();
+        if copies >= STATS_CHECK_MIN {
+            let queued = lock(&sh.state).queued;
+            refresh_statistics(&db, queued.max(copies)).await;
+        }
         Ok(job_id)
     }
 }
@@ -557,6 +617,41 @@ fn pool_of(i: i16) -> Pool {
 }
 
 /// Count the copies this node may deliver, unless a local change came meanwhile.
+/// Fewest copies inserted at once for which the planner's statistics are checked.
+const STATS_CHECK_MIN: u64 = 1000;
+
+/// Refresh the planner's statistics of `copies` and `jobs` when the table holds many more copies
+/// than they say (`copies_now` is a lower bound of its rows). Without them, after a large ingest
+/// into a fresh or small table, PostgreSQL plans every claim as a scan and sort of all copies
+/// (17 ms per claim at 30,000 copies, growing with the queue) until autovacuum analyzes the table,
+/// which may be a minute later; with them, as the walk of the primary key it is (0.5 ms).
+/// ANALYZE reads a bounded sample, so it costs about the same at any size (0.1 s).
+pub(crate) async fn refresh_statistics(db: &Client, copies_now: u64) {
+    let known = match db
+        .query_one(
+            "SELECT reltuples::float8 FROM pg_class WHERE oid = 'copies'::regclass",
+            &[],
+        )
+        .await
+    {
+        Ok(r) => r.get::<_, f64>(0).max(0.0),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the spool's table statistics");
+            return;
+        }
+    };
+    if (copies_now as f64) <= 2.0 * known + STATS_CHECK_MIN as f64 {
+        return;
+    }
+    match db.batch_execute("ANALYZE copies, jobs").await {
+        Ok(()) => tracing::debug!(
+            copies = copies_now,
+            "refreshed the spool's table statistics"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot refresh the spool's table statistics"),
+    }
+}
+
 async fn recount(sh: &Shared, db: &Client) -> Result<(), SpoolError> {
     let gen = sh.generation.load(Ordering::SeqCst);
     let secs = sh.pg.node_timeout.as_secs_f64();
@@ -706,12 +801,12 @@ impl Spool for PgSpool {
             }
             // One claim statement at a time; a worker that waited may find the batch another
             // one fetched.
-            let db = sh.claim_db.lock().await;
+            let mut db = sh.claim_db.lock().await;
             out.extend(take_many(sh, pools, n - out.len()));
             if out.len() >= n {
                 return Ok(out);
             }
-            match me.fetch(&db, pools, n - out.len()).await {
+            match me.fetch(&mut db, pools, n - out.len()).await {
                 Ok(()) => {}
                 Err(e) if out.is_empty() => return Err(e),
                 Err(e) => {
@@ -1072,23 +1167,16 @@ impl PgSpool {
     /// `claim_batch`, or `n` if more) in one statement and put them in the buffer, their jobs'
     /// messages fetched (one statement for the jobs not cached). `db` is the claim connection,
     /// held by the caller.
-    async fn fetch(&self, db: &Client, pools: PoolSet, n: usize) -> Result<(), SpoolError> {
+    async fn fetch(&self, db: &mut ClaimDb, pools: PoolSet, n: usize) -> Result<(), SpoolError> {
         let sh = self.shared();
         let pool_list: Vec<i16> = pools.iter().map(pool_index).collect();
         let now = ms(sh.clock.now());
         let secs = sh.pg.node_timeout.as_secs_f64();
-        let sql = format!(
-            "WITH {DEAD}, c AS (SELECT id FROM copies \
-               WHERE pool = ANY($2) AND not_before <= $3 \
-               AND (claimed_by IS NULL OR ($6 AND claimed_by IN (SELECT name FROM dead))) \
-               AND (assigned_to IS NULL OR assigned_to = $1 OR ($6 AND assigned_to IN (SELECT name FROM dead))) \
-               ORDER BY id LIMIT $5 FOR UPDATE OF copies SKIP LOCKED) \
-             UPDATE copies SET claimed_by = $1 FROM c WHERE copies.id = c.id \
-             RETURNING copies.id, copies.job_id, copies.pool, copies.rcpts, copies.attempts"
-        );
+        let stmts = db.statements().await?;
         let rows = db
+            .client
             .query(
-                &sql,
+                &stmts.claim,
                 &[
                     &sh.pg.node,
                     &pool_list,
@@ -1131,10 +1219,8 @@ impl PgSpool {
         };
         if !missing.is_empty() {
             let found = db
-                .query(
-                    "SELECT id, mail_from, message, created FROM jobs WHERE id = ANY($1)",
-                    &[&missing],
-                )
+                .client
+                .query(&stmts.jobs, &[&missing])
                 .await
                 .map_err(pg_error)?;
             let mut st = lock(&sh.state);
@@ -1331,6 +1417,10 @@ async fn ingest_dir(sh: &Shared, dir: &Path) -> Result<IngestReport, SpoolError>
         )
         .await
         .map_err(pg_error)?;
+    }
+    if report.copies >= STATS_CHECK_MIN {
+        let queued = lock(&sh.state).queued;
+        refresh_statistics(&db, queued.max(report.copies)).await;
     }
     Ok(report)
 }
@@ -1546,7 +1636,7 @@ pub async fn submit_via(
         clock,
         state: Mutex::new(State::default()),
         generation: AtomicU64::new(0),
-        claim_db: tokio::sync::Mutex::new(connect(url).await?),
+        claim_db: tokio::sync::Mutex::new(ClaimDb::new(connect(url).await?)),
         ingest_db: tokio::sync::Mutex::new(connect(url).await?),
         notify: Arc::new(Notify::new()),
         recording_error: Mutex::new(None),
@@ -1570,6 +1660,9 @@ pub async fn submit_via(
     )
     .await?;
     tx.commit().await.map_err(pg_error)?;
+    if copies >= STATS_CHECK_MIN {
+        refresh_statistics(&db, copies).await;
+    }
     Ok((id, copies))
 }
 
@@ -1622,6 +1715,7 @@ fn writer_thread(
     };
     rt.block_on(async move {
         let mut db = db;
+        let mut stmts = None;
         while let Some(first) = rx.recv().await {
             let mut copies = first.items.len();
             let mut batch = vec![first];
@@ -1639,7 +1733,7 @@ fn writer_thread(
             let mut wait = RETRY_FIRST;
             let mut logged: Option<String> = None;
             loop {
-                match write_batch(&sh, &mut db, &mut ledger, &plans).await {
+                match write_batch(&sh, &mut db, &mut stmts, &mut ledger, &plans).await {
                     Ok(()) => {
                         if logged.is_some() {
                             *lock(&sh.recording_error) = None;
@@ -1761,10 +1855,67 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
     }
 }
 
+/// Each job's delivered and failed counters move by a batch's outcomes.
+const JOBS_ADD: &str = "UPDATE jobs j SET delivered = j.delivered + v.d, failed = j.failed + v.f \
+     FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS v(id, d, f) WHERE j.id = v.id";
+/// The batch's failed recipients.
+const FAILURES_ADD: &str = "INSERT INTO failures(job_id, copy_id, rcpt, reply, time, expired, node) \
+     SELECT j, c, r, p, ti, e, $7 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::bool[]) AS v(j, c, r, p, ti, e)";
+/// Copies done with.
+const COPIES_DELETE: &str = "DELETE FROM copies WHERE id = ANY($1)";
+/// Copies with deferred recipients: what is left of them, due again later, held by nobody.
+const COPIES_DEFER: &str = "UPDATE copies c SET rcpts = v.r, replies = v.p, n = v.n, attempts = c.attempts + 1, \
+     not_before = v.nb, claimed_by = NULL \
+     FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[], $5::int8[]) AS v(id, r, p, n, nb) WHERE c.id = v.id";
+/// This node's delivered and failed counters.
+const NODE_ADD: &str = "INSERT INTO delivered_by(node, delivered, failed) VALUES ($1, $2, $3) \
+     ON CONFLICT (node) DO UPDATE SET delivered = delivered_by.delivered + excluded.delivered, \
+     failed = delivered_by.failed + excluded.failed";
+/// Jobs left without copies move their counters into the per-pool totals.
+const JOBS_FOLD: &str = "WITH d AS (DELETE FROM jobs j WHERE j.id = ANY($1) \
+       AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.job_id = j.id) RETURNING pool, delivered, failed) \
+     INSERT INTO totals(pool, delivered, failed) SELECT pool, sum(delivered), sum(failed) FROM d GROUP BY pool \
+     ON CONFLICT (pool) DO UPDATE SET delivered = totals.delivered + excluded.delivered, failed = totals.failed + excluded.failed";
+
+/// The writer's statements, prepared once on its connection (a statement given as text is
+/// parsed and planned again at every batch, a round trip more each).
+struct WriterStatements {
+    jobs_add: Statement,
+    failures_add: Statement,
+    copies_delete: Statement,
+    copies_defer: Statement,
+    node_add: Statement,
+    jobs_fold: Statement,
+}
+
+impl WriterStatements {
+    async fn prepare(db: &Client) -> Result<WriterStatements, SpoolError> {
+        let (jobs_add, failures_add, copies_delete, copies_defer, node_add, jobs_fold) =
+            tokio::try_join!(
+                db.prepare(JOBS_ADD),
+                db.prepare(FAILURES_ADD),
+                db.prepare(COPIES_DELETE),
+                db.prepare(COPIES_DEFER),
+                db.prepare(NODE_ADD),
+                db.prepare(JOBS_FOLD),
+            )
+            .map_err(pg_error)?;
+        Ok(WriterStatements {
+            jobs_add,
+            failures_add,
+            copies_delete,
+            copies_defer,
+            node_add,
+            jobs_fold,
+        })
+    }
+}
+
 /// The ledger (synced), then one transaction for the whole batch.
 async fn write_batch(
     sh: &Shared,
     db: &mut Client,
+    stmts: &mut Option<WriterStatements>,
     ledger: &mut Ledger,
     plans: &[Plan],
 ) -> Result<(), SpoolError> {
@@ -1819,28 +1970,34 @@ async fn write_batch(
     let jobs: Vec<i64> = per_job.keys().copied().collect();
     let jd: Vec<i64> = per_job.values().map(|v| v.0).collect();
     let jf: Vec<i64> = per_job.values().map(|v| v.1).collect();
+    if stmts.is_none() {
+        *stmts = Some(WriterStatements::prepare(db).await?);
+    }
+    let Some(st) = stmts.as_ref() else {
+        return Err(SpoolError::WriterGone);
+    };
     let tx = db.transaction().await.map_err(pg_error)?;
     // Independent statements (different rows and tables), sent together on the one connection:
     // tokio-postgres does not promise the order in which pipelined statements run, so the step
     // that depends on them (folding finished jobs) waits for them all.
     let t = &tx;
     tokio::try_join!(
-        async {
-            t.execute(
-                "UPDATE jobs j SET delivered = j.delivered + v.d, failed = j.failed + v.f \
-                 FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS v(id, d, f) WHERE j.id = v.id",
-                &[&jobs, &jd, &jf],
-            )
-            .await
-        },
+        async { t.execute(&st.jobs_add, &[&jobs, &jd, &jf]).await },
         async {
             if f_job.is_empty() {
                 return Ok(0);
             }
             t.execute(
-                "INSERT INTO failures(job_id, copy_id, rcpt, reply, time, expired, node) \
-                 SELECT j, c, r, p, ti, e, $7 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::bool[]) AS v(j, c, r, p, ti, e)",
-                &[&f_job, &f_copy, &f_rcpt, &f_reply, &f_time, &f_exp, &sh.pg.node],
+                &st.failures_add,
+                &[
+                    &f_job,
+                    &f_copy,
+                    &f_rcpt,
+                    &f_reply,
+                    &f_time,
+                    &f_exp,
+                    &sh.pg.node,
+                ],
             )
             .await
         },
@@ -1848,42 +2005,27 @@ async fn write_batch(
             if done.is_empty() {
                 return Ok(0);
             }
-            t.execute("DELETE FROM copies WHERE id = ANY($1)", &[&done]).await
+            t.execute(&st.copies_delete, &[&done]).await
         },
         async {
             if d_id.is_empty() {
                 return Ok(0);
             }
             t.execute(
-                "UPDATE copies c SET rcpts = v.r, replies = v.p, n = v.n, attempts = c.attempts + 1, \
-                 not_before = v.nb, claimed_by = NULL \
-                 FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[], $5::int8[]) AS v(id, r, p, n, nb) WHERE c.id = v.id",
+                &st.copies_defer,
                 &[&d_id, &d_rcpts, &d_replies, &d_n, &d_nb],
             )
             .await
         },
         async {
-            t.execute(
-                "INSERT INTO delivered_by(node, delivered, failed) VALUES ($1, $2, $3) \
-                 ON CONFLICT (node) DO UPDATE SET delivered = delivered_by.delivered + excluded.delivered, \
-                 failed = delivered_by.failed + excluded.failed",
-                &[&sh.pg.node, &delivered, &failed],
-            )
-            .await
+            t.execute(&st.node_add, &[&sh.pg.node, &delivered, &failed])
+                .await
         },
     )
     .map_err(pg_error)?;
     // Once the counters are added and the copies gone: the jobs left without copies move their
     // counters into the per-pool totals.
-    t.execute(
-        "WITH d AS (DELETE FROM jobs j WHERE j.id = ANY($1) \
-           AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.job_id = j.id) RETURNING pool, delivered, failed) \
-         INSERT INTO totals(pool, delivered, failed) SELECT pool, sum(delivered), sum(failed) FROM d GROUP BY pool \
-         ON CONFLICT (pool) DO UPDATE SET delivered = totals.delivered + excluded.delivered, failed = totals.failed + excluded.failed",
-        &[&jobs],
-    )
-    .await
-    .map_err(pg_error)?;
+    t.execute(&st.jobs_fold, &[&jobs]).await.map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     Ok(())
 }

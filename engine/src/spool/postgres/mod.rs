@@ -255,15 +255,22 @@ impl std::fmt::Debug for PgSpool {
 /// node `$1`. With `$6`, also those a dead node (heartbeat older than `$4` seconds) held or
 /// was given. The ids go through an array so that the update finds its rows by
 /// the primary key whatever the table's size (a join with the selecting CTE let the planner
-/// hash-join a scan of every copy, once per claim).
+/// hash-join a scan of every copy, once per claim). Each job's message comes with the first of
+/// its copies, unless its id is in `$7` (the jobs whose messages this node has already): one
+/// round trip per claim. The lateral join finds a job by its primary key whatever the planner
+/// knows of the table.
 const CLAIM: &str = "WITH dead AS (SELECT name FROM nodes \
-       WHERE heartbeat < clock_timestamp() - make_interval(secs => $4)) \
-     UPDATE copies SET claimed_by = $1 WHERE id = ANY(ARRAY(SELECT id FROM copies \
+       WHERE heartbeat < clock_timestamp() - make_interval(secs => $4)), \
+     claimed AS (UPDATE copies SET claimed_by = $1 WHERE id = ANY(ARRAY(SELECT id FROM copies \
        WHERE pool = ANY($2) AND not_before <= $3 \
        AND (claimed_by IS NULL OR ($6 AND claimed_by IN (SELECT name FROM dead))) \
        AND (assigned_to IS NULL OR assigned_to = $1 OR ($6 AND assigned_to IN (SELECT name FROM dead))) \
        ORDER BY id LIMIT $5 FOR UPDATE OF copies SKIP LOCKED)) \
-     RETURNING id, job_id, pool, rcpts, attempts";
+     RETURNING id, job_id, pool, rcpts, attempts), \
+     c AS (SELECT *, row_number() OVER (PARTITION BY job_id ORDER BY id) AS k FROM claimed) \
+     SELECT c.id, c.job_id, c.pool, c.rcpts, c.attempts, j.mail_from, j.message, j.created FROM c \
+     LEFT JOIN LATERAL (SELECT mail_from, message, created FROM jobs WHERE jobs.id = c.job_id) j \
+       ON c.k = 1 AND NOT (c.job_id = ANY($7))";
 
 /// The claim connection and its statements, prepared once: each claim is then one round trip
 /// (bind and execute) and no parse, where a statement given as text is prepared every time.
@@ -1173,6 +1180,7 @@ impl PgSpool {
         let now = ms(sh.clock.now());
         let secs = sh.pg.node_timeout.as_secs_f64();
         let stmts = db.statements().await?;
+        let known: Vec<i64> = lock(&sh.state).jobs.keys().copied().collect();
         let rows = db
             .client
             .query(
@@ -1184,6 +1192,7 @@ impl PgSpool {
                     &secs,
                     &sh.pg.claim_batch.max(i64::try_from(n).unwrap_or(i64::MAX)),
                     &sh.pg.takes_over(),
+                    &known,
                 ],
             )
             .await
@@ -1192,10 +1201,21 @@ impl PgSpool {
             return Ok(());
         }
         // Into the buffer first: from then on the writer keeps their jobs' messages cached
-        // (it forgets only those of jobs no held copy refers to).
+        // (it forgets only those of jobs no held copy refers to). A job known when the claim
+        // was sent may have been forgotten since: its message is read below.
         let missing: Vec<i64> = {
             let mut st = lock(&sh.state);
             for r in &rows {
+                if let Some(message) = r.get::<_, Option<Vec<u8>>>(6) {
+                    st.jobs.entry(r.get::<_, i64>(1)).or_insert_with(|| {
+                        Arc::new(JobInfo {
+                            mail_from: r.get(5),
+                            message: Bytes::from(message),
+                            created: Timestamp::from_millisecond(r.get(7))
+                                .unwrap_or(Timestamp::UNIX_EPOCH),
+                        })
+                    });
+                }
                 let rcpts: String = r.get(3);
                 st.buffer.insert(
                     r.get::<_, i64>(0),

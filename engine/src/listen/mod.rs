@@ -178,6 +178,40 @@ async fn accept_loop<S: Spool>(
     while conns.join_next().await.is_some() {}
 }
 
+/// Messages being received by this process's SMTP listeners now (a client between its DATA's
+/// 354 or first BDAT chunk and the end of its message): the jobs a commit about to start may
+/// wait for. Raised and lowered by [`Receiving`].
+static RECEIVING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one message being received in [`RECEIVING`] while it lives.
+#[derive(Debug, Default)]
+struct Receiving(bool);
+
+impl Receiving {
+    /// Say whether a message is being received now (idempotent).
+    fn set(&mut self, receiving: bool) {
+        if receiving != self.0 {
+            if receiving {
+                RECEIVING.fetch_add(1, Ordering::SeqCst);
+            } else {
+                RECEIVING.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.0 = receiving;
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+/// How many messages this process's listeners are receiving now (see [`Receiving`]).
+pub(crate) fn receiving() -> usize {
+    RECEIVING.load(Ordering::SeqCst)
+}
+
 /// Counts an open connection until dropped.
 struct OpenGuard(Arc<ListenStats>);
 
@@ -243,8 +277,8 @@ impl<'a> Replies<'a> {
         self.segments.is_empty()
     }
 
-    /// Start storing a message: polled once now, so the spool has it queued for the next
-    /// group commit while the session reads on; its reply keeps its place.
+    /// Start storing a message: polled once now, so the spool has it (and groups it with
+    /// whatever else arrives) while the session reads on; its reply keeps its place.
     async fn store(&mut self, rcpts: u64, fut: StoreFuture<'a>) {
         let mut store = Store::Pending(fut);
         std::future::poll_fn(|cx| {
@@ -374,8 +408,11 @@ async fn connection<S: Spool>(
     }
     stats.connections.fetch_add(1, Ordering::Relaxed);
     debug!(client = %peer, "connected");
+    // Whether this client is sending a message now: a commit may wait for it.
+    let mut receiving = Receiving::default();
     loop {
         let step = session.step(&mut buf);
+        receiving.set(session.in_message());
         match step {
             Step::Reply(r) => out.text(&r),
             Step::Store(rcv) => {
@@ -418,8 +455,16 @@ async fn connection<S: Spool>(
                 return;
             }
             Step::NeedInput => {
-                if !out.is_empty() && out.flush(&mut stream, peer, &stats).await.is_err() {
-                    return;
+                if !out.is_empty() {
+                    if out.stores > 0 {
+                        // Nothing more comes from this client before its replies are out: no
+                        // commit is to wait for it meanwhile.
+                        receiving.set(false);
+                    }
+                    if out.flush(&mut stream, peer, &stats).await.is_err() {
+                        return;
+                    }
+                    receiving.set(session.in_message());
                 }
                 let read = tokio::select! {
                     _ = shutdown.cancelled(), if !session.in_message() => {

@@ -1,20 +1,9 @@
 //! Jobs handed over whole ([`Spool::accept`](super::Spool::accept)): the SMTP listener's
-//! messages, committed in groups by their callers themselves (LISTEN-3).
-//!
-//! A caller queues its job, lets the other ready tasks of its thread run once (the sessions
-//! that have a message ready queue theirs), then, unless another caller is committing (the
-//! leader), becomes the leader: it commits everything queued in one transaction
-//! (synchronous=FULL) on its own thread and answers each job. While a commit syncs, the jobs
-//! that arrive wait for the next, so a disk flush is shared by every job that came meanwhile.
-//! No job goes to another thread and back (each hand-off is a thread wake-up, costly on a
-//! loaded machine): the only wake-ups left are the answers to callers on other threads.
-//!
-//! A leader commits at most [`ROUNDS`] groups, then hands the next group (and the lead) to one
-//! of its callers, so the leader's own client is not kept waiting for its reply while others
-//! keep sending.
+//! messages. One thread commits them in groups: while one commit syncs, the jobs that arrive
+//! wait for the next, so a disk flush is shared by every job that came meanwhile (LISTEN-3).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use rusqlite::{params, Connection};
@@ -27,211 +16,94 @@ use crate::config::Pool;
 
 /// A job waiting for the next group commit.
 pub(super) struct AcceptRequest {
-    job: NewJob,
-    reply: oneshot::Sender<Reply>,
-}
-
-/// What a caller is told.
-enum Reply {
-    /// Its job's id (committed), or why it is not stored.
-    Stored(Result<i64, SpoolError>),
-    /// Lead: commit this group (which holds the caller's job), then the queue; the caller's
-    /// own answer comes on the receiver.
-    Lead(Vec<AcceptRequest>, oneshot::Receiver<Reply>),
+    pub(super) job: NewJob,
+    pub(super) reply: oneshot::Sender<Result<i64, SpoolError>>,
 }
 
 /// Most jobs in one commit (a bound on the transaction, not on throughput).
 const GROUP_MAX: usize = 1024;
 
-/// Groups a leader commits before it hands the lead to another caller.
-const ROUNDS: usize = 1;
+/// How long a commit waits, at most, for the messages being received meanwhile to join it;
+/// only while some are ([`crate::listen::receiving`]: clients past their DATA's 354, whose
+/// data is on its way), so a lone client is never delayed and one whose message is complete
+/// is not made to wait for clients still at MAIL or RCPT. Bound: about two disk flushes
+/// (fdatasync takes ~0.2 ms here), so a commit's latency at most doubles while the clients
+/// that go in lock step (smtp-source's) share one flush instead of one each.
+const GROUP_WAIT: Duration = Duration::from_micros(500);
 
-/// The jobs waiting for a commit, and whether some caller is committing.
-#[derive(Default)]
-pub(super) struct Acceptor {
-    queue: Mutex<Vec<AcceptRequest>>,
-    /// Set while a caller leads (commits), or while the lead is on its way to a caller in a
-    /// [`Reply::Lead`].
-    leading: AtomicBool,
-}
-
-impl Acceptor {
-    fn try_lead(&self) -> bool {
-        self.leading
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    }
-
-    /// Up to [`GROUP_MAX`] jobs from the queue.
-    fn take_group(&self) -> Vec<AcceptRequest> {
-        let mut q = lock(&self.queue);
-        if q.len() > GROUP_MAX {
-            let rest = q.split_off(GROUP_MAX);
-            std::mem::replace(&mut *q, rest)
-        } else {
-            std::mem::take(&mut *q)
-        }
-    }
-
-    /// Commit (the caller leads): `first`, then the queue, group after group, until it is
-    /// empty; after [`ROUNDS`] groups hand the next to one of its callers instead. Blocks for
-    /// the commits (a disk flush each).
-    ///
-    /// No job is left behind: a job queued while the leader lets go is either seen by it (it
-    /// looks at the queue again after letting go) or led by its own caller, whose
-    /// [`Acceptor::try_lead`] then comes after the leader let go.
-    fn lead(&self, sh: &Shared, mut first: Option<Vec<AcceptRequest>>) {
-        let mut rounds = 0;
-        loop {
-            let group = match first.take() {
-                Some(g) => g,
-                None => self.take_group(),
-            };
-            if group.is_empty() {
-                self.leading.store(false, Ordering::SeqCst);
-                if lock(&self.queue).is_empty() || !self.try_lead() {
-                    return;
-                }
-                rounds = 0;
-                continue;
-            }
-            if rounds == ROUNDS {
-                match hand_over(group) {
-                    None => return,
-                    // Every caller of the group has gone: commit it here.
-                    Some(g) => {
-                        rounds = 0;
-                        first = Some(g);
-                        continue;
-                    }
-                }
-            }
-            commit_and_answer(sh, group);
-            rounds += 1;
-        }
-    }
-}
-
-/// Give `group` and the lead to the first of its callers still waiting; the group back when
-/// none is.
-fn hand_over(mut group: Vec<AcceptRequest>) -> Option<Vec<AcceptRequest>> {
-    for i in 0..group.len() {
-        let (tx, rx) = oneshot::channel();
-        let to = std::mem::replace(&mut group[i].reply, tx);
-        if to.is_closed() {
-            continue;
-        }
-        match to.send(Reply::Lead(group, rx)) {
-            Ok(()) => return None,
-            Err(back) => match back {
-                Reply::Lead(g, _) => group = g,
-                Reply::Stored(_) => return None,
-            },
-        }
-    }
-    Some(group)
-}
-
-/// Store `job` ([`Spool::accept`](super::Spool::accept) of the SQLite spool): its id once the
-/// commit that holds it is synced.
-pub(super) async fn accept(sh: Arc<Shared>, job: NewJob) -> Result<i64, SpoolError> {
-    let (reply, rx) = oneshot::channel();
-    lock(&sh.acceptor.queue).push(AcceptRequest { job, reply });
-    let mut caller = Caller { sh, rx };
-    // The other tasks ready on this thread run first: the messages they hold join this commit.
-    tokio::task::yield_now().await;
+/// Add to `group` every job waiting; then, while messages are still being received, wait for
+/// them up to [`GROUP_WAIT`] after `first`.
+fn gather(rx: &mpsc::Receiver<AcceptRequest>, group: &mut Vec<AcceptRequest>, first: Instant) {
+    let deadline = first + GROUP_WAIT;
     loop {
-        let reply = match caller.rx.try_recv() {
-            Ok(r) => r,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(SpoolError::WriterGone),
-            Err(oneshot::error::TryRecvError::Empty) => {
-                if caller.sh.acceptor.try_lead() {
-                    caller.sh.acceptor.lead(&caller.sh, None);
-                    continue;
-                }
-                match (&mut caller.rx).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(SpoolError::WriterGone),
-                }
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
             }
+        }
+        if group.len() >= GROUP_MAX || crate::listen::receiving() == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(r) => group.push(r),
+            Err(_) => return,
+        }
+    }
+}
+
+/// The accept thread: take every job waiting, commit them in one transaction (synchronous=FULL),
+/// index their copies, then answer each with its job id. A commit that fails answers every
+/// job of the group with the error: none of them is stored.
+pub(super) fn accept_loop(sh: &Shared, rx: mpsc::Receiver<AcceptRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        gather(&rx, &mut group, Instant::now());
+        let now = sh.clock.now();
+        let result = {
+            let mut db = lock(&sh.db);
+            commit_group(sh, &mut db, &group, now)
         };
-        match reply {
-            Reply::Stored(r) => return r,
-            Reply::Lead(group, next) => {
-                caller.rx = next;
-                caller.sh.acceptor.lead(&caller.sh, Some(group));
-            }
-        }
-    }
-}
-
-/// A caller waiting for its answer. Dropped (its task cancelled) with the lead in its mailbox,
-/// it commits that group here, so the lead is never lost.
-struct Caller {
-    sh: Arc<Shared>,
-    rx: oneshot::Receiver<Reply>,
-}
-
-impl Drop for Caller {
-    fn drop(&mut self) {
-        self.rx.close();
-        if let Ok(Reply::Lead(group, _)) = self.rx.try_recv() {
-            self.sh.acceptor.lead(&self.sh, Some(group));
-        }
-    }
-}
-
-/// At close: commit what is queued (jobs whose callers have gone), unless a caller leads.
-pub(super) fn finish(sh: &Shared) {
-    if sh.acceptor.try_lead() {
-        sh.acceptor.lead(sh, None);
-    }
-}
-
-/// Commit `group` in one transaction (synchronous=FULL), index their copies, then answer each
-/// with its job id. A commit that fails answers every job of the group with the error: none of
-/// them is stored.
-fn commit_and_answer(sh: &Shared, group: Vec<AcceptRequest>) {
-    let now = sh.clock.now();
-    let result = {
-        let mut db = lock(&sh.db);
-        commit_group(sh, &mut db, &group, now)
-    };
-    match result {
-        Ok(stored) => {
-            let now_ms = ms(now);
-            let mut idx = lock(&sh.index);
-            for (_, copies) in &stored {
-                for &(id, pool) in copies {
-                    idx.add(id, pool, 0, now_ms);
+        match result {
+            Ok(stored) => {
+                let now_ms = ms(now);
+                let mut idx = lock(&sh.index);
+                for (_, copies) in &stored {
+                    for &(id, pool) in copies {
+                        idx.add(id, pool, 0, now_ms);
+                    }
+                }
+                drop(idx);
+                sh.notify.notify_waiters();
+                for (req, (job_id, _)) in group.into_iter().zip(stored) {
+                    let _ = req.reply.send(Ok(job_id));
                 }
             }
-            drop(idx);
-            sh.notify.notify_waiters();
-            for (req, (job_id, _)) in group.into_iter().zip(stored) {
-                let _ = req.reply.send(Reply::Stored(Ok(job_id)));
-            }
-        }
-        Err(e) => {
-            let e = sh.locate(e);
-            tracing::error!(
-                spool = %sh.dir.display(),
-                jobs = group.len(),
-                error = %e,
-                "cannot commit accepted jobs; their senders are told to try again later"
-            );
-            let text = e.to_string();
-            let full = e.is_disk_full();
-            for req in group {
-                let err = if full {
-                    SpoolError::DiskFull {
-                        path: sh.dir.clone(),
-                        detail: text.clone(),
-                    }
-                } else {
-                    SpoolError::Corrupt(text.clone())
-                };
-                let _ = req.reply.send(Reply::Stored(Err(err)));
+            Err(e) => {
+                let e = sh.locate(e);
+                tracing::error!(
+                    spool = %sh.dir.display(),
+                    jobs = group.len(),
+                    error = %e,
+                    "cannot commit accepted jobs; their senders are told to try again later"
+                );
+                let text = e.to_string();
+                let full = e.is_disk_full();
+                for req in group {
+                    let err = if full {
+                        SpoolError::DiskFull {
+                            path: sh.dir.clone(),
+                            detail: text.clone(),
+                        }
+                    } else {
+                        SpoolError::Corrupt(text.clone())
+                    };
+                    let _ = req.reply.send(Err(err));
+                }
             }
         }
     }

@@ -136,8 +136,6 @@ pub(super) struct Shared {
     closing: AtomicBool,
     /// Entries of `incoming/` that could be neither read nor moved, waiting for another look.
     pub(super) aside: Mutex<super::ingest::SetAsideEntries>,
-    /// Jobs handed over whole, waiting for their group commit.
-    pub(super) acceptor: super::accept::Acceptor,
 }
 
 impl Shared {
@@ -162,6 +160,8 @@ struct Inner {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+    accept_tx: Option<mpsc::Sender<super::accept::AcceptRequest>>,
+    acceptor: Option<JoinHandle<()>>,
     _lock: File,
 }
 
@@ -170,7 +170,10 @@ impl Drop for Inner {
         // A writer waiting to retry a batch it cannot record tries once more, then gives up.
         self.shared.closing.store(true, Ordering::SeqCst);
         self.tx.take();
-        super::accept::finish(&self.shared);
+        self.accept_tx.take();
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
         if let Some(h) = self.writer.take() {
             h.thread().unpark();
             let _ = h.join();
@@ -306,7 +309,6 @@ impl SqliteSpool {
             recording_error: Mutex::new(None),
             closing: AtomicBool::new(false),
             aside: Mutex::new(Default::default()),
-            acceptor: Default::default(),
         });
         let (tx, rx) = mpsc::channel();
         let w = shared.clone();
@@ -314,11 +316,19 @@ impl SqliteSpool {
             .name("smtpw-spool-writer".into())
             .spawn(move || writer_loop(&w, ledger, rx))
             .map_err(|e| SpoolError::io("starting the spool writer", e))?;
+        let (accept_tx, accept_rx) = mpsc::channel();
+        let a = shared.clone();
+        let acceptor = std::thread::Builder::new()
+            .name("smtpw-spool-accept".into())
+            .spawn(move || super::accept::accept_loop(&a, accept_rx))
+            .map_err(|e| SpoolError::io("starting the spool's accept thread", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
                 tx: Some(tx),
                 writer: Some(writer),
+                accept_tx: Some(accept_tx),
+                acceptor: Some(acceptor),
                 _lock: lock_file,
             }),
         })
@@ -714,7 +724,14 @@ impl Spool for SqliteSpool {
         &self,
         job: super::NewJob,
     ) -> impl std::future::Future<Output = Result<i64, SpoolError>> + Send {
-        super::accept::accept(self.shared().clone(), job)
+        let me = self.clone();
+        async move {
+            let (reply, rx) = oneshot::channel();
+            let tx = me.inner.accept_tx.as_ref().ok_or(SpoolError::WriterGone)?;
+            tx.send(super::accept::AcceptRequest { job, reply })
+                .map_err(|_| SpoolError::WriterGone)?;
+            wait_for_thread(rx).await
+        }
     }
 
     fn stats(&self) -> impl std::future::Future<Output = Result<QueueStats, SpoolError>> + Send {

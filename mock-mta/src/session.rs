@@ -882,7 +882,7 @@ impl Session {
                 self.reply(&l);
                 Flow::Continue
             }
-            Request::Mail { from } => self.mail(&from.address, from.size as u64),
+            Request::Mail { from } => self.mail(&from.address, from.size as u64, from.flags),
             Request::Rcpt { to } => self.rcpt(&to.address),
             Request::Data => {
                 self.data();
@@ -1043,7 +1043,7 @@ impl Session {
         self.shared.journal.ehlo(self.id, host);
     }
 
-    fn mail(&mut self, from: &str, size: u64) -> Flow {
+    fn mail(&mut self, from: &str, size: u64, flags: u64) -> Flow {
         if self.helo.is_none() {
             self.reply("503 5.5.2 Send hello first");
             return Flow::Continue;
@@ -1071,6 +1071,29 @@ impl Session {
             self.reply(REPLY_421);
             return Flow::Close("fault-421");
         }
+        let params: Vec<String> = [
+            (smtp_proto::MAIL_BODY_7BIT, "BODY=7BIT"),
+            (smtp_proto::MAIL_BODY_8BITMIME, "BODY=8BITMIME"),
+            (smtp_proto::MAIL_BODY_BINARYMIME, "BODY=BINARYMIME"),
+            (smtp_proto::MAIL_SMTPUTF8, "SMTPUTF8"),
+        ]
+        .into_iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, p)| p.to_string())
+        .collect();
+        let offered = |k: &str| {
+            self.shared
+                .config
+                .profile
+                .ehlo_keywords
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(k))
+        };
+        if flags & smtp_proto::MAIL_SMTPUTF8 != 0 && !offered("SMTPUTF8") {
+            // A parameter the server did not offer (IIS: any MAIL argument it does not know).
+            self.reply("501 5.5.4 Invalid arguments");
+            return Flow::Continue;
+        }
         if size > 0
             && self
                 .shared
@@ -1087,6 +1110,7 @@ impl Session {
             rec: TransactionRecord {
                 mail_from: from.to_string(),
                 declared_size: (size > 0).then_some(size),
+                mail_params: params,
                 rcpts: Vec::new(),
                 data_code: None,
                 data_reply: None,

@@ -204,7 +204,8 @@ pub struct Faults {
     /// Delay before answering a command, by verb (`EHLO`, `MAIL`, `RCPT`, `DATA`, `DOT` for the
     /// end of data, `QUIT`, ... or `*` for all), in ms.
     pub command_latency_ms: BTreeMap<String, u64>,
-    /// Delay before each write of replies (one write per pipelined group), in ms.
+    /// How late each write of replies (one per read of pipelined commands) leaves, in ms: a delay
+    /// line, as a network's latency; the session goes on reading meanwhile (see the README).
     pub reply_latency_ms: u64,
     /// Clock-scheduled outages and switches, e.g. `["down 10:00-10:05", "rcpt-451 12:00-12:30"]`.
     pub schedule: Vec<ScheduleEntry>,

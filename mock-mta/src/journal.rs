@@ -31,6 +31,10 @@ pub struct TransactionRecord {
     pub mail_from: String,
     /// The `SIZE=` the client declared, if any.
     pub declared_size: Option<u64>,
+    /// The other MAIL parameters the client gave, in a fixed order: `BODY=7BIT`,
+    /// `BODY=8BITMIME`, `BODY=BINARYMIME`, `SMTPUTF8`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mail_params: Vec<String>,
     /// Every RCPT, in order, with its reply.
     pub rcpts: Vec<RcptRecord>,
     /// The reply code to DATA (354, 554, 503, ...) or to the last BDAT, if sent.
@@ -452,6 +456,7 @@ mod tests {
         TransactionRecord {
             mail_from: from.into(),
             declared_size: Some(10),
+            mail_params: Vec::new(),
             rcpts: rcpts
                 .iter()
                 .map(|(a, c)| RcptRecord {

@@ -37,7 +37,7 @@ pub use faults::{Faults, RandomFaults, RcptRule, ScheduleEntry, ScheduledAction}
 pub use journal::{Journal, RcptRecord, SessionRecord, TransactionRecord};
 pub use profile::{IpNet, OverCap, OversizeData, Profile};
 pub use server::MockServer;
-pub use session::{dot_stuff, Unstuffer};
+pub use session::{dot_stuff, Unstuffer, DELAY_LINE_WRITES};
 pub use tls::{AuthConfig, TestCertificates, TlsConfig};
 pub use w3c::{W3cConfig, W3cFieldSet};
 

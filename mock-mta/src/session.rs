@@ -1,6 +1,7 @@
 //! One SMTP session over any `AsyncRead + AsyncWrite`, PIPELINING-safe: input is read into the
 //! session's own buffer, every complete command in it is answered in order, and the replies of a
-//! group go out in one write before the next read. DATA is unstuffed as it streams; a message is
+//! read go out in one write (at once, or after `reply_latency_ms` on a delay line that does not
+//! stop the session reading). DATA is unstuffed as it streams; a message is
 //! never held whole (unless the mock was asked to keep bodies).
 
 use std::borrow::Cow;
@@ -13,6 +14,8 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use smtp_proto::{Error as ParseError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::faults::{default_rcpt_text, Active, Faults, SplitMix64};
 use crate::journal::{RcptRecord, SessionRecord, TransactionRecord};
@@ -356,6 +359,71 @@ pub(crate) async fn run<S>(
 
 const ORD: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
 
+/// Writes of replies queued on the delay line at most (one per read of pipelined commands), besides
+/// the one its writer holds until it is due; past that the session stops reading until the oldest
+/// has left.
+pub const DELAY_LINE_WRITES: usize = 64;
+
+/// Where a session's replies go.
+enum Out<'a, W> {
+    /// Written at once (no reply latency).
+    Direct(&'a mut W),
+    /// Onto the delay line: (when to leave, bytes).
+    Delayed(mpsc::Sender<(Instant, Vec<u8>)>),
+}
+
+impl<W> Out<'_, W> {
+    /// Resolves when the delay line's writer has stopped (never for [`Out::Direct`]).
+    async fn closed(&self) {
+        match self {
+            Out::Direct(_) => std::future::pending().await,
+            Out::Delayed(tx) => tx.closed().await,
+        }
+    }
+}
+
+async fn write_within<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    bytes: &[u8],
+    idle: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(idle, write)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// The delay line's writer: each queued write leaves at its time, in order; writes already due
+/// when one leaves go with it. Ends when the line is closed and empty, or on a write error.
+async fn delay_line<W: AsyncWrite + Unpin>(
+    mut rx: mpsc::Receiver<(Instant, Vec<u8>)>,
+    stream: &mut W,
+    idle: Duration,
+) {
+    let mut next = rx.recv().await;
+    while let Some((due, mut bytes)) = next.take() {
+        tokio::time::sleep_until(due).await;
+        let now = Instant::now();
+        while let Ok((d, b)) = rx.try_recv() {
+            if d <= now {
+                bytes.extend_from_slice(&b);
+            } else {
+                next = Some((d, b));
+                break;
+            }
+        }
+        if write_within(stream, &bytes, idle).await.is_err() {
+            return;
+        }
+        if next.is_none() {
+            next = rx.recv().await;
+        }
+    }
+}
+
 impl Session {
     fn host(&self) -> &str {
         &self.shared.config.hostname
@@ -371,24 +439,30 @@ impl Session {
         line.len() as u64 + 2
     }
 
-    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
+    /// Hand the replies gathered so far to `out`: written at once, or (with a reply latency)
+    /// queued on the delay line to leave `reply_latency_ms` from now.
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, out: &mut Out<'_, W>) -> std::io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let delay = self.faults.reply_latency_ms;
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+        match out {
+            Out::Direct(stream) => {
+                // A client that stops reading must not hold its slot for ever: writes share the
+                // idle limit.
+                let idle = Duration::from_secs(self.shared.config.profile.idle_timeout_secs);
+                write_within(stream, &self.out, idle).await?;
+                self.out.clear();
+            }
+            Out::Delayed(tx) => {
+                let due = Instant::now() + Duration::from_millis(self.faults.reply_latency_ms);
+                let bytes = std::mem::replace(&mut self.out, Vec::with_capacity(1024));
+                // A full line (DELAY_LINE_WRITES in flight) waits here: the session stops reading,
+                // as a sender does when the TCP window is full.
+                tx.send((due, bytes))
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+            }
         }
-        // A client that stops reading must not hold its slot for ever: writes share the idle limit.
-        let idle = Duration::from_secs(self.shared.config.profile.idle_timeout_secs);
-        let write = async {
-            stream.write_all(&self.out).await?;
-            stream.flush().await
-        };
-        tokio::time::timeout(idle, write)
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        self.out.clear();
         Ok(())
     }
 
@@ -428,16 +502,46 @@ impl Session {
     }
 
     /// Serve the session over `stream` (greeting first when `greet`) until it ends, or until
-    /// STARTTLS is accepted (then [`Session::upgrade`] is set and the 220 has been flushed).
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    /// STARTTLS is accepted (then [`Session::upgrade`] is set and the 220 has been written).
+    ///
+    /// With a reply latency (`reply_latency_ms > 0` when the session starts) the replies go
+    /// through a delay line, as over a network a distance away: each write of replies leaves
+    /// `reply_latency_ms` after it was produced while the session goes on reading and answering
+    /// pipelined commands; order is kept, at most [`DELAY_LINE_WRITES`] writes wait on the line,
+    /// and what was queued before a close (a drop, a 421, QUIT, STARTTLS's 220) still goes out,
+    /// on time, before it.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &mut self,
         stream: &mut S,
+        greet: bool,
+    ) -> &'static str {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        if self.faults.reply_latency_ms == 0 {
+            return self.serve(&mut rd, Out::Direct(&mut wr), greet).await;
+        }
+        let idle = Duration::from_secs(self.shared.config.profile.idle_timeout_secs);
+        let (tx, rx) = mpsc::channel(DELAY_LINE_WRITES);
+        // `serve` owns the sender: its end closes the line, and the writer ends once the line
+        // is empty.
+        let reader = self.serve(
+            &mut rd,
+            Out::<tokio::io::WriteHalf<&mut S>>::Delayed(tx),
+            greet,
+        );
+        let (reason, _) = tokio::join!(reader, delay_line(rx, &mut wr, idle));
+        reason
+    }
+
+    async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut R,
+        mut out: Out<'_, W>,
         greet: bool,
     ) -> &'static str {
         let mut shutdown = self.shared.shutdown.subscribe();
         if greet {
             if let Flow::Close(r) = self.greeting() {
-                let _ = self.flush(stream).await;
+                let _ = self.flush(&mut out).await;
                 return r;
             }
         }
@@ -445,10 +549,10 @@ impl Session {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         loop {
             if let Some(reason) = self.process(&mut buf).await {
-                let _ = self.flush(stream).await;
+                let _ = self.flush(&mut out).await;
                 return reason;
             }
-            if self.flush(stream).await.is_err() {
+            if self.flush(&mut out).await.is_err() {
                 return "io-error";
             }
             if self.upgrade {
@@ -457,7 +561,7 @@ impl Session {
             }
             if *shutdown.borrow() {
                 self.reply(REPLY_421);
-                let _ = self.flush(stream).await;
+                let _ = self.flush(&mut out).await;
                 return "shutdown";
             }
             buf.reserve(16 * 1024);
@@ -469,6 +573,8 @@ impl Session {
                     Ok(Err(_)) => return "io-error",
                 },
                 _ = shutdown.changed() => {}
+                // The delay line's writer failed (the client stopped reading, or reset).
+                _ = out.closed() => return "io-error",
             }
         }
     }
@@ -776,7 +882,7 @@ impl Session {
                 self.reply(&l);
                 Flow::Continue
             }
-            Request::Mail { from } => self.mail(&from.address, from.size as u64),
+            Request::Mail { from } => self.mail(&from.address, from.size as u64, from.flags),
             Request::Rcpt { to } => self.rcpt(&to.address),
             Request::Data => {
                 self.data();
@@ -937,7 +1043,7 @@ impl Session {
         self.shared.journal.ehlo(self.id, host);
     }
 
-    fn mail(&mut self, from: &str, size: u64) -> Flow {
+    fn mail(&mut self, from: &str, size: u64, flags: u64) -> Flow {
         if self.helo.is_none() {
             self.reply("503 5.5.2 Send hello first");
             return Flow::Continue;
@@ -965,6 +1071,29 @@ impl Session {
             self.reply(REPLY_421);
             return Flow::Close("fault-421");
         }
+        let params: Vec<String> = [
+            (smtp_proto::MAIL_BODY_7BIT, "BODY=7BIT"),
+            (smtp_proto::MAIL_BODY_8BITMIME, "BODY=8BITMIME"),
+            (smtp_proto::MAIL_BODY_BINARYMIME, "BODY=BINARYMIME"),
+            (smtp_proto::MAIL_SMTPUTF8, "SMTPUTF8"),
+        ]
+        .into_iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, p)| p.to_string())
+        .collect();
+        let offered = |k: &str| {
+            self.shared
+                .config
+                .profile
+                .ehlo_keywords
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(k))
+        };
+        if flags & smtp_proto::MAIL_SMTPUTF8 != 0 && !offered("SMTPUTF8") {
+            // A parameter the server did not offer (IIS: any MAIL argument it does not know).
+            self.reply("501 5.5.4 Invalid arguments");
+            return Flow::Continue;
+        }
         if size > 0
             && self
                 .shared
@@ -981,6 +1110,7 @@ impl Session {
             rec: TransactionRecord {
                 mail_from: from.to_string(),
                 declared_size: (size > 0).then_some(size),
+                mail_params: params,
                 rcpts: Vec::new(),
                 data_code: None,
                 data_reply: None,

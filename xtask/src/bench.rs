@@ -994,7 +994,8 @@ fn cells(a: &BenchArgs) -> Vec<(Cell, Vec<Variant>)> {
                     WanNoPipe,
                     Tls,
                 ],
-                (10, 1) => vec![Physical, Smtpw, Postfix, Postgres],
+                // mock and wan: issue 12's latency ratio at one recipient per copy.
+                (10, 1) => vec![Physical, Smtpw, Postfix, Postgres, Mock, Wan],
                 (32, 1) => vec![Physical, Smtpw, Postfix],
                 _ => vec![Physical, Smtpw],
             };

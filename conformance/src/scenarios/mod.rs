@@ -13,6 +13,7 @@ pub mod pipelining;
 pub mod pools;
 pub mod rates;
 pub mod replies;
+pub mod smtputf8;
 pub mod tls;
 pub mod windows;
 pub mod workers;
@@ -32,5 +33,6 @@ pub fn all() -> Vec<Scenario> {
     v.push(pools::scenario());
     v.push(rates::scenario());
     v.push(tls::scenario());
+    v.push(smtputf8::scenario());
     v
 }

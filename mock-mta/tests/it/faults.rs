@@ -229,6 +229,142 @@ async fn latency_per_command_and_per_reply() {
     assert_eq!(t3.elapsed(), Duration::from_millis(3200));
 }
 
+/// One BDAT transaction, pipelined whole (MAIL, RCPT, BDAT LAST and the message in one write).
+fn bdat_txn(rcpt: &str, i: usize) -> Vec<u8> {
+    let msg = message(i);
+    let mut v = format!(
+        "MAIL FROM:<s@src.example>\r\nRCPT TO:<{rcpt}>\r\nBDAT {} LAST\r\n",
+        msg.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(msg.as_bytes());
+    v
+}
+
+/// The reply latency is a delay line, as a network's: a reply leaves `reply_latency_ms` after
+/// it was produced while the session goes on reading, so commands sent while earlier replies
+/// are in flight do not wait for them (the old model slept before each write and did not read
+/// meanwhile: the RCPT below got its reply at 400 ms, and 16 transactions sent 10 ms apart
+/// took 16 latencies).
+#[tokio::test(start_paused = true)]
+async fn reply_latency_overlaps_like_a_network_delay() {
+    let mta = with_faults(Faults {
+        reply_latency_ms: 200,
+        ..Faults::default()
+    });
+    let (mut c, _h) = ready(&mta).await;
+    let t0 = Instant::now();
+    c.send(b"MAIL FROM:<s@src.example>\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(b"RCPT TO:<a@d.example>\r\n").await;
+    assert_eq!(c.reply().await.code, 250);
+    assert_eq!(t0.elapsed(), Duration::from_millis(200));
+    assert_eq!(c.reply().await.line(), "250 2.1.5 a@d.example");
+    assert_eq!(t0.elapsed(), Duration::from_millis(300));
+    assert_eq!(c.cmd("RSET").await.code, 250);
+
+    // A window of 16 BDAT transactions, one write every 10 ms: the last reply comes 200 ms
+    // after the last write, in order, every message accepted.
+    let t1 = Instant::now();
+    for i in 0..16 {
+        c.send(&bdat_txn(&format!("r{i}@d.example"), i)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..16 {
+        assert_eq!(c.reply().await.code, 250, "MAIL {i}");
+        assert_eq!(c.reply().await.line(), format!("250 2.1.5 r{i}@d.example"));
+        assert_eq!(c.reply().await.code, 250, "BDAT {i}");
+    }
+    assert_eq!(t1.elapsed(), Duration::from_millis(150 + 200));
+    let want: Vec<String> = (0..16).map(|i| format!("r{i}@d.example")).collect();
+    assert_eq!(mta.journal().delivered_recipients(), want);
+}
+
+/// Faults under a reply latency happen at their point in the stream: the replies produced
+/// before a drop or a 421 reach the client (on time), then the connection closes; what came
+/// after is not answered.
+#[tokio::test(start_paused = true)]
+async fn reply_latency_keeps_faults_at_their_point_in_the_stream() {
+    // A drop after the second message's data, three transactions in one write.
+    let mta = with_faults(Faults {
+        reply_latency_ms: 200,
+        drop_after_dot_of_message: Some(2),
+        ..Faults::default()
+    });
+    let (mut c, h) = ready(&mta).await;
+    let t0 = Instant::now();
+    let mut w = bdat_txn("a@d.example", 0);
+    w.extend(bdat_txn("b@d.example", 1));
+    w.extend(bdat_txn("c@d.example", 2));
+    c.send(&w).await;
+    let codes = [
+        c.reply().await.code,
+        c.reply().await.code,
+        c.reply().await.code,
+    ];
+    assert_eq!(codes, [250, 250, 250]);
+    assert_eq!(t0.elapsed(), Duration::from_millis(200));
+    // MAIL and RCPT of the second transaction were answered before its data ended.
+    assert_eq!(c.reply().await.code, 250);
+    assert_eq!(c.reply().await.code, 250);
+    assert!(c.try_reply().await.is_none(), "dropped after the 2nd dot");
+    h.await.expect("session");
+    assert_eq!(mta.journal().delivered_recipients(), ["a@d.example"]);
+
+    // 421 at the second MAIL (close_after_messages = 1).
+    let mta = with_faults(Faults {
+        reply_latency_ms: 200,
+        close_after_messages: Some(1),
+        ..Faults::default()
+    });
+    let (mut c, h) = ready(&mta).await;
+    let mut w = bdat_txn("a@d.example", 0);
+    w.extend(bdat_txn("b@d.example", 1));
+    c.send(&w).await;
+    let codes: Vec<u16> = vec![
+        c.reply().await.code,
+        c.reply().await.code,
+        c.reply().await.code,
+        c.reply().await.code,
+    ];
+    assert_eq!(codes, [250, 250, 250, 421]);
+    assert!(c.try_reply().await.is_none(), "closed after the 421");
+    h.await.expect("session");
+    assert_eq!(mta.journal().delivered_recipients(), ["a@d.example"]);
+}
+
+/// The delay line is bounded: with replies a long way off, a client that keeps writing sees
+/// the session stop reading after DELAY_LINE_WRITES writes are waiting, and go on once they
+/// leave; nothing is lost or reordered.
+#[tokio::test(start_paused = true)]
+async fn reply_latency_buffering_is_bounded() {
+    let mta = with_faults(Faults {
+        reply_latency_ms: 10_000,
+        ..Faults::default()
+    });
+    let (mut c, _h) = ready(&mta).await;
+    let n = mock_mta::DELAY_LINE_WRITES + 16;
+    for i in 0..n {
+        c.send(&bdat_txn(&format!("r{i}@d.example"), i)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // One write of replies per read: the session has taken in the line's capacity, the write
+    // the writer holds until it is due, and the one read whose replies wait to get onto the line.
+    let taken = mta.journal().transactions().count();
+    assert_eq!(
+        taken,
+        mock_mta::DELAY_LINE_WRITES + 2,
+        "{taken} transactions read with {} writes in flight at most",
+        mock_mta::DELAY_LINE_WRITES
+    );
+    for i in 0..n {
+        assert_eq!(c.reply().await.code, 250, "MAIL {i}");
+        assert_eq!(c.reply().await.line(), format!("250 2.1.5 r{i}@d.example"));
+        assert_eq!(c.reply().await.code, 250, "BDAT {i}");
+    }
+    assert_eq!(mta.journal().delivered_recipients().len(), n);
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_after_ten_virtual_minutes_without_reply() {
     let (_clock_handle, clock) = vclock(date(2026, 11, 22).at(9, 0, 0, 0));

@@ -552,3 +552,42 @@ mod chunking {
         }
     }
 }
+
+/// MAIL parameters are journaled; SMTPUTF8 is taken only when the profile offers it (IIS does
+/// not: `501 5.5.4 Invalid arguments`, as to any MAIL argument it does not know).
+#[tokio::test(start_paused = true)]
+async fn mail_parameters_are_journaled_and_smtputf8_needs_the_offer() {
+    within(async {
+        let mta = mock(MockConfig::iis());
+        let (mut c, _h) = ready(&mta).await;
+        let r = c.cmd("MAIL FROM:<l@src.example> SMTPUTF8").await;
+        assert_eq!(r.line(), "501 5.5.4 Invalid arguments");
+        assert_eq!(
+            c.cmd("MAIL FROM:<l@src.example> BODY=8BITMIME").await.code,
+            250
+        );
+        c.cmd("RSET").await;
+
+        let mut cfg = MockConfig::iis();
+        cfg.profile.ehlo_keywords.push("SMTPUTF8".into());
+        let mta = mock(cfg);
+        let (mut c, _h) = ready(&mta).await;
+        let r = c
+            .cmd("MAIL FROM:<l@src.example> BODY=8BITMIME SMTPUTF8")
+            .await;
+        assert_eq!(r.code, 250);
+        assert_eq!(c.cmd("RCPT TO:<jörg@exämple.de>").await.code, 250);
+        assert_eq!(c.cmd("DATA").await.code, 354);
+        c.send(&mock_mta::dot_stuff(
+            "Subject: Grüße\r\n\r\nx\r\n".as_bytes(),
+        ))
+        .await;
+        assert_eq!(c.reply().await.code, 250);
+        let j = mta.journal();
+        let t: Vec<_> = j.transactions().collect();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].mail_params, ["BODY=8BITMIME", "SMTPUTF8"]);
+        assert_eq!(j.delivered_recipients(), ["jörg@exämple.de"]);
+    })
+    .await;
+}

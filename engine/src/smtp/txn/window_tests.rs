@@ -399,7 +399,8 @@ fn over_data_a_drop_mid_message_defers_it_and_keeps_what_was_delivered() {
 
 #[test]
 fn eight_bit_and_internationalised_addresses_as_the_relay_offers() {
-    let body = "Subject: Grüße\r\n\r\nÄ\r\n".as_bytes();
+    // An ASCII header section (UTF-8 header fields have their own rule and test below).
+    let body = "Subject: Gruesse\r\n\r\nÄ\r\n".as_bytes();
     let to = vec![
         "plain@example.net".to_string(),
         "jörg@exämple.de".to_string(),
@@ -430,6 +431,52 @@ fn eight_bit_and_internationalised_addresses_as_the_relay_offers() {
     let d = deliver(&mut s, &mut relay, "list@example.org", &to[..1], MSG, 100);
     assert_eq!(d.delivered(), 1);
     assert_eq!(relay.commands()[1], "MAIL FROM:<list@example.org>");
+}
+
+#[test]
+fn utf8_header_fields_need_smtputf8_or_are_not_sent() {
+    let body = "From: list@example.org\r\nSubject: Grüße aus Köln\r\n\r\nÄ\r\n".as_bytes();
+    let to = vec![
+        "plain@example.net".to_string(),
+        "other@example.net".to_string(),
+    ];
+    // Offered: SMTPUTF8 for an all-ASCII envelope, because of the header fields.
+    let relay = Relay::new(&["PIPELINING", "8BITMIME", "SMTPUTF8"]);
+    let (mut s, mut relay) = connect_with(relay, &data_cfg(16));
+    let d = deliver(&mut s, &mut relay, "list@example.org", &to, body, 100);
+    assert_eq!(d.delivered(), 2);
+    assert_eq!(
+        relay.commands()[1],
+        "MAIL FROM:<list@example.org> BODY=8BITMIME SMTPUTF8"
+    );
+    assert_eq!(relay.delivered(), to);
+    // Not offered (8BITMIME or not): nothing is sent, every recipient fails with 554 5.6.9,
+    // and the next message of the same window goes on.
+    for caps in [&["PIPELINING", "8BITMIME"][..], &["PIPELINING"][..]] {
+        let relay = Relay::new(caps);
+        let (mut s, mut relay) = connect_with(relay, &data_cfg(16));
+        let next = vec!["next@example.net".to_string()];
+        let ms = vec![
+            Msg {
+                from: "list@example.org",
+                rcpts: &to,
+                message: body,
+            },
+            Msg {
+                from: "list@example.org",
+                rcpts: &next,
+                message: MSG,
+            },
+        ];
+        let d = deliver_many(&mut s, &mut relay, &ms, 100);
+        assert_eq!(d[0].failed(), 2, "{caps:?}");
+        for r in &d[0].results {
+            assert!(r.reply.to_string().starts_with("554 5.6.9"), "{r:?}");
+        }
+        assert_eq!(d[1].delivered(), 1);
+        assert_eq!(relay.delivered(), next);
+        assert!(relay.commands().iter().all(|c| !c.contains("plain@")));
+    }
 }
 
 /// A recipient's reply in the property test.

@@ -10,14 +10,16 @@
 //! - `SMTPUTF8` also when the message's header section holds raw UTF-8 (RFC 6532: a non-ASCII
 //!   byte in a header field, the header section valid UTF-8) and the relay offers it (RFC 6531
 //!   §3.4: the client MUST supply it when "the envelope or message being sent requires" it).
-//!   When the relay does not offer it, RFC 6531 §3.2 says the client MUST NOT transmit the
-//!   message and, not being a submission agent, SHOULD reject it: every recipient of the copy
-//!   fails locally with `554 5.6.9` (RFC 6531 §3.5's code for "UTF-8 header message cannot be
-//!   transferred") and nothing is sent. Downgrading (rewriting the header fields as RFC 2047
-//!   encoded words) is not smtpw's job and would break the list server's signatures. Only the
-//!   top-level header section is looked at (RFC 6531 §3.6 does not require a client to parse
-//!   the MIME parts); 8-bit header bytes that are not UTF-8 (legacy Latin-1 and the like) are
-//!   not RFC 6532 and keep the 8-bit rule above.
+//!   When the relay does not offer it, the message goes as it is, 8-bit data as before (with
+//!   `BODY=8BITMIME` when offered): our decision, Postfix's default too. RFC 6531 §3.2 would
+//!   have the client refuse it, but Postfix does so only for mail whose sender asked for
+//!   SMTPUTF8, and a job carries no such request; relays without SMTPUTF8 (IIS among them)
+//!   take such header fields as 8-bit text, and failing every recipient of a list message for
+//!   a raw UTF-8 Subject would lose mail that was deliverable yesterday. Downgrading (rewriting
+//!   the header fields as RFC 2047 encoded words) is not smtpw's job and would break the list
+//!   server's signatures. Only the top-level header section is looked at (RFC 6531 §3.6 does
+//!   not require a client to parse the MIME parts); 8-bit header bytes that are not UTF-8
+//!   (legacy Latin-1 and the like) are not RFC 6532 and keep the 8-bit rule above.
 
 use super::reply::{Capabilities, Reply};
 
@@ -70,8 +72,6 @@ pub struct Extensions {
     pub sender_unsendable: bool,
     /// Places of the recipients that cannot be sent (internationalised, no SMTPUTF8).
     pub unsendable: Vec<usize>,
-    /// The message cannot be sent (UTF-8 header fields, no SMTPUTF8): every recipient fails.
-    pub message_unsendable: bool,
 }
 
 /// What a message from `from` to `rcpts` with body `message` asks of a relay that advertised
@@ -107,7 +107,6 @@ pub fn extensions(caps: &Capabilities, from: &str, rcpts: &[String], message: &[
             smtputf8: false,
             sender_unsendable: intl_from,
             unsendable: intl_rcpts,
-            message_unsendable: utf8_headers,
         }
     }
 }
@@ -128,16 +127,6 @@ pub fn no_smtputf8_sender() -> Reply {
         553,
         Some((5, 6, 7)),
         "Sender address is internationalised and the relay does not offer SMTPUTF8 (not sent)",
-    )
-}
-
-/// The local failure of every recipient of a message whose header fields hold UTF-8 (RFC 6532)
-/// when the relay does not offer SMTPUTF8 (RFC 6531 §3.2, §3.5).
-pub fn no_smtputf8_message() -> Reply {
-    Reply::new(
-        554,
-        Some((5, 6, 9)),
-        "Message has UTF-8 header fields (RFC 6532) and the relay does not offer SMTPUTF8 (not sent)",
     )
 }
 
@@ -180,21 +169,17 @@ mod tests {
         let utf8 = "From: l@x.org\r\nSubject: Grüße aus Köln\r\n\r\nBody\r\n".as_bytes();
         // Offered: SMTPUTF8 (and BODY=8BITMIME, which a SMTPUTF8 relay offers too).
         let e = extensions(&caps(true, true), "l@x.org", &to, utf8);
-        assert!(e.smtputf8 && e.body_8bit && !e.message_unsendable);
-        // Not offered: the message is not sent, with or without 8BITMIME.
+        assert!(e.smtputf8 && e.body_8bit);
+        // Not offered: the message goes as 8-bit data, BODY=8BITMIME when offered.
         for eight in [true, false] {
             let e = extensions(&caps(eight, false), "l@x.org", &to, utf8);
-            assert!(e.message_unsendable && !e.smtputf8, "{e:?}");
+            assert!(!e.smtputf8 && e.body_8bit == eight, "{e:?}");
             assert!(e.unsendable.is_empty() && !e.sender_unsendable);
         }
-        assert_eq!(
-            no_smtputf8_message().to_string().get(..9),
-            Some("554 5.6.9")
-        );
         // UTF-8 only in the body: 8BITMIME's business, not SMTPUTF8's.
         let body = "Subject: hello\r\n\r\nGrüße\r\n".as_bytes();
         let e = extensions(&caps(true, false), "l@x.org", &to, body);
-        assert!(e.body_8bit && !e.smtputf8 && !e.message_unsendable);
+        assert!(e.body_8bit && !e.smtputf8);
         let e = extensions(&caps(true, true), "l@x.org", &to, body);
         assert!(!e.smtputf8);
         // LF-only line ends, and a message that is all header.
@@ -205,7 +190,7 @@ mod tests {
         let latin1 = b"Subject: caf\xe9\r\n\r\nx\r\n";
         assert!(!has_utf8_headers(latin1));
         let e = extensions(&caps(true, false), "l@x.org", &to, latin1);
-        assert!(e.body_8bit && !e.smtputf8 && !e.message_unsendable);
+        assert!(e.body_8bit && !e.smtputf8);
         assert_eq!(header_section(b"A: b\r\n\r\nc"), b"A: b\r\n");
         assert_eq!(header_section(b"\r\nc"), b"");
     }
@@ -281,9 +266,8 @@ mod tests {
             let h = header_section(&m);
             let needs = !h.is_ascii() && std::str::from_utf8(h).is_ok();
             // SMTPUTF8 exactly when the header section holds UTF-8 and the relay offers it;
-            // when it does not, the message is not sent; never both.
+            // when it does not, the message goes as it is (nothing unsendable).
             prop_assert_eq!(e.smtputf8, needs && utf8);
-            prop_assert_eq!(e.message_unsendable, needs && !utf8);
             // The 8-bit rule is untouched by it.
             prop_assert_eq!(e.body_8bit, eight && !m.is_ascii());
             prop_assert!(e.unsendable.is_empty() && !e.sender_unsendable);

@@ -296,12 +296,6 @@ impl<'m> Job<'m> {
         for &i in &x.unsendable {
             j.results[i] = Some(RcptResult::failed(ext::no_smtputf8_rcpt()));
         }
-        if x.message_unsendable {
-            // UTF-8 header fields and no SMTPUTF8: nothing is sent (the internationalised
-            // recipients keep their own reason).
-            j.decide_rest(&RcptResult::failed(ext::no_smtputf8_message()));
-            return j;
-        }
         let bad = Reply::new(
             501,
             Some((5, 1, 3)),

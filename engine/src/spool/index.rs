@@ -105,14 +105,19 @@ impl Index {
     /// `now` included) leaves `ready` for `claiming`, where it still counts as queued. The claim
     /// ends with [`Index::finish_claim`], [`Index::abort_claim`] or [`Index::drop_claim`].
     pub(super) fn begin_claim(&mut self, pools: PoolSet, now: i64) -> Option<(i64, Pool)> {
-        self.promote(pools, now);
-        let (_, p) = pools
-            .iter()
-            .filter_map(|p| self.ready[p.index()].first().map(|&id| (id, p)))
-            .min()?;
+        let (_, p) = self.next_claimable(pools, now)?;
         let id = self.ready[p.index()].pop_first()?;
         self.claiming.insert(id, p);
         Some((id, p))
+    }
+
+    /// The copy [`Index::begin_claim`] would take now, left where it is.
+    pub(super) fn next_claimable(&mut self, pools: PoolSet, now: i64) -> Option<(i64, Pool)> {
+        self.promote(pools, now);
+        pools
+            .iter()
+            .filter_map(|p| self.ready[p.index()].first().map(|&id| (id, p)))
+            .min()
     }
 
     /// An operator's flush: every deferred copy of `pools` is claimable now. Returns how many.
@@ -210,6 +215,11 @@ impl Index {
     #[cfg(test)]
     pub(super) fn prefetched(&self) -> usize {
         self.prefetched.len()
+    }
+
+    /// The recipient count of copy `id`, if its row is read ahead.
+    pub(super) fn prefetched_rcpts(&self, id: i64) -> Option<usize> {
+        self.prefetched.get(&id).map(|f| f.n)
     }
 
     /// The row of copy `id` read ahead, if any (taken: a claim of it uses it once).

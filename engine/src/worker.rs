@@ -27,15 +27,19 @@ pub const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 pub const FAILOVER_RECHECK: Duration = Duration::from_secs(5 * 60);
 /// How long a stopping worker waits for the relay's reply to QUIT.
 pub const QUIT_AT_STOP: Duration = Duration::from_secs(2);
-/// How many durable completions (`Spool::complete`: the writer's ledger `fdatasync` and SQLite
-/// commit) a worker leaves outstanding while it claims and delivers its next copy. A copy stays
-/// in flight in the spool until its completion is durable, so a crash repeats at most these
-/// plus the copy being delivered; a stop waits for all of them.
+/// How many copies' worth of durable completions (`Spool::complete_many`: the writer's ledger
+/// `fdatasync` and SQLite commit) a worker leaves outstanding while it claims and delivers its
+/// next batch: at most this many times MAXBSMTP recipients (however many copies hold them). A
+/// copy stays in flight in the spool until its completion is durable, so a crash repeats at
+/// most these plus the batch being delivered (at most MAXBSMTP recipients, or one copy): at
+/// most `(COMPLETIONS_OUTSTANDING + 1) * MAXBSMTP` recipients per worker. A stop waits for all
+/// of them.
 pub const COMPLETIONS_OUTSTANDING: usize = 2;
 /// The most copies a worker claims ahead for one connection (TXN-13): it delivers them with
-/// their transactions in flight together (up to the connection's window) and records their
-/// outcomes as one completion. So a worker holds at most `(COMPLETIONS_OUTSTANDING + 1) *
-/// CLAIM_AHEAD` copies in flight, the bound on what a crash repeats.
+/// their transactions in flight together (up to the connection's window). The batch (the copy
+/// plus those claimed ahead) holds at most MAXBSMTP recipients ([`Spool::claim_many`]'s
+/// budget), so claiming ahead does not widen the crash bound: it pays off for copies of few
+/// recipients (mail merge: 16 copies of one recipient where MAXBSMTP >= 16), not for full ones.
 pub const CLAIM_AHEAD: usize = 16;
 
 /// Counters every worker adds to, read by the CLI and the tests.
@@ -428,11 +432,17 @@ pub async fn run<S: Spool>(role: Role, ctx: Arc<WorkerContext<S>>) {
             .min(CLAIM_AHEAD)
             .min(usize::try_from(share).unwrap_or(usize::MAX).max(1));
         let on_failover = targets.first() != Some(&o.target);
-        if ahead > 1 && !on_failover && !(limited && pools.iter().any(|p| ctx.limiter.may_wait(p)))
+        // The batch holds at most MAXBSMTP recipients (the copy may be alone at up to MAXBSMTP),
+        // the in-flight bound of a crash (see COMPLETIONS_OUTSTANDING).
+        let room = ctx.max_bsmtp.saturating_sub(batch[0].rcpts.len());
+        if ahead > 1
+            && room > 0
+            && !on_failover
+            && !(limited && pools.iter().any(|p| ctx.limiter.may_wait(p)))
         {
             // The rest in one go: one read of the spool for all of them (Spool::claim_many).
             if !ctx.shutdown.is_cancelled() {
-                match ctx.spool.claim_many(pools, ahead - 1).await {
+                match ctx.spool.claim_many(pools, ahead - 1, room).await {
                     Ok(more) => batch.extend(more),
                     Err(e) => warn!(worker = %name, error = %e, "claim failed"),
                 }
@@ -630,16 +640,13 @@ async fn expire_unreachable<S: Spool>(
             },
         )
     };
-    pending
-        .push(ctx, name, vec![complete(first)], COMPLETIONS_OUTSTANDING)
-        .await;
+    let limit = outstanding_rcpts(ctx);
+    pending.push(ctx, name, vec![complete(first)], limit).await;
     let mut n = 1;
     while !ctx.shutdown.is_cancelled() {
         match ctx.spool.claim(pools).await {
             Ok(Some(c)) if ctx.spool.has_expired(c.job_created, ctx.clock.now()) => {
-                pending
-                    .push(ctx, name, vec![complete(&c)], COMPLETIONS_OUTSTANDING)
-                    .await;
+                pending.push(ctx, name, vec![complete(&c)], limit).await;
                 n += 1;
             }
             Ok(Some(c)) => {
@@ -707,13 +714,21 @@ async fn connect<S: Spool>(
     Err(Reply::host_unreachable(failures))
 }
 
+/// The most recipients a worker's outstanding completions hold: `COMPLETIONS_OUTSTANDING` x
+/// MAXBSMTP.
+fn outstanding_rcpts<S: Spool>(ctx: &WorkerContext<S>) -> usize {
+    COMPLETIONS_OUTSTANDING * ctx.max_bsmtp.max(1)
+}
+
 /// Outcomes being made durable for one worker, oldest first: each task records a group of
-/// copies (one [`Spool::complete_many`]), and counts them.
+/// copies (one [`Spool::complete_many`]), and counts them (copies, recipients).
 #[derive(Default)]
 struct Completions {
-    tasks: VecDeque<(tokio::task::JoinHandle<()>, usize)>,
+    tasks: VecDeque<(tokio::task::JoinHandle<()>, usize, usize)>,
     /// Copies in `tasks`.
     copies: usize,
+    /// Recipients in `tasks`.
+    rcpts: usize,
 }
 
 impl Completions {
@@ -722,8 +737,8 @@ impl Completions {
     }
 
     /// Start recording a group of copies' outcomes (one request to the spool), after waiting
-    /// for the oldest outstanding completions while more than `limit` copies would be under
-    /// way ([`COMPLETIONS_OUTSTANDING`] per copy of the batch being delivered).
+    /// for the oldest outstanding completions while more than `limit` recipients would be
+    /// under way ([`outstanding_rcpts`]; a group alone may be larger).
     async fn push<S: Spool>(
         &mut self,
         ctx: &WorkerContext<S>,
@@ -735,12 +750,14 @@ impl Completions {
             return;
         }
         let n = results.len();
-        while !self.tasks.is_empty() && self.copies + n > limit.max(1) {
+        let k: usize = results.iter().map(|(_, r)| r.rcpts.len()).sum();
+        while !self.tasks.is_empty() && self.rcpts + k > limit.max(1) {
             self.wait_oldest(ctx, name).await;
         }
         let spool = ctx.spool.clone();
         let worker = name.to_string();
         self.copies += n;
+        self.rcpts += k;
         self.tasks.push_back((
             tokio::spawn(async move {
                 let ids: Vec<i64> = results.iter().map(|(id, _)| *id).collect();
@@ -754,6 +771,7 @@ impl Completions {
                 }
             }),
             n,
+            k,
         ));
     }
 
@@ -772,17 +790,19 @@ impl Completions {
                         "drain deadline: outcomes the spool cannot record are given up; the next run repeats these copies");
                     self.tasks.clear();
                     self.copies = 0;
+                    self.rcpts = 0;
                     return;
                 }
             }
-            let Some((oldest, n)) = self.tasks.front_mut() else {
+            let Some((oldest, n, k)) = self.tasks.front_mut() else {
                 return;
             };
-            let n = *n;
+            let (n, k) = (*n, *k);
             tokio::select! {
                 done = oldest => {
                     self.tasks.pop_front();
                     self.copies -= n;
+                    self.rcpts -= k;
                     if let Err(e) = done {
                         error!(worker = %name, error = %e, "recording the outcome failed");
                     }
@@ -811,9 +831,10 @@ impl Completions {
 /// whether the drain deadline cut the transactions off. A copy given back is not recorded: all of them
 /// when a stop came while waiting for the first one's rate limit; any whose transactions never
 /// started because the connection was lost before; and, at the drain deadline, every copy whose
-/// transactions were not over. At most `COMPLETIONS_OUTSTANDING` times the batch's size of
-/// copies' completions are outstanding (the next group's recording waits for the oldest), so a worker
-/// holds at most `(COMPLETIONS_OUTSTANDING + 1) * CLAIM_AHEAD` copies in flight.
+/// transactions were not over. At most `COMPLETIONS_OUTSTANDING` x MAXBSMTP recipients'
+/// completions are outstanding (the next group's recording waits for the oldest), and the batch
+/// holds at most MAXBSMTP recipients, so a worker holds at most `(COMPLETIONS_OUTSTANDING + 1)
+/// x MAXBSMTP` recipients in flight.
 async fn deliver<S: Spool>(
     ctx: &WorkerContext<S>,
     name: &str,
@@ -858,7 +879,7 @@ async fn deliver<S: Spool>(
             message: &c.message,
         })
         .collect();
-    let outstanding = COMPLETIONS_OUTSTANDING * copies.len().max(1);
+    let outstanding = outstanding_rcpts(ctx);
     let host = o.target.to_string();
     let tls = o.client.tls_version();
     let mut cut = false;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use mock_mta::{MockConfig, MockMta, MockServer};
-use smtpw_engine::engine::{CLAIM_AHEAD, COMPLETIONS_OUTSTANDING};
+use smtpw_engine::engine::COMPLETIONS_OUTSTANDING;
 use tokio::io::AsyncReadExt;
 
 use crate::Failure;
@@ -410,16 +410,17 @@ pub fn write_site_cfg(dir: &Path, port: u16, workers: u32, max_bsmtp: u32) -> Pa
     p
 }
 
-/// Copies in flight at any moment, the most a crash (or a lost outcome) can repeat: per worker,
-/// the batch being delivered (at most `CLAIM_AHEAD` copies claimed ahead for one connection)
-/// plus the batches whose outcomes are being made durable (a worker claims its next batch while
-/// the previous completions sync), each at most `CLAIM_AHEAD` copies.
+/// MAXBSMTP-recipient batches in flight at any moment, the most a crash (or a lost outcome) can
+/// repeat: per worker, the batch being delivered (one copy, or several claimed ahead for one
+/// connection, holding at most MAXBSMTP recipients together) plus the completions being made
+/// durable (a worker claims its next batch while the previous completions sync), at most
+/// `COMPLETIONS_OUTSTANDING` x MAXBSMTP recipients.
 pub fn in_flight_copies(workers: u32) -> u64 {
-    u64::from(workers) * (COMPLETIONS_OUTSTANDING as u64 + 1) * CLAIM_AHEAD as u64
+    u64::from(workers) * (COMPLETIONS_OUTSTANDING as u64 + 1)
 }
 
 /// Recipients one crash can repeat at the relay (or a site can send without recording
-/// anything): the copies in flight, each of at most MAXBSMTP recipients.
+/// anything): `(COMPLETIONS_OUTSTANDING + 1) x MAXBSMTP` per worker.
 pub fn repeat_bound_per_crash(workers: u32, max_bsmtp: u32) -> u64 {
     in_flight_copies(workers) * u64::from(max_bsmtp)
 }

@@ -543,12 +543,18 @@ pub(crate) fn wait_usage(child: &mut Child, limit: Duration) -> anyhow::Result<U
     }
 }
 
+/// The SITE.CFG of an smtpw run: `workers` workers to the relay on `port`, and MAXBSMTP the
+/// cell's recipients per message but at least LISTSERV's default (100): a mail-merge site keeps
+/// its usual MAXBSMTP, its messages just have one recipient each. (MAXBSMTP also bounds the
+/// recipients a worker claims ahead for one connection: with MAXBSMTP=1 a worker could not
+/// pipeline single-recipient messages at all.)
 pub(crate) fn site_cfg(
     dir: &Path,
     port: u16,
     workers: u32,
     max_bsmtp: u64,
 ) -> anyhow::Result<PathBuf> {
+    let max_bsmtp = max_bsmtp.max(100);
     let p = dir.join("SITE.CFG");
     std::fs::write(
         &p,

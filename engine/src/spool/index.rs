@@ -6,7 +6,7 @@
 //! to the next made under the one lock that guards the index, so [`Index::queued_copies`] is
 //! exact whenever it is read: "nothing queued" never shows while a copy is between two places.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,7 +44,8 @@ pub(super) struct Index {
     /// Taken from `ready` by a claim that is reading the copy from the database.
     claiming: HashMap<i64, Pool>,
     in_flight: HashMap<i64, InFlight>,
-    jobs: HashMap<i64, Arc<JobInfo>>,
+    /// Ordered by id: the cache evicts the newest first.
+    jobs: BTreeMap<i64, Arc<JobInfo>>,
     /// Bytes of messages in `jobs`.
     cached_bytes: usize,
     /// Rows of claimable copies read ahead of their claims (a claim that reads the database
@@ -61,8 +62,12 @@ pub(super) struct Index {
 pub(super) const PREFETCH_MAX: usize = 256;
 
 /// The message cache holds at most this many jobs and about this many bytes (one message
-/// larger than the budget is still cached on its own).
-const JOB_CACHE: usize = 256;
+/// larger than the budget is still cached on its own). The jobs of copies in flight stay cached
+/// until their last copy is done, and with single-recipient jobs (one copy each) a worker holds
+/// up to (COMPLETIONS_OUTSTANDING + 1) x MAXBSMTP of them: 256 jobs made the cache evict the
+/// jobs of rows just read ahead, read again at their claim. Their messages are held by the
+/// claimed copies anyway, so the count costs little memory; the bytes bound stays.
+const JOB_CACHE: usize = 4096;
 const JOB_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 impl Index {
@@ -72,7 +77,7 @@ impl Index {
             deferred: vec![BTreeSet::new(); Pool::COUNT],
             claiming: HashMap::new(),
             in_flight: HashMap::new(),
-            jobs: HashMap::new(),
+            jobs: BTreeMap::new(),
             cached_bytes: 0,
             prefetched: HashMap::new(),
             row_changes: 0,
@@ -105,14 +110,19 @@ impl Index {
     /// `now` included) leaves `ready` for `claiming`, where it still counts as queued. The claim
     /// ends with [`Index::finish_claim`], [`Index::abort_claim`] or [`Index::drop_claim`].
     pub(super) fn begin_claim(&mut self, pools: PoolSet, now: i64) -> Option<(i64, Pool)> {
-        self.promote(pools, now);
-        let (_, p) = pools
-            .iter()
-            .filter_map(|p| self.ready[p.index()].first().map(|&id| (id, p)))
-            .min()?;
+        let (_, p) = self.next_claimable(pools, now)?;
         let id = self.ready[p.index()].pop_first()?;
         self.claiming.insert(id, p);
         Some((id, p))
+    }
+
+    /// The copy [`Index::begin_claim`] would take now, left where it is.
+    pub(super) fn next_claimable(&mut self, pools: PoolSet, now: i64) -> Option<(i64, Pool)> {
+        self.promote(pools, now);
+        pools
+            .iter()
+            .filter_map(|p| self.ready[p.index()].first().map(|&id| (id, p)))
+            .min()
     }
 
     /// An operator's flush: every deferred copy of `pools` is claimable now. Returns how many.
@@ -212,6 +222,11 @@ impl Index {
         self.prefetched.len()
     }
 
+    /// The recipient count of copy `id`, if its row is read ahead.
+    pub(super) fn prefetched_rcpts(&self, id: i64) -> Option<usize> {
+        self.prefetched.get(&id).map(|f| f.n)
+    }
+
     /// The row of copy `id` read ahead, if any (taken: a claim of it uses it once).
     pub(super) fn take_prefetched(&mut self, id: i64) -> Option<InFlight> {
         self.prefetched.remove(&id)
@@ -279,7 +294,7 @@ impl Index {
         while !self.jobs.is_empty()
             && (self.jobs.len() >= JOB_CACHE || self.cached_bytes + size > JOB_CACHE_BYTES)
         {
-            let Some(&k) = self.jobs.keys().max() else {
+            let Some(&k) = self.jobs.keys().next_back() else {
                 break;
             };
             self.uncache_job(k);

@@ -489,32 +489,21 @@ pub trait Spool: Send + Sync + 'static {
         result: CopyResult,
     ) -> impl Future<Output = Result<(), SpoolError>> + Send;
     /// Up to `n` of the oldest ready copies among `pools`, oldest first, each in flight as
-    /// [`Spool::claim`] leaves it; fewer (or none) when fewer are claimable. What a worker
-    /// claims ahead for one connection: a spool reads them together where it can (the SQLite
-    /// spool in one read transaction, the PostgreSQL spool in one statement). This default
-    /// claims one at a time. Copies claimed before an error are returned, not lost: the error
-    /// is returned only when nothing was claimed.
+    /// [`Spool::claim`] leaves it, holding at most `max_rcpts` recipients together: the copies
+    /// are taken in order and the first one that would go over the budget ends the claim (it is
+    /// not taken, nor is any copy after it), so a budget smaller than the oldest copy claims
+    /// nothing. Fewer (or none) when fewer are claimable. What a worker claims ahead for one
+    /// connection, its recipients counted against MAXBSMTP (the crash bound, TXN-13): a spool
+    /// knows each copy's recipient count before it takes it, and reads the copies together
+    /// where it can (the SQLite spool in one read transaction, the PostgreSQL spool in one
+    /// statement). Copies claimed before an error are returned, not lost: the error is
+    /// returned only when nothing was claimed.
     fn claim_many(
         &self,
         pools: PoolSet,
         n: usize,
-    ) -> impl Future<Output = Result<Vec<ClaimedCopy>, SpoolError>> + Send {
-        async move {
-            let mut out = Vec::with_capacity(n.min(64));
-            while out.len() < n {
-                match self.claim(pools).await {
-                    Ok(Some(c)) => out.push(c),
-                    Ok(None) => break,
-                    Err(e) if out.is_empty() => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claim failed");
-                        break;
-                    }
-                }
-            }
-            Ok(out)
-        }
-    }
+        max_rcpts: usize,
+    ) -> impl Future<Output = Result<Vec<ClaimedCopy>, SpoolError>> + Send;
     /// Record several claimed copies' outcomes, each as [`Spool::complete`] would; returns once
     /// all of them are durable, with one result per copy in the order given. A spool records
     /// them as one request to its writer (one group commit, one answer); this default runs the

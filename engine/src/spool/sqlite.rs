@@ -270,6 +270,13 @@ impl SqliteSpool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         reader.busy_timeout(std::time::Duration::from_secs(30))?;
+        // Claims read copies and their jobs' messages on this connection, each read after the
+        // writer's latest commit: SQLite then drops the connection's whole page cache, and
+        // every page came back with a `pread`. Mapped, the pages of the database file are read
+        // from the kernel's page cache in place (those still in the write-ahead log are read
+        // as before). At most READER_MMAP bytes, so that the mapped pages the process touches
+        // (part of its resident set) stay bounded.
+        reader.pragma_update(None, "mmap_size", READER_MMAP)?;
 
         let now = ms(clock.now());
         let mut index = Index::new();
@@ -470,8 +477,10 @@ impl SqliteSpool {
         let sh = self.shared();
         let reader = lock(&sh.reader);
         if ids.len() + ahead.len() == 1 {
-            // One statement is its own transaction.
-            return Ok(vec![read_copy(sh, &reader, ids[0])?]);
+            if let Some(id) = ids.iter().chain(ahead).next() {
+                // One statement is its own transaction.
+                return Ok(vec![read_copy(sh, &reader, *id)?]);
+            }
         }
         let tx = reader.unchecked_transaction()?;
         let read = ids
@@ -485,8 +494,23 @@ impl SqliteSpool {
     }
 }
 
+/// How much of the database file the claims' read connection maps (`PRAGMA mmap_size`).
+const READER_MMAP: i64 = 64 * 1024 * 1024;
+
 /// How many rows of the next claimable copies a claim that reads the database reads ahead.
-const PREFETCH: usize = 32;
+const PREFETCH: usize = 64;
+
+/// Why [`SqliteSpool::claim_now`] stopped taking copies in one pass.
+enum End {
+    /// As many as asked for.
+    Taken,
+    /// No copy of the pools is claimable.
+    Empty,
+    /// The next copy would go over the recipient budget.
+    Full,
+    /// The next copy's recipient count is not known (its row is not read ahead).
+    Unknown,
+}
 
 /// Read one copy (and its job, unless cached) on `reader`.
 fn read_copy(
@@ -569,16 +593,17 @@ impl Spool for SqliteSpool {
         pools: PoolSet,
     ) -> impl std::future::Future<Output = Result<Option<ClaimedCopy>, SpoolError>> + Send {
         let me = self.clone();
-        async move { Ok(me.claim_now(pools, 1)?.pop()) }
+        async move { Ok(me.claim_now(pools, 1, usize::MAX)?.pop()) }
     }
 
     fn claim_many(
         &self,
         pools: PoolSet,
         n: usize,
+        max_rcpts: usize,
     ) -> impl std::future::Future<Output = Result<Vec<ClaimedCopy>, SpoolError>> + Send {
         let me = self.clone();
-        async move { me.claim_now(pools, n) }
+        async move { me.claim_now(pools, n, max_rcpts) }
     }
 
     fn complete(
@@ -784,9 +809,21 @@ impl SqliteSpool {
     /// Up to `n` copies of `pools`, oldest first: taken from the index under one lock, read in
     /// one transaction ([`SqliteSpool::finish_claims`]). Copies claimed before an error are
     /// kept; the error is returned only when nothing was claimed.
-    fn claim_now(&self, pools: PoolSet, n: usize) -> Result<Vec<ClaimedCopy>, SpoolError> {
+    /// Up to `n` copies of `pools` holding at most `max_rcpts` recipients together
+    /// ([`Spool::claim_many`]). A copy's recipient count is known before it is taken from its
+    /// row read ahead ([`PREFETCH`]); when the next copy's row is not read ahead, the rows of
+    /// the next claimable copies are read first (once per claim: if it is still unknown then,
+    /// the claim ends there). `usize::MAX`: no budget, nothing to know ahead.
+    fn claim_now(
+        &self,
+        pools: PoolSet,
+        n: usize,
+        max_rcpts: usize,
+    ) -> Result<Vec<ClaimedCopy>, SpoolError> {
         let sh = self.shared();
-        let mut out = Vec::new();
+        let budgeted = max_rcpts != usize::MAX;
+        let mut out: Vec<ClaimedCopy> = Vec::new();
+        let mut read_ahead = false;
         while out.len() < n {
             // While outcomes cannot be recorded, no copy is sent that could not be recorded
             // either: nothing is claimable until the writer recovers (it notifies then).
@@ -794,35 +831,89 @@ impl SqliteSpool {
                 break;
             }
             let now = ms(sh.clock.now());
+            let mut room = max_rcpts.saturating_sub(out.iter().map(|c| c.rcpts.len()).sum());
             // The copies stay counted as queued while they are read (`claiming`): an emptiness
             // check in between must not see the queue empty.
-            let ids: Vec<i64> = {
+            let (ids, end) = {
                 let mut idx = lock(&sh.index);
                 let want = n - out.len();
                 let mut ids = Vec::with_capacity(want.min(64));
+                let mut end = End::Taken;
                 while ids.len() < want {
+                    if budgeted {
+                        let Some((id, _)) = idx.next_claimable(pools, now) else {
+                            end = End::Empty;
+                            break;
+                        };
+                        match idx.prefetched_rcpts(id) {
+                            Some(k) if k <= room => room -= k,
+                            Some(_) => {
+                                end = End::Full;
+                                break;
+                            }
+                            None => {
+                                end = End::Unknown;
+                                break;
+                            }
+                        }
+                    }
                     match idx.begin_claim(pools, now) {
                         Some((id, _)) => ids.push(id),
-                        None => break,
+                        None => {
+                            end = End::Empty;
+                            break;
+                        }
                     }
                 }
-                ids
+                (ids, end)
             };
-            if ids.is_empty() {
-                break;
+            if !ids.is_empty() {
+                // Copies the index knows but the database does not are skipped (the loop takes
+                // others in their place).
+                match self.finish_claims(&ids, Some(pools)) {
+                    Ok(c) => out.extend(c),
+                    Err(e) if out.is_empty() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(spool = %sh.dir.display(), error = %e, "claim failed");
+                        break;
+                    }
+                }
             }
-            // Copies the index knows but the database does not are skipped (the loop takes
-            // others in their place).
-            match self.finish_claims(&ids, Some(pools)) {
-                Ok(c) => out.extend(c),
-                Err(e) if out.is_empty() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(spool = %sh.dir.display(), error = %e, "claim failed");
-                    break;
+            match end {
+                End::Taken => {}
+                End::Empty | End::Full => break,
+                End::Unknown if read_ahead => break,
+                End::Unknown => {
+                    read_ahead = true;
+                    if let Err(e) = self.read_ahead(pools) {
+                        if out.is_empty() {
+                            return Err(e);
+                        }
+                        tracing::warn!(spool = %sh.dir.display(), error = %e, "claim failed");
+                        break;
+                    }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Read the rows of the next claimable copies of `pools` ([`PREFETCH`] of them) ahead of
+    /// their claims, without claiming any.
+    fn read_ahead(&self, pools: PoolSet) -> Result<(), SpoolError> {
+        let sh = self.shared();
+        let (more, read_at) = lock(&sh.index).prefetch_candidates(pools, PREFETCH);
+        if more.is_empty() {
+            return Ok(());
+        }
+        let rows = self.read_copies(&[], &more)?;
+        let rows = more
+            .iter()
+            .zip(rows)
+            .filter_map(|(id, r)| r.map(|(f, _)| (*id, f)))
+            .collect();
+        lock(&sh.index).store_prefetched(rows, read_at);
+        Ok(())
     }
 
     fn flush_now(&self, pools: PoolSet) -> Result<u64, SpoolError> {
@@ -1387,6 +1478,11 @@ fn finish(sh: &Shared, plans: Vec<Plan>, done_jobs: Vec<i64>) {
 }
 
 /// One transaction for a batch of completions; returns the jobs that have no copy left.
+///
+/// Per copy done whose job has other copies left: the job's counters, the copy's row. Per copy
+/// that was its job's last (every single-recipient job): the copy's row and the job's row, whose
+/// counters (with this copy's) go into the per-pool totals, added up in memory and written once
+/// per pool for the batch.
 fn write_plans(db: &mut Connection, plans: &[Plan]) -> Result<Vec<i64>, rusqlite::Error> {
     let tx = db.transaction()?;
     let mut done = Vec::new();
@@ -1403,27 +1499,50 @@ fn write_plans(db: &mut Connection, plans: &[Plan]) -> Result<Vec<i64>, rusqlite
         let mut del_copy = tx.prepare_cached("DELETE FROM copies WHERE id = ?1")?;
         let mut left =
             tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM copies WHERE job_id = ?1)")?;
-        // A finished job's counters move into the per-pool totals and its row goes.
+        // A finished job's row goes, its counters into the per-pool totals.
+        let mut finish =
+            tx.prepare_cached("DELETE FROM jobs WHERE id = ?1 RETURNING pool, delivered, failed")?;
         let mut fold = tx.prepare_cached(
-            "INSERT INTO totals(pool, delivered, failed) SELECT pool, delivered, failed FROM jobs WHERE id = ?1
+            "INSERT INTO totals(pool, delivered, failed) VALUES (?1, ?2, ?3)
              ON CONFLICT(pool) DO UPDATE SET delivered = delivered + excluded.delivered, failed = failed + excluded.failed",
         )?;
-        let mut finish = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+        // (pool, delivered, failed) of the jobs finished in this batch.
+        let mut totals: Vec<(i64, i64, i64)> = Vec::new();
         let mut rcpts = String::new();
         for p in plans {
-            upd_job.execute(params![p.job_id, p.delivered, p.failed.len() as i64])?;
+            let failed = p.failed.len() as i64;
             for (rcpt, reply, expired) in &p.failed {
                 ins_fail.execute(params![p.job_id, p.copy_id, rcpt, reply, p.now, expired])?;
             }
             if p.deferred.is_empty() {
                 del_copy.execute([p.copy_id])?;
                 let any: bool = left.query_row([p.job_id], |r| r.get(0))?;
-                if !any {
-                    fold.execute([p.job_id])?;
-                    finish.execute([p.job_id])?;
-                    done.push(p.job_id);
+                if any {
+                    upd_job.execute(params![p.job_id, p.delivered, failed])?;
+                    continue;
                 }
+                let row = finish
+                    .query_row([p.job_id], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .optional()?;
+                if let Some((pool, d, f)) = row {
+                    let (d, f) = (d + p.delivered, f + failed);
+                    match totals.iter_mut().find(|t| t.0 == pool) {
+                        Some(t) => {
+                            t.1 += d;
+                            t.2 += f;
+                        }
+                        None => totals.push((pool, d, f)),
+                    }
+                }
+                done.push(p.job_id);
             } else {
+                upd_job.execute(params![p.job_id, p.delivered, failed])?;
                 rcpts.clear();
                 for (i, (r, _)) in p.deferred.iter().enumerate() {
                     if i > 0 {
@@ -1441,6 +1560,9 @@ fn write_plans(db: &mut Connection, plans: &[Plan]) -> Result<Vec<i64>, rusqlite
                     p.not_before
                 ])?;
             }
+        }
+        for (pool, d, f) in totals {
+            fold.execute(params![pool, d, f])?;
         }
     }
     tx.commit()?;
@@ -1549,8 +1671,14 @@ mod tests {
     /// A spool of single-recipient copies: `jobs[i]` recipients in the pool `pools[i]` (a
     /// letter's index), one job each, submitted in that order.
     fn spool_with(dir: &Path, jobs: &[(usize, usize)]) -> SqliteSpool {
+        spool_split(dir, 1, jobs)
+    }
+
+    /// [`spool_with`], each job split into copies of `max_bsmtp` recipients (the last one the
+    /// rest).
+    fn spool_split(dir: &Path, max_bsmtp: u32, jobs: &[(usize, usize)]) -> SqliteSpool {
         let opts = SpoolOptions {
-            max_bsmtp: 1,
+            max_bsmtp,
             ..SpoolOptions::default()
         };
         let spool = SqliteSpool::open(dir, opts, crate::clock::SystemClock::shared()).unwrap();
@@ -1578,7 +1706,7 @@ mod tests {
         // Job 1: 3 copies in A, job 2: 2 in B, job 3: 4 in A.
         let spool = spool_with(dir.path(), &[(3, 0), (2, 1), (4, 0)]);
         let only_a: PoolSet = std::iter::once(a).collect();
-        let first = spool.claim_many(only_a, 4).await.unwrap();
+        let first = spool.claim_many(only_a, 4, usize::MAX).await.unwrap();
         let ids: Vec<i64> = first.iter().map(|c| c.copy_id).collect();
         assert_eq!(ids.len(), 4);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
@@ -1590,15 +1718,22 @@ mod tests {
         assert_eq!(first[3].rcpts, vec!["j2r0@x.example".to_string()]);
         assert_eq!(&first[0].message[..], b"Subject: t\r\n\r\nbody\r\n");
         // Fewer than asked once the pool runs out; none claimed twice.
-        let rest = spool.claim_many(only_a, 10).await.unwrap();
+        let rest = spool.claim_many(only_a, 10, usize::MAX).await.unwrap();
         assert_eq!(rest.len(), 3);
         assert!(rest.iter().all(|c| !ids.contains(&c.copy_id)));
-        assert!(spool.claim_many(only_a, 10).await.unwrap().is_empty());
+        assert!(spool
+            .claim_many(only_a, 10, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty());
         // Everything still counts as queued while in flight.
         assert_eq!(spool.queued_copies(), 9);
         // A released copy is claimable again, in its place (oldest first).
         spool.release(ids[1]);
-        let all = spool.claim_many(PoolSet::ALL, 10).await.unwrap();
+        let all = spool
+            .claim_many(PoolSet::ALL, 10, usize::MAX)
+            .await
+            .unwrap();
         let again: Vec<i64> = all.iter().map(|c| c.copy_id).collect();
         assert_eq!(again.len(), 3);
         assert_eq!(again[0], ids[1]);
@@ -1625,6 +1760,36 @@ mod tests {
         // Completing again is refused: they are done.
         let again = spool.complete_many(vec![(ids[0], delivered(1))]).await;
         assert!(matches!(again[0], Err(SpoolError::NotClaimed(_))));
+    }
+
+    /// A claim with a recipient budget takes the oldest copies up to the first one that would
+    /// go over it, whether their rows were read ahead or not (a fresh spool has none): never a
+    /// later, smaller copy past it, and nothing when the oldest copy alone is over the budget.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claim_many_keeps_to_the_recipient_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        // MAXBSMTP 3: copies of 3, 1, 2, 3 and 1 recipients, in that order.
+        let spool = spool_split(dir.path(), 3, &[(3, 0), (1, 0), (2, 0), (3, 0), (1, 0)]);
+        let sizes = |c: &[ClaimedCopy]| c.iter().map(|c| c.rcpts.len()).collect::<Vec<_>>();
+        assert_eq!(lock(&spool.shared().index).prefetched(), 0);
+        let a = spool.claim_many(PoolSet::ALL, 10, 5).await.unwrap();
+        assert_eq!(sizes(&a), vec![3, 1], "the copy of 2 would make 6");
+        assert!(spool
+            .claim_many(PoolSet::ALL, 10, 1)
+            .await
+            .unwrap()
+            .is_empty());
+        let b = spool.claim_many(PoolSet::ALL, 1, 100).await.unwrap();
+        assert_eq!(sizes(&b), vec![2]);
+        let c = spool.claim_many(PoolSet::ALL, 10, 4).await.unwrap();
+        assert_eq!(sizes(&c), vec![3, 1]);
+        assert!(spool
+            .claim_many(PoolSet::ALL, 10, 9)
+            .await
+            .unwrap()
+            .is_empty());
+        let ids: Vec<i64> = a.iter().chain(&b).chain(&c).map(|c| c.copy_id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5]);
     }
 
     /// Rows read ahead serve later claims, and a copy whose row a completion rewrote (deferred
@@ -1674,7 +1839,7 @@ mod tests {
             .await;
         assert!(r.iter().all(|r| r.is_ok()));
         assert_eq!(spool.flush(PoolSet::ALL).await.unwrap(), 1);
-        let rest = spool.claim_many(PoolSet::ALL, 5).await.unwrap();
+        let rest = spool.claim_many(PoolSet::ALL, 5, usize::MAX).await.unwrap();
         let got: Vec<(i64, Vec<String>, u32)> = rest
             .iter()
             .map(|c| (c.copy_id, c.rcpts.clone(), c.attempts))
@@ -1696,7 +1861,7 @@ mod tests {
         #[test]
         fn batched_claims_match_a_model(
             jobs in proptest::collection::vec((1usize..5, 0usize..3), 1..6),
-            ops in proptest::collection::vec((0usize..6, 0usize..8, 0u8..3), 1..30),
+            ops in proptest::collection::vec((0usize..6, 0usize..8, 0u8..3, 0usize..6), 1..30),
         ) {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -1705,34 +1870,48 @@ mod tests {
                 .unwrap();
             rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let spool = spool_with(dir.path(), &jobs);
-                // The model: claimable copies (id -> pool), ordered by id.
-                let mut ready: std::collections::BTreeMap<i64, Pool> = Default::default();
+                // Copies of 1 or 2 recipients (MAXBSMTP 2).
+                let spool = spool_split(dir.path(), 2, &jobs);
+                // The model: claimable copies (id -> pool, recipients), ordered by id.
+                let mut ready: std::collections::BTreeMap<i64, (Pool, usize)> = Default::default();
                 let mut id = 0;
                 for (n, p) in &jobs {
-                    for _ in 0..*n {
+                    for k in (0..*n).step_by(2) {
                         id += 1;
-                        ready.insert(id, Pool::from_index(*p).unwrap());
+                        ready.insert(id, (Pool::from_index(*p).unwrap(), (n - k).min(2)));
                     }
                 }
                 let total = ready.len();
                 let mut held: Vec<ClaimedCopy> = Vec::new();
                 let mut done = 0;
-                for (n, pools, what) in ops {
+                for (n, pools, what, budget) in ops {
                     // Pools: one of three, two of them, or all.
                     let set: PoolSet = match pools % 4 {
                         0 => PoolSet::ALL,
                         k => (0..3).filter(|i| *i != k - 1).filter_map(Pool::from_index).collect(),
                     };
+                    // A recipient budget of 0 to 4, or none.
+                    let budget = if budget == 5 { usize::MAX } else { budget };
+                    // The oldest copies of the pools, in order, up to the first that would go
+                    // over the budget.
+                    let mut room = budget;
                     let want: Vec<i64> = ready
                         .iter()
-                        .filter(|(_, p)| set.contains(**p))
-                        .map(|(id, _)| *id)
+                        .filter(|(_, (p, _))| set.contains(*p))
                         .take(n)
+                        .take_while(|(_, (_, k))| {
+                            let fits = *k <= room;
+                            room = room.saturating_sub(*k);
+                            fits
+                        })
+                        .map(|(id, _)| *id)
                         .collect();
-                    let got = spool.claim_many(set, n).await.unwrap();
+                    let got = spool.claim_many(set, n, budget).await.unwrap();
                     let ids: Vec<i64> = got.iter().map(|c| c.copy_id).collect();
                     proptest::prop_assert_eq!(&ids, &want);
+                    for c in &got {
+                        proptest::prop_assert_eq!(Some(c.rcpts.len()), ready.get(&c.copy_id).map(|r| r.1));
+                    }
                     for id in &ids {
                         ready.remove(id);
                     }
@@ -1742,7 +1921,7 @@ mod tests {
                         0 if !held.is_empty() => {
                             let c = held.remove(0);
                             spool.release(c.copy_id);
-                            ready.insert(c.copy_id, c.pool);
+                            ready.insert(c.copy_id, (c.pool, c.rcpts.len()));
                         }
                         // Complete every held copy as one group.
                         1 => {
@@ -1763,7 +1942,7 @@ mod tests {
                 }
                 // Finish: everything left, in batches.
                 loop {
-                    let got = spool.claim_many(PoolSet::ALL, 3).await.unwrap();
+                    let got = spool.claim_many(PoolSet::ALL, 3, 4).await.unwrap();
                     if got.is_empty() {
                         break;
                     }
@@ -1781,10 +1960,11 @@ mod tests {
                     .filter_map(|l| l.split("\"rcpt\":\"").nth(1))
                     .filter_map(|r| r.split('"').next())
                     .collect();
-                proptest::prop_assert_eq!(rcpts.len(), total);
+                let total_rcpts: usize = jobs.iter().map(|(n, _)| n).sum();
+                proptest::prop_assert_eq!(rcpts.len(), total_rcpts);
                 rcpts.sort_unstable();
                 rcpts.dedup();
-                proptest::prop_assert_eq!(rcpts.len(), total, "each recipient once");
+                proptest::prop_assert_eq!(rcpts.len(), total_rcpts, "each recipient once");
                 Ok(())
             })?;
         }

@@ -41,6 +41,14 @@ impl Spool for GatedSpool {
     ) -> impl Future<Output = Result<Option<ClaimedCopy>, SpoolError>> + Send {
         self.inner.claim(pools)
     }
+    fn claim_many(
+        &self,
+        pools: PoolSet,
+        n: usize,
+        max_rcpts: usize,
+    ) -> impl Future<Output = Result<Vec<ClaimedCopy>, SpoolError>> + Send {
+        self.inner.claim_many(pools, n, max_rcpts)
+    }
     async fn complete(&self, copy_id: i64, result: CopyResult) -> Result<(), SpoolError> {
         self.started.fetch_add(1, Ordering::SeqCst);
         self.gate.acquire().await.expect("gate open").forget();
@@ -93,8 +101,10 @@ impl Spool for GatedSpool {
 #[tokio::test(start_paused = true)]
 async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() {
     assert_eq!(COMPLETIONS_OUTSTANDING, 2);
+    // MAXBSMTP 1: each copy is a whole MAXBSMTP's worth of recipients, so at most
+    // COMPLETIONS_OUTSTANDING copies' completions are outstanding.
     let h = Topology::new(
-        "SMTP_FORWARD_1=1*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        "SMTP_FORWARD_1=1*A.EXAMPLE.ORG\nMAXBSMTP=1\n",
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(A, MockConfig::iis())],
     );
@@ -192,18 +202,24 @@ async fn a_worker_delivers_ahead_of_its_completions_and_a_stop_waits_for_them() 
 }
 
 /// With BDAT (the IIS mock offers CHUNKING and PIPELINING) a worker claims copies ahead and
-/// delivers them with their transactions in flight together, recording each batch as one
-/// completion: while nothing can be recorded it delivers exactly `(COMPLETIONS_OUTSTANDING + 1)
-/// * CLAIM_AHEAD` copies (the in-flight bound of the crash tests) and then waits; once the
-/// spool records again, every recipient is delivered once.
+/// delivers them with their transactions in flight together, the batch holding at most MAXBSMTP
+/// recipients (10 copies of one recipient here, not CLAIM_AHEAD = 16), and its outstanding
+/// completions at most COMPLETIONS_OUTSTANDING x MAXBSMTP recipients: while nothing can be
+/// recorded it delivers exactly `(COMPLETIONS_OUTSTANDING + 1) x MAXBSMTP` = 30 recipients (the
+/// in-flight bound of the crash tests, testkit::proc::repeat_bound_per_crash) and then waits;
+/// once the spool records again, every recipient is delivered once.
 #[tokio::test(start_paused = true)]
 async fn a_worker_claims_ahead_for_a_bdat_connection_within_the_in_flight_bound() {
+    const MAX_BSMTP: usize = 10;
+    // The recipient budget, not CLAIM_AHEAD, limits the batch.
+    const { assert!(MAX_BSMTP < CLAIM_AHEAD) };
     let h = Topology::new(
-        "SMTP_FORWARD_1=1*A.EXAMPLE.ORG\nMAXBSMTP=10\n",
+        &format!("SMTP_FORWARD_1=1*A.EXAMPLE.ORG\nMAXBSMTP={MAX_BSMTP}\n"),
         date(2026, 11, 22).at(12, 0, 0, 0),
         &[(A, MockConfig::iis())],
     );
-    let total = (COMPLETIONS_OUTSTANDING + 1) * CLAIM_AHEAD + 12;
+    let bound = (COMPLETIONS_OUTSTANDING + 1) * MAX_BSMTP;
+    let total = bound + 12;
     for i in 0..total {
         h.submit(None, std::iter::once(format!("user{i}@example.com")), 1000);
     }
@@ -222,7 +238,6 @@ async fn a_worker_claims_ahead_for_a_bdat_connection_within_the_in_flight_bound(
     );
     let e = engine.clone();
     let run = tokio::spawn(async move { e.run().await });
-    let bound = (COMPLETIONS_OUTSTANDING + 1) * CLAIM_AHEAD;
     wait_for("the in-flight bound", Duration::from_secs(60), || {
         h.mock(A).stats().messages >= bound as u64
     })
@@ -231,7 +246,7 @@ async fn a_worker_claims_ahead_for_a_bdat_connection_within_the_in_flight_bound(
     assert_eq!(h.mock(A).stats().messages, bound as u64);
     assert_eq!(
         spool.started.load(Ordering::SeqCst),
-        COMPLETIONS_OUTSTANDING * CLAIM_AHEAD
+        COMPLETIONS_OUTSTANDING * MAX_BSMTP
     );
     assert!(h.ledger().is_empty());
 

@@ -785,13 +785,14 @@ impl Spool for PgSpool {
         pools: PoolSet,
     ) -> impl std::future::Future<Output = Result<Option<ClaimedCopy>, SpoolError>> + Send {
         let me = self.clone();
-        async move { Ok(me.claim_many(pools, 1).await?.pop()) }
+        async move { Ok(me.claim_many(pools, 1, usize::MAX).await?.pop()) }
     }
 
     fn claim_many(
         &self,
         pools: PoolSet,
         n: usize,
+        max_rcpts: usize,
     ) -> impl std::future::Future<Output = Result<Vec<ClaimedCopy>, SpoolError>> + Send {
         let me = self.clone();
         async move {
@@ -802,15 +803,17 @@ impl Spool for PgSpool {
             {
                 return Ok(Vec::new());
             }
-            let mut out = take_many(sh, pools, n);
-            if out.len() >= n {
+            // The buffer knows each copy's recipients: the budget is kept as copies are taken.
+            let mut budget = Budget::new(max_rcpts);
+            let mut out = take_many(sh, pools, n, &mut budget);
+            if out.len() >= n || budget.full {
                 return Ok(out);
             }
             // One claim statement at a time; a worker that waited may find the batch another
             // one fetched.
             let mut db = sh.claim_db.lock().await;
-            out.extend(take_many(sh, pools, n - out.len()));
-            if out.len() >= n {
+            out.extend(take_many(sh, pools, n - out.len(), &mut budget));
+            if out.len() >= n || budget.full {
                 return Ok(out);
             }
             match me.fetch(&mut db, pools, n - out.len()).await {
@@ -822,7 +825,7 @@ impl Spool for PgSpool {
                 }
             }
             drop(db);
-            out.extend(take_many(sh, pools, n - out.len()));
+            out.extend(take_many(sh, pools, n - out.len(), &mut budget));
             Ok(out)
         }
     }
@@ -1277,10 +1280,10 @@ impl PgSpool {
 }
 
 /// Hand up to `n` of the oldest buffered copies of `pools` to a worker.
-fn take_many(sh: &Shared, pools: PoolSet, n: usize) -> Vec<ClaimedCopy> {
+fn take_many(sh: &Shared, pools: PoolSet, n: usize, budget: &mut Budget) -> Vec<ClaimedCopy> {
     let mut out = Vec::new();
-    while out.len() < n {
-        match take(sh, pools) {
+    while out.len() < n && !budget.full {
+        match take(sh, pools, budget) {
             Some(c) => out.push(c),
             None => break,
         }
@@ -1288,14 +1291,32 @@ fn take_many(sh: &Shared, pools: PoolSet, n: usize) -> Vec<ClaimedCopy> {
     out
 }
 
-/// Hand the oldest buffered copy of `pools` to a worker.
-fn take(sh: &Shared, pools: PoolSet) -> Option<ClaimedCopy> {
+/// The recipients a [`Spool::claim_many`] may still take ([`usize::MAX`]: no budget).
+struct Budget {
+    room: usize,
+    /// The next copy was over the budget: the claim ends.
+    full: bool,
+}
+
+impl Budget {
+    fn new(room: usize) -> Self {
+        Self { room, full: false }
+    }
+}
+
+/// Hand the oldest buffered copy of `pools` to a worker, if its recipients fit `budget`.
+fn take(sh: &Shared, pools: PoolSet, budget: &mut Budget) -> Option<ClaimedCopy> {
     let mut st = lock(&sh.state);
-    let id = st
+    let (id, k) = st
         .buffer
         .iter()
         .find(|(_, h)| pools.contains(h.pool) && st.jobs.contains_key(&h.job_id))
-        .map(|(id, _)| *id)?;
+        .map(|(id, h)| (*id, h.rcpts.len()))?;
+    if k > budget.room {
+        budget.full = true;
+        return None;
+    }
+    budget.room -= k;
     let h = st.buffer.remove(&id)?;
     let job = st.jobs.get(&h.job_id)?.clone();
     let claimed = ClaimedCopy {

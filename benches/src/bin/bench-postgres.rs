@@ -6,7 +6,10 @@
 //! `{"url":"postgres://postgres@127.0.0.1:PORT","data":"/tmp/.../data"}` (or
 //! `{"skipped":"why"}`), then waits for its standard input to close: the xtask holds the pipe, so
 //! the server is stopped (`pg_ctl -m immediate stop`, by the data directory's postmaster.pid) and
-//! removed when the xtask lets go of it or exits, however it exits.
+//! removed when the xtask lets go of it or exits, however it exits. It ignores SIGINT, SIGTERM
+//! and SIGHUP: a Ctrl-C in the terminal (or a kill of the whole process group) reaches every
+//! process of the group, and dying of it here would leave the cluster running (pg_ctl detaches
+//! it); the xtask handles those signals, exits, and so closes the pipe.
 //!
 //! The xtask does not start the server itself because the test kit already knows how (one place),
 //! and the xtask stays free of the engine's dependency tree (it is a debug build run often).
@@ -16,7 +19,20 @@ use std::process::ExitCode;
 
 use smtpw_testkit::postgres::Postgres;
 
+/// SIGINT, SIGTERM and SIGHUP ignored: only the end of standard input stops this process.
+#[allow(unsafe_code)]
+fn ignore_interrupts() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler; nothing else in
+    // this process has touched signals yet.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 fn main() -> ExitCode {
+    ignore_interrupts();
     let Some(pg) = Postgres::start("cargo xtask bench (postgres variant)") else {
         println!(
             "{{\"skipped\":\"PostgreSQL is not installed (apt-get install postgresql) and {} is not set\"}}",

@@ -549,6 +549,23 @@ fn the_cluster_rate_limit_holds_across_two_nodes() {
     );
 }
 
+/// `smtpw spool copy --json --from DIR --to URL`, which must succeed: its report.
+fn spool_copy(dir: &Path, url: &str) -> serde_json::Value {
+    let out = SMTPW
+        .command()
+        .args(["spool", "copy", "--json", "--from"])
+        .arg(dir)
+        .args(["--to", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// CLU-6: `smtpw spool copy --from DIR --to URL` moves a stopped spool's queued work (including
 /// a job still in DIR/incoming/) into the database; a second copy moves nothing; a node then
 /// delivers every recipient exactly once, and the directory has nothing left queued.
@@ -565,21 +582,7 @@ fn spool_copy_moves_queued_work_without_loss_or_repeats() {
     let all = recipients(1_500);
     SMTPW.submit(root.path(), &spool, &all[..1_000]);
     SMTPW.submit(root.path(), &spool, &all[1_000..]);
-    let copy = || {
-        let out = SMTPW
-            .command()
-            .args(["spool", "copy", "--json", "--from"])
-            .arg(&spool)
-            .args(["--to", &url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let copy = || spool_copy(&spool, &url);
     let first = copy();
     assert_eq!(
         (num(&first, "jobs"), num(&first, "recipients")),
@@ -629,19 +632,7 @@ fn a_large_move_leaves_claims_planned_on_the_primary_key() {
     let copies = 5_000u64;
     let file = std::fs::File::create(incoming.join("many.MAIL")).unwrap();
     smtpw_testkit::workload::write_bench_jobs(file, copies, 1, 256).unwrap();
-    let out = SMTPW
-        .command()
-        .args(["spool", "copy", "--json", "--from"])
-        .arg(&spool)
-        .args(["--to", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = spool_copy(&spool, &url);
     assert_eq!(num(&report, "copies"), copies, "{report}");
     let known: f64 = smtpw_testkit::postgres::psql(
         &url,

@@ -80,6 +80,18 @@ fn expect_params(t: &Topology, tag: &str, want: &[&str], why: &str) -> Result<()
     Ok(())
 }
 
+/// The relay received the UTF-8 message's Subject as it was sent.
+fn subject_intact(t: &Topology, why: &str) -> Result<(), Failure> {
+    let body = txn_of(t, "u0@dst.example").and_then(|x| x.body);
+    if !body
+        .as_deref()
+        .is_some_and(|b| b.contains("Subject: Grüße aus Köln\r\n"))
+    {
+        return Err(Failure::new(why, format!("{body:?}")));
+    }
+    Ok(())
+}
+
 fn delivered(t: &Topology, tag: &str) -> Result<(), Failure> {
     let mut got: Vec<String> = t
         .delivered_everywhere()
@@ -110,16 +122,7 @@ async fn smtputf8(_ctx: Ctx) -> ScenarioResult {
     )?;
     expect_params(&t, "b", &["BODY=8BITMIME"], "8-bit body, ASCII header")?;
     expect_params(&t, "l", &["BODY=8BITMIME"], "Latin-1 header byte")?;
-    let body = txn_of(&t, "u0@dst.example").and_then(|x| x.body);
-    if !body
-        .as_deref()
-        .is_some_and(|b| b.contains("Subject: Grüße aus Köln\r\n"))
-    {
-        return Err(Failure::new(
-            "the UTF-8 Subject received intact",
-            format!("{body:?}"),
-        ));
-    }
+    subject_intact(&t, "the UTF-8 Subject received intact")?;
 
     // Not offered: all three delivered, as 8-bit data, the UTF-8 Subject intact.
     let t = run(false).await?;
@@ -127,16 +130,10 @@ async fn smtputf8(_ctx: Ctx) -> ScenarioResult {
         delivered(&t, tag)?;
         expect_params(&t, tag, &["BODY=8BITMIME"], "no SMTPUTF8 offered")?;
     }
-    let body = txn_of(&t, "u0@dst.example").and_then(|x| x.body);
-    if !body
-        .as_deref()
-        .is_some_and(|b| b.contains("Subject: Grüße aus Köln\r\n"))
-    {
-        return Err(Failure::new(
-            "the UTF-8 Subject received intact by a relay without SMTPUTF8",
-            format!("{body:?}"),
-        ));
-    }
+    subject_intact(
+        &t,
+        "the UTF-8 Subject received intact by a relay without SMTPUTF8",
+    )?;
     let finals = t.final_outcomes();
     for r in rcpts("u") {
         let line = finals.get(&r);

@@ -427,14 +427,7 @@ impl SqliteSpool {
                     *k = read.next().flatten();
                 }
             }
-            if !more.is_empty() {
-                let rows = more
-                    .iter()
-                    .zip(ahead_rows)
-                    .filter_map(|(id, r)| r.map(|(f, _)| (*id, f)))
-                    .collect();
-                lock(&sh.index).store_prefetched(rows, read_at);
-            }
+            self.keep_read_ahead(&more, ahead_rows, read_at);
         }
         let mut claimed = Vec::with_capacity(known.len());
         let mut flights = Vec::with_capacity(known.len());
@@ -907,13 +900,27 @@ impl SqliteSpool {
             return Ok(());
         }
         let rows = self.read_copies(&[], &more)?;
-        let rows = more
+        self.keep_read_ahead(&more, rows, read_at);
+        Ok(())
+    }
+
+    /// Keep the rows of copies `ids` read ahead of their claims (`rows[i]` is `ids[i]`'s, `None`
+    /// when it is gone), as of the index's state `read_at`.
+    fn keep_read_ahead(
+        &self,
+        ids: &[i64],
+        rows: Vec<Option<(InFlight, Arc<JobInfo>)>>,
+        read_at: u64,
+    ) {
+        if ids.is_empty() {
+            return;
+        }
+        let rows = ids
             .iter()
             .zip(rows)
             .filter_map(|(id, r)| r.map(|(f, _)| (*id, f)))
             .collect();
-        lock(&sh.index).store_prefetched(rows, read_at);
-        Ok(())
+        lock(&self.shared().index).store_prefetched(rows, read_at);
     }
 
     fn flush_now(&self, pools: PoolSet) -> Result<u64, SpoolError> {

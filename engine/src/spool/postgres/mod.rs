@@ -2011,11 +2011,9 @@ async fn write_batch(
     let jobs: Vec<i64> = per_job.keys().copied().collect();
     let jd: Vec<i64> = per_job.values().map(|v| v.0).collect();
     let jf: Vec<i64> = per_job.values().map(|v| v.1).collect();
-    if stmts.is_none() {
-        *stmts = Some(WriterStatements::prepare(db).await?);
-    }
-    let Some(st) = stmts.as_ref() else {
-        return Err(SpoolError::WriterGone);
+    let st: &WriterStatements = match stmts {
+        Some(st) => st,
+        None => stmts.insert(WriterStatements::prepare(db).await?),
     };
     let tx = db.transaction().await.map_err(pg_error)?;
     // Independent statements (different rows and tables), sent together on the one connection:

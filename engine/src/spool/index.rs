@@ -200,6 +200,11 @@ impl Index {
         self.in_flight.get(&id)
     }
 
+    /// How many copies are in flight (claimed and not yet completed or given back).
+    pub(super) fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
+    }
+
     pub(super) fn in_flight_copies(&self) -> impl Iterator<Item = &InFlight> {
         self.in_flight.values()
     }

@@ -1253,6 +1253,10 @@ const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most completions (copies) taken from the queue into one batch.
 const BATCH_MAX: usize = 8192;
+/// A group of fewer completions (copies) than this waits once, [`GROUP_WAIT`], for more.
+const GROUP_TARGET: usize = 64;
+/// How long a small group waits for more completions (see [`writer_loop`]).
+const GROUP_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 
 fn writer_loop(sh: &Shared, mut ledger: Ledger, rx: mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
@@ -1265,6 +1269,25 @@ fn writer_loop(sh: &Shared, mut ledger: Ledger, rx: mpsc::Receiver<Request>) {
                     batch.push(r);
                 }
                 Err(_) => break,
+            }
+        }
+        if copies < GROUP_TARGET && !sh.closing.load(Ordering::Relaxed) {
+            // A small group while at least as many copies are still out with the workers: wait
+            // once for more of them. Each group costs a ledger `fdatasync` and a commit whose
+            // shared pages (the copies' and jobs' interior pages, the free list, page 1) are
+            // written whatever the group's size, so fuller groups cost less per copy. Bounded:
+            // one wait of GROUP_WAIT per group, and none when few copies are out (a worker at
+            // its outstanding completions' bound sends nothing until this group is recorded).
+            let out = lock(&sh.index).in_flight_len().saturating_sub(copies);
+            if out >= copies {
+                std::thread::sleep(GROUP_WAIT);
+                for r in rx.try_iter() {
+                    copies += r.items.len();
+                    batch.push(r);
+                    if copies >= BATCH_MAX {
+                        break;
+                    }
+                }
             }
         }
         let mut plans = Vec::with_capacity(batch.len());

@@ -169,8 +169,12 @@ struct State {
     /// Copies this node may deliver (from the database, kept current between counts).
     queued: u64,
     /// Per pool, the earliest retry time (ms) of a deferred copy this node may deliver, as far
-    /// as it knows (its own deferrals, and each recount): idle workers wake for it.
+    /// as it knows (its own deferrals, and each recount): idle workers wake for it, and once it
+    /// has passed a claim makes the due copies ready first.
     due: [Option<i64>; Pool::COUNT],
+    /// Per pool, a retry time that passed before the copies due were made ready was replaced
+    /// in `due` by a later one: the next claim makes them ready all the same.
+    overdue: [bool; Pool::COUNT],
 }
 
 impl State {
@@ -179,8 +183,32 @@ impl State {
         let slot = &mut self.due[pool.index()];
         *slot = match *slot {
             Some(d) if d > now => Some(d.min(at)),
-            _ => Some(at),
+            Some(_) => {
+                self.overdue[pool.index()] = true;
+                Some(at)
+            }
+            None => Some(at),
         };
+    }
+
+    /// Whether a deferred copy of `pools` is known to be due by `now` (ms): then a claim first
+    /// makes the due copies ready ([`PROMOTE`]).
+    fn any_due(&self, pools: PoolSet, now: i64) -> bool {
+        pools
+            .iter()
+            .any(|p| self.overdue[p.index()] || self.due[p.index()].is_some_and(|d| d <= now))
+    }
+
+    /// The due copies of `pools` were made ready: forget their retry times (those to come stay;
+    /// the next recount finds any other).
+    fn forget_due(&mut self, pools: PoolSet, now: i64) {
+        for p in pools.iter() {
+            self.overdue[p.index()] = false;
+            let slot = &mut self.due[p.index()];
+            if slot.is_some_and(|d| d <= now) {
+                *slot = None;
+            }
+        }
     }
 
     /// The earliest known retry time of `pools` still to come after `now` (ms).
@@ -251,26 +279,36 @@ impl std::fmt::Debug for PgSpool {
     }
 }
 
-/// The claim: the oldest copies of the pools `$2` due by `$3` (ms), at most `$5`, marked held by
-/// node `$1`. With `$6`, also those a dead node (heartbeat older than `$4` seconds) held or
-/// was given. The ids go through an array so that the update finds its rows by
-/// the primary key whatever the table's size (a join with the selecting CTE let the planner
-/// hash-join a scan of every copy, once per claim). Each job's message comes with the first of
-/// its copies, unless its id is in `$7` (the jobs whose messages this node has already): one
-/// round trip per claim. The lateral join finds a job by its primary key whatever the planner
-/// knows of the table.
+/// The claim: the oldest ready copies (`not_before = 0`: never deferred, or deferred and made
+/// ready by [`PROMOTE`] once due) of the pools `$2`, at most `$4`, marked held by node `$1`.
+/// With `$5`, also those a dead node (heartbeat older than `$3` seconds) held or was given. The
+/// ready copies have an index of their own (`copies_ready`), walked in id order: a claim never
+/// walks past deferred copies, however many are queued before the ready ones. The ids go
+/// through an array so that the update finds its rows by the primary key whatever the table's
+/// size (a join with the selecting CTE let the planner hash-join a scan of every copy, once
+/// per claim). Each job's message comes with the first of its copies, unless its id is in `$6`
+/// (the jobs whose messages this node has already): one round trip per claim. The lateral join
+/// finds a job by its primary key whatever the planner knows of the table.
 const CLAIM: &str = "WITH dead AS (SELECT name FROM nodes \
-       WHERE heartbeat < clock_timestamp() - make_interval(secs => $4)), \
+       WHERE heartbeat < clock_timestamp() - make_interval(secs => $3)), \
      claimed AS (UPDATE copies SET claimed_by = $1 WHERE id = ANY(ARRAY(SELECT id FROM copies \
-       WHERE pool = ANY($2) AND not_before <= $3 \
-       AND (claimed_by IS NULL OR ($6 AND claimed_by IN (SELECT name FROM dead))) \
-       AND (assigned_to IS NULL OR assigned_to = $1 OR ($6 AND assigned_to IN (SELECT name FROM dead))) \
-       ORDER BY id LIMIT $5 FOR UPDATE OF copies SKIP LOCKED)) \
+       WHERE pool = ANY($2) AND not_before = 0 \
+       AND (claimed_by IS NULL OR ($5 AND claimed_by IN (SELECT name FROM dead))) \
+       AND (assigned_to IS NULL OR assigned_to = $1 OR ($5 AND assigned_to IN (SELECT name FROM dead))) \
+       ORDER BY id LIMIT $4 FOR UPDATE OF copies SKIP LOCKED)) \
      RETURNING id, job_id, pool, rcpts, attempts), \
      c AS (SELECT *, row_number() OVER (PARTITION BY job_id ORDER BY id) AS k FROM claimed) \
      SELECT c.id, c.job_id, c.pool, c.rcpts, c.attempts, j.mail_from, j.message, j.created FROM c \
      LEFT JOIN LATERAL (SELECT mail_from, message, created FROM jobs WHERE jobs.id = c.job_id) j \
-       ON c.k = 1 AND NOT (c.job_id = ANY($7))";
+       ON c.k = 1 AND NOT (c.job_id = ANY($6))";
+
+/// Deferred copies due by `$1` (ms) become ready (`not_before = 0`), whichever node deferred
+/// them, so that [`CLAIM`] finds them among the ready ones, in their place by id (FIFO by
+/// creation, SPEC A7). Sent only when this node knows of a due copy (its own deferrals, each
+/// recount's earliest retry time), in the same round trip as the claim (the connection
+/// pipelines the two statements, this one first); through `copies_deferred` it is an index
+/// range scan of the due copies.
+const PROMOTE: &str = "UPDATE copies SET not_before = 0 WHERE not_before > 0 AND not_before <= $1";
 
 /// The claim connection and its statements, prepared once: each claim is then one round trip
 /// (bind and execute) and no parse, where a statement given as text is prepared every time.
@@ -281,6 +319,7 @@ struct ClaimDb {
 
 struct ClaimStatements {
     claim: Statement,
+    promote: Statement,
     jobs: Statement,
 }
 
@@ -298,6 +337,7 @@ impl ClaimDb {
         }
         let s = Arc::new(ClaimStatements {
             claim: self.client.prepare(CLAIM).await.map_err(pg_error)?,
+            promote: self.client.prepare(PROMOTE).await.map_err(pg_error)?,
             jobs: self
                 .client
                 .prepare("SELECT id, mail_from, message, created FROM jobs WHERE id = ANY($1)")
@@ -672,16 +712,16 @@ async fn recount(sh: &Shared, db: &Client) -> Result<(), SpoolError> {
         .await
         .map_err(pg_error)?
         .get(0);
-    // The earliest retry time per pool of the deferred copies this node may deliver.
-    let now = ms(sh.clock.now());
+    // The earliest retry time per pool of the deferred copies this node may deliver, those due
+    // already included (the next claim makes them ready).
     let due_sql =
         "WITH dead AS (SELECT name FROM nodes WHERE heartbeat < clock_timestamp() - make_interval(secs => $2)) \
-         SELECT pool, min(not_before) FROM copies WHERE not_before > $4 AND \
+         SELECT pool, min(not_before) FROM copies WHERE not_before > 0 AND \
          (claimed_by IS NULL OR claimed_by = $1 OR ($3 AND claimed_by IN (SELECT name FROM dead))) AND \
          (assigned_to IS NULL OR assigned_to = $1 OR ($3 AND assigned_to IN (SELECT name FROM dead))) \
          GROUP BY pool";
     let rows = db
-        .query(due_sql, &[&sh.pg.node, &secs, &sh.pg.takes_over(), &now])
+        .query(due_sql, &[&sh.pg.node, &secs, &sh.pg.takes_over()])
         .await
         .map_err(pg_error)?;
     let mut due = [None; Pool::COUNT];
@@ -1184,22 +1224,30 @@ impl PgSpool {
         let secs = sh.pg.node_timeout.as_secs_f64();
         let stmts = db.statements().await?;
         let known: Vec<i64> = lock(&sh.state).jobs.keys().copied().collect();
-        let rows = db
-            .client
-            .query(
-                &stmts.claim,
-                &[
-                    &sh.pg.node,
-                    &pool_list,
-                    &now,
-                    &secs,
-                    &sh.pg.claim_batch.max(i64::try_from(n).unwrap_or(i64::MAX)),
-                    &sh.pg.takes_over(),
-                    &known,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
+        let limit = sh.pg.claim_batch.max(i64::try_from(n).unwrap_or(i64::MAX));
+        let takes_over = sh.pg.takes_over();
+        let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&sh.pg.node, &pool_list, &secs, &limit, &takes_over, &known];
+        let due = lock(&sh.state).any_due(pools, now);
+        let rows = if due {
+            // Both sent before either answer is read (tokio-postgres pipelines requests polled
+            // together, in the order polled): the promotion runs first, then the claim, which
+            // sees the copies it made ready. A failed promotion only delays them.
+            let promote_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
+            let (promoted, rows) = tokio::join!(
+                db.client.execute(&stmts.promote, &promote_params),
+                db.client.query(&stmts.claim, &claim_params)
+            );
+            match promoted {
+                Ok(_) => lock(&sh.state).forget_due(pools, now),
+                Err(e) => tracing::warn!(error = %schema::describe(&e),
+                    "cannot make the deferred copies that are due ready; the next claim tries again"),
+            }
+            rows
+        } else {
+            db.client.query(&stmts.claim, &claim_params).await
+        }
+        .map_err(pg_error)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -2135,5 +2183,32 @@ mod tests {
             st.next_due([a].into_iter().collect::<PoolSet>(), 6_000),
             Some(20_000)
         );
+    }
+
+    /// A claim makes deferred copies ready once one is known to be due, and not before; a due
+    /// time replaced by a later deferral is not forgotten until they are made ready.
+    #[test]
+    fn a_claim_makes_the_due_copies_ready_once_one_is_known_due() {
+        let mut st = State::default();
+        let (a, b) = (Pool::from_char('A').unwrap(), Pool::from_char('B').unwrap());
+        let only = |p: Pool| [p].into_iter().collect::<PoolSet>();
+        assert!(!st.any_due(PoolSet::ALL, 1_000));
+        st.note_due(a, 5_000, 1_000);
+        assert!(!st.any_due(PoolSet::ALL, 4_999));
+        assert!(st.any_due(PoolSet::ALL, 5_000));
+        assert!(
+            !st.any_due(only(b), 5_000),
+            "another pool's copies are not due"
+        );
+        // Past it, a later deferral takes the slot: the copies due at 5,000 still are.
+        st.note_due(a, 20_000, 6_000);
+        assert!(st.any_due(only(a), 6_000));
+        st.forget_due(only(a), 6_000);
+        assert!(
+            !st.any_due(only(a), 6_000),
+            "made ready: nothing due until 20,000"
+        );
+        assert_eq!(st.next_due(only(a), 6_000), Some(20_000));
+        assert!(st.any_due(only(a), 20_000));
     }
 }

@@ -13,7 +13,8 @@ use crate::spool::SpoolError;
 const MIGRATION_LOCK: i64 = 0x0073_6d74_7077;
 
 /// Migrations in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE nodes(
   name TEXT PRIMARY KEY,
   heartbeat TIMESTAMPTZ NOT NULL,
@@ -80,7 +81,15 @@ CREATE TABLE ingested(
   size BIGINT NOT NULL,
   PRIMARY KEY(node, name, mtime_ns, size)
 );
-"];
+",
+    "
+-- Claims walk the ready copies alone, in id order; deferred ones are found by their retry time
+-- (made ready once due). Without them a claim walked the primary key past every deferred copy
+-- queued before the first ready one.
+CREATE INDEX copies_ready ON copies(id) WHERE not_before = 0;
+CREATE INDEX copies_deferred ON copies(not_before) WHERE not_before > 0;
+",
+];
 
 /// The schema version this smtpw writes.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;

@@ -1276,8 +1276,9 @@ fn writer_loop(sh: &Shared, mut ledger: Ledger, rx: mpsc::Receiver<Request>) {
             // once for more of them. Each group costs a ledger `fdatasync` and a commit whose
             // shared pages (the copies' and jobs' interior pages, the free list, page 1) are
             // written whatever the group's size, so fuller groups cost less per copy. Bounded:
-            // one wait of GROUP_WAIT per group, and none when few copies are out (a worker at
-            // its outstanding completions' bound sends nothing until this group is recorded).
+            // one wait of GROUP_WAIT per group, and none when fewer copies are out than the
+            // group holds (the wait could not double it; a worker at its outstanding
+            // completions' bound sends nothing more until this group is recorded).
             let out = lock(&sh.index).in_flight_len().saturating_sub(copies);
             if out >= copies {
                 std::thread::sleep(GROUP_WAIT);

@@ -85,6 +85,35 @@ fn queue(url: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `copies` single-recipient jobs moved into the database at `url` by `smtpw spool copy`; the
+/// directory that held the spool they came from.
+fn move_bench_jobs(url: &str, copies: u64) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("spool");
+    let incoming = spool.join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    let file = std::fs::File::create(incoming.join("many.MAIL")).unwrap();
+    smtpw_testkit::workload::write_bench_jobs(file, copies, 1, 256).unwrap();
+    let report = spool_copy(&spool, url);
+    assert_eq!(num(&report, "copies"), copies, "{report}");
+    root
+}
+
+/// `explain` (`EXPLAIN`, `EXPLAIN (ANALYZE, COSTS OFF)`) of the shape of the engine's claim
+/// (postgres/mod.rs, CLAIM): the oldest ready copies of the lowest pool queued, a batch of them.
+fn claim_plan(url: &str, explain: &str) -> String {
+    let pool = smtpw_testkit::postgres::psql(url, "SELECT min(pool) FROM copies");
+    smtpw_testkit::postgres::psql(
+        url,
+        &format!(
+            "{explain} SELECT id FROM copies WHERE pool = ANY('{{{}}}'::int2[]) AND not_before = 0 \
+             AND claimed_by IS NULL AND assigned_to IS NULL ORDER BY id LIMIT 64 \
+             FOR UPDATE OF copies SKIP LOCKED",
+            pool.trim()
+        ),
+    )
+}
+
 /// One node on PostgreSQL delivers a job end to end: every recipient reaches the mock once, the
 /// ledger has a delivered line for each, and the cluster's queue says so.
 #[test]
@@ -625,15 +654,8 @@ fn a_large_move_leaves_claims_planned_on_an_index() {
         return;
     };
     let url = pg.database("stats");
-    let root = tempfile::tempdir().unwrap();
-    let spool = root.path().join("spool");
-    let incoming = spool.join("incoming");
-    std::fs::create_dir_all(&incoming).unwrap();
     let copies = 5_000u64;
-    let file = std::fs::File::create(incoming.join("many.MAIL")).unwrap();
-    smtpw_testkit::workload::write_bench_jobs(file, copies, 1, 256).unwrap();
-    let report = spool_copy(&spool, &url);
-    assert_eq!(num(&report, "copies"), copies, "{report}");
+    let _moved = move_bench_jobs(&url, copies);
     let known: f64 = smtpw_testkit::postgres::psql(
         &url,
         "SELECT reltuples FROM pg_class WHERE relname = 'copies'",
@@ -645,17 +667,7 @@ fn a_large_move_leaves_claims_planned_on_an_index() {
         known >= copies as f64 * 0.9,
         "the planner knows of {known} copies where there are {copies}"
     );
-    // The shape of a claim: the oldest claimable copies of the pool they are in, a batch of them.
-    let pool = smtpw_testkit::postgres::psql(&url, "SELECT min(pool) FROM copies");
-    let plan = smtpw_testkit::postgres::psql(
-        &url,
-        &format!(
-            "EXPLAIN SELECT id FROM copies WHERE pool = ANY('{{{}}}'::int2[]) AND not_before = 0 \
-             AND claimed_by IS NULL AND assigned_to IS NULL ORDER BY id LIMIT 64 \
-             FOR UPDATE OF copies SKIP LOCKED",
-            pool.trim()
-        ),
-    );
+    let plan = claim_plan(&url, "EXPLAIN");
     assert!(
         plan.contains("copies_ready") && !plan.contains("Sort"),
         "a claim walks the ready copies' index in id order:\n{plan}"
@@ -675,35 +687,23 @@ fn deferred_copies_at_the_front_are_not_walked_past_and_are_delivered_once_due()
         return;
     };
     let url = pg.database("deferred_front");
-    let root = tempfile::tempdir().unwrap();
-    let spool = root.path().join("spool");
-    let incoming = spool.join("incoming");
-    std::fs::create_dir_all(&incoming).unwrap();
     let (copies, deferred) = (5_000u64, 4_000u64);
-    let file = std::fs::File::create(incoming.join("many.MAIL")).unwrap();
-    smtpw_testkit::workload::write_bench_jobs(file, copies, 1, 256).unwrap();
-    let report = spool_copy(&spool, &url);
-    assert_eq!(num(&report, "copies"), copies, "{report}");
+    let root = move_bench_jobs(&url, copies);
     // The oldest 4,000 copies are due 4 s from now.
     let wait = Duration::from_secs(4);
     let due_ms = (std::time::SystemTime::now() + wait)
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let psql = |sql: &str| smtpw_testkit::postgres::psql(&url, sql);
-    psql(&format!(
-        "UPDATE copies SET not_before = {due_ms} WHERE id IN \
-         (SELECT id FROM copies ORDER BY id LIMIT {deferred}); ANALYZE copies"
-    ));
-    // The shape of the engine's claim (postgres/mod.rs, CLAIM): the oldest ready copies of the
-    // pool, a batch of them, as executed: it must not filter out the deferred ones one by one.
-    let pool = psql("SELECT min(pool) FROM copies");
-    let plan = psql(&format!(
-        "EXPLAIN (ANALYZE, COSTS OFF) SELECT id FROM copies WHERE pool = ANY('{{{}}}'::int2[]) \
-         AND not_before = 0 AND claimed_by IS NULL AND assigned_to IS NULL ORDER BY id LIMIT 64 \
-         FOR UPDATE OF copies SKIP LOCKED",
-        pool.trim()
-    ));
+    smtpw_testkit::postgres::psql(
+        &url,
+        &format!(
+            "UPDATE copies SET not_before = {due_ms} WHERE id IN \
+             (SELECT id FROM copies ORDER BY id LIMIT {deferred}); ANALYZE copies"
+        ),
+    );
+    // The claim as executed: it must not filter out the deferred copies one by one.
+    let plan = claim_plan(&url, "EXPLAIN (ANALYZE, COSTS OFF)");
     let removed: u64 = plan
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Rows Removed by Filter:"))

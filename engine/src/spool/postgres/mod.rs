@@ -199,12 +199,11 @@ impl State {
             .any(|p| self.overdue[p.index()] || self.due[p.index()].is_some_and(|d| d <= now))
     }
 
-    /// The due copies of `pools` were made ready: forget their retry times (those to come stay;
-    /// the next recount finds any other).
-    fn forget_due(&mut self, pools: PoolSet, now: i64) {
-        for p in pools.iter() {
-            self.overdue[p.index()] = false;
-            let slot = &mut self.due[p.index()];
+    /// The copies due by `now` were made ready (of every pool: [`PROMOTE`] takes them all):
+    /// forget their retry times (those to come stay; the next recount finds any other).
+    fn forget_due(&mut self, now: i64) {
+        self.overdue = [false; Pool::COUNT];
+        for slot in &mut self.due {
             if slot.is_some_and(|d| d <= now) {
                 *slot = None;
             }
@@ -1239,7 +1238,7 @@ impl PgSpool {
                 db.client.query(&stmts.claim, &claim_params)
             );
             match promoted {
-                Ok(_) => lock(&sh.state).forget_due(pools, now),
+                Ok(_) => lock(&sh.state).forget_due(now),
                 Err(e) => tracing::warn!(error = %schema::describe(&e),
                     "cannot make the deferred copies that are due ready; the next claim tries again"),
             }
@@ -2203,7 +2202,7 @@ mod tests {
         // Past it, a later deferral takes the slot: the copies due at 5,000 still are.
         st.note_due(a, 20_000, 6_000);
         assert!(st.any_due(only(a), 6_000));
-        st.forget_due(only(a), 6_000);
+        st.forget_due(6_000);
         assert!(
             !st.any_due(only(a), 6_000),
             "made ready: nothing due until 20,000"

@@ -52,6 +52,11 @@ struct Site {
 
 /// Four relays (pools A, B, C, D; DEFAULT_LIST_POOL=D) and `smtpw run` listening.
 fn start() -> Site {
+    start_with("")
+}
+
+/// As [`start`], with `extra` lines in `[listen]`.
+fn start_with(extra: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let mut mocks = HashMap::new();
     for p in ['A', 'B', 'C', 'D'] {
@@ -77,7 +82,7 @@ fn start() -> Site {
         format!(
             "[listen]\naddresses = [\"127.0.0.1:{port}\"]\nallow = [\"127.0.0.1/32\"]\n\
              max_message_bytes = {MAX_BYTES}\nmax_recipients = {MAX_RCPTS}\nmax_connections = {MAX_CONNS}\n\
-             [listen.pools]\n\"owner-bulk-*@lists.example.org\" = \"B\"\n"
+             {extra}[listen.pools]\n\"owner-bulk-*@lists.example.org\" = \"B\"\n"
         ),
     )
     .unwrap();
@@ -318,6 +323,54 @@ fn a_pipelining_client_gets_every_reply_in_order_and_every_message_is_delivered(
     }
     for b in site.bodies() {
         assert!(b.contains("\r\n.dot\r\n"), "dot-stuffing undone once: {b}");
+    }
+    site.stop();
+}
+
+/// The names of a process's threads (Linux: /proc/PID/task/*/comm).
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+/// `[listen] threads = 3`: three threads serve the listener, each accepting on its address;
+/// concurrent clients get every reply in order and every message is delivered once, to its
+/// pool; a stop drains them all.
+#[test]
+fn three_listener_threads_serve_concurrent_clients_and_every_message_is_delivered_once() {
+    let site = start_with("threads = 3\n");
+    let mut names = thread_names(site.kid.pid());
+    names.retain(|n| n.starts_with("smtpw-listen-"));
+    names.sort();
+    assert_eq!(
+        names,
+        ["smtpw-listen-0", "smtpw-listen-1", "smtpw-listen-2"],
+        "the listener's threads"
+    );
+    let port = site.port;
+    let clients: Vec<_> = (0..MAX_CONNS as usize)
+        .map(|c| std::thread::spawn(move || pipelined(port, 15, 4, &format!("t{c}"))))
+        .collect();
+    let mut all = Vec::new();
+    for c in clients {
+        let (lines, sent) = c.join().unwrap();
+        let finals = lines
+            .iter()
+            .filter(|l| l.starts_with("250 2.0.0 Ok: queued as "))
+            .count();
+        assert_eq!(finals, 15, "{lines:?}");
+        assert!(lines.last().unwrap().starts_with("221"), "{lines:?}");
+        all.extend(sent);
+    }
+    site.wait_delivered(all.len());
+    let got = site.where_delivered();
+    assert_eq!(got.len(), all.len(), "no other recipient delivered");
+    for a in &all {
+        assert_eq!(got.get(a), Some(&vec!['C']), "{a}: once, to pool C's relay");
     }
     site.stop();
 }

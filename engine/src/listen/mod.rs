@@ -57,6 +57,9 @@ pub enum ListenError {
         /// What the system said.
         error: std::io::Error,
     },
+    /// A thread's event loop could not be made.
+    #[error("cannot make the event loop of a listener thread: {0}")]
+    Loop(std::io::Error),
 }
 
 /// Bound sockets, ready to serve.
@@ -64,6 +67,23 @@ pub struct Listener {
     sockets: Vec<TcpListener>,
     cfg: SessionConfig,
     stats: Arc<ListenStats>,
+    loops: Loops,
+}
+
+/// The event loops of the listener's threads (`[listen] threads`), made when it binds so that a
+/// failure stops the start. A connection lives on one thread: its reads, replies and stores
+/// wake no other (on a runtime shared with the delivery engine, two workers hand tasks and
+/// wake-ups to each other: about a fifth more CPU per message; docs/PERFORMANCE.md).
+struct Loops(Vec<tokio::runtime::Runtime>);
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        // A listener dropped unserved, maybe inside another runtime (where dropping one
+        // blocks, which tokio refuses).
+        for rt in self.0.drain(..) {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Listener {
@@ -76,6 +96,15 @@ impl Listener {
                 .map_err(|error| ListenError::Bind { addr, error })?;
             sockets.push(l);
         }
+        let mut loops = Loops(Vec::new());
+        for _ in 0..settings.threads.max(1) {
+            loops.0.push(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(ListenError::Loop)?,
+            );
+        }
         Ok(Listener {
             sockets,
             cfg: SessionConfig {
@@ -83,6 +112,7 @@ impl Listener {
                 settings: Arc::new(settings),
             },
             stats: Arc::new(ListenStats::default()),
+            loops,
         })
     }
 
@@ -110,23 +140,100 @@ impl Listener {
     }
 
     /// Serve until `shutdown`: then stop accepting, tell idle clients `421` and wait for the
-    /// messages being stored.
-    pub async fn serve<S: Spool>(self, spool: Arc<S>, shutdown: CancellationToken) {
+    /// messages being stored. Each of the `[listen] threads` accepts on every address; the
+    /// system hands a new connection to one of them, which serves it to the end.
+    pub async fn serve<S: Spool>(mut self, spool: Arc<S>, shutdown: CancellationToken) {
+        let threads = self.loops.0.len();
         for a in self.local_addrs() {
-            info!(address = %a, "listening for SMTP submissions");
+            info!(address = %a, threads, "listening for SMTP submissions");
         }
-        let mut accepts = tokio::task::JoinSet::new();
-        for sock in self.sockets {
-            accepts.spawn(accept_loop(
-                sock,
+        // Each thread gets its own handle of every socket, registered with its own loop.
+        let mut std_sockets = Vec::new();
+        for sock in std::mem::take(&mut self.sockets) {
+            match sock.into_std() {
+                Ok(s) => std_sockets.push(s),
+                Err(e) => {
+                    warn!(error = %e, "a listening socket cannot be handed to the listener threads; it is closed")
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (i, rt) in std::mem::take(&mut self.loops.0).into_iter().enumerate() {
+            let socks: Vec<std::net::TcpListener> = std_sockets
+                .iter()
+                .filter_map(|s| match s.try_clone() {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        warn!(error = %e, thread = i, "cannot share a listening socket with a listener thread");
+                        None
+                    }
+                })
+                .collect();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let work = serve_sockets(
+                socks,
                 self.cfg.clone(),
                 spool.clone(),
                 self.stats.clone(),
                 shutdown.clone(),
-            ));
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("smtpw-listen-{i}"))
+                .spawn(move || {
+                    crate::spool::mark_own_loop();
+                    rt.block_on(work);
+                    // Its connections' tasks are all done; the loop goes before the answer.
+                    drop(rt);
+                    let _ = tx.send(());
+                });
+            match spawned {
+                Ok(_) => done.push(rx),
+                Err(e) => warn!(error = %e, thread = i, "cannot start a listener thread"),
+            }
         }
-        while accepts.join_next().await.is_some() {}
+        if done.is_empty() {
+            // No thread could start: serve here, on the caller's runtime, rather than not at all.
+            serve_sockets(std_sockets, self.cfg, spool, self.stats, shutdown).await;
+            return;
+        }
+        drop(std_sockets);
+        for rx in done {
+            // An error: the thread ended without answering (a panic); nothing to wait for.
+            let _ = rx.await;
+        }
     }
+}
+
+/// Accept on every one of `sockets` until `shutdown`, and serve what they accept, on the
+/// current runtime; returns once every connection has ended.
+async fn serve_sockets<S: Spool>(
+    sockets: Vec<std::net::TcpListener>,
+    cfg: SessionConfig,
+    spool: Arc<S>,
+    stats: Arc<ListenStats>,
+    shutdown: CancellationToken,
+) {
+    let mut accepts = tokio::task::JoinSet::new();
+    for sock in sockets {
+        let sock = match sock
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(sock))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "a listening socket cannot be served");
+                continue;
+            }
+        };
+        accepts.spawn(accept_loop(
+            sock,
+            cfg.clone(),
+            spool.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while accepts.join_next().await.is_some() {}
 }
 
 async fn accept_loop<S: Spool>(

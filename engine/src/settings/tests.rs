@@ -183,6 +183,7 @@ allow = ["192.0.2.0/24", "::1"]
 max_message_bytes = 1000
 max_recipients = 50
 idle_timeout = "2m"
+threads = 3
 [listen.pools]
 "owner-bulk-*@lists.example.org" = "B"
 "*@lists.example.org" = "-"
@@ -196,6 +197,7 @@ idle_timeout = "2m"
     assert!(l.allows("::1".parse::<IpAddr>().unwrap()));
     assert_eq!((l.max_message_bytes, l.max_recipients), (1000, 50));
     assert_eq!(l.idle_timeout, Duration::from_secs(120));
+    assert_eq!(l.threads, 3);
     assert_eq!(
         l.pool_for_sender("Owner-Bulk-News@Lists.Example.Org"),
         Pool::from_char('B')
@@ -209,6 +211,20 @@ idle_timeout = "2m"
     assert!(e[0].contains("not ADDRESS:PORT"), "{e:?}");
     let e = errors("[listen]\naddresses = [\"127.0.0.1:1\"]\nallow = [\"10.0.0.0/33\"]\n");
     assert!(e[0].contains("prefix"), "{e:?}");
+    let l = parse("[listen]\naddresses = [\"127.0.0.1:1\"]\n")
+        .unwrap()
+        .listen
+        .unwrap();
+    assert_eq!(l.threads, ListenSettings::DEFAULT_THREADS);
+    for bad in ["0", "257"] {
+        let e = errors(&format!(
+            "[listen]\naddresses = [\"127.0.0.1:1\"]\nthreads = {bad}\n"
+        ));
+        assert!(
+            e[0].contains(&format!("threads is {bad}")) && e[0].contains("1 to 256"),
+            "{e:?}"
+        );
+    }
 }
 
 #[test]

@@ -49,6 +49,24 @@ pub use owner::{engine_state, EngineState};
 pub use postgres::{PgOptions, PgSpool};
 pub use sqlite::{read_stats, SqliteSpool};
 
+thread_local! {
+    /// Whether this thread runs one of the daemon's own single-threaded event loops (the SMTP
+    /// listener's), on real time.
+    static OWN_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Mark the calling thread as running one of the daemon's own single-threaded event loops: the
+/// spool's threads then wake its tasks directly, as they do on the multi-threaded runtime,
+/// instead of through tokio's blocking pool (which only tests on paused time need).
+pub(crate) fn mark_own_loop() {
+    OWN_LOOP.with(|c| c.set(true));
+}
+
+/// Whether [`mark_own_loop`] was called on this thread.
+pub(crate) fn on_own_loop() -> bool {
+    OWN_LOOP.with(|c| c.get())
+}
+
 /// Folder names inside a spool directory.
 pub const INCOMING: &str = "incoming";
 /// Where malformed jobs and unreadable entries go, each with `NAME.reason`.

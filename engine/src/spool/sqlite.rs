@@ -1012,12 +1012,12 @@ async fn wait_for_thread<T: Send + 'static>(
     rx: oneshot::Receiver<Result<T, SpoolError>>,
 ) -> Result<T, SpoolError> {
     let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
-        // The daemon: the thread wakes this task directly (no hop through the blocking pool:
-        // two thread switches fewer per answer).
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) || super::on_own_loop() {
+        // The daemon (its runtime, or the listener's own loops): the thread wakes this task
+        // directly (no hop through the blocking pool: two thread switches fewer per answer).
         rx.await.unwrap_or(Err(SpoolError::WriterGone))
     } else {
-        // Current-thread runtimes (paused-time tests): waiting in the blocking pool keeps
+        // Other current-thread runtimes (paused-time tests): waiting in the blocking pool keeps
         // paused time from auto-advancing while the thread syncs.
         tokio::task::spawn_blocking(move || {
             rx.blocking_recv().unwrap_or(Err(SpoolError::WriterGone))

@@ -1,6 +1,7 @@
 //! The listener's edges in process (LISTEN-3, LISTEN-6): a spool on a full disk answers 451 and
 //! stores nothing, then 250 once space returns; an idle client is told 421 4.4.2; a stop tells
-//! a connected client 421 4.3.2 and `serve` returns.
+//! a connected client 421 4.3.2 and `serve` returns; the connection cap holds across the
+//! listener's threads (LISTEN-6a).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,4 +208,61 @@ async fn a_line_over_998_bytes_is_stored_folded() {
     );
     stop.cancel();
     serving.await.unwrap();
+}
+
+/// With three listener threads the connection cap is still one: four clients held open (each
+/// served, whichever thread took it), the fifth is told 421 and closed; a stop then tells each
+/// of the four 421 and `serve` returns (LISTEN-6, LISTEN-6a).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_across_listener_threads_and_a_stop_ends_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(
+        SqliteSpool::open(dir.path(), SpoolOptions::default(), SystemClock::shared()).unwrap(),
+    );
+    let mut s = settings();
+    s.threads = 3;
+    s.max_connections = 4;
+    let l = Listener::bind(s, "mx.test".into()).await.unwrap();
+    let port = l.local_addrs()[0].port();
+    let stats = l.stats();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(l.serve(spool, stop.clone()));
+
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (r, mut w) = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap()
+            .into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"EHLO c\r\n").await.unwrap();
+        let got = replies(&mut r, 2).await;
+        assert!(
+            got[0].starts_with("220 ") && got[1].starts_with("250 "),
+            "{got:?}"
+        );
+        held.push((r, w));
+    }
+    let (r, _w) = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = BufReader::new(r);
+    let got = replies(&mut r, 2).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "one reply, then the connection closes: {got:?}"
+    );
+    assert!(got[0].starts_with("421 4.3.2 "), "{got:?}");
+    assert_eq!(stats.over_cap.load(std::sync::atomic::Ordering::Relaxed), 1);
+    stop.cancel();
+    for (r, _w) in &mut held {
+        let got = replies(r, 1).await;
+        assert!(got[0].starts_with("421 4.3.2 "), "{got:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("serve returns after a stop")
+        .unwrap();
 }

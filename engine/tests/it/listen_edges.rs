@@ -35,6 +35,24 @@ async fn replies(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, n: usize) ->
     out
 }
 
+/// A client connected to `port` that said EHLO: its halves and the greeting and EHLO replies.
+async fn ehlo(
+    port: u16,
+) -> (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+    Vec<String>,
+) {
+    let (r, mut w) = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(b"EHLO c\r\n").await.unwrap();
+    let got = replies(&mut r, 2).await;
+    (r, w, got)
+}
+
 async fn transaction(port: u16, body_kb: usize) -> Vec<String> {
     let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (r, mut w) = s.into_split();
@@ -110,18 +128,41 @@ async fn a_full_disk_gets_451_and_nothing_stored_then_250_once_space_returns() {
     serving.await.unwrap();
 }
 
+/// A listener of `s` serving a SQLite spool in `dir`.
+struct Served {
+    port: u16,
+    stats: Arc<smtpw_engine::listen::ListenStats>,
+    stop: CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+async fn serve_in(dir: &std::path::Path, s: ListenSettings) -> Served {
+    let spool =
+        Arc::new(SqliteSpool::open(dir, SpoolOptions::default(), SystemClock::shared()).unwrap());
+    let l = Listener::bind(s, "mx.test".into()).await.unwrap();
+    let port = l.local_addrs()[0].port();
+    let stats = l.stats();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(l.serve(spool, stop.clone()));
+    Served {
+        port,
+        stats,
+        stop,
+        serving,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_client_gets_421_and_a_stop_tells_connected_clients_421() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(
-        SqliteSpool::open(dir.path(), SpoolOptions::default(), SystemClock::shared()).unwrap(),
-    );
     let mut s = settings();
     s.idle_timeout = Duration::from_millis(300);
-    let l = Listener::bind(s, "mx.test".into()).await.unwrap();
-    let port = l.local_addrs()[0].port();
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(l.serve(spool, stop.clone()));
+    let Served {
+        port,
+        stop,
+        serving,
+        ..
+    } = serve_in(dir.path(), s).await;
 
     let (r, _w) = TcpStream::connect(("127.0.0.1", port))
         .await
@@ -140,13 +181,8 @@ async fn an_idle_client_gets_421_and_a_stop_tells_connected_clients_421() {
         t0.elapsed()
     );
 
-    let (r, mut w) = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap()
-        .into_split();
-    let mut r = BufReader::new(r);
-    w.write_all(b"EHLO c\r\n").await.unwrap();
-    assert_eq!(replies(&mut r, 2).await.len(), 2);
+    let (mut r, _w, got) = ehlo(port).await;
+    assert_eq!(got.len(), 2);
     stop.cancel();
     let got = replies(&mut r, 2).await;
     assert!(got[0].starts_with("421 4.3.2 "), "{got:?}");
@@ -216,27 +252,19 @@ async fn a_line_over_998_bytes_is_stored_folded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_cap_holds_across_listener_threads_and_a_stop_ends_them_all() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(
-        SqliteSpool::open(dir.path(), SpoolOptions::default(), SystemClock::shared()).unwrap(),
-    );
     let mut s = settings();
     s.threads = 3;
     s.max_connections = 4;
-    let l = Listener::bind(s, "mx.test".into()).await.unwrap();
-    let port = l.local_addrs()[0].port();
-    let stats = l.stats();
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(l.serve(spool, stop.clone()));
+    let Served {
+        port,
+        stats,
+        stop,
+        serving,
+    } = serve_in(dir.path(), s).await;
 
     let mut held = Vec::new();
     for _ in 0..4 {
-        let (r, mut w) = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap()
-            .into_split();
-        let mut r = BufReader::new(r);
-        w.write_all(b"EHLO c\r\n").await.unwrap();
-        let got = replies(&mut r, 2).await;
+        let (r, w, got) = ehlo(port).await;
         assert!(
             got[0].starts_with("220 ") && got[1].starts_with("250 "),
             "{got:?}"

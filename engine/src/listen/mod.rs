@@ -181,9 +181,19 @@ impl Listener {
                 .name(format!("smtpw-listen-{i}"))
                 .spawn(move || {
                     crate::spool::mark_own_loop();
-                    rt.block_on(work);
-                    // Its connections' tasks are all done; the loop goes before the answer.
-                    drop(rt);
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        rt.block_on(work);
+                        // Its connections' tasks are all done; the loop goes before the answer.
+                        drop(rt);
+                    }));
+                    if served.is_err() {
+                        // A bug: said loudly, when it happens. The other threads, and the
+                        // engine, go on.
+                        tracing::error!(
+                            thread = i,
+                            "a listener thread stopped unexpectedly (a panic); it takes no more connections"
+                        );
+                    }
                     let _ = tx.send(());
                 });
             match spawned {
@@ -198,7 +208,7 @@ impl Listener {
         }
         drop(std_sockets);
         for rx in done {
-            // An error: the thread ended without answering (a panic); nothing to wait for.
+            // An error: the thread is gone without answering; nothing to wait for.
             let _ = rx.await;
         }
     }
@@ -233,7 +243,12 @@ async fn serve_sockets<S: Spool>(
             shutdown.clone(),
         ));
     }
-    while accepts.join_next().await.is_some() {}
+    while let Some(r) = accepts.join_next().await {
+        if r.is_err_and(|e| e.is_panic()) {
+            // A bug: said loudly, when it happens.
+            tracing::error!("an SMTP listener's accept loop stopped unexpectedly (a panic); its address takes no more connections on this thread");
+        }
+    }
 }
 
 async fn accept_loop<S: Spool>(

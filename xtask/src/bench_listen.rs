@@ -6,7 +6,10 @@
 //!   the listener works): every 250 follows the job's commit; after the run the spool must hold
 //!   every message (checked with `smtpw queue --json`);
 //! - `ingest-smtp-pipelined`: our own pipelining client (each connection writes 50 whole
-//!   transactions at a time, then reads their replies) -> `smtpw run --listen`.
+//!   transactions at a time, then reads their replies) -> `smtpw run --listen`;
+//! - `ingest-deliver`: the same smtp-source -> `smtpw run --listen` whose engine delivers what
+//!   it accepts to smtp-sink at the same time (10 workers, MAXBSMTP=100): messages/s accepted,
+//!   and the time until the ledger holds every delivery (each counted once, or the run fails).
 //!
 //! With `--baseline SMTPW`, that binary's `ingest-smtp` and pipelined runs alternate with the
 //! current one's (before/after figures in one run).
@@ -52,12 +55,21 @@ fn cells() -> [Cell; 2] {
 
 /// `smtpw run --listen` on a fresh spool, no relay: the listener alone.
 fn start_listener(smtpw: &Path, dir: &Path) -> anyhow::Result<(Guard, u16)> {
+    // A relay nobody listens on (port 1: refused at once, then backed off): the listener is
+    // measured alone, not competing with deliveries.
+    start_listener_with(
+        smtpw,
+        dir,
+        "NODE=BENCH.EXAMPLE\r\nSMTP_FORWARD=127.0.0.1:1\r\n",
+    )
+}
+
+/// `smtpw run --listen` on a fresh spool in `dir`, with `site_cfg` and the ledger `dir/ledger`.
+fn start_listener_with(smtpw: &Path, dir: &Path, site_cfg: &str) -> anyhow::Result<(Guard, u16)> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let cfg = dir.join("SITE.CFG");
-    // A relay nobody listens on (port 1: refused at once, then backed off): the listener is
-    // measured alone, not competing with deliveries.
-    std::fs::write(&cfg, "NODE=BENCH.EXAMPLE\r\nSMTP_FORWARD=127.0.0.1:1\r\n")?;
+    std::fs::write(&cfg, site_cfg)?;
     let port = free_port()?;
     let mut c = Command::new(smtpw);
     c.arg("run")
@@ -65,6 +77,8 @@ fn start_listener(smtpw: &Path, dir: &Path) -> anyhow::Result<(Guard, u16)> {
         .arg(&cfg)
         .arg("--spool")
         .arg(dir.join("spool"))
+        .arg("--ledger")
+        .arg(dir.join("ledger"))
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "error")
@@ -272,6 +286,76 @@ fn pipelined_run(smtpw: &Path, dir: &Path, cell: Cell, f: &mut Figures) -> anyho
     Ok(())
 }
 
+/// Deliveries the ledger at `path` holds, read from `*offset` on (advanced past whole lines).
+fn delivered_since(path: &Path, offset: &mut u64, count: &mut u64) -> std::io::Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    f.seek(SeekFrom::Start(*offset))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let text = String::from_utf8_lossy(&buf[..whole]);
+    *count += text.matches("\"outcome\":\"delivered\"").count() as u64;
+    *offset += whole as u64;
+    Ok(())
+}
+
+/// smtp-source into `smtpw run --listen` while its engine delivers what it accepts to
+/// smtp-sink (10 workers, MAXBSMTP=100): messages/s accepted and CPU per message into
+/// `accepted`, seconds from the first message to the last delivery in the ledger into `all`.
+fn deliver_run(
+    tools: &Tools,
+    smtpw: &Path,
+    dir: &Path,
+    cell: Cell,
+    accepted: &mut Figures,
+    all: &mut Vec<f64>,
+) -> anyhow::Result<()> {
+    let (sink, sink_port) = start_sink(tools)?;
+    let (guard, port) = start_listener_with(
+        smtpw,
+        dir,
+        &format!(
+            "NODE=BENCH.EXAMPLE\r\nSMTP_FORWARD_1={CONNECTIONS}*127.0.0.1:{sink_port}\r\nMAXBSMTP=100\r\n"
+        ),
+    )?;
+    let cpu0 = cpu_secs(pid_of(&guard));
+    let t0 = Instant::now();
+    let s = run_source(tools, port, &cell)?;
+    let (mut offset, mut count) = (0, 0);
+    let want = cell.recipients();
+    while count < want {
+        if t0.elapsed() > crate::bench::RUN_LIMIT {
+            bail!(
+                "ingest-deliver r{} ({}): {count} of {want} deliveries in the ledger after {:?}",
+                cell.rcpts,
+                smtpw.display(),
+                crate::bench::RUN_LIMIT
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        delivered_since(&dir.join("ledger"), &mut offset, &mut count)?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid_of(&guard)) - cpu0;
+    drop(guard);
+    drop(sink);
+    if count != want {
+        bail!(
+            "ingest-deliver r{} ({}): {count} deliveries in the ledger for {want} recipients",
+            cell.rcpts,
+            smtpw.display()
+        );
+    }
+    accepted.push(cell.messages, s.secs, cpu);
+    all.push(secs);
+    Ok(())
+}
+
 /// Run the ingest-smtp cells and append their section to `md`; with `baseline`, that smtpw
 /// binary too (alternating with the current one), for before/after figures.
 pub(crate) fn ingest_smtp(
@@ -305,10 +389,14 @@ pub(crate) fn ingest_smtp(
         },
         if baseline.is_some() { "---:|---:|---:|" } else { "" },
     );
+    // The second table: accepting while delivering (`ingest-deliver`).
+    let mut deliver_md = String::new();
     for cell in cells() {
         let (mut phys, mut smtp, mut pipe) =
             (Figures::default(), Figures::default(), Figures::default());
         let (mut base, mut base_pipe) = (Figures::default(), Figures::default());
+        let (mut deliv, mut base_deliv) = (Figures::default(), Figures::default());
+        let (mut deliv_all, mut base_deliv_all) = (Vec::new(), Vec::new());
         let mut check = String::new();
         let dir = work.join(format!("ingest-smtp-r{}", cell.rcpts));
         for run in 0..runs {
@@ -326,6 +414,10 @@ pub(crate) fn ingest_smtp(
             pipelined_run(smtpw, &dir, cell, &mut pipe)?;
             if let Some(b) = baseline {
                 pipelined_run(b, &dir, cell, &mut base_pipe)?;
+            }
+            deliver_run(tools, smtpw, &dir, cell, &mut deliv, &mut deliv_all)?;
+            if let Some(b) = baseline {
+                deliver_run(tools, b, &dir, cell, &mut base_deliv, &mut base_deliv_all)?;
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -366,6 +458,43 @@ pub(crate) fn ingest_smtp(
                 base_pipe.show()
             );
         }
+        let mut line = format!(
+            "| {} | {} | {} | {:.2} s |",
+            cell.rcpts,
+            cell.messages,
+            deliv.show(),
+            median(&mut deliv_all)
+        );
+        if baseline.is_some() {
+            let _ = write!(
+                line,
+                " {} | {:.2} s |",
+                base_deliv.show(),
+                median(&mut base_deliv_all)
+            );
+        }
+        let _ = writeln!(deliver_md, "{line}");
+        eprintln!(
+            "  ingest-deliver r{}: accepted {}, all delivered in {:.2} s",
+            cell.rcpts,
+            deliv.show(),
+            median(&mut deliv_all)
+        );
     }
+    let _ = writeln!(
+        md,
+        "\nAccepting and delivering at once (`ingest-deliver`): the same smtp-source -> `smtpw run \
+         --listen`, whose engine delivers what it accepts to smtp-sink ({CONNECTIONS} workers, \
+         MAXBSMTP=100, a ledger). Messages/s accepted (as above, CPU per message in parentheses), \
+         and the time from the first message to the ledger's last delivery (median).\n\n\
+         | recipients/msg | msgs | accepted msgs/s | all delivered |{}\n\
+         |---:|---:|---:|---:|{}\n{deliver_md}",
+        if baseline.is_some() {
+            " baseline accepted msgs/s | baseline all delivered |"
+        } else {
+            ""
+        },
+        if baseline.is_some() { "---:|---:|" } else { "" },
+    );
     Ok(())
 }

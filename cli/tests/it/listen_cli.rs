@@ -343,11 +343,16 @@ fn thread_names(pid: u32) -> Vec<String> {
 #[test]
 fn three_listener_threads_serve_concurrent_clients_and_every_message_is_delivered_once() {
     let site = start_with("threads = 3\n");
-    let mut names = thread_names(site.kid.pid());
-    names.retain(|n| n.starts_with("smtpw-listen-"));
-    names.sort();
+    // The port takes connections from its bind on; the threads start a moment later.
+    let listeners = || {
+        let mut names = thread_names(site.kid.pid());
+        names.retain(|n| n.starts_with("smtpw-listen-"));
+        names.sort();
+        names
+    };
+    wait_until(Duration::from_secs(10), || listeners().len() >= 3);
     assert_eq!(
-        names,
+        listeners(),
         ["smtpw-listen-0", "smtpw-listen-1", "smtpw-listen-2"],
         "the listener's threads"
     );

@@ -69,6 +69,18 @@ impl Node {
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Wait (at most 120 s) for `kid`, this node's `what`, to end, and require exit 0.
+    fn wait_done(&self, kid: &mut Kid, what: &str) {
+        let status = kid
+            .wait_for(Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("{what} did not finish in 120 s; log:\n{}", self.log_text()));
+        assert!(
+            status.success(),
+            "{what}: exit {status}; log:\n{}",
+            self.log_text()
+        );
+    }
 }
 
 fn queue(url: &str) -> serde_json::Value {
@@ -129,10 +141,7 @@ fn one_node_delivers_a_job_to_the_mock_exactly_once() {
     let all = recipients(3_000);
     SMTPW.submit(root.path(), &node.dir, &all);
     let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
-    let status = kid
-        .wait_for(Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("the run did not finish in 120 s; log:\n{}", node.log_text()));
-    assert!(status.success(), "exit {status}; log:\n{}", node.log_text());
+    node.wait_done(&mut kid, "the run");
     assert!(mock.wait_idle(Duration::from_secs(10)));
     let got = received(&mock);
     assert_eq!(got.len(), all.len(), "recipients received at the mock");
@@ -208,13 +217,7 @@ fn sigkill_of_a_node_mid_run_loses_nothing() {
     // The restart (same name) takes its claimed copies back at once: no wait for node_timeout.
     let t_restart = Instant::now();
     let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
-    let status = kid.wait_for(Duration::from_secs(120)).unwrap_or_else(|| {
-        panic!(
-            "the restart did not finish in 120 s; log:\n{}",
-            node.log_text()
-        )
-    });
-    assert!(status.success(), "exit {status}; log:\n{}", node.log_text());
+    node.wait_done(&mut kid, "the restart");
     let restart = t_restart.elapsed();
     assert!(mock.wait_idle(Duration::from_secs(10)));
     let got = received(&mock);
@@ -547,10 +550,7 @@ fn the_cluster_rate_limit_holds_across_two_nodes() {
     let mut ka = Kid::spawn(a.run_cmd(&url, Some(&toml), true), "smtpw run A");
     let mut kb = Kid::spawn(b.run_cmd(&url, Some(&toml), true), "smtpw run B");
     for (k, n) in [(&mut ka, &a), (&mut kb, &b)] {
-        let st = k
-            .wait_for(Duration::from_secs(120))
-            .unwrap_or_else(|| panic!("not done in 120 s; log:\n{}", n.log_text()));
-        assert!(st.success(), "exit {st}; log:\n{}", n.log_text());
+        n.wait_done(k, "the run");
     }
     let (ja, jb) = (ma.mta.journal(), mb.mta.journal());
     let pa = all_points(std::slice::from_ref(&ja));
@@ -629,10 +629,7 @@ fn spool_copy_moves_queued_work_without_loss_or_repeats() {
     let mock = LoopbackMock::start(MockConfig::iis());
     let node = Node::new(root.path(), "N1.EXAMPLE.ORG", mock.port, 4, 100, "");
     let mut kid = Kid::spawn(node.run_cmd(&url, None, true), "smtpw run");
-    let st = kid
-        .wait_for(Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("not done; log:\n{}", node.log_text()));
-    assert!(st.success(), "{}", node.log_text());
+    node.wait_done(&mut kid, "the run");
     let got = received(&mock);
     assert_eq!(got.len(), all.len());
     assert!(
@@ -723,10 +720,7 @@ fn deferred_copies_at_the_front_are_not_walked_past_and_are_delivered_once_due()
         std::thread::sleep(Duration::from_millis(100));
     }
     let before = received(&mock).len() as u64;
-    let status = kid
-        .wait_for(Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("the run did not finish in 120 s; log:\n{}", node.log_text()));
-    assert!(status.success(), "exit {status}; log:\n{}", node.log_text());
+    node.wait_done(&mut kid, "the run");
     assert!(mock.wait_idle(Duration::from_secs(10)));
     let got = received(&mock);
     println!(

@@ -606,6 +606,11 @@ pub(crate) fn delivered_secs(
         .min(wall))
 }
 
+/// Whether a ledger line records a delivered recipient.
+pub(crate) fn is_delivered(line: &str) -> bool {
+    line.contains("\"outcome\":\"delivered\"")
+}
+
 /// Count the ledger's lines and those of delivered recipients.
 fn ledger_counts(path: &Path) -> anyhow::Result<(u64, u64)> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -613,7 +618,7 @@ fn ledger_counts(path: &Path) -> anyhow::Result<(u64, u64)> {
     for l in BufReader::with_capacity(1 << 20, f).lines() {
         let l = l?;
         lines += 1;
-        if l.contains("\"delivered\"") {
+        if is_delivered(&l) {
             delivered += 1;
         }
     }

@@ -299,7 +299,10 @@ fn delivered_since(path: &Path, offset: &mut u64, count: &mut u64) -> std::io::R
     f.read_to_end(&mut buf)?;
     let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let text = String::from_utf8_lossy(&buf[..whole]);
-    *count += text.matches("\"outcome\":\"delivered\"").count() as u64;
+    *count += text
+        .lines()
+        .filter(|l| crate::bench::is_delivered(l))
+        .count() as u64;
     *offset += whole as u64;
     Ok(())
 }

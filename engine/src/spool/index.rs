@@ -32,6 +32,9 @@ pub(super) struct InFlight {
     pub(super) n: usize,
     pub(super) attempts: u32,
     pub(super) job_created: Timestamp,
+    /// It holds every recipient of its job (so it is the job's only copy, and no recipient of
+    /// the job has an outcome yet): once it is done, so is the job.
+    pub(super) whole_job: bool,
     /// Its outcomes are on their way to the writer: it was sent, so it is never given back.
     pub(super) completing: bool,
 }
@@ -416,6 +419,7 @@ mod tests {
             n: 1,
             attempts: 0,
             job_created: Timestamp::UNIX_EPOCH,
+            whole_job: true,
             completing: false,
         }
     }

@@ -16,7 +16,7 @@ use crate::net::{BoxFuture, Connector};
 use crate::ratelimit::RateLimiter;
 use crate::route::{route, Via};
 use crate::smtp::{Client, ClientConfig, ConnectError, DataGate, Message, Reply};
-use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool};
+use crate::spool::{ClaimedCopy, CopyResult, Outcome, RcptOutcome, Spool, SpoolError};
 
 /// Back-off for an unreachable host with no failover (WRK-6): 30 s doubling to 15 min.
 pub const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_secs(30);
@@ -541,14 +541,14 @@ enum Attempt {
 /// waiting for these pools. Then the worker waits out its back-off (30 s doubling to 15 min)
 /// before the next try.
 #[allow(clippy::too_many_arguments)]
-async fn connect_or_back_off<S: Spool>(
-    ctx: &WorkerContext<S>,
+async fn connect_or_back_off<'c, S: Spool>(
+    ctx: &'c WorkerContext<S>,
     role: &Role,
     name: &str,
     targets: &[HostPort],
     pools: PoolSet,
     copy: Option<&ClaimedCopy>,
-    pending: &mut Completions,
+    pending: &mut Completions<'c>,
     backoff: &mut Duration,
     slot: usize,
 ) -> Attempt {
@@ -609,13 +609,13 @@ async fn connect_or_back_off<S: Spool>(
 /// (oldest first, until one that has not, which goes back untouched), each with every recipient
 /// deferred by `reason`: the spool fails them as expired. Without this sweep a backlog behind an
 /// unreachable host would expire one copy per back-off. Returns the copies completed.
-async fn expire_unreachable<S: Spool>(
-    ctx: &WorkerContext<S>,
+async fn expire_unreachable<'c, S: Spool>(
+    ctx: &'c WorkerContext<S>,
     name: &str,
     pools: PoolSet,
     first: &ClaimedCopy,
     reason: &Reply,
-    pending: &mut Completions,
+    pending: &mut Completions<'c>,
 ) -> u64 {
     let complete = |c: &ClaimedCopy| {
         ctx.stats.copies.fetch_add(1, Ordering::Relaxed);
@@ -720,28 +720,44 @@ fn outstanding_rcpts<S: Spool>(ctx: &WorkerContext<S>) -> usize {
     COMPLETIONS_OUTSTANDING * ctx.max_bsmtp.max(1)
 }
 
-/// Outcomes being made durable for one worker, oldest first: each task records a group of
-/// copies (one [`Spool::complete_many`]), and counts them (copies, recipients).
+/// Outcomes being made durable for one worker, oldest first: each is a group of copies handed to
+/// the spool together (one [`Spool::complete_many`]), with its copies' ids, and counts them
+/// (copies, recipients).
 #[derive(Default)]
-struct Completions {
-    tasks: VecDeque<(tokio::task::JoinHandle<()>, usize, usize)>,
-    /// Copies in `tasks`.
+struct Completions<'c> {
+    groups: VecDeque<Recording<'c>>,
+    /// Copies in `groups`.
     copies: usize,
-    /// Recipients in `tasks`.
+    /// Recipients in `groups`.
     rcpts: usize,
 }
 
-impl Completions {
+/// A group of outcomes the spool is recording: the answer to come, the copies' ids (in the
+/// answer's order), how many copies and recipients.
+type Recording<'c> = (
+    BoxFuture<'c, Vec<Result<(), SpoolError>>>,
+    Vec<i64>,
+    usize,
+    usize,
+);
+
+impl<'c> Completions<'c> {
     fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.groups.is_empty()
     }
 
-    /// Start recording a group of copies' outcomes (one request to the spool), after waiting
-    /// for the oldest outstanding completions while more than `limit` recipients would be
-    /// under way ([`outstanding_rcpts`]; a group alone may be larger).
+    /// Hand a group of copies' outcomes to the spool (one request), after waiting for the
+    /// oldest outstanding completions while more than `limit` recipients would be under way
+    /// ([`outstanding_rcpts`]; a group alone may be larger).
+    ///
+    /// The spool's future is polled once here, which hands the outcomes to its writer (both
+    /// spools send them at the first poll), and then only when the answer is needed
+    /// ([`Completions::wait_oldest`]). That first poll's waker wakes nobody: the writer's answer
+    /// waits in the future without waking the worker. Before, each group was a task of its own
+    /// (a spawn, two polls and a wake-up per single-recipient copy).
     async fn push<S: Spool>(
         &mut self,
-        ctx: &WorkerContext<S>,
+        ctx: &'c WorkerContext<S>,
         name: &str,
         results: Vec<(i64, CopyResult)>,
         limit: usize,
@@ -751,28 +767,19 @@ impl Completions {
         }
         let n = results.len();
         let k: usize = results.iter().map(|(_, r)| r.rcpts.len()).sum();
-        while !self.tasks.is_empty() && self.rcpts + k > limit.max(1) {
+        while !self.groups.is_empty() && self.rcpts + k > limit.max(1) {
             self.wait_oldest(ctx, name).await;
         }
-        let spool = ctx.spool.clone();
-        let worker = name.to_string();
+        let ids: Vec<i64> = results.iter().map(|(id, _)| *id).collect();
+        let mut answer: BoxFuture<'c, _> = Box::pin(ctx.spool.complete_many(results));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(results) = answer.as_mut().poll(&mut cx) {
+            report(name, &ids, results);
+            return;
+        }
         self.copies += n;
         self.rcpts += k;
-        self.tasks.push_back((
-            tokio::spawn(async move {
-                let ids: Vec<i64> = results.iter().map(|(id, _)| *id).collect();
-                // The spool keeps and retries outcomes it cannot record yet (a full disk), so
-                // what comes back here cannot be retried: a copy not claimed, a wrong count, a
-                // spool that stopped.
-                for (copy_id, r) in ids.into_iter().zip(spool.complete_many(results).await) {
-                    if let Err(e) = r {
-                        error!(worker = %worker, copy = copy_id, error = %e, "recording the outcome failed");
-                    }
-                }
-            }),
-            n,
-            k,
-        ));
+        self.groups.push_back((answer, ids, n, k));
     }
 
     /// Wait for the oldest outstanding completion. Once the drain deadline has passed and the
@@ -788,24 +795,23 @@ impl Completions {
                     ctx.stats.unrecorded_at_stop.fetch_add(n, Ordering::Relaxed);
                     error!(worker = %name, copies = n, error = %why,
                         "drain deadline: outcomes the spool cannot record are given up; the next run repeats these copies");
-                    self.tasks.clear();
+                    self.groups.clear();
                     self.copies = 0;
                     self.rcpts = 0;
                     return;
                 }
             }
-            let Some((oldest, n, k)) = self.tasks.front_mut() else {
+            let Some((oldest, _, n, k)) = self.groups.front_mut() else {
                 return;
             };
             let (n, k) = (*n, *k);
             tokio::select! {
-                done = oldest => {
-                    self.tasks.pop_front();
+                results = oldest => {
+                    if let Some((_, ids, _, _)) = self.groups.pop_front() {
+                        report(name, &ids, results);
+                    }
                     self.copies -= n;
                     self.rcpts -= k;
-                    if let Err(e) = done {
-                        error!(worker = %name, error = %e, "recording the outcome failed");
-                    }
                     return;
                 }
                 () = ctx.cutoff.cancelled(), if !ctx.cutoff.is_cancelled() => {}
@@ -819,8 +825,19 @@ impl Completions {
     /// Wait for every outstanding completion (see [`Completions::wait_oldest`] for the one
     /// exception at a stop).
     async fn drain<S: Spool>(&mut self, ctx: &WorkerContext<S>, name: &str) {
-        while !self.tasks.is_empty() {
+        while !self.groups.is_empty() {
             self.wait_oldest(ctx, name).await;
+        }
+    }
+}
+
+/// Log the copies of a group whose outcomes the spool could not record. The spool keeps and
+/// retries outcomes it cannot record yet (a full disk), so what comes back here cannot be
+/// retried: a copy not claimed, a wrong count, a spool that stopped.
+fn report(name: &str, ids: &[i64], results: Vec<Result<(), SpoolError>>) {
+    for (copy_id, r) in ids.iter().zip(results) {
+        if let Err(e) = r {
+            error!(worker = %name, copy = copy_id, error = %e, "recording the outcome failed");
         }
     }
 }
@@ -835,13 +852,13 @@ impl Completions {
 /// completions are outstanding (the next group's recording waits for the oldest), and the batch
 /// holds at most MAXBSMTP recipients, so a worker holds at most `(COMPLETIONS_OUTSTANDING + 1)
 /// x MAXBSMTP` recipients in flight.
-async fn deliver<S: Spool>(
-    ctx: &WorkerContext<S>,
+async fn deliver<'c, S: Spool>(
+    ctx: &'c WorkerContext<S>,
     name: &str,
     o: &mut Open,
     copies: Vec<ClaimedCopy>,
     limited: bool,
-    pending: &mut Completions,
+    pending: &mut Completions<'c>,
 ) -> bool {
     let gates: Vec<PoolGate<'_>> = copies
         .iter()

@@ -80,11 +80,11 @@ fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupE
     Ok(certs)
 }
 
-/// A rustls client configuration for one relay's settings.
-pub fn client_config(
-    mode: TlsMode,
+/// The strict verifier for the system's trust anchors and those of `ca_file`: `None` when there
+/// are none at all.
+fn strict_verifier(
     ca_file: Option<&Path>,
-) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+) -> Result<Option<Arc<WebPkiServerVerifier>>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     let (_, bad) = roots.add_parsable_certificates(system_roots().iter().cloned());
     if bad > 0 {
@@ -101,32 +101,45 @@ pub fn client_config(
             })?;
         }
     }
-    let strict: Option<Arc<WebPkiServerVerifier>> = if roots.is_empty() {
-        None
-    } else {
-        Some(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| TlsSetupError::Rustls(e.to_string()))?,
-        )
-    };
+    if roots.is_empty() {
+        return Ok(None);
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map(Some)
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))
+}
+
+/// A rustls client configuration for one relay's settings.
+pub fn client_config(
+    mode: TlsMode,
+    ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
-    let cfg = match (mode, strict) {
-        (TlsMode::Required | TlsMode::Implicit, Some(v)) => {
-            builder.with_webpki_verifier(v).with_no_client_auth()
+    let cfg = match mode {
+        TlsMode::Required | TlsMode::Implicit => match strict_verifier(ca_file)? {
+            Some(v) => builder.with_webpki_verifier(v).with_no_client_auth(),
+            None => return Err(TlsSetupError::NoAnchors(mode.as_str())),
+        },
+        TlsMode::None | TlsMode::Opportunistic => {
+            // With a ca_file, the anchors are read now: a file that cannot be read is this
+            // relay's set-up error. Without one, they are loaded at the first certificate to
+            // verify: the system's store costs milliseconds of every start, and a relay that
+            // never offers STARTTLS never needs it.
+            let strict = OnceLock::new();
+            if ca_file.is_some() {
+                let _ = strict.set(strict_verifier(ca_file)?);
+            }
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(LogOnFailure {
+                    strict,
+                    provider: provider(),
+                }))
+                .with_no_client_auth()
         }
-        (TlsMode::Required | TlsMode::Implicit, None) => {
-            return Err(TlsSetupError::NoAnchors(mode.as_str()))
-        }
-        (TlsMode::None | TlsMode::Opportunistic, strict) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(LogOnFailure {
-                strict,
-                provider: provider(),
-            }))
-            .with_no_client_auth(),
     };
     Ok(Arc::new(cfg))
 }
@@ -134,7 +147,8 @@ pub fn client_config(
 /// Opportunistic TLS: verify as strictly as `required` does, log a failure, accept anyway.
 #[derive(Debug)]
 struct LogOnFailure {
-    strict: Option<Arc<WebPkiServerVerifier>>,
+    /// The strict verifier, once built (`None` inside: no anchors to verify with).
+    strict: OnceLock<Option<Arc<WebPkiServerVerifier>>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -147,7 +161,12 @@ impl ServerCertVerifier for LogOnFailure {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let why = match &self.strict {
+        // Only the system's anchors can be missing here (a ca_file's were read with the
+        // client), and reading them does not fail: an unreadable store is an empty one.
+        let strict = self
+            .strict
+            .get_or_init(|| strict_verifier(None).ok().flatten());
+        let why = match strict {
             Some(v) => match v.verify_server_cert(
                 end_entity,
                 intermediates,

@@ -526,6 +526,11 @@ pub trait Spool: Send + Sync + 'static {
     /// all of them are durable, with one result per copy in the order given. A spool records
     /// them as one request to its writer (one group commit, one answer); this default runs the
     /// `complete`s together.
+    ///
+    /// A worker polls the future once as it hands the outcomes over, with a waker that wakes
+    /// nobody, and then only when it needs the answer (at its bound of outstanding completions,
+    /// and before it stops): a spool should hand the outcomes to its writer at the first poll,
+    /// as both spools do, and only wait for the answer after that.
     fn complete_many(
         &self,
         results: Vec<(i64, CopyResult)>,

@@ -417,6 +417,7 @@ impl SqliteSpool {
                     for id in ids {
                         idx.abort_claim(*id);
                     }
+                    idx.forget_read_ahead(&more);
                     return Err(e);
                 }
             };
@@ -895,8 +896,13 @@ impl SqliteSpool {
         if more.is_empty() {
             return Ok(());
         }
-        let rows = self.read_copies(&[], &more)?;
-        self.keep_read_ahead(&more, rows, read_at);
+        match self.read_copies(&[], &more) {
+            Ok(rows) => self.keep_read_ahead(&more, rows, read_at),
+            Err(e) => {
+                lock(&self.shared().index).forget_read_ahead(&more);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -916,7 +922,7 @@ impl SqliteSpool {
             .zip(rows)
             .filter_map(|(id, r)| r.map(|(f, _)| (*id, f)))
             .collect();
-        lock(&self.shared().index).store_prefetched(rows, read_at);
+        lock(&self.shared().index).store_prefetched(ids, rows, read_at);
     }
 
     fn flush_now(&self, pools: PoolSet) -> Result<u64, SpoolError> {

@@ -47,9 +47,11 @@ impl<'m> DotStuffer<'m> {
                 out.push(b'.');
             }
             let rest = &self.msg[self.pos..];
-            let line_len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
             let room = goal.saturating_sub(out.len()).max(1);
-            let take = line_len.min(room);
+            let window = &rest[..rest.len().min(room)];
+            // Up to the next line that starts with a dot (one vectorised search for "\n."
+            // instead of one per line: most lines have none), or to the chunk's end.
+            let take = memchr::memmem::find(window, b"\n.").map_or(window.len(), |i| i + 1);
             out.extend_from_slice(&rest[..take]);
             self.pos += take;
             self.line_start = rest[take - 1] == b'\n';
@@ -131,7 +133,38 @@ mod tests {
         assert_eq!(dot_unstuff(&all).unwrap(), msg);
     }
 
+    /// Dot-stuffing byte by byte, as RFC 5321 4.5.2 says it: a dot that starts a line gets
+    /// another in front of it.
+    fn stuff_by_bytes(msg: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line_start = true;
+        for &b in msg {
+            if line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            line_start = b == b'\n';
+        }
+        if !out.is_empty() && !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
     proptest! {
+        #[test]
+        fn stuffing_matches_the_rule_byte_by_byte(
+            parts in proptest::collection::vec(prop_oneof!["\\.", "\r\n", "\n", "\r", "[a-z. ]{0,5}", "[a-z]{60,90}\r\n"], 0..60),
+            chunk in 1usize..200,
+        ) {
+            let msg: Vec<u8> = parts.concat().into_bytes();
+            let mut s = DotStuffer::new(&msg);
+            let mut wire = Vec::new();
+            while s.fill(&mut wire, chunk) {}
+            prop_assert_eq!(wire, stuff_by_bytes(&msg));
+        }
+
         #[test]
         fn stuff_unstuff_roundtrip(
             parts in proptest::collection::vec(prop_oneof!["\\.", "\r\n", "\n", "\r", "[a-z. ]{0,5}"], 0..40),

@@ -124,6 +124,17 @@ impl Index {
         Some((id, p))
     }
 
+    /// Take copy `id` of pool `p`, which [`Index::next_claimable`] just named (nothing else
+    /// changed the index since), for a claim, as [`Index::begin_claim`] would have; false if it
+    /// is not claimable.
+    pub(super) fn begin_claim_next(&mut self, id: i64, p: Pool) -> bool {
+        if !self.ready[p.index()].remove(&id) {
+            return false;
+        }
+        self.claiming.insert(id, p);
+        true
+    }
+
     /// The copy [`Index::begin_claim`] would take now, left where it is.
     pub(super) fn next_claimable(&mut self, pools: PoolSet, now: i64) -> Option<(i64, Pool)> {
         self.promote(pools, now);

@@ -831,7 +831,7 @@ impl SqliteSpool {
                 let mut end = End::Taken;
                 while ids.len() < want {
                     if budgeted {
-                        let Some((id, _)) = idx.next_claimable(pools, now) else {
+                        let Some((id, pool)) = idx.next_claimable(pools, now) else {
                             end = End::Empty;
                             break;
                         };
@@ -846,6 +846,14 @@ impl SqliteSpool {
                                 break;
                             }
                         }
+                        // The copy just looked at, taken without looking again (under the same
+                        // lock, so it is still there).
+                        if !idx.begin_claim_next(id, pool) {
+                            end = End::Empty;
+                            break;
+                        }
+                        ids.push(id);
+                        continue;
                     }
                     match idx.begin_claim(pools, now) {
                         Some((id, _)) => ids.push(id),

@@ -1736,6 +1736,18 @@ mod tests {
         }
     }
 
+    /// A copy of two recipients: the first delivered, the second deferred.
+    fn delivered_and_deferred() -> CopyResult {
+        CopyResult {
+            relay: None,
+            tls: None,
+            rcpts: vec![
+                rcpt(Outcome::Delivered, "250 ok"),
+                rcpt(Outcome::Deferred, "451 later"),
+            ],
+        }
+    }
+
     /// A spool of single-recipient copies: `jobs[i]` recipients in the pool `pools[i]` (a
     /// letter's index), one job each, submitted in that order.
     fn spool_with(dir: &Path, jobs: &[(usize, usize)]) -> SqliteSpool {
@@ -1798,17 +1810,7 @@ mod tests {
         let r = spool
             .complete_many(vec![
                 (ids[0], delivered(1)),
-                (
-                    ids[3],
-                    CopyResult {
-                        relay: None,
-                        tls: None,
-                        rcpts: vec![
-                            rcpt(Outcome::Delivered, "250 ok"),
-                            rcpt(Outcome::Deferred, "451 later"),
-                        ],
-                    },
-                ),
+                (ids[3], delivered_and_deferred()),
             ])
             .await;
         assert!(r.iter().all(|r| r.is_ok()));
@@ -1968,17 +1970,7 @@ mod tests {
         let r = spool
             .complete_many(vec![
                 (c1.copy_id, delivered(2)),
-                (
-                    c2.copy_id,
-                    CopyResult {
-                        relay: None,
-                        tls: None,
-                        rcpts: vec![
-                            rcpt(Outcome::Delivered, "250 ok"),
-                            rcpt(Outcome::Deferred, "451 later"),
-                        ],
-                    },
-                ),
+                (c2.copy_id, delivered_and_deferred()),
             ])
             .await;
         assert!(r.iter().all(|r| r.is_ok()));

@@ -732,14 +732,15 @@ struct Completions<'c> {
     rcpts: usize,
 }
 
-/// A group of outcomes the spool is recording: the answer to come, the copies' ids (in the
-/// answer's order), how many copies and recipients.
-type Recording<'c> = (
-    BoxFuture<'c, Vec<Result<(), SpoolError>>>,
-    Vec<i64>,
-    usize,
-    usize,
-);
+/// A group of outcomes the spool is recording.
+struct Recording<'c> {
+    /// The spool's answer to come, one result per copy.
+    answer: BoxFuture<'c, Vec<Result<(), SpoolError>>>,
+    /// The copies, in the answer's order.
+    ids: Vec<i64>,
+    /// Their recipients.
+    rcpts: usize,
+}
 
 impl<'c> Completions<'c> {
     fn is_empty(&self) -> bool {
@@ -779,7 +780,11 @@ impl<'c> Completions<'c> {
         }
         self.copies += n;
         self.rcpts += k;
-        self.groups.push_back((answer, ids, n, k));
+        self.groups.push_back(Recording {
+            answer,
+            ids,
+            rcpts: k,
+        });
     }
 
     /// Wait for the oldest outstanding completion. Once the drain deadline has passed and the
@@ -801,17 +806,16 @@ impl<'c> Completions<'c> {
                     return;
                 }
             }
-            let Some((oldest, _, n, k)) = self.groups.front_mut() else {
+            let Some(oldest) = self.groups.front_mut() else {
                 return;
             };
-            let (n, k) = (*n, *k);
             tokio::select! {
-                results = oldest => {
-                    if let Some((_, ids, _, _)) = self.groups.pop_front() {
-                        report(name, &ids, results);
+                results = &mut oldest.answer => {
+                    if let Some(done) = self.groups.pop_front() {
+                        self.copies -= done.ids.len();
+                        self.rcpts -= done.rcpts;
+                        report(name, &done.ids, results);
                     }
-                    self.copies -= n;
-                    self.rcpts -= k;
                     return;
                 }
                 () = ctx.cutoff.cancelled(), if !ctx.cutoff.is_cancelled() => {}

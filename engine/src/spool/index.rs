@@ -23,7 +23,7 @@ pub(super) struct JobInfo {
 }
 
 /// A claimed copy, as the writer needs it to record the outcomes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct InFlight {
     pub(super) job_id: i64,
     pub(super) pool: Pool,

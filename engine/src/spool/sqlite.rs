@@ -1388,9 +1388,9 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
     if batch.is_empty() {
         return;
     }
-    // What the batch needs of the in-flight records, taken under the index lock (one copy of the
-    // recipient list per copy); the ledger lines are serialized after the lock is released, so
-    // claims are not held up meanwhile.
+    // The batch's in-flight records, copied under the index lock (their recipient lists with
+    // them); the ledger lines are serialized after the lock is released, so claims are not held
+    // up meanwhile.
     let mut work = Vec::with_capacity(batch.len());
     {
         let idx = lock(&sh.index);
@@ -1402,30 +1402,24 @@ fn plan_batch(sh: &Shared, ledger: &mut Ledger, batch: Vec<Request>, plans: &mut
             for ((copy_id, result), done) in req.items.into_iter().zip(places) {
                 // A copy completed twice counts once.
                 match idx.in_flight(copy_id) {
-                    Some(f) if in_batch.insert(copy_id) => work.push((
-                        (copy_id, result, now, done),
-                        f.job_id,
-                        f.pool,
-                        f.rcpts.clone(),
-                        f.attempts,
-                        f.job_created,
-                        f.whole_job,
-                    )),
+                    Some(f) if in_batch.insert(copy_id) => {
+                        work.push(((copy_id, result, now, done), f.clone()));
+                    }
                     _ => done.send(Err(SpoolError::NotClaimed(copy_id))),
                 }
             }
         }
     }
-    for (
-        (copy_id, result, now, done),
-        job_id,
-        pool,
-        rcpts,
-        previous_attempts,
-        job_created,
-        whole_job,
-    ) in work
-    {
+    for ((copy_id, result, now, done), f) in work {
+        let InFlight {
+            job_id,
+            pool,
+            rcpts,
+            attempts: previous_attempts,
+            job_created,
+            whole_job,
+            ..
+        } = f;
         let req = Item {
             copy_id,
             result,
